@@ -1,0 +1,85 @@
+# seglabel: the two commands a fresh machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+MODELS ?= models
+CHECKPOINTS ?= checkpoints
+SAM2_SIZE ?= tiny
+CLIP_MODEL ?= ViT-B-32
+PORT ?= 50051
+DEMO_GRID ?= 12
+PB_OUT := server/seglabel_server/pb
+PROTO := proto/seglabel/v1/seglabel.proto
+
+.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-gpu clean
+
+# Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
+# pyproject.toml changes. sam2 is a source package: build it against the installed torch.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q grpcio-tools
+	$(MAKE) proto PY=$(PY)
+	$(PIP) install -q -e '.[export,dev,bench]'
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation sam2==1.1.0
+	touch $@
+
+venv: $(VENV)/.installed
+
+# gRPC stubs, generated (never hand-edited) into an ignored folder.
+proto: $(PB_OUT)/seglabel/v1/seglabel_pb2.py
+$(PB_OUT)/seglabel/v1/seglabel_pb2.py: $(PROTO) scripts/gen_proto.py
+	$(PY) scripts/gen_proto.py $(PB_OUT)
+
+# Official checkpoints, where a network exists.
+checkpoints:
+	mkdir -p $(CHECKPOINTS)
+	curl -fL --retry 3 -o $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt \
+	  https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_$(SAM2_SIZE).pt
+	curl -fL --retry 3 -o $(CHECKPOINTS)/ViT-B-32.pt \
+	  https://openaipublic.azureedge.net/clip/models/40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt
+
+# The model repository: official checkpoints when present (or downloadable), otherwise random
+# weights of the same architectures (loudly reported by export, server and GetServerInfo).
+$(MODELS)/manifest.json: | $(VENV)/.installed
+	@if [ ! -f $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt ] || [ ! -f $(CHECKPOINTS)/ViT-B-32.pt ]; then \
+	  $(MAKE) -s checkpoints 2>/dev/null || true; fi
+	@if [ -s $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt ] && [ -s $(CHECKPOINTS)/ViT-B-32.pt ]; then \
+	  $(VENV)/bin/seglabel-export export $(MODELS) --sam2 $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt \
+	    --clip $(CHECKPOINTS)/ViT-B-32.pt --decoder-n 1,7,64; \
+	else \
+	  echo "WARNING: official checkpoints unavailable (no network?): exporting RANDOM weights of" \
+	       "sam2.1_hiera_$(SAM2_SIZE) + $(CLIP_MODEL). Masks and labels will be meaningless."; \
+	  rm -f $(CHECKPOINTS)/*.pt; \
+	  $(VENV)/bin/seglabel-export export $(MODELS) --sam2 random:$(SAM2_SIZE) --clip random:$(CLIP_MODEL) \
+	    --decoder-n 1,7,64; \
+	fi
+models: $(MODELS)/manifest.json
+
+serve: models
+	$(VENV)/bin/seglabel-server --models $(MODELS) --port $(PORT)
+
+# Main job: server on the embedded default (ONNX Runtime, CPU) + the client on a bundled photo.
+demo: models
+	bash scripts/demo.sh $(VENV) $(MODELS) $(PORT) $(DEMO_GRID)
+
+test: $(VENV)/.installed proto
+	$(VENV)/bin/python -m pytest -q -rs tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check server export client tests scripts
+
+bench-pipeline: models
+	$(PY) scripts/bench_pipeline.py --models $(MODELS)
+
+bench: models
+	bash scripts/bench_batching.sh $(VENV) $(MODELS)
+
+bench-gpu:
+	bash scripts/gpu_bench.sh
+
+clean:
+	rm -rf $(PB_OUT) .pytest_cache

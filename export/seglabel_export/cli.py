@@ -1,0 +1,113 @@
+"""``seglabel-export``: export / verify / trt.
+
+    seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none]   # write the model repository
+    seglabel-export verify DIR                                      # parity again, fresh inputs
+    seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seglabel-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="export SAM2.1 + CLIP to an ONNX model repository")
+    ex.add_argument("out", help="model repository folder to write (replaced atomically)")
+    ex.add_argument("--sam2", required=True,
+                    help="official checkpoint file (sam2.1_hiera_*.pt), random:<tiny|small|base_plus|large> or tiny")
+    ex.add_argument("--sam2-config", choices=["tiny", "small", "base_plus", "large"],
+                    help="SAM2.1 size when the file name does not say")
+    ex.add_argument("--clip", default="random:ViT-B-32",
+                    help="OpenAI / open_clip checkpoint file, random:<open_clip model>, tiny, or none")
+    ex.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name of an open_clip checkpoint")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--seed", type=int, default=0, help="seed for random weights and parity inputs")
+    ex.add_argument("--decoder-n", type=_ints, default=(1, 7, 256), help="prompt counts checked for parity")
+    ex.add_argument("--decoder-p", type=_ints, default=(1, 2, 3), help="points per prompt checked for parity")
+
+    ve = sub.add_parser("verify", help="rerun parity on fresh random inputs; non-zero exit on failure")
+    ve.add_argument("dir")
+    ve.add_argument("--seed", type=int, default=None, help="default: a fresh seed from the clock")
+    ve.add_argument("--decoder-n", type=_ints, default=(1, 7, 256))
+    ve.add_argument("--decoder-p", type=_ints, default=(1, 2, 3))
+
+    tr = sub.add_parser("trt", help="build TensorRT engines for every model of a repository")
+    tr.add_argument("dir")
+    tr.add_argument("--fp16", action="store_true")
+    tr.add_argument("--workspace-gb", type=float, default=4.0)
+    tr.add_argument("--max-batch", type=int, default=8, help="encoder images per call")
+    tr.add_argument("--max-prompts", type=int, default=256, help="decoder prompts per call")
+    tr.add_argument("--max-crops", type=int, default=64, help="CLIP crops/texts per call")
+
+    args = parser.parse_args(argv)
+    if args.cmd == "export":
+        return _export(args)
+    if args.cmd == "verify":
+        return _verify(args)
+    return _trt(args)
+
+
+def _export(args) -> int:
+    from seglabel_export.exporter import export_repository, format_parity
+    from seglabel_export.sources import CheckpointError
+
+    t0 = time.perf_counter()
+    clip = None if args.clip.lower() == "none" else args.clip
+    print(f"exporting to {args.out}: sam2={args.sam2} clip={clip}", flush=True)
+    try:
+        manifest = export_repository(args.out, args.sam2, clip, sam2_config=args.sam2_config,
+                                     clip_model=args.clip_model, opset=args.opset, seed=args.seed,
+                                     decoder_ns=args.decoder_n, decoder_ps=args.decoder_p,
+                                     log=lambda m: print(m, flush=True))
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_parity(manifest["parity"]))
+    if manifest["random_weights"]:
+        print("WARNING: this repository holds RANDOM weights: masks and labels are meaningless "
+              "(speed and parity are still real).")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _verify(args) -> int:
+    from seglabel_export.exporter import default_photo, format_parity, parity_checks
+    from seglabel_export.wrappers import build_modules
+    from seglabel_server.repository import ModelRepository
+
+    repo = ModelRepository.load(args.dir)
+    seed = args.seed if args.seed is not None else int(time.time())
+    print(f"verifying {repo.root} (seed {seed})", flush=True)
+    rows = parity_checks(repo.root, repo.manifest, build_modules(repo.manifest), default_photo(), seed=seed,
+                         decoder_ns=args.decoder_n, decoder_ps=args.decoder_p, log=lambda m: print(m, flush=True))
+    print(format_parity(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _trt(args) -> int:
+    from seglabel_export.trt import TensorRTUnavailable, build_engines
+
+    try:
+        built = build_engines(Path(args.dir), fp16=args.fp16, workspace_gb=args.workspace_gb,
+                              max_batch=args.max_batch, max_prompts=args.max_prompts, max_crops=args.max_crops,
+                              log=lambda m: print(m, flush=True))
+    except TensorRTUnavailable as exc:
+        print(f"seglabel-export trt: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(built, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Export the four graphs to an ONNX model repository and prove parity against PyTorch.
+
+Repository layout (NVIDIA Triton's, so the same folder can later be served by Triton)::
+
+    DIR/manifest.json
+    DIR/sam2_image_encoder/1/model.onnx
+    DIR/sam2_mask_decoder/1/model.onnx
+    DIR/clip_image_encoder/1/model.onnx
+    DIR/clip_text_encoder/1/model.onnx
+    DIR/clip_text_encoder/bpe_simple_vocab_16e6.txt.gz   (tokenizer vocabulary, read at serve time)
+    DIR/checkpoints/                                     (random/tiny sources: the generated checkpoints)
+
+The folder is built next to DIR and moved into place only when every graph exported and passed
+parity: a failed export leaves no half model folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from seglabel_export import sources
+from seglabel_export.wrappers import ClipImageEncoder, ClipTextEncoder, Sam2ImageEncoder, Sam2MaskDecoder, resolve_path
+from seglabel_server import imaging
+from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
+from seglabel_server.tokenizer import ClipTokenizer
+
+PARITY_TOL = 1e-4
+DECODER_NS = (1, 7, 256)
+DECODER_PS = (1, 2, 3)
+PARITY_LABELS = ["a photo of a person.", "a photo of a dog.", "sky", "a photo of a traffic light."]
+
+Log = Callable[[str], None]
+
+
+def rel_l2(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def _export_graph(module, example: dict[str, torch.Tensor], dynamic_axes: dict, path: Path, opset: int) -> float:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(example.values()),
+            str(path),
+            input_names=list(example),
+            output_names=list(module.output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return time.perf_counter() - t0
+
+
+class _Ort:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(None, feeds)
+
+
+def _torch_run(module, feeds: dict[str, np.ndarray], chunk_input: str | None = None, chunk: int = 32):
+    """Run the reference module; prompts may be chunked (they are independent) to bound memory."""
+    with torch.no_grad():
+        if chunk_input is None or feeds[chunk_input].shape[0] <= chunk:
+            outs = module(*[torch.from_numpy(v) for v in feeds.values()])
+            return [o.numpy() for o in outs] if isinstance(outs, tuple) else [outs.numpy()]
+        n = feeds[chunk_input].shape[0]
+        parts = []
+        for i in range(0, n, chunk):
+            sub = {k: (v[i : i + chunk] if k in ("point_coords", "point_labels", "image_index") else v)
+                   for k, v in feeds.items()}
+            parts.append(_torch_run(module, sub, None))
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+def _compare(name: str, case: str, names: list[str], ours: list[np.ndarray], ref: list[np.ndarray]) -> list[dict]:
+    rows = []
+    for out_name, a, b in zip(names, ours, ref):
+        if a.shape != b.shape:
+            rows.append({"model": name, "case": case, "output": out_name, "rel_l2": float("inf"), "ok": False,
+                         "note": f"shape {a.shape} vs {b.shape}"})
+            continue
+        err = rel_l2(a, b)
+        rows.append({"model": name, "case": case, "output": out_name, "rel_l2": err, "ok": err <= PARITY_TOL})
+    return rows
+
+
+def decoder_prompts(rng: np.random.Generator, n: int, p: int, size: int, num_images: int = 1):
+    """Random prompts of P points: a box (labels 2,3) in some, background points and padding in others."""
+    coords = rng.uniform(0, size, (n, p, 2)).astype(np.float32)
+    labels = rng.integers(0, 2, (n, p)).astype(np.int32)
+    labels[:, 0] = 1
+    if p >= 2:
+        box = rng.random(n) < 0.5
+        labels[box, 0], labels[box, 1] = 2, 3
+        lo, hi = np.minimum(coords[box, 0], coords[box, 1]), np.maximum(coords[box, 0], coords[box, 1])
+        coords[box, 0], coords[box, 1] = lo, hi
+    if p >= 3:
+        labels[rng.random(n) < 0.3, -1] = -1
+    image_index = (np.arange(n) % num_images).astype(np.int32)
+    return {"point_coords": coords, "point_labels": labels, "image_index": image_index}
+
+
+def parity_checks(repo: Path, manifest: dict, modules: dict, photo: np.ndarray, *, seed: int,
+                  decoder_ns=DECODER_NS, decoder_ps=DECODER_PS, log: Log = print) -> list[dict]:
+    """Every output of every graph vs its PyTorch module, on fresh random inputs and a real photo."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict] = []
+    models = manifest["models"]
+    sam = manifest["sam2"]
+    size = sam["image_size"]
+
+    enc_name, dec_name = "sam2_image_encoder", "sam2_mask_decoder"
+    enc_ort = _Ort(repo / models[enc_name]["path"])
+    photo_in = imaging.sam_preprocess(photo, size, sam["pixel_mean"], sam["pixel_std"])[None]
+    random_in = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    features = {}
+    for case, x in (("random-b2", random_in), ("photo", photo_in)):
+        feeds = {"images": x}
+        ours, ref = enc_ort(feeds), _torch_run(modules[enc_name], feeds)
+        rows += _compare(enc_name, case, Sam2ImageEncoder.output_names, ours, ref)
+        features[case] = dict(zip(Sam2ImageEncoder.output_names, ref))
+    log(f"  parity {enc_name}: done")
+
+    dec_ort = _Ort(repo / models[dec_name]["path"])
+    for case, feats in features.items():
+        num_images = feats["image_embed"].shape[0]
+        for n in decoder_ns:
+            for p in decoder_ps:
+                feeds = {**feats, **decoder_prompts(rng, n, p, size, num_images)}
+                ours = dec_ort(feeds)
+                ref = _torch_run(modules[dec_name], feeds, chunk_input="point_coords")
+                rows += _compare(dec_name, f"{case} N={n} P={p}", Sam2MaskDecoder.output_names, ours, ref)
+        log(f"  parity {dec_name} ({case}): done")
+
+    if "clip_image_encoder" in models:
+        clip = manifest["clip"]
+        img_ort = _Ort(repo / models["clip_image_encoder"]["path"])
+        h, w = photo.shape[:2]
+        crops = [imaging.clip_crop(photo, None, (0, 0, w, h), clip["image_size"], clip["mean"], clip["std"]),
+                 imaging.clip_crop(photo, None, (w // 4, h // 4, w // 2, h // 2), clip["image_size"],
+                                   clip["mean"], clip["std"])]
+        for case, x in (("random-b3", rng.standard_normal((3, 3, 224, 224)).astype(np.float32)),
+                        ("photo-crops", np.stack(crops))):
+            feeds = {"pixel_values": x}
+            rows += _compare("clip_image_encoder", case, ClipImageEncoder.output_names, img_ort(feeds),
+                             _torch_run(modules["clip_image_encoder"], feeds))
+        txt_ort = _Ort(repo / models["clip_text_encoder"]["path"])
+        tok = ClipTokenizer(repo / clip["tokenizer"], clip["context_length"])
+        random_ids = rng.integers(1, clip["vocab_size"] - 2, (2, clip["context_length"])).astype(np.int32)
+        random_ids[:, -1] = clip["vocab_size"] - 1  # <eot> last: the pooled position
+        for case, ids in (("random-ids", random_ids), ("labels", tok(PARITY_LABELS))):
+            feeds = {"input_ids": ids}
+            rows += _compare("clip_text_encoder", case, ClipTextEncoder.output_names, txt_ort(feeds),
+                             _torch_run(modules["clip_text_encoder"], feeds))
+        log("  parity clip: done")
+    return rows
+
+
+def format_parity(rows: list[dict]) -> str:
+    lines = [f"{'model':<20} {'case':<22} {'output':<18} {'rel L2':>10}  ok"]
+    for r in rows:
+        lines.append(f"{r['model']:<20} {r['case']:<22} {r['output']:<18} {r['rel_l2']:>10.2e}  "
+                     f"{'yes' if r['ok'] else 'NO'}")
+    worst = max((r["rel_l2"] for r in rows), default=0.0)
+    lines.append(f"{len(rows)} outputs compared, worst rel L2 {worst:.2e} (tolerance {PARITY_TOL:.0e}), "
+                 f"{sum(not r['ok'] for r in rows)} failed")
+    return "\n".join(lines)
+
+
+def default_photo() -> np.ndarray:
+    from seglabel_server.imaging import decode_image
+    from seglabel_client import sample_image_bytes
+
+    return decode_image(sample_image_bytes())
+
+
+def export_repository(
+    out_dir: str | os.PathLike,
+    sam2_source: str,
+    clip_source: str | None,
+    *,
+    sam2_config: str | None = None,
+    clip_model: str = "ViT-B-32",
+    opset: int = 17,
+    seed: int = 0,
+    decoder_ns=DECODER_NS,
+    decoder_ps=DECODER_PS,
+    log: Log = print,
+) -> dict:
+    """Export SAM2 (+ CLIP unless ``clip_source`` is None) into ``out_dir``; returns the manifest."""
+    out = Path(out_dir).resolve()
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _export_into(tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed,
+                                decoder_ns, decoder_ps, log)
+        failed = [r for r in manifest["parity"] if not r["ok"]]
+        if failed:
+            raise RuntimeError("parity failed:\n" + format_parity(failed))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        manifest["_root"] = str(out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns,
+                 decoder_ps, log: Log) -> dict:
+    import onnx
+    import sam2
+
+    ckpt_dir = repo / "checkpoints"
+    t0 = time.perf_counter()
+    sam_spec = sources.resolve_sam2(sam2_source, ckpt_dir, sam2_config, seed)
+    clip_spec = sources.resolve_clip(clip_source, ckpt_dir, clip_model, seed) if clip_source else None
+
+    def rel(p: str) -> str:  # checkpoints we wrote travel with the repository
+        return os.path.relpath(p, repo) if Path(p).resolve().is_relative_to(repo.resolve()) else str(Path(p).resolve())
+
+    manifest: dict = {
+        "format_version": 1,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exporter": {"torch": torch.__version__, "sam2": getattr(sam2, "__version__", "1.x"),
+                     "onnx": onnx.__version__},
+        "random_weights": sam_spec.random_weights or bool(clip_spec and clip_spec.random_weights),
+        "_root": str(repo),
+    }
+    sam_model = sources.build_sam2(sam_spec)
+    size = sam_model.image_size
+    c = sam_model.sam_prompt_encoder.embed_dim
+    manifest["sam2"] = {
+        "spec": {**asdict(sam_spec), "checkpoint": rel(sam_spec.checkpoint)},
+        "sha256": sources.sha256_file(sam_spec.checkpoint),
+        "image_size": size,
+        "embed_dim": c,
+        "low_res_size": size // 4,
+        "pixel_mean": list(sources.SAM2_MEAN),
+        "pixel_std": list(sources.SAM2_STD),
+        "mask_threshold": 0.0,
+        "stability_offset": 1.0,
+    }
+    manifest["models"] = {}
+    modules = {
+        "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
+        "sam2_mask_decoder": Sam2MaskDecoder(sam_model, 0.0, 1.0).eval(),
+    }
+    with torch.no_grad():
+        feats = modules["sam2_image_encoder"](torch.zeros(1, 3, size, size))
+    graphs = [
+        ("sam2_image_encoder", {"images": torch.zeros(1, 3, size, size)},
+         {"images": {0: "batch"}, **{o: {0: "batch"} for o in Sam2ImageEncoder.output_names}}),
+        ("sam2_mask_decoder",
+         {"image_embed": feats[0], "high_res_feats_0": feats[1], "high_res_feats_1": feats[2],
+          "point_coords": torch.full((4, 2, 2), size / 2), "point_labels": torch.ones(4, 2, dtype=torch.int32),
+          "image_index": torch.zeros(4, dtype=torch.int32)},
+         {"image_embed": {0: "num_images"}, "high_res_feats_0": {0: "num_images"},
+          "high_res_feats_1": {0: "num_images"}, "point_coords": {0: "num_prompts", 1: "num_points"},
+          "point_labels": {0: "num_prompts", 1: "num_points"}, "image_index": {0: "num_prompts"},
+          **{o: {0: "num_prompts"} for o in Sam2MaskDecoder.output_names}}),
+    ]
+    if clip_spec:
+        clip = sources.build_clip(clip_spec)
+        isz = clip.visual.image_size
+        isz = isz[0] if isinstance(isz, (tuple, list)) else isz
+        tok_rel = f"clip_text_encoder/{TOKENIZER_FILE}"
+        (repo / "clip_text_encoder").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sources.bpe_vocab_path(), repo / tok_rel)
+        manifest["clip"] = {
+            "spec": {**asdict(clip_spec), "checkpoint": rel(clip_spec.checkpoint)},
+            "sha256": sources.sha256_file(clip_spec.checkpoint),
+            "image_size": int(isz),
+            "mean": list(sources.CLIP_MEAN),
+            "std": list(sources.CLIP_STD),
+            "context_length": int(clip.context_length),
+            "vocab_size": int(clip.vocab_size),
+            "embed_dim": int(clip.text_projection.shape[1]),
+            "logit_scale": float(clip.logit_scale.exp().item()),
+            "tokenizer": tok_rel,
+        }
+        modules["clip_image_encoder"] = ClipImageEncoder(clip).eval()
+        modules["clip_text_encoder"] = ClipTextEncoder(clip).eval()
+        graphs += [
+            ("clip_image_encoder", {"pixel_values": torch.zeros(2, 3, isz, isz)},
+             {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}),
+            ("clip_text_encoder", {"input_ids": torch.zeros(2, clip.context_length, dtype=torch.int32)},
+             {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}}),
+        ]
+    else:
+        manifest["clip"] = None
+    log(f"  sources ready in {time.perf_counter() - t0:.1f}s "
+        f"(sam2 {sam_spec.architecture}, clip {clip_spec.architecture if clip_spec else 'none'})")
+
+    for name, example, axes in graphs:
+        path = repo / name / "1" / "model.onnx"
+        secs = _export_graph(modules[name], example, axes, path, opset)
+        inputs, outputs = _onnx_io(path)
+        manifest["models"][name] = {
+            "platform": "onnxruntime_onnx",
+            "path": f"{name}/1/model.onnx",
+            "opset": opset,
+            "inputs": inputs,
+            "outputs": outputs,
+            "export_seconds": round(secs, 2),
+            "bytes": path.stat().st_size,
+        }
+        log(f"  exported {name}: {secs:.1f}s, {path.stat().st_size / 1e6:.1f} MB")
+
+    rows = parity_checks(repo, manifest, modules, default_photo(), seed=seed + 1, decoder_ns=decoder_ns,
+                         decoder_ps=decoder_ps, log=log)
+    manifest["parity"] = rows
+    for name in manifest["models"]:
+        mine = [r for r in rows if r["model"] == name]
+        manifest["models"][name]["parity_worst_rel_l2"] = max(r["rel_l2"] for r in mine)
+    write_manifest(repo, manifest)
+    return manifest
+
+
+def write_manifest(repo: Path, manifest: dict) -> None:
+    data = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    tmp = repo / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(repo / MANIFEST_NAME)

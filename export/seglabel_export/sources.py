@@ -1,0 +1,305 @@
+"""Build SAM2.1 and CLIP torch modules from official checkpoints, seeded random weights or tiny configs.
+
+Source strings (``--sam2`` / ``--clip``):
+
+* a path to an official checkpoint file (``sam2.1_hiera_tiny.pt``; OpenAI ``ViT-B-32.pt``;
+  an open_clip ``open_clip_pytorch_model.bin``/``.pt``/``.safetensors`` is not supported: torch files only),
+* ``random:<size>``: the real architecture with seeded random weights
+  (SAM2: ``tiny|small|base_plus|large``; CLIP: an open_clip model name such as ``ViT-B-32``),
+* ``tiny``: a much smaller configuration of the same classes, for tests.
+
+Every source ends in the same place: a checkpoint file in the official format, loaded with
+``torch.load(..., weights_only=True)``. Random and tiny sources first write such a file, so the
+loader users' official files go through is the one the tests exercise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SAM2_CONFIGS = {
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+SAM2_URLS = {
+    size: f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt"
+    for size in SAM2_CONFIGS
+}
+CLIP_URLS = {
+    "ViT-B-32": "https://openaipublic.azureedge.net/clip/models/"
+    "40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt",
+}
+
+# sam2's hiera-tiny config shrunk to image size 256 and a few channels: the same classes, exported
+# and verified in well under a second. (A global-attention block must not open a stage.)
+SAM2_TINY_OVERRIDES = [
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+    "++model.image_encoder.neck.d_model=32",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.d_model=32",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.d_model=32",
+    "++model.memory_attention.layer.dim_feedforward=64",
+    "++model.memory_attention.layer.self_attention.embedding_dim=32",
+    "++model.memory_attention.layer.self_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=32",
+    "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
+    "++model.memory_encoder.out_dim=16",
+    "++model.memory_encoder.position_encoding.num_pos_feats=16",
+    "++model.memory_encoder.mask_downsampler.embed_dim=32",
+    "++model.memory_encoder.fuser.layer.dim=32",
+    "++model.memory_encoder.fuser.num_layers=1",
+    "++model.num_maskmem=2",
+]
+
+# open_clip.CLIP kwargs for the tiny test model: the real tokenizer (77 tokens, 49408 words) still fits.
+CLIP_TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "layers": 2, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SAM2_MEAN = (0.485, 0.456, 0.406)
+SAM2_STD = (0.229, 0.224, 0.225)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: the message names the file and what is wrong."""
+
+
+@dataclass
+class Sam2Spec:
+    """How to rebuild a SAM2 model: config + overrides + checkpoint (recorded in the manifest)."""
+
+    source: str
+    architecture: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    checkpoint: str = ""
+    random_weights: bool = False
+
+
+@dataclass
+class ClipSpec:
+    """How to rebuild a CLIP model: open_clip config + checkpoint format + checkpoint."""
+
+    source: str
+    architecture: str
+    model_config: dict
+    checkpoint: str = ""
+    checkpoint_format: str = "open_clip"  # or "openai"
+    random_weights: bool = False
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_torch_file(path: str | os.PathLike) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file...
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_strict(module: torch.nn.Module, state_dict: dict, path: str | os.PathLike, what: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        raise CheckpointError(f"{path}: does not fit {what}: " + ", ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
+
+
+# --------------------------------------------------------------------------------------------- SAM2
+
+
+def sam2_size_from_name(name: str) -> str:
+    m = re.search(r"hiera[_-](tiny|small|base_plus|b\+|large|t|s|l)\b", Path(name).stem)
+    if not m:
+        raise CheckpointError(
+            f"{name}: cannot tell the SAM2.1 size from the file name; pass --sam2-config "
+            f"({', '.join(SAM2_CONFIGS)})"
+        )
+    return {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}.get(m.group(1), m.group(1))
+
+
+def build_sam2(spec: Sam2Spec, device: str = "cpu") -> torch.nn.Module:
+    """Instantiate the SAM2Base of ``spec`` and load its checkpoint (if any), eval mode."""
+    from sam2.build_sam import build_sam2 as _build
+
+    model = _build(spec.config, None, device="cpu", mode="eval", hydra_overrides_extra=list(spec.overrides))
+    if spec.checkpoint:
+        ckpt = _load_torch_file(spec.checkpoint)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise CheckpointError(
+                f"{spec.checkpoint}: not a SAM2 checkpoint (expected a dict with a 'model' state dict)"
+            )
+        _load_strict(model, ckpt["model"], spec.checkpoint, f"SAM2.1 {spec.architecture}")
+    return model.to(device).eval()
+
+
+def resolve_sam2(source: str, workdir: Path, config: str | None = None, seed: int = 0) -> Sam2Spec:
+    """Turn a ``--sam2`` source into a spec whose checkpoint file exists (written for random/tiny)."""
+    if source == "tiny" or source.startswith("random:"):
+        size = "tiny" if source == "tiny" else source.split(":", 1)[1]
+        if size not in SAM2_CONFIGS:
+            raise CheckpointError(f"{source}: unknown SAM2.1 size {size!r} (one of {', '.join(SAM2_CONFIGS)})")
+        spec = Sam2Spec(
+            source=source,
+            architecture="sam2.1_hiera_tiny(shrunk for tests)" if source == "tiny" else f"sam2.1_hiera_{size}",
+            config=SAM2_CONFIGS[size],
+            overrides=list(SAM2_TINY_OVERRIDES) if source == "tiny" else [],
+            random_weights=True,
+        )
+        torch.manual_seed(seed)
+        model = build_sam2(spec)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / ("sam2_tiny_random.pt" if source == "tiny" else f"sam2.1_hiera_{size}_random.pt")
+        torch.save({"model": model.state_dict()}, path)
+        spec.checkpoint = str(path)
+        return spec
+    size = config or sam2_size_from_name(source)
+    if size not in SAM2_CONFIGS:
+        raise CheckpointError(f"{source}: unknown SAM2.1 config {size!r}")
+    return Sam2Spec(source=source, architecture=f"sam2.1_hiera_{size}", config=SAM2_CONFIGS[size],
+                    checkpoint=str(source))
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+
+
+def build_clip(spec: ClipSpec, device: str = "cpu") -> torch.nn.Module:
+    """Instantiate the open_clip CLIP of ``spec`` and load its checkpoint (if any), eval mode."""
+    import open_clip
+
+    model = open_clip.CLIP(**spec.model_config)
+    if spec.checkpoint:
+        sd, _ = read_clip_state_dict(spec.checkpoint)
+        # OpenAI state dicts are partly float16; the model stays float32.
+        _load_strict(model, {k: v.float() for k, v in sd.items()}, spec.checkpoint, f"CLIP {spec.architecture}")
+    return model.float().to(device).eval()
+
+
+def read_clip_state_dict(path: str) -> tuple[dict, bool]:
+    """(state dict, is it OpenAI's). OpenAI ships TorchScript archives whose state dict carries
+    ``input_resolution``/``context_length``/``vocab_size``; open_clip ships plain state dicts."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    is_jit = False
+    try:
+        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        is_jit = True
+    except Exception:
+        sd = _load_torch_file(path)
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or "visual.conv1.weight" not in sd or "text_projection" not in sd:
+        raise CheckpointError(f"{path}: not a CLIP ViT checkpoint (no visual.conv1.weight / text_projection)")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    is_openai = is_jit or "input_resolution" in sd
+    return {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}, is_openai
+
+
+def openai_config_from_state_dict(sd: dict) -> dict:
+    """open_clip kwargs that reproduce an OpenAI checkpoint's architecture (what open_clip infers)."""
+    vision_width = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    width = sd["ln_final.weight"].shape[0]
+    return {
+        "embed_dim": int(sd["text_projection"].shape[1]),
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": int(patch * grid),
+            "patch_size": int(patch),
+            "width": int(vision_width),
+            "layers": len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+            "head_width": 64,
+        },
+        "text_cfg": {
+            "context_length": int(sd["positional_embedding"].shape[0]),
+            "vocab_size": int(sd["token_embedding.weight"].shape[0]),
+            "width": int(width),
+            "heads": int(width // 64),
+            "layers": len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        },
+    }
+
+
+def resolve_clip(source: str, workdir: Path, model_name: str = "ViT-B-32", seed: int = 0) -> ClipSpec:
+    """Turn a ``--clip`` source into a spec whose checkpoint file exists (written for random/tiny)."""
+    import open_clip
+
+    if source == "tiny" or source.startswith("random:"):
+        name = "tiny" if source == "tiny" else source.split(":", 1)[1]
+        if source == "tiny":
+            cfg = CLIP_TINY_CONFIG
+        else:
+            cfg = open_clip.get_model_config(name)
+            if cfg is None:
+                raise CheckpointError(f"{source}: unknown open_clip model {name!r}")
+        cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+        spec = ClipSpec(source=source, architecture="clip-tiny(tests)" if source == "tiny" else name,
+                        model_config=cfg, random_weights=True)
+        torch.manual_seed(seed)
+        model = build_clip(spec)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"clip_{name}_random.pt"
+        torch.save(model.state_dict(), path)
+        spec.checkpoint = str(path)
+        return spec
+    # An official file: OpenAI's (architecture read off the weights, QuickGELU) or open_clip's (by name).
+    sd, is_openai = read_clip_state_dict(source)
+    if is_openai:
+        return ClipSpec(source=source, architecture=f"openai/{model_name}",
+                        model_config=openai_config_from_state_dict(sd), checkpoint=str(source),
+                        checkpoint_format="openai")
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise CheckpointError(f"{source}: unknown open_clip model {model_name!r} (pass --clip-model)")
+    cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+    return ClipSpec(source=source, architecture=model_name, model_config=cfg, checkpoint=str(source))
+
+
+def bpe_vocab_path() -> str:
+    from open_clip.tokenizer import default_bpe
+
+    return default_bpe()

@@ -1,0 +1,113 @@
+"""TensorRT engines from the repository's ONNX graphs.
+
+Optimization profiles cover every dynamic axis; shape inputs are int32 in the graphs already
+(labels, image_index, input_ids). Each engine is saved beside its ONNX file as ``model.plan`` and the
+manifest records the TensorRT version, the GPU and the profiles it was built for (an engine only runs
+on the TensorRT version and GPU it was built with).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from seglabel_server.repository import MANIFEST_NAME, ModelRepository
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def _require_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable("the tensorrt package is not installed (pip install tensorrt on a CUDA "
+                                  "machine); no engines built") from exc
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError as exc:
+            raise TensorRTUnavailable("cuda-python is not installed (pip install cuda-python)") from exc
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        raise TensorRTUnavailable("no CUDA GPU is visible; TensorRT engines are built on the GPU they run on")
+    err, props = cudart.cudaGetDeviceProperties(0)
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return trt, name.strip("\x00"), f"{props.major}.{props.minor}"
+
+
+def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -> dict[str, dict]:
+    """(min, opt, max) shapes per input of each model."""
+    s = manifest["sam2"]["image_size"]
+    c = manifest["sam2"]["embed_dim"]
+    e = s // 16
+    out = {
+        "sam2_image_encoder": {"images": ((1, 3, s, s), (1, 3, s, s), (max_batch, 3, s, s))},
+        "sam2_mask_decoder": {
+            "image_embed": ((1, c, e, e), (1, c, e, e), (max_batch, c, e, e)),
+            "high_res_feats_0": ((1, c // 8, 4 * e, 4 * e), (1, c // 8, 4 * e, 4 * e), (max_batch, c // 8, 4 * e, 4 * e)),
+            "high_res_feats_1": ((1, c // 4, 2 * e, 2 * e), (1, c // 4, 2 * e, 2 * e), (max_batch, c // 4, 2 * e, 2 * e)),
+            "point_coords": ((1, 1, 2), (64, 1, 2), (max_prompts, 4, 2)),
+            "point_labels": ((1, 1), (64, 1), (max_prompts, 4)),
+            "image_index": ((1,), (64,), (max_prompts,)),
+        },
+    }
+    if manifest.get("clip"):
+        i, t = manifest["clip"]["image_size"], manifest["clip"]["context_length"]
+        out["clip_image_encoder"] = {"pixel_values": ((1, 3, i, i), (32, 3, i, i), (max_crops, 3, i, i))}
+        out["clip_text_encoder"] = {"input_ids": ((1, t), (64, t), (max(max_crops, 256), t))}
+    return out
+
+
+def build_engines(root: Path, fp16: bool = False, workspace_gb: float = 4.0, max_batch: int = 8,
+                  max_prompts: int = 256, max_crops: int = 64, log: Callable[[str], None] = print) -> dict:
+    trt, gpu, capability = _require_tensorrt()
+    repo = ModelRepository.load(root)
+    manifest = repo.manifest
+    logger = trt.Logger(trt.Logger.WARNING)
+    built = {}
+    for name, shapes in profiles(manifest, max_batch, max_prompts, max_crops).items():
+        onnx_path = repo.model_path(name)
+        t0 = time.perf_counter()
+        builder = trt.Builder(logger)
+        flags = 0
+        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for inp, (lo, opt, hi) in shapes.items():
+            profile.set_shape(inp, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise RuntimeError(f"{name}: TensorRT engine build failed (see the TensorRT log above)")
+        plan_path = onnx_path.with_name("model.plan")
+        plan_path.write_bytes(bytes(plan))
+        info = {
+            "path": str(plan_path.relative_to(repo.root)),
+            "tensorrt_version": trt.__version__,
+            "gpu": gpu,
+            "compute_capability": capability,
+            "precision": "fp16" if fp16 else "fp32",
+            "profile": {k: [list(v) for v in vals] for k, vals in shapes.items()},
+            "build_seconds": round(time.perf_counter() - t0, 1),
+        }
+        manifest["models"][name]["tensorrt"] = info
+        built[name] = info
+        log(f"  {name}: engine built in {info['build_seconds']}s ({info['precision']}, {gpu})")
+    data = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    (repo.root / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
+    return built

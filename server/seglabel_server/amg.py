@@ -1,0 +1,126 @@
+"""Automatic-mask-generation post-processing as small pure numpy functions (after sam2 utils/amg.py).
+
+Everything here works on LOW-RES logits or boxes, so only masks that survive every filter are ever
+upsampled to the original image size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """[n*n, 2] points (x, y) in [0,1], cell centres, as sam2's ``build_point_grid``."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def to_model_coords(points_xy: np.ndarray, orig_hw: tuple[int, int], size: int) -> np.ndarray:
+    """Original-pixel coordinates -> the S x S model input frame (the image is resized, not padded)."""
+    h, w = orig_hw
+    return (points_xy * np.array([size / w, size / h], np.float32)).astype(np.float32)
+
+
+def stability_score(logits: np.ndarray, threshold: float = 0.0, offset: float = 1.0) -> np.ndarray:
+    """IoU of the masks binarised at threshold +- offset, over the last two axes."""
+    hi = (logits > threshold + offset).sum(axis=(-1, -2), dtype=np.int64)
+    lo = (logits > threshold - offset).sum(axis=(-1, -2), dtype=np.int64)
+    return np.where(lo > 0, hi / np.maximum(lo, 1), 0.0).astype(np.float32)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """[N,H,W] bool -> [N,4] (x0, y0, x1, y1) inclusive pixel bounds; an empty mask gives [0,0,0,0]."""
+    n = masks.shape[0]
+    if n == 0:
+        return np.zeros((0, 4), np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    boxes = np.zeros((n, 4), np.float32)
+    h, w = masks.shape[1:]
+    has = rows.any(axis=1)
+    boxes[:, 0] = np.where(has, cols.argmax(axis=1), 0)
+    boxes[:, 1] = np.where(has, rows.argmax(axis=1), 0)
+    boxes[:, 2] = np.where(has, w - 1 - cols[:, ::-1].argmax(axis=1), 0)
+    boxes[:, 3] = np.where(has, h - 1 - rows[:, ::-1].argmax(axis=1), 0)
+    return boxes
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS (torchvision semantics: drop boxes whose IoU with a kept one is > threshold).
+    Returns kept indices, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    if iou_threshold >= 1.0 or len(order) == 0:
+        return order
+    ious = box_iou(boxes[order], boxes[order])
+    keep = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1 :] &= ious[i, i + 1 :] <= iou_threshold
+    return order[keep]
+
+
+def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """[out, in] weights of bilinear resize with align_corners=False (torch.nn.functional.interpolate)."""
+    scale = in_size / out_size
+    src = np.clip((np.arange(out_size) + 0.5) * scale - 0.5, 0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = (src - i0).astype(np.float32)
+    m = np.zeros((out_size, in_size), np.float32)
+    np.add.at(m, (np.arange(out_size), i0), 1 - frac)
+    np.add.at(m, (np.arange(out_size), i1), frac)
+    return m
+
+
+class Upsampler:
+    """Bilinear upsampling of low-res logits to one image size, thresholded, computed only over the
+    rows/columns that can be inside the mask (bilinear weights are >= 0, so a pixel whose source
+    neighbourhood is all <= threshold stays out)."""
+
+    def __init__(self, low_res: int, orig_hw: tuple[int, int], threshold: float = 0.0):
+        self.h, self.w = orig_hw
+        self.low = low_res
+        self.threshold = threshold
+        self.ry = _interp_matrix(self.h, low_res)  # [H, L]
+        self.rx = _interp_matrix(self.w, low_res)  # [W, L]
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """[L,L] logits -> [H,W] bool mask."""
+        out = np.zeros((self.h, self.w), bool)
+        pos = logits > self.threshold
+        if not pos.any():
+            return out
+        rows, cols = np.nonzero(pos.any(axis=1))[0], np.nonzero(pos.any(axis=0))[0]
+        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, self.low)
+        c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, self.low)
+        ys = np.nonzero(self.ry[:, r0:r1].sum(axis=1) > 0.999)[0]
+        xs = np.nonzero(self.rx[:, c0:c1].sum(axis=1) > 0.999)[0]
+        if len(ys) == 0 or len(xs) == 0:
+            return out
+        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+        block = self.ry[y0:y1, r0:r1] @ logits[r0:r1, c0:c1] @ self.rx[x0:x1, c0:c1].T
+        out[y0:y1, x0:x1] = block > self.threshold
+        return out
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """[H,W] bool -> COCO compressed RLE {"size": [h, w], "counts": str}."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)

@@ -1,0 +1,90 @@
+"""The one backend interface: four array-in / array-out calls on one runtime.
+
+Image features stay in the backend's own memory (a GPU tensor, a numpy array) as an opaque
+:class:`ImageFeatures`; decoder mask logits come back as :class:`MaskLogits`, which only copies the
+masks the pipeline asks for (the survivors of filtering) to host memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class ImageFeatures:
+    """One image's encoder outputs, in the backend's memory (arrays of batch 1)."""
+
+    arrays: dict[str, Any]
+
+
+class MaskLogits:
+    """[N, K, L, L] low-res logits; ``take`` copies selected (prompt, mask) pairs to numpy."""
+
+    def __init__(self, data: Any):
+        self.data = data
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def slice(self, start: int, stop: int) -> "MaskLogits":
+        return type(self)(self.data[start:stop])
+
+    def take(self, prompt_idx: np.ndarray, mask_idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.data[prompt_idx, mask_idx], dtype=np.float32)
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self.data, dtype=np.float32)
+
+
+@dataclass
+class DecoderOutput:
+    """Per prompt: 3 multimask candidates and sam2's single-mask answer."""
+
+    masks: MaskLogits  # [N,3,L,L]
+    iou: np.ndarray  # [N,3]
+    stability: np.ndarray  # [N,3], on the low-res logits
+    single_mask: MaskLogits  # [N,1,L,L]
+    single_iou: np.ndarray  # [N,1]
+
+    def slice(self, start: int, stop: int) -> "DecoderOutput":
+        return DecoderOutput(self.masks.slice(start, stop), self.iou[start:stop], self.stability[start:stop],
+                             self.single_mask.slice(start, stop), self.single_iou[start:stop])
+
+
+@dataclass
+class BackendInfo:
+    name: str
+    device: str
+    providers: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+
+
+class Backend(ABC):
+    """Runs the exported models. Implementations: onnxruntime (default), torch (reference), tensorrt."""
+
+    info: BackendInfo
+    has_clip: bool
+
+    @abstractmethod
+    def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
+        """[B,3,S,S] float32 (resized, normalised) -> one ImageFeatures per image."""
+
+    @abstractmethod
+    def decode(self, features: Sequence[ImageFeatures], point_coords: np.ndarray, point_labels: np.ndarray,
+               image_index: np.ndarray) -> DecoderOutput:
+        """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against ``features[image_index]``."""
+
+    @abstractmethod
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """CLIP crops [B,3,224,224] -> L2-normalised [B,D] float32."""
+
+    @abstractmethod
+    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        """Token ids [B,77] int32 -> L2-normalised [B,D] float32."""
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass

@@ -1,0 +1,132 @@
+"""Image decoding, model input preparation, CLIP crops and the overlay. numpy + Pillow only."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from seglabel_server.errors import InvalidImage, LimitExceeded
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 [H,W,3], EXIF orientation applied."""
+    if not data:
+        raise InvalidImage("image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise LimitExceeded(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+            img = ImageOps.exif_transpose(img)
+            arr = np.asarray(img.convert("RGB"))
+    except LimitExceeded:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise LimitExceeded(f"image too large: {exc}") from exc
+    except Exception as exc:
+        raise InvalidImage(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+    if arr.shape[0] < 8 or arr.shape[1] < 8:
+        raise InvalidImage(f"image is {arr.shape[1]}x{arr.shape[0]}; at least 8x8 pixels are needed")
+    return arr
+
+
+def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """RGB uint8 [H,W,3] -> float32 [3,size,size]: square resize (as SAM2Transforms), [0,1], normalise."""
+    resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
+    x = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def clip_crop(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    box_xywh,
+    size: int,
+    mean,
+    std,
+    context: float = 0.15,
+    background_keep: float = 0.2,
+) -> np.ndarray:
+    """One CLIP input for a mask: its box grown by ``context`` on each side, pixels outside the mask
+    faded to CLIP's mean grey (``background_keep`` of the original stays, so context is not lost),
+    padded to a square with the same grey, resized to ``size`` (bicubic), normalised.
+    ``mask`` is a full-image bool array (or None for a plain box crop)."""
+    h, w = image.shape[:2]
+    x, y, bw, bh = (float(v) for v in box_xywh)
+    m = context * max(bw, bh)
+    x0, y0 = int(max(0, np.floor(x - m))), int(max(0, np.floor(y - m)))
+    x1, y1 = int(min(w, np.ceil(x + bw + m))), int(min(h, np.ceil(y + bh + m)))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    crop = image[y0:y1, x0:x1].astype(np.float32)
+    grey = np.asarray(mean, np.float32) * 255.0
+    if mask is not None:
+        keep = mask[y0:y1, x0:x1, None]
+        crop = np.where(keep, crop, grey + background_keep * (crop - grey))
+    ch, cw = crop.shape[:2]
+    side = max(ch, cw)
+    square = np.empty((side, side, 3), np.float32)
+    square[:] = grey
+    oy, ox = (side - ch) // 2, (side - cw) // 2
+    square[oy : oy + ch, ox : ox + cw] = crop
+    pil = Image.fromarray(np.clip(square + 0.5, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    x = np.asarray(pil, np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _palette(n: int) -> np.ndarray:
+    rng = np.random.default_rng(1234)
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    cols = []
+    for hue in hues:
+        i = int(hue * 6)
+        f = hue * 6 - i
+        v, s = 0.95, 0.75
+        p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+        cols.append([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6])
+    del rng
+    return (np.asarray(cols) * 255).astype(np.uint8).reshape(n, 3)
+
+
+def render_overlay(image: np.ndarray, masks: list[np.ndarray], captions: list[str] | None = None,
+                   alpha: float = 0.45) -> bytes:
+    """PNG of the image with each mask filled in its colour, outlined, and captioned at its box."""
+    out = image.astype(np.float32).copy()
+    colours = _palette(max(len(masks), 1))
+    # Largest first so small masks stay visible on top.
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    edges = np.zeros(image.shape[:2], bool)
+    for i in order:
+        m = masks[i]
+        out[m] = (1 - alpha) * out[m] + alpha * colours[i]
+        inner = m.copy()
+        inner[1:, :] &= m[:-1, :]
+        inner[:-1, :] &= m[1:, :]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        edge = m & ~inner
+        out[edge] = colours[i]
+        edges |= edge
+    pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    if captions:
+        draw = ImageDraw.Draw(pil)
+        font = ImageFont.load_default()
+        for i in order:
+            if not captions[i]:
+                continue
+            ys, xs = np.nonzero(masks[i])
+            if len(xs) == 0:
+                continue
+            tx, ty = int(xs.min()) + 2, int(ys.min()) + 2
+            l, t, r, b = draw.textbbox((tx, ty), captions[i], font=font)
+            draw.rectangle((l - 2, t - 1, r + 2, b + 1), fill=tuple(int(c) for c in colours[i]))
+            draw.text((tx, ty), captions[i], fill=(0, 0, 0), font=font)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=False, compress_level=3)
+    return buf.getvalue()
