@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,13 @@ import numpy as np
 import torch
 
 from seglabel_export import sources
-from seglabel_export.wrappers import ClipImageEncoder, ClipTextEncoder, Sam2ImageEncoder, Sam2MaskDecoder, resolve_path
+from seglabel_export.wrappers import (
+    ClipImageEncoder,
+    ClipTextEncoder,
+    Sam2ImageEncoder,
+    Sam2MaskDecoder,
+    resolve_path,
+)
 from seglabel_server import imaging
 from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
 from seglabel_server.tokenizer import ClipTokenizer
@@ -57,27 +64,45 @@ def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
         for v in values:
             t = v.type.tensor_type
             shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+            out.append(
+                {
+                    "name": v.name,
+                    "shape": shape,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                }
+            )
         return out
 
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def _export_graph(module, example: dict[str, torch.Tensor], dynamic_axes: dict, path: Path, opset: int) -> float:
+def _export_graph(
+    module, example: dict[str, torch.Tensor], dynamic_axes: dict, path: Path, opset: int
+) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            tuple(example.values()),
-            str(path),
-            input_names=list(example),
-            output_names=list(module.output_names),
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no ONNX
+    # symbolic; the plain path computes the same attention. Shape-check TracerWarnings are expected
+    # (image size is fixed per graph).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*advanced indexing.*")
+            torch.onnx.export(
+                module,
+                tuple(example.values()),
+                str(path),
+                input_names=list(example),
+                output_names=list(module.output_names),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return time.perf_counter() - t0
 
 
@@ -102,18 +127,30 @@ def _torch_run(module, feeds: dict[str, np.ndarray], chunk_input: str | None = N
         n = feeds[chunk_input].shape[0]
         parts = []
         for i in range(0, n, chunk):
-            sub = {k: (v[i : i + chunk] if k in ("point_coords", "point_labels", "image_index") else v)
-                   for k, v in feeds.items()}
+            sub = {
+                k: (v[i : i + chunk] if k in ("point_coords", "point_labels", "image_index") else v)
+                for k, v in feeds.items()
+            }
             parts.append(_torch_run(module, sub, None))
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-def _compare(name: str, case: str, names: list[str], ours: list[np.ndarray], ref: list[np.ndarray]) -> list[dict]:
+def _compare(
+    name: str, case: str, names: list[str], ours: list[np.ndarray], ref: list[np.ndarray]
+) -> list[dict]:
     rows = []
     for out_name, a, b in zip(names, ours, ref):
         if a.shape != b.shape:
-            rows.append({"model": name, "case": case, "output": out_name, "rel_l2": float("inf"), "ok": False,
-                         "note": f"shape {a.shape} vs {b.shape}"})
+            rows.append(
+                {
+                    "model": name,
+                    "case": case,
+                    "output": out_name,
+                    "rel_l2": float("inf"),
+                    "ok": False,
+                    "note": f"shape {a.shape} vs {b.shape}",
+                }
+            )
             continue
         err = rel_l2(a, b)
         rows.append({"model": name, "case": case, "output": out_name, "rel_l2": err, "ok": err <= PARITY_TOL})
@@ -136,8 +173,17 @@ def decoder_prompts(rng: np.random.Generator, n: int, p: int, size: int, num_ima
     return {"point_coords": coords, "point_labels": labels, "image_index": image_index}
 
 
-def parity_checks(repo: Path, manifest: dict, modules: dict, photo: np.ndarray, *, seed: int,
-                  decoder_ns=DECODER_NS, decoder_ps=DECODER_PS, log: Log = print) -> list[dict]:
+def parity_checks(
+    repo: Path,
+    manifest: dict,
+    modules: dict,
+    photo: np.ndarray,
+    *,
+    seed: int,
+    decoder_ns=DECODER_NS,
+    decoder_ps=DECODER_PS,
+    log: Log = print,
+) -> list[dict]:
     """Every output of every graph vs its PyTorch module, on fresh random inputs and a real photo."""
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
@@ -172,22 +218,37 @@ def parity_checks(repo: Path, manifest: dict, modules: dict, photo: np.ndarray, 
         clip = manifest["clip"]
         img_ort = _Ort(repo / models["clip_image_encoder"]["path"])
         h, w = photo.shape[:2]
-        crops = [imaging.clip_crop(photo, None, (0, 0, w, h), clip["image_size"], clip["mean"], clip["std"]),
-                 imaging.clip_crop(photo, None, (w // 4, h // 4, w // 2, h // 2), clip["image_size"],
-                                   clip["mean"], clip["std"])]
-        for case, x in (("random-b3", rng.standard_normal((3, 3, 224, 224)).astype(np.float32)),
-                        ("photo-crops", np.stack(crops))):
+        crops = [
+            imaging.clip_crop(photo, None, (0, 0, w, h), clip["image_size"], clip["mean"], clip["std"]),
+            imaging.clip_crop(
+                photo, None, (w // 4, h // 4, w // 2, h // 2), clip["image_size"], clip["mean"], clip["std"]
+            ),
+        ]
+        for case, x in (
+            ("random-b3", rng.standard_normal((3, 3, 224, 224)).astype(np.float32)),
+            ("photo-crops", np.stack(crops)),
+        ):
             feeds = {"pixel_values": x}
-            rows += _compare("clip_image_encoder", case, ClipImageEncoder.output_names, img_ort(feeds),
-                             _torch_run(modules["clip_image_encoder"], feeds))
+            rows += _compare(
+                "clip_image_encoder",
+                case,
+                ClipImageEncoder.output_names,
+                img_ort(feeds),
+                _torch_run(modules["clip_image_encoder"], feeds),
+            )
         txt_ort = _Ort(repo / models["clip_text_encoder"]["path"])
         tok = ClipTokenizer(repo / clip["tokenizer"], clip["context_length"])
         random_ids = rng.integers(1, clip["vocab_size"] - 2, (2, clip["context_length"])).astype(np.int32)
         random_ids[:, -1] = clip["vocab_size"] - 1  # <eot> last: the pooled position
         for case, ids in (("random-ids", random_ids), ("labels", tok(PARITY_LABELS))):
             feeds = {"input_ids": ids}
-            rows += _compare("clip_text_encoder", case, ClipTextEncoder.output_names, txt_ort(feeds),
-                             _torch_run(modules["clip_text_encoder"], feeds))
+            rows += _compare(
+                "clip_text_encoder",
+                case,
+                ClipTextEncoder.output_names,
+                txt_ort(feeds),
+                _torch_run(modules["clip_text_encoder"], feeds),
+            )
         log("  parity clip: done")
     return rows
 
@@ -195,11 +256,15 @@ def parity_checks(repo: Path, manifest: dict, modules: dict, photo: np.ndarray, 
 def format_parity(rows: list[dict]) -> str:
     lines = [f"{'model':<20} {'case':<22} {'output':<18} {'rel L2':>10}  ok"]
     for r in rows:
-        lines.append(f"{r['model']:<20} {r['case']:<22} {r['output']:<18} {r['rel_l2']:>10.2e}  "
-                     f"{'yes' if r['ok'] else 'NO'}")
+        lines.append(
+            f"{r['model']:<20} {r['case']:<22} {r['output']:<18} {r['rel_l2']:>10.2e}  "
+            f"{'yes' if r['ok'] else 'NO'}"
+        )
     worst = max((r["rel_l2"] for r in rows), default=0.0)
-    lines.append(f"{len(rows)} outputs compared, worst rel L2 {worst:.2e} (tolerance {PARITY_TOL:.0e}), "
-                 f"{sum(not r['ok'] for r in rows)} failed")
+    lines.append(
+        f"{len(rows)} outputs compared, worst rel L2 {worst:.2e} (tolerance {PARITY_TOL:.0e}), "
+        f"{sum(not r['ok'] for r in rows)} failed"
+    )
     return "\n".join(lines)
 
 
@@ -229,8 +294,9 @@ def export_repository(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest = _export_into(tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed,
-                                decoder_ns, decoder_ps, log)
+        manifest = _export_into(
+            tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns, decoder_ps, log
+        )
         failed = [r for r in manifest["parity"] if not r["ok"]]
         if failed:
             raise RuntimeError("parity failed:\n" + format_parity(failed))
@@ -248,8 +314,18 @@ def export_repository(
         raise
 
 
-def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns,
-                 decoder_ps, log: Log) -> dict:
+def _export_into(
+    repo: Path,
+    sam2_source,
+    clip_source,
+    sam2_config,
+    clip_model,
+    opset,
+    seed,
+    decoder_ns,
+    decoder_ps,
+    log: Log,
+) -> dict:
     import onnx
     import sam2
 
@@ -259,13 +335,20 @@ def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, 
     clip_spec = sources.resolve_clip(clip_source, ckpt_dir, clip_model, seed) if clip_source else None
 
     def rel(p: str) -> str:  # checkpoints we wrote travel with the repository
-        return os.path.relpath(p, repo) if Path(p).resolve().is_relative_to(repo.resolve()) else str(Path(p).resolve())
+        return (
+            os.path.relpath(p, repo)
+            if Path(p).resolve().is_relative_to(repo.resolve())
+            else str(Path(p).resolve())
+        )
 
     manifest: dict = {
         "format_version": 1,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "exporter": {"torch": torch.__version__, "sam2": getattr(sam2, "__version__", "1.x"),
-                     "onnx": onnx.__version__},
+        "exporter": {
+            "torch": torch.__version__,
+            "sam2": getattr(sam2, "__version__", "1.x"),
+            "onnx": onnx.__version__,
+        },
         "random_weights": sam_spec.random_weights or bool(clip_spec and clip_spec.random_weights),
         "_root": str(repo),
     }
@@ -291,16 +374,31 @@ def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, 
     with torch.no_grad():
         feats = modules["sam2_image_encoder"](torch.zeros(1, 3, size, size))
     graphs = [
-        ("sam2_image_encoder", {"images": torch.zeros(1, 3, size, size)},
-         {"images": {0: "batch"}, **{o: {0: "batch"} for o in Sam2ImageEncoder.output_names}}),
-        ("sam2_mask_decoder",
-         {"image_embed": feats[0], "high_res_feats_0": feats[1], "high_res_feats_1": feats[2],
-          "point_coords": torch.full((4, 2, 2), size / 2), "point_labels": torch.ones(4, 2, dtype=torch.int32),
-          "image_index": torch.zeros(4, dtype=torch.int32)},
-         {"image_embed": {0: "num_images"}, "high_res_feats_0": {0: "num_images"},
-          "high_res_feats_1": {0: "num_images"}, "point_coords": {0: "num_prompts", 1: "num_points"},
-          "point_labels": {0: "num_prompts", 1: "num_points"}, "image_index": {0: "num_prompts"},
-          **{o: {0: "num_prompts"} for o in Sam2MaskDecoder.output_names}}),
+        (
+            "sam2_image_encoder",
+            {"images": torch.zeros(1, 3, size, size)},
+            {"images": {0: "batch"}, **{o: {0: "batch"} for o in Sam2ImageEncoder.output_names}},
+        ),
+        (
+            "sam2_mask_decoder",
+            {
+                "image_embed": feats[0],
+                "high_res_feats_0": feats[1],
+                "high_res_feats_1": feats[2],
+                "point_coords": torch.full((4, 2, 2), size / 2),
+                "point_labels": torch.ones(4, 2, dtype=torch.int32),
+                "image_index": torch.zeros(4, dtype=torch.int32),
+            },
+            {
+                "image_embed": {0: "num_images"},
+                "high_res_feats_0": {0: "num_images"},
+                "high_res_feats_1": {0: "num_images"},
+                "point_coords": {0: "num_prompts", 1: "num_points"},
+                "point_labels": {0: "num_prompts", 1: "num_points"},
+                "image_index": {0: "num_prompts"},
+                **{o: {0: "num_prompts"} for o in Sam2MaskDecoder.output_names},
+            },
+        ),
     ]
     if clip_spec:
         clip = sources.build_clip(clip_spec)
@@ -324,15 +422,23 @@ def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, 
         modules["clip_image_encoder"] = ClipImageEncoder(clip).eval()
         modules["clip_text_encoder"] = ClipTextEncoder(clip).eval()
         graphs += [
-            ("clip_image_encoder", {"pixel_values": torch.zeros(2, 3, isz, isz)},
-             {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}),
-            ("clip_text_encoder", {"input_ids": torch.zeros(2, clip.context_length, dtype=torch.int32)},
-             {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}}),
+            (
+                "clip_image_encoder",
+                {"pixel_values": torch.zeros(2, 3, isz, isz)},
+                {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+            ),
+            (
+                "clip_text_encoder",
+                {"input_ids": torch.zeros(2, clip.context_length, dtype=torch.int32)},
+                {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}},
+            ),
         ]
     else:
         manifest["clip"] = None
-    log(f"  sources ready in {time.perf_counter() - t0:.1f}s "
-        f"(sam2 {sam_spec.architecture}, clip {clip_spec.architecture if clip_spec else 'none'})")
+    log(
+        f"  sources ready in {time.perf_counter() - t0:.1f}s "
+        f"(sam2 {sam_spec.architecture}, clip {clip_spec.architecture if clip_spec else 'none'})"
+    )
 
     for name, example, axes in graphs:
         path = repo / name / "1" / "model.onnx"
@@ -349,8 +455,16 @@ def _export_into(repo: Path, sam2_source, clip_source, sam2_config, clip_model, 
         }
         log(f"  exported {name}: {secs:.1f}s, {path.stat().st_size / 1e6:.1f} MB")
 
-    rows = parity_checks(repo, manifest, modules, default_photo(), seed=seed + 1, decoder_ns=decoder_ns,
-                         decoder_ps=decoder_ps, log=log)
+    rows = parity_checks(
+        repo,
+        manifest,
+        modules,
+        default_photo(),
+        seed=seed + 1,
+        decoder_ns=decoder_ns,
+        decoder_ps=decoder_ps,
+        log=log,
+    )
     manifest["parity"] = rows
     for name in manifest["models"]:
         mine = [r for r in rows if r["model"] == name]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,7 +226,9 @@ def read_clip_state_dict(path: str) -> tuple[dict, bool]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     is_jit = False
     try:
-        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
         is_jit = True
     except Exception:
         sd = _load_torch_file(path)

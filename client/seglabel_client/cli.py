@@ -1,0 +1,150 @@
+"""``seglabel``: command-line client.
+
+    seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json]
+    seglabel info | seglabel health
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from seglabel_client.analysis import group_by_label, most_common_labels
+from seglabel_client.client import DEFAULT_TARGET, SegmenterClient
+
+
+def _pairs(text: str, n: int) -> list[tuple[float, ...]]:
+    out = []
+    for chunk in filter(None, text.split(";")):
+        vals = tuple(float(v) for v in chunk.split(","))
+        if len(vals) not in (n, n + 1 if n == 2 else n):
+            raise argparse.ArgumentTypeError(f"{chunk!r}: expected {n} numbers")
+        out.append(vals)
+    return out
+
+
+def format_table(resp) -> str:
+    lines = [f"Segment Labels ({resp.mask_count} masks, {resp.width}x{resp.height})"]
+    if not resp.labels:
+        reason = resp.labels_unavailable_reason or "no masks"
+        lines.append(f"  (no labels: {reason})")
+    else:
+        lines.append(f"  {'mask':>4}  {'label':<18} {'conf':>6}  {'area':>8}  top-k")
+        areas = {m.index: m.area for m in resp.masks}
+        for lab in sorted(resp.labels, key=lambda lab: -lab.confidence):
+            alts = ", ".join(f"{t.label} {t.confidence:.2f}" for t in lab.top_k[1:])
+            lines.append(f"  {lab.mask_index:>4}  {lab.label:<18} {lab.confidence:>6.3f}  "
+                         f"{areas.get(lab.mask_index, 0):>8}  {alts}")
+        common = ", ".join(f"{k} x{v}" for k, v in most_common_labels(resp.labels, 5))
+        lines.append(f"  most common: {common}")
+        lines.append(f"  distinct labels: {len(group_by_label(resp.labels))}")
+    t = resp.timings
+    lines.append(f"  time {t.total_ms:.0f} ms (encoder {t.encoder_ms:.0f}, decoder {t.decoder_ms:.0f}, "
+                 f"filter {t.filter_ms:.0f}, upsample {t.upsample_ms:.0f}, crops {t.crops_ms:.0f}, "
+                 f"clip {t.clip_ms:.0f}, queue {t.queue_ms:.0f})")
+    return "\n".join(lines)
+
+
+def _progress(done: int, total: int, width: int = 30) -> None:
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\rClassified {done}/{total} masks [{'#' * filled}{' ' * (width - filled)}]")
+    sys.stderr.flush()
+
+
+def _segment(args) -> int:
+    kw = dict(prompt_type=args.prompt, points_per_side=args.grid, labels=args.labels or (),
+              max_masks=args.max_masks, top_k=args.top_k, min_confidence=args.min_confidence,
+              overlay=bool(args.out), pred_iou_thresh=args.pred_iou_thresh,
+              stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
+              points=args.points or (), boxes=args.boxes or (), multimask=args.multimask)
+    with SegmenterClient(args.server, timeout=args.timeout) as client:
+        up = client.upload(args.image)
+        if not args.json:
+            print(f"uploaded {args.image}: file_id {up.file_id[:12]}... ({up.width}x{up.height})", file=sys.stderr)
+        if args.stream:
+            from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
+
+            resp, masks, labels = None, [], []
+            t0 = time.perf_counter()
+            for ev in client.stream_segment(file_id=up.file_id, **kw):
+                kind = ev.WhichOneof("event")
+                if kind == "masks":
+                    masks = list(ev.masks.masks)
+                    if not args.json:
+                        print(f"{len(masks)} masks after {1000 * (time.perf_counter() - t0):.0f} ms", file=sys.stderr)
+                elif kind == "label_update":
+                    labels += list(ev.label_update.labels)
+                    if not args.json:
+                        _progress(ev.label_update.done, ev.label_update.total)
+                elif kind == "summary":
+                    resp = ev.summary
+            if not args.json and labels:
+                sys.stderr.write("\n")
+            final = pb.SegmentResponse()
+            final.CopyFrom(resp)
+            del final.masks[:]
+            final.masks.extend(masks)
+            resp = final
+        else:
+            resp = client.segment(file_id=up.file_id, **kw)
+    if args.out and resp.segmented_image:
+        with open(args.out, "wb") as f:
+            f.write(resp.segmented_image)
+    if args.json:
+        data = MessageToDict(resp, preserving_proto_field_name=True)
+        data.pop("segmented_image", None)
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_table(resp))
+        if args.out:
+            print(f"overlay written to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seglabel", description="seglabel gRPC client")
+    parser.add_argument("--server", default=DEFAULT_TARGET)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    seg = sub.add_parser("segment", help="segment and label an image")
+    seg.add_argument("image")
+    seg.add_argument("--stream", action="store_true", help="stream masks and label updates")
+    seg.add_argument("--labels", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+                     help="comma-separated vocabulary (default: the server's)")
+    seg.add_argument("--out", help="write the overlay PNG here")
+    seg.add_argument("--json", action="store_true", help="print the response as JSON")
+    seg.add_argument("--prompt", choices=["grid", "points", "box"], default="grid")
+    seg.add_argument("--grid", type=int, default=0, help="points per side (grid)")
+    seg.add_argument("--points", type=lambda s: _pairs(s, 2), help="'x,y[,positive];...' in pixels")
+    seg.add_argument("--boxes", type=lambda s: _pairs(s, 4), help="'x0,y0,x1,y1;...' in pixels")
+    seg.add_argument("--multimask", action="store_true")
+    seg.add_argument("--max-masks", type=int, default=0)
+    seg.add_argument("--top-k", type=int, default=0)
+    seg.add_argument("--min-confidence", type=float, default=None)
+    seg.add_argument("--pred-iou-thresh", type=float, default=None)
+    seg.add_argument("--stability-score-thresh", type=float, default=None)
+    seg.add_argument("--box-nms-thresh", type=float, default=None)
+    sub.add_parser("info", help="print GetServerInfo")
+    sub.add_parser("health", help="print the health status")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "segment":
+            return _segment(args)
+        with SegmenterClient(args.server, timeout=args.timeout) as client:
+            if args.cmd == "info":
+                print(json.dumps(MessageToDict(client.server_info(), preserving_proto_field_name=True), indent=2))
+            else:
+                print(client.health())
+        return 0
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Sync and asyncio clients over the generated stubs. Only the public gRPC API is used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
+from seglabel_server.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_PROMPTS = {"grid": pb.PROMPT_TYPE_GRID, "points": pb.PROMPT_TYPE_POINTS, "box": pb.PROMPT_TYPE_BOX}
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+ImageLike = bytes | str | os.PathLike
+
+
+def _image_bytes(image: ImageLike) -> bytes:
+    return image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+
+
+def build_request(
+    image: ImageLike | None = None,
+    *,
+    file_id: str | None = None,
+    prompt_type: str = "grid",
+    points_per_side: int = 0,
+    points: Iterable[Sequence[float]] = (),
+    boxes: Iterable[Sequence[float]] = (),
+    labels: Iterable[str] = (),
+    max_masks: int = 0,
+    top_k: int = 0,
+    min_confidence: float | None = None,
+    overlay: bool = True,
+    skip_labels: bool = False,
+    multimask: bool = False,
+    pred_iou_thresh: float | None = None,
+    stability_score_thresh: float | None = None,
+    box_nms_thresh: float | None = None,
+) -> pb.SegmentRequest:
+    """A SegmentRequest. ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels.
+    Thresholds left at None take the server's defaults."""
+    if (image is None) == (file_id is None):
+        raise ValueError("give exactly one of image or file_id")
+    if prompt_type not in _PROMPTS:
+        raise ValueError(f"prompt_type must be one of {sorted(_PROMPTS)}")
+    req = pb.SegmentRequest(
+        prompt_type=_PROMPTS[prompt_type], points_per_side=points_per_side, max_masks=max_masks,
+        vocabulary=list(labels), top_k=top_k, return_overlay=overlay, skip_labels=skip_labels,
+        multimask=multimask, min_confidence=min_confidence, pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
+        points=[pb.Point(x=p[0], y=p[1], positive=bool(p[2]) if len(p) > 2 else True) for p in points],
+        boxes=[pb.Box(x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for b in boxes],
+    )
+    if file_id is not None:
+        req.file_id = file_id
+    else:
+        req.image = _image_bytes(image)
+    return req
+
+
+class SegmenterClient:
+    """Blocking client. ``with SegmenterClient("127.0.0.1:50051") as c: c.segment("photo.jpg")``."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None):
+        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.timeout = timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
+        return self.stub.Upload(pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout)
+
+    def segment(self, image: ImageLike | None = None, timeout: float | None = None, **kw) -> pb.SegmentResponse:
+        return self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
+
+    def stream_segment(self, image: ImageLike | None = None, timeout: float | None = None,
+                       **kw) -> Iterator[pb.SegmentEvent]:
+        """Yields events; breaking out of the loop (or ``.cancel()`` on the call) stops the server's work."""
+        return self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
+
+    def server_info(self) -> pb.ServerInfo:
+        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until health says SERVING (models loaded and warm)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not SERVING after {timeout}s")
+            time.sleep(0.25)
+
+
+class AsyncSegmenterClient:
+    """asyncio client. ``async with AsyncSegmenterClient() as c: async for ev in c.stream_segment(...)``."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None):
+        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.timeout = timeout
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
+        return await self.stub.Upload(pb.UploadRequest(image=_image_bytes(image), filename=filename),
+                                      timeout=self.timeout)
+
+    async def segment(self, image: ImageLike | None = None, timeout: float | None = None,
+                      **kw) -> pb.SegmentResponse:
+        return await self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
+
+    async def stream_segment(self, image: ImageLike | None = None, timeout: float | None = None,
+                             **kw) -> AsyncIterator[pb.SegmentEvent]:
+        call = self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
+        try:
+            async for ev in call:
+                yield ev
+        finally:
+            call.cancel()
+
+    async def server_info(self) -> pb.ServerInfo:
+        return await self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self.timeout)
+
+    async def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

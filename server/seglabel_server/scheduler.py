@@ -1,0 +1,281 @@
+"""When work runs and in which batch.
+
+Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue
+(encoder: images; decoder: prompt chunks, possibly of several images; clip: crops; text: token rows).
+One inference worker thread per device repeatedly asks :func:`pick_stage` which stage is ready,
+drains it with :func:`collate_batch` (pure functions, unit-tested without models), and hands the
+batch to :class:`BatchExecutor`, which runs it on the backend and returns exactly one result per item.
+The asyncio loop only awaits futures: it never blocks on model work.
+
+Triton's semantics: a stage is ready when it holds ``max_batch_size`` units or its oldest item has
+waited ``max_queue_delay`` (default 0: batch whatever is queued, never wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from seglabel_server.backends.base import Backend, DecoderOutput, ImageFeatures
+from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
+from seglabel_server.metrics import Metrics
+from seglabel_server.types import RequestContext
+
+log = logging.getLogger(__name__)
+
+STAGES = ("text", "clip", "decoder", "encoder")  # priority order: finish requests already in flight first
+
+
+@dataclass
+class StageConfig:
+    max_batch_size: int
+    max_queue_delay_ms: float = 0.0
+    max_queue: int = 256  # items
+
+
+@dataclass
+class WorkItem:
+    stage: str
+    payload: Any
+    size: int  # batch units: images, prompts, crops, token rows
+    ctx: RequestContext
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    key: Hashable = None  # items with different keys never share a batch (decoder: points per prompt)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def collate_batch(pending: deque, max_size: int, batching: bool = True) -> tuple[list[WorkItem], list[WorkItem]]:
+    """Take items from the front of ``pending`` into one batch of at most ``max_size`` units.
+
+    Returns (batch, dropped). Items whose request was cancelled or passed its deadline are removed
+    and returned as dropped (never run). The batch takes at least one live item even if it alone is
+    bigger than ``max_size``; it only takes items with the first item's key, leaving the others queued
+    in order. With ``batching`` False the batch is a single item.
+    """
+    batch: list[WorkItem] = []
+    dropped: list[WorkItem] = []
+    kept: deque = deque()
+    total = 0
+    while pending:
+        item = pending.popleft()
+        if item.ctx.done() or item.future.cancelled():
+            dropped.append(item)
+            continue
+        if not batch:
+            batch.append(item)
+            total = item.size
+            if not batching:
+                break
+            continue
+        if item.key != batch[0].key:
+            kept.append(item)
+            continue
+        if total + item.size > max_size:
+            kept.append(item)
+            break
+        batch.append(item)
+        total += item.size
+    kept.extend(pending)
+    pending.clear()
+    pending.extend(kept)
+    return batch, dropped
+
+
+def pick_stage(queues: dict[str, deque], configs: dict[str, StageConfig], now: float) -> tuple[str | None, float]:
+    """The highest-priority ready stage, or (None, seconds until one becomes ready / inf)."""
+    wait = float("inf")
+    for stage in STAGES:
+        q = queues[stage]
+        if not q:
+            continue
+        cfg = configs[stage]
+        if sum(i.size for i in q) >= cfg.max_batch_size:
+            return stage, 0.0
+        due = q[0].enqueued + cfg.max_queue_delay_ms / 1000.0 - now
+        if due <= 0:
+            return stage, 0.0
+        wait = min(wait, due)
+    return None, wait
+
+
+class BatchExecutor:
+    """Runs one batch of one stage on a backend; returns exactly one result per item."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def run(self, stage: str, items: Sequence[WorkItem]) -> list[Any]:
+        fn = getattr(self, f"_run_{stage}")
+        results = fn([i.payload for i in items])
+        if len(results) != len(items):
+            raise RuntimeError(f"{stage}: {len(results)} results for {len(items)} items")
+        return results
+
+    def _run_encoder(self, payloads: list[np.ndarray]) -> list[ImageFeatures]:
+        return self.backend.encode_images(np.stack(payloads))
+
+    def _run_decoder(self, payloads: list[tuple]) -> list[DecoderOutput]:
+        # payload: (features, coords [n,P,2], labels [n,P]); features shared by identity are sent once.
+        unique: list[ImageFeatures] = []
+        slot: dict[int, int] = {}
+        index = []
+        for feats, coords, _ in payloads:
+            if id(feats) not in slot:
+                slot[id(feats)] = len(unique)
+                unique.append(feats)
+            index.append(np.full(len(coords), slot[id(feats)], np.int32))
+        out = self.backend.decode(unique, np.concatenate([p[1] for p in payloads]),
+                                  np.concatenate([p[2] for p in payloads]), np.concatenate(index))
+        results, start = [], 0
+        for _, coords, _ in payloads:
+            results.append(out.slice(start, start + len(coords)))
+            start += len(coords)
+        return results
+
+    def _split(self, arrays: list[np.ndarray], out: np.ndarray) -> list[np.ndarray]:
+        bounds = np.cumsum([len(a) for a in arrays])[:-1]
+        return np.split(out, bounds)
+
+    def _run_clip(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
+        return self._split(payloads, self.backend.embed_images(np.concatenate(payloads)))
+
+    def _run_text(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
+        return self._split(payloads, self.backend.embed_texts(np.concatenate(payloads)))
+
+
+class Scheduler:
+    """Bounded per-stage queues + one inference worker thread; async ``submit`` for the pipeline."""
+
+    def __init__(self, backend: Backend, configs: dict[str, StageConfig], metrics: Metrics | None = None,
+                 batching: bool = True):
+        self.executor = BatchExecutor(backend)
+        self.configs = configs
+        self.metrics = metrics
+        self.batching = batching
+        self.queues: dict[str, deque] = {s: deque() for s in STAGES}
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="seglabel-inference", daemon=True)
+        self.thread.start()
+
+    # -- client side (asyncio loop) -----------------------------------------------------------------
+    def submit_nowait(self, stage: str, payload: Any, size: int, ctx: RequestContext,
+                      key: Hashable = None) -> concurrent.futures.Future:
+        ctx.check()
+        item = WorkItem(stage, payload, size, ctx, key=key)
+        with self.cond:
+            if self.stopping:
+                raise Overloaded("server is shutting down")
+            q = self.queues[stage]
+            if len(q) >= self.configs[stage].max_queue:
+                if self.metrics:
+                    self.metrics.rejected.labels(stage).inc()
+                raise Overloaded(f"{stage} queue is full ({len(q)} items queued); retry later")
+            q.append(item)
+            if self.metrics:
+                self.metrics.queue_depth.labels(stage).set(len(q))
+            self.cond.notify()
+        return item.future
+
+    async def submit(self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None) -> Any:
+        fut = self.submit_nowait(stage, payload, size, ctx, key)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    async def encode(self, image: np.ndarray, ctx: RequestContext) -> ImageFeatures:
+        return await self.submit("encoder", image, 1, ctx)
+
+    async def decode(self, feats: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
+                     ctx: RequestContext) -> DecoderOutput:
+        return await self.submit("decoder", (feats, coords, labels), len(coords), ctx, key=coords.shape[1])
+
+    async def embed_images(self, pixels: np.ndarray, ctx: RequestContext) -> np.ndarray:
+        return await self.submit("clip", pixels, len(pixels), ctx)
+
+    async def embed_texts(self, ids: np.ndarray, ctx: RequestContext) -> np.ndarray:
+        return await self.submit("text", ids, len(ids), ctx)
+
+    def max_batch(self, stage: str) -> int:
+        return self.configs[stage].max_batch_size
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join(timeout=30)
+        for q in self.queues.values():
+            for item in q:
+                item.future.set_exception(Cancelled("server stopped"))
+            q.clear()
+
+    # -- worker side --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if self.stopping:
+                        return
+                    stage, wait = pick_stage(self.queues, self.configs, time.monotonic())
+                    if stage is not None:
+                        break
+                    self.cond.wait(timeout=None if wait == float("inf") else wait)
+                batch, dropped = collate_batch(self.queues[stage], self.configs[stage].max_batch_size,
+                                               self.batching)
+                if self.metrics:
+                    self.metrics.queue_depth.labels(stage).set(len(self.queues[stage]))
+            for item in dropped:
+                self._fail(item, Cancelled("request cancelled before it ran") if item.ctx.cancelled
+                           else DeadlineExceeded("request passed its deadline before it ran"))
+            if batch:
+                self._execute(stage, batch)
+
+    def _fail(self, item: WorkItem, exc: BaseException) -> None:
+        if self.metrics:
+            self.metrics.dropped.labels(item.stage).inc()
+        if not item.future.cancelled():
+            try:
+                item.future.set_exception(exc)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+    def _execute(self, stage: str, batch: list[WorkItem]) -> None:
+        start = time.monotonic()
+        for item in batch:
+            # A request's queue time excludes waiting behind its own earlier batches.
+            item.ctx.queue_ms += max(0.0, start - max(item.enqueued, item.ctx.busy_until)) * 1000.0
+            if self.metrics:
+                self.metrics.queue_seconds.labels(stage).observe(start - item.enqueued)
+        try:
+            results = self.executor.run(stage, batch)
+        except BaseException as exc:  # one bad batch fails its own items, never the worker
+            log.exception("%s batch of %d failed", stage, len(batch))
+            for item in batch:
+                self._fail(item, exc)
+            return
+        end = time.monotonic()
+        elapsed = end - start
+        for item in batch:
+            item.ctx.busy_until = end
+        if self.metrics:
+            self.metrics.compute_seconds.labels(stage).observe(elapsed)
+            self.metrics.executions.labels(stage).inc()
+            self.metrics.inferences.labels(stage).inc(sum(i.size for i in batch))
+            self.metrics.requests_per_batch.labels(stage).observe(len(batch))
+            self.metrics.batch_size.labels(stage).observe(sum(i.size for i in batch))
+        for item, result in zip(batch, results):
+            if not item.future.cancelled():
+                try:
+                    item.future.set_result(result)
+                except concurrent.futures.InvalidStateError:
+                    pass

@@ -1,0 +1,194 @@
+"""The domain service behind the servicer: uploaded files, model loading and warm-up, admission,
+and the per-image feature cache. Raises typed errors; knows nothing of protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from seglabel_server import __version__, imaging
+from seglabel_server.backends import Backend, create_backend
+from seglabel_server.config import ServerConfig
+from seglabel_server.errors import InvalidArgument, LimitExceeded, ModelError, Overloaded, Unavailable, UnknownFile
+from seglabel_server.metrics import Metrics
+from seglabel_server.pipeline import Pipeline
+from seglabel_server.repository import ModelRepository
+from seglabel_server.scheduler import Scheduler
+from seglabel_server.tokenizer import ClipTokenizer
+from seglabel_server.types import RequestContext, SegmentParams, SegmentResult
+
+log = logging.getLogger(__name__)
+
+
+class FileStore:
+    """Content-addressed uploads (sha256 of the bytes), least recently used dropped past a byte budget."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.files: OrderedDict[str, tuple[bytes, int, int]] = OrderedDict()
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def put(self, data: bytes, width: int, height: int) -> str:
+        file_id = hashlib.sha256(data).hexdigest()
+        with self.lock:
+            if file_id in self.files:
+                self.files.move_to_end(file_id)
+                return file_id
+            self.files[file_id] = (data, width, height)
+            self.total += len(data)
+            while self.total > self.max_bytes and len(self.files) > 1:
+                _, (old, _, _) = self.files.popitem(last=False)
+                self.total -= len(old)
+        return file_id
+
+    def get(self, file_id: str) -> bytes:
+        with self.lock:
+            entry = self.files.get(file_id)
+            if entry is None:
+                raise UnknownFile(f"unknown file_id {file_id!r} (never uploaded, or evicted: upload again)")
+            self.files.move_to_end(file_id)
+            return entry[0]
+
+
+class SeglabelService:
+    def __init__(self, cfg: ServerConfig, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.files = FileStore(cfg.upload_cache_mb << 20)
+        self.repo: ModelRepository | None = None
+        self.backend: Backend | None = None
+        self.scheduler: Scheduler | None = None
+        self.pipeline: Pipeline | None = None
+        self.ready = asyncio.Event()
+        self.load_error: str = ""
+        self.inflight = 0
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def load(self) -> None:
+        """Load models (in a thread: the loop keeps answering health checks), then warm up."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._load_models)
+            if self.cfg.warmup:
+                await self._warmup()
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("model loading failed: %s", exc)
+            raise
+        self.ready.set()
+        log.info("models loaded and warmed up in %.1fs (%s on %s, providers %s)%s", time.perf_counter() - t0,
+                 self.backend.info.name, self.backend.info.device, self.backend.info.providers,
+                 " -- RANDOM WEIGHTS: masks and labels are meaningless" if self.repo.random_weights else "")
+
+    def _load_models(self) -> None:
+        cfg = self.cfg
+        self.repo = ModelRepository.load(cfg.models)
+        reason = ""
+        load_clip = cfg.load_clip and self.repo.has_clip
+        if not cfg.load_clip:
+            reason = "CLIP disabled by the server's configuration (--no-clip)"
+        elif not self.repo.has_clip:
+            reason = f"no CLIP models in {self.repo.root}"
+        try:
+            self.backend = create_backend(cfg.backend, self.repo, cfg.device, cfg.precision, load_clip, cfg.threads)
+        except ModelError as exc:
+            if not load_clip:
+                raise
+            # Segmentation must work without CLIP: retry without it and say why.
+            log.warning("CLIP failed to load (%s); serving masks without labels", exc)
+            reason = f"CLIP failed to load: {exc}"
+            self.backend = create_backend(cfg.backend, self.repo, cfg.device, cfg.precision, False, cfg.threads)
+        tokenizer = None
+        if self.backend.has_clip:
+            try:
+                tokenizer = ClipTokenizer(self.repo.tokenizer_path(), self.repo.clip["context_length"])
+            except Exception as exc:
+                reason = f"CLIP tokenizer failed to load: {exc}"
+        elif not reason:
+            reason = "CLIP models not loaded"
+        self.scheduler = Scheduler(self.backend, cfg.stage_configs(), self.metrics, batching=cfg.batching)
+        self.pipeline = Pipeline(cfg.pipeline, self.repo.sam2, self.repo.clip, self.scheduler, tokenizer,
+                                 "" if tokenizer is not None else reason)
+
+    async def _warmup(self) -> None:
+        """One small request through every model, and the default vocabulary's text embeddings."""
+        rng = np.random.default_rng(0)
+        image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+        ctx = RequestContext(request_id="warmup")
+        await self.pipeline.run(SegmentParams(prompt_type="points", points=[(32.0, 32.0, 1)]), image, ctx)
+        if self.pipeline.has_clip:
+            await self.pipeline.text_embeddings(tuple(self.cfg.pipeline.vocabulary), ctx)
+            s = self.repo.clip["image_size"]
+            await self.scheduler.embed_images(np.zeros((1, 3, s, s), np.float32), ctx)
+
+    async def close(self) -> None:
+        if self.scheduler:
+            await asyncio.to_thread(self.scheduler.close)
+        if self.pipeline:
+            self.pipeline.close()
+        if self.backend:
+            self.backend.close()
+
+    # ----------------------------------------------------------------------------------------- calls
+    def upload(self, data: bytes) -> tuple[str, int, int]:
+        self._check_size(data)
+        image = imaging.decode_image(data, self.cfg.max_image_pixels)
+        h, w = image.shape[:2]
+        return self.files.put(data, w, h), w, h
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.cfg.max_image_bytes:
+            raise LimitExceeded(f"image of {len(data)} bytes is over the limit of {self.cfg.max_image_bytes}")
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise Unavailable(f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}")
+
+    async def segment(self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext,
+                      emit=None) -> SegmentResult:
+        self._require_ready()
+        if self.inflight >= self.cfg.max_inflight:
+            self.metrics.rejected.labels("admission").inc()
+            raise Overloaded(f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later")
+        self.inflight += 1
+        try:
+            t0 = time.perf_counter()
+            if file_id:
+                data = self.files.get(file_id)
+            elif not data:
+                raise InvalidArgument("SegmentRequest needs file_id or image bytes")
+            self._check_size(data)
+            image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels)
+            decode_ms = (time.perf_counter() - t0) * 1000.0
+            result = await self.pipeline.run(params, image, ctx, emit)
+            result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
+            result.timings["total"] += decode_ms
+            return result
+        finally:
+            self.inflight -= 1
+
+    def info(self) -> dict:
+        cfg = self.cfg
+        repo, backend = self.repo, self.backend
+        return {
+            "version": __version__,
+            "backend": backend.info.name if backend else cfg.backend,
+            "device": backend.info.device if backend else cfg.device,
+            "providers": list(backend.info.providers) if backend else [],
+            "models": repo.models_info() if repo else [],
+            "random_weights": bool(repo and repo.random_weights),
+            "default_vocabulary": list(cfg.pipeline.vocabulary),
+            "limits": {"max_image_bytes": cfg.max_image_bytes, "max_image_pixels": cfg.max_image_pixels,
+                       "max_points_per_side": cfg.pipeline.max_points_per_side,
+                       "max_prompts": cfg.pipeline.max_prompts, "max_vocabulary": cfg.pipeline.max_vocabulary,
+                       "max_queue": cfg.max_queue},
+            "labels_unavailable_reason": (self.pipeline.labels_unavailable_reason if self.pipeline
+                                          and not self.pipeline.has_clip else ""),
+        }

@@ -1,0 +1,122 @@
+"""Domain objects of a request and its answer, independent of protobuf (conversion lives in convert.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from seglabel_server.errors import Cancelled, DeadlineExceeded
+
+
+@dataclass
+class SegmentParams:
+    """What a client asked for. Zero / empty means "server default" (resolved by the pipeline)."""
+
+    prompt_type: str = "grid"  # grid | points | box
+    points_per_side: int = 0
+    points: list[tuple[float, float, int]] = field(default_factory=list)  # (x, y, 1 fg / 0 bg), pixels
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # x0, y0, x1, y1, pixels
+    max_masks: int = 0
+    vocabulary: tuple[str, ...] = ()
+    top_k: int = 0
+    min_confidence: float | None = None
+    return_overlay: bool = False
+    skip_labels: bool = False
+    multimask: bool = False
+    pred_iou_thresh: float | None = None  # None: server default
+    stability_score_thresh: float | None = None
+    box_nms_thresh: float | None = None
+
+
+@dataclass
+class MaskResult:
+    index: int
+    rle: dict  # COCO compressed RLE: {"size": [h, w], "counts": str}
+    bbox: tuple[float, float, float, float]  # x, y, w, h
+    area: int
+    predicted_iou: float
+    stability_score: float
+    point: tuple[float, float] | None = None
+
+
+@dataclass
+class LabelResult:
+    mask_index: int
+    label: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+
+
+@dataclass
+class SegmentResult:
+    width: int
+    height: int
+    masks: list[MaskResult]
+    labels: list[LabelResult]
+    overlay_png: bytes = b""
+    timings: dict[str, float] = field(default_factory=dict)
+    labels_unavailable_reason: str = ""
+
+
+# Events of a streamed request, in order: Accepted, MasksReady, LabelsUpdate*, Progress*, Done.
+@dataclass
+class Accepted:
+    request_id: str
+    width: int
+    height: int
+
+
+@dataclass
+class MasksReady:
+    masks: list[MaskResult]
+
+
+@dataclass
+class LabelsUpdate:
+    labels: list[LabelResult]
+    done: int
+    total: int
+
+
+@dataclass
+class Progress:
+    stage: str
+    fraction: float
+
+
+@dataclass
+class Done:
+    result: SegmentResult
+
+
+@dataclass
+class RequestContext:
+    """Per-request bookkeeping shared with the scheduler: cancellation, deadline, queue time."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    deadline: float | None = None  # time.monotonic() seconds
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    queue_ms: float = 0.0
+    busy_until: float = 0.0  # monotonic end of this request's last batch (own work is not queueing)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def done(self) -> bool:
+        return self.cancelled or self.expired
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Cancelled(f"request {self.request_id} was cancelled")
+        if self.expired:
+            raise DeadlineExceeded(f"request {self.request_id} passed its deadline")

@@ -1,0 +1,66 @@
+"""Shared fixtures: one tiny model repository (sam2's and open_clip's real classes, shrunk) exported
+once per test session; servers on 127.0.0.1 with ephemeral ports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seglabel_client import sample_image_bytes
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    from seglabel_export.exporter import export_repository
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    export_repository(out, "tiny", "tiny", log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_repo_no_clip(tiny_repo, tmp_path_factory) -> Path:
+    """The same SAM2 graphs, no CLIP in the manifest (labelling unavailable)."""
+    out = tmp_path_factory.mktemp("models") / "noclip"
+    shutil.copytree(tiny_repo, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["clip"] = None
+    for name in ("clip_image_encoder", "clip_text_encoder"):
+        manifest["models"].pop(name)
+        shutil.rmtree(out / name)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo_bytes() -> bytes:
+    return sample_image_bytes("astronaut.jpg")
+
+
+@pytest.fixture(scope="session")
+def photo(photo_bytes) -> np.ndarray:
+    from seglabel_server.imaging import decode_image
+
+    return decode_image(photo_bytes)
+
+
+def distinct_images(n: int, size=(96, 128)) -> list[bytes]:
+    """n visibly different real-photo crops, PNG encoded."""
+    import io
+
+    from PIL import Image
+
+    from seglabel_server.imaging import decode_image
+
+    out = []
+    for i in range(n):
+        img = decode_image(sample_image_bytes(("astronaut.jpg", "coffee.jpg")[i % 2]))
+        y, x = (i * 37) % (img.shape[0] - size[0]), (i * 53) % (img.shape[1] - size[1])
+        buf = io.BytesIO()
+        Image.fromarray(img[y : y + size[0], x : x + size[1]]).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
