@@ -35,7 +35,6 @@ from seglabel_export.wrappers import (
     ClipTextEncoder,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
-    resolve_path,
 )
 from seglabel_server import imaging
 from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
@@ -54,26 +53,27 @@ def rel_l2(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-12))
 
 
-def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+def _onnx_io(path: Path, dynamic_axes: dict, example_outputs: list[tuple[int, ...]]) -> tuple[list[dict], list[dict]]:
+    """Inputs/outputs of a graph: names, dtypes, shapes (dynamic axes by name, others concrete; the
+    exporter leaves some output dims symbolic, so they are taken from the traced example)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
 
-    def describe(values):
+    def describe(values, shapes=None):
         out = []
-        for v in values:
+        for i, v in enumerate(values):
             t = v.type.tensor_type
-            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append(
-                {
-                    "name": v.name,
-                    "shape": shape,
-                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                }
-            )
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            if shapes is not None:
+                dims = list(shapes[i])
+            axes = dynamic_axes.get(v.name, {})
+            dims = [axes.get(j, d) for j, d in enumerate(dims)]
+            out.append({"name": v.name, "shape": dims,
+                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
         return out
 
-    return describe(model.graph.input), describe(model.graph.output)
+    return describe(model.graph.input), describe(model.graph.output, example_outputs)
 
 
 def _export_graph(
@@ -128,7 +128,7 @@ def _torch_run(module, feeds: dict[str, np.ndarray], chunk_input: str | None = N
         parts = []
         for i in range(0, n, chunk):
             sub = {
-                k: (v[i : i + chunk] if k in ("point_coords", "point_labels", "image_index") else v)
+                k: (v[i : i + chunk] if k in ("point_coords", "point_labels") else v)
                 for k, v in feeds.items()
             }
             parts.append(_torch_run(module, sub, None))
@@ -157,7 +157,7 @@ def _compare(
     return rows
 
 
-def decoder_prompts(rng: np.random.Generator, n: int, p: int, size: int, num_images: int = 1):
+def decoder_prompts(rng: np.random.Generator, n: int, p: int, size: int):
     """Random prompts of P points: a box (labels 2,3) in some, background points and padding in others."""
     coords = rng.uniform(0, size, (n, p, 2)).astype(np.float32)
     labels = rng.integers(0, 2, (n, p)).astype(np.int32)
@@ -169,8 +169,7 @@ def decoder_prompts(rng: np.random.Generator, n: int, p: int, size: int, num_ima
         coords[box, 0], coords[box, 1] = lo, hi
     if p >= 3:
         labels[rng.random(n) < 0.3, -1] = -1
-    image_index = (np.arange(n) % num_images).astype(np.int32)
-    return {"point_coords": coords, "point_labels": labels, "image_index": image_index}
+    return {"point_coords": coords, "point_labels": labels}
 
 
 def parity_checks(
@@ -200,15 +199,15 @@ def parity_checks(
         feeds = {"images": x}
         ours, ref = enc_ort(feeds), _torch_run(modules[enc_name], feeds)
         rows += _compare(enc_name, case, Sam2ImageEncoder.output_names, ours, ref)
-        features[case] = dict(zip(Sam2ImageEncoder.output_names, ref))
+        # The decoder takes one image's features: the last image of the batch.
+        features[case] = {k: v[-1:] for k, v in zip(Sam2ImageEncoder.output_names, ref)}
     log(f"  parity {enc_name}: done")
 
     dec_ort = _Ort(repo / models[dec_name]["path"])
     for case, feats in features.items():
-        num_images = feats["image_embed"].shape[0]
         for n in decoder_ns:
             for p in decoder_ps:
-                feeds = {**feats, **decoder_prompts(rng, n, p, size, num_images)}
+                feeds = {**feats, **decoder_prompts(rng, n, p, size)}
                 ours = dec_ort(feeds)
                 ref = _torch_run(modules[dec_name], feeds, chunk_input="point_coords")
                 rows += _compare(dec_name, f"{case} N={n} P={p}", Sam2MaskDecoder.output_names, ours, ref)
@@ -387,15 +386,10 @@ def _export_into(
                 "high_res_feats_1": feats[2],
                 "point_coords": torch.full((4, 2, 2), size / 2),
                 "point_labels": torch.ones(4, 2, dtype=torch.int32),
-                "image_index": torch.zeros(4, dtype=torch.int32),
             },
             {
-                "image_embed": {0: "num_images"},
-                "high_res_feats_0": {0: "num_images"},
-                "high_res_feats_1": {0: "num_images"},
                 "point_coords": {0: "num_prompts", 1: "num_points"},
                 "point_labels": {0: "num_prompts", 1: "num_points"},
-                "image_index": {0: "num_prompts"},
                 **{o: {0: "num_prompts"} for o in Sam2MaskDecoder.output_names},
             },
         ),
@@ -443,7 +437,10 @@ def _export_into(
     for name, example, axes in graphs:
         path = repo / name / "1" / "model.onnx"
         secs = _export_graph(modules[name], example, axes, path, opset)
-        inputs, outputs = _onnx_io(path)
+        with torch.no_grad():
+            outs = modules[name](*example.values())
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        inputs, outputs = _onnx_io(path, axes, [tuple(o.shape) for o in outs])
         manifest["models"][name] = {
             "platform": "onnxruntime_onnx",
             "path": f"{name}/1/model.onnx",

@@ -234,11 +234,14 @@ def read_clip_state_dict(path: str) -> tuple[dict, bool]:
         sd = _load_torch_file(path)
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
+    if isinstance(sd, dict):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if not isinstance(sd, dict) or "visual.conv1.weight" not in sd or "text_projection" not in sd:
         raise CheckpointError(f"{path}: not a CLIP ViT checkpoint (no visual.conv1.weight / text_projection)")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
     is_openai = is_jit or "input_resolution" in sd
-    return {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}, is_openai
+    # Not weights: OpenAI's metadata tensors, and the causal mask a TorchScript archive may carry.
+    skip = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+    return {k: v for k, v in sd.items() if k not in skip and not k.endswith(".attn_mask")}, is_openai
 
 
 def openai_config_from_state_dict(sd: dict) -> dict:

@@ -1,7 +1,7 @@
 """TensorRT engines from the repository's ONNX graphs.
 
 Optimization profiles cover every dynamic axis; shape inputs are int32 in the graphs already
-(labels, image_index, input_ids). Each engine is saved beside its ONNX file as ``model.plan`` and the
+(labels, input_ids). Each engine is saved beside its ONNX file as ``model.plan`` and the
 manifest records the TensorRT version, the GPU and the profiles it was built for (an engine only runs
 on the TensorRT version and GPU it was built with).
 """
@@ -44,17 +44,11 @@ def _require_tensorrt():
 def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -> dict[str, dict]:
     """(min, opt, max) shapes per input of each model."""
     s = manifest["sam2"]["image_size"]
-    c = manifest["sam2"]["embed_dim"]
-    e = s // 16
     out = {
         "sam2_image_encoder": {"images": ((1, 3, s, s), (1, 3, s, s), (max_batch, 3, s, s))},
         "sam2_mask_decoder": {
-            "image_embed": ((1, c, e, e), (1, c, e, e), (max_batch, c, e, e)),
-            "high_res_feats_0": ((1, c // 8, 4 * e, 4 * e), (1, c // 8, 4 * e, 4 * e), (max_batch, c // 8, 4 * e, 4 * e)),
-            "high_res_feats_1": ((1, c // 4, 2 * e, 2 * e), (1, c // 4, 2 * e, 2 * e), (max_batch, c // 4, 2 * e, 2 * e)),
             "point_coords": ((1, 1, 2), (64, 1, 2), (max_prompts, 4, 2)),
             "point_labels": ((1, 1), (64, 1), (max_prompts, 4)),
-            "image_index": ((1,), (64,), (max_prompts,)),
         },
     }
     if manifest.get("clip"):

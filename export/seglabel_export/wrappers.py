@@ -39,15 +39,20 @@ class Sam2ImageEncoder(nn.Module):
 
 
 class Sam2MaskDecoder(nn.Module):
-    """Prompt encoder + mask decoder for N prompts against B images' features.
+    """Prompt encoder + mask decoder for N prompts against ONE image's features.
 
-    Inputs: image_embed [B,C,h,w], high_res_feats_0/1, point_coords [N,P,2] (pixels of the S x S
-    model input), point_labels [N,P] int32 (1 fg, 0 bg, -1 padding, 2/3 box corners),
-    image_index [N] int32 (which image each prompt belongs to).
+    Inputs: image_embed [1,C,h,w], high_res_feats_0 [1,C/8,4h,4w], high_res_feats_1 [1,C/4,2h,2w],
+    point_coords [N,P,2] (pixels of the S x S model input), point_labels [N,P] int32 (1 fg, 0 bg,
+    -1 padding, 2/3 box corners).
     Outputs: masks [N,3,4h,4w] and iou_predictions [N,3] (multimask), stability_scores [N,3]
-    (computed on these low-res logits), single_mask [N,1,4h,4w] and single_iou [N,1] (sam2's
-    single-mask output with its dynamic fallback to the most confident multimask when unstable).
-    Upsampling to the original image size stays out of the graph: the pipeline filters first.
+    (on these low-res logits), single_mask [N,1,4h,4w] and single_iou [N,1] (sam2's single-mask
+    output, falling back to the most confident multimask when unstable).
+
+    Same modules and arithmetic as ``MaskDecoder.predict_masks(repeat_image=True)``, with one change
+    of order: the image side enters the two-way transformer with batch 1 and broadcasts, so the
+    first layer's image-side projections (identical for every prompt, ~23% of the decoder's work)
+    run once instead of N times. Upsampling to the original image stays out of the graph: the
+    pipeline filters first.
     """
 
     output_names = ["masks", "iou_predictions", "stability_scores", "single_mask", "single_iou"]
@@ -59,24 +64,37 @@ class Sam2MaskDecoder(nn.Module):
         self.mask_threshold = mask_threshold
         self.stability_offset = stability_offset
 
-    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, image_index):
-        idx = image_index.long()
-        src = image_embed.index_select(0, idx)
-        feat_s0 = high_res_feats_0.index_select(0, idx)
-        feat_s1 = high_res_feats_1.index_select(0, idx)
+    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels):
+        pe, dec = self.prompt_encoder, self.decoder
         # sam2 pads every point prompt with one "not a point" (boxes travel as labelled points).
-        sparse = self.prompt_encoder._embed_points(point_coords, point_labels.float(), pad=True)
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        all_masks, all_iou, _, _ = self.decoder.predict_masks(
-            image_embeddings=src,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            repeat_image=False,
-            high_res_features=[feat_s0, feat_s1],
-        )
+        sparse = pe._embed_points(point_coords, point_labels.float(), pad=True)
+        n = sparse.shape[0]
+        heads = [dec.iou_token.weight, dec.mask_tokens.weight]
+        if dec.pred_obj_scores:
+            heads.insert(0, dec.obj_score_token.weight)
+        s = 1 if dec.pred_obj_scores else 0
+        output_tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        # Dense prompt (no mask input) added once to the single image, not to N copies.
+        src = image_embed + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        hs, keys = dec.transformer(src, pe.get_dense_pe(), tokens)  # keys: [N, h*w, C] after layer 1
+        iou_token_out = hs[:, s, :]
+        mask_tokens_out = hs[:, s + 1 : s + 1 + dec.num_mask_tokens, :]
+        c, h, w = image_embed.shape[1:]
+        src = keys.transpose(1, 2).reshape(n, c, h, w)
+        if dec.use_high_res_features:
+            dc1, ln1, act1, dc2, act2 = dec.output_upscaling
+            up = act1(ln1(dc1(src) + high_res_feats_1))
+            up = act2(dc2(up) + high_res_feats_0)
+        else:
+            up = dec.output_upscaling(src)
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+                               dim=1)
+        _, c2, hh, ww = up.shape
+        all_masks = (hyper_in @ up.reshape(n, c2, hh * ww)).reshape(n, -1, hh, ww)
+        all_iou = dec.iou_prediction_head(iou_token_out)
         masks, iou = all_masks[:, 1:], all_iou[:, 1:]
-        single_mask, single_iou = self.decoder._dynamic_multimask_via_stability(all_masks, all_iou)
+        single_mask, single_iou = dec._dynamic_multimask_via_stability(all_masks, all_iou)
         return masks, iou, self.stability(masks), single_mask, single_iou
 
     def stability(self, logits: torch.Tensor) -> torch.Tensor:

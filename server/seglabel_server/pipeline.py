@@ -77,6 +77,7 @@ class Pipeline:
         self._upsamplers: OrderedDict[tuple, amg.Upsampler] = OrderedDict()
 
     def close(self) -> None:
+        self.scheduler.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _cpu(self, fn, *args):

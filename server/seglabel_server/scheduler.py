@@ -1,7 +1,8 @@
 """When work runs and in which batch.
 
 Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue
-(encoder: images; decoder: prompt chunks, possibly of several images; clip: crops; text: token rows).
+(encoder: images; decoder: prompt chunks of one image, from one or several requests; clip: crops;
+text: token rows).
 One inference worker thread per device repeatedly asks :func:`pick_stage` which stage is ready,
 drains it with :func:`collate_batch` (pure functions, unit-tested without models), and hands the
 batch to :class:`BatchExecutor`, which runs it on the backend and returns exactly one result per item.
@@ -123,17 +124,12 @@ class BatchExecutor:
         return self.backend.encode_images(np.stack(payloads))
 
     def _run_decoder(self, payloads: list[tuple]) -> list[DecoderOutput]:
-        # payload: (features, coords [n,P,2], labels [n,P]); features shared by identity are sent once.
-        unique: list[ImageFeatures] = []
-        slot: dict[int, int] = {}
-        index = []
-        for feats, coords, _ in payloads:
-            if id(feats) not in slot:
-                slot[id(feats)] = len(unique)
-                unique.append(feats)
-            index.append(np.full(len(coords), slot[id(feats)], np.int32))
-        out = self.backend.decode(unique, np.concatenate([p[1] for p in payloads]),
-                                  np.concatenate([p[2] for p in payloads]), np.concatenate(index))
+        # payload: (features, coords [n,P,2], labels [n,P]); a batch shares one image (its key).
+        feats = payloads[0][0]
+        if any(p[0] is not feats for p in payloads):
+            raise RuntimeError("decoder batch mixes images")
+        out = self.backend.decode(feats, np.concatenate([p[1] for p in payloads]),
+                                  np.concatenate([p[2] for p in payloads]))
         results, start = [], 0
         for _, coords, _ in payloads:
             results.append(out.slice(start, start + len(coords)))
@@ -198,7 +194,10 @@ class Scheduler:
 
     async def decode(self, feats: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
                      ctx: RequestContext) -> DecoderOutput:
-        return await self.submit("decoder", (feats, coords, labels), len(coords), ctx, key=coords.shape[1])
+        # One image per decoder call (the graph broadcasts that image's features over the prompts):
+        # chunks batch with chunks of the same image and the same points per prompt.
+        return await self.submit("decoder", (feats, coords, labels), len(coords), ctx,
+                                 key=(id(feats), coords.shape[1]))
 
     async def embed_images(self, pixels: np.ndarray, ctx: RequestContext) -> np.ndarray:
         return await self.submit("clip", pixels, len(pixels), ctx)

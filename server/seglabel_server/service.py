@@ -57,6 +57,22 @@ class FileStore:
             return entry[0]
 
 
+def build_pipeline(backend: Backend, repo: ModelRepository, cfg: ServerConfig, metrics: Metrics | None = None,
+                   labels_unavailable_reason: str = "") -> Pipeline:
+    """Scheduler + pipeline over a loaded backend (the server, the benchmarks and the tests use this)."""
+    tokenizer = None
+    reason = labels_unavailable_reason
+    if backend.has_clip:
+        try:
+            tokenizer = ClipTokenizer(repo.tokenizer_path(), repo.clip["context_length"])
+        except Exception as exc:
+            reason = f"CLIP tokenizer failed to load: {exc}"
+    elif not reason:
+        reason = "CLIP models not loaded"
+    scheduler = Scheduler(backend, cfg.stage_configs(), metrics, batching=cfg.batching)
+    return Pipeline(cfg.pipeline, repo.sam2, repo.clip, scheduler, tokenizer, "" if tokenizer is not None else reason)
+
+
 class SeglabelService:
     def __init__(self, cfg: ServerConfig, metrics: Metrics | None = None):
         self.cfg = cfg
@@ -105,17 +121,8 @@ class SeglabelService:
             log.warning("CLIP failed to load (%s); serving masks without labels", exc)
             reason = f"CLIP failed to load: {exc}"
             self.backend = create_backend(cfg.backend, self.repo, cfg.device, cfg.precision, False, cfg.threads)
-        tokenizer = None
-        if self.backend.has_clip:
-            try:
-                tokenizer = ClipTokenizer(self.repo.tokenizer_path(), self.repo.clip["context_length"])
-            except Exception as exc:
-                reason = f"CLIP tokenizer failed to load: {exc}"
-        elif not reason:
-            reason = "CLIP models not loaded"
-        self.scheduler = Scheduler(self.backend, cfg.stage_configs(), self.metrics, batching=cfg.batching)
-        self.pipeline = Pipeline(cfg.pipeline, self.repo.sam2, self.repo.clip, self.scheduler, tokenizer,
-                                 "" if tokenizer is not None else reason)
+        self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason)
+        self.scheduler = self.pipeline.scheduler
 
     async def _warmup(self) -> None:
         """One small request through every model, and the default vocabulary's text embeddings."""
@@ -129,10 +136,8 @@ class SeglabelService:
             await self.scheduler.embed_images(np.zeros((1, 3, s, s), np.float32), ctx)
 
     async def close(self) -> None:
-        if self.scheduler:
-            await asyncio.to_thread(self.scheduler.close)
         if self.pipeline:
-            self.pipeline.close()
+            await asyncio.to_thread(self.pipeline.close)
         if self.backend:
             self.backend.close()
 

@@ -91,9 +91,9 @@ class FakeBackend(Backend):
         self._log("encoder", len(images))
         return [ImageFeatures({"v": img.mean()}) for img in images]
 
-    def decode(self, features, coords, labels, image_index):
+    def decode(self, features, coords, labels):
         self._log("decoder", len(coords))
-        base = np.array([features[i].arrays["v"] for i in image_index], np.float32)
+        base = np.full(len(coords), features.arrays["v"], np.float32)
         iou = np.stack([base + coords[:, 0, 0], base, base], 1)
         masks = MaskLogits(np.zeros((len(coords), 3, 2, 2), np.float32))
         return DecoderOutput(masks, iou, iou, masks.slice(0, len(coords)), iou[:, :1])
@@ -111,17 +111,37 @@ def configs(batch=8, delay_ms=0.0, max_queue=64):
     return {s: StageConfig(batch, delay_ms, max_queue) for s in ("text", "clip", "decoder", "encoder")}
 
 
-def test_executor_returns_one_result_per_item_and_shares_features():
+def test_executor_returns_one_result_per_item_of_one_image():
     be = FakeBackend()
     ex = BatchExecutor(be)
-    f1, f2 = ImageFeatures({"v": 1.0}), ImageFeatures({"v": 2.0})
+    f1 = ImageFeatures({"v": 1.0})
     items = [item(stage="decoder") for _ in range(3)]
     items[0].payload = (f1, np.full((2, 1, 2), 10.0, np.float32), np.ones((2, 1), np.int32))
-    items[1].payload = (f2, np.full((3, 1, 2), 20.0, np.float32), np.ones((3, 1), np.int32))
+    items[1].payload = (f1, np.full((3, 1, 2), 20.0, np.float32), np.ones((3, 1), np.int32))
     items[2].payload = (f1, np.full((1, 1, 2), 30.0, np.float32), np.ones((1, 1), np.int32))
     outs = ex.run("decoder", items)
-    assert [len(o.iou) for o in outs] == [2, 3, 1]
-    assert outs[0].iou[0, 0] == 11 and outs[1].iou[0, 0] == 22 and outs[2].iou[0, 0] == 31
+    assert [len(o.iou) for o in outs] == [2, 3, 1] and be.calls == [("decoder", 6)]
+    assert outs[0].iou[0, 0] == 11 and outs[1].iou[0, 0] == 21 and outs[2].iou[0, 0] == 31
+    items[2].payload = (ImageFeatures({"v": 2.0}),) + items[2].payload[1:]
+    with pytest.raises(RuntimeError, match="mixes images"):
+        ex.run("decoder", items)
+
+
+async def test_decoder_chunks_batch_per_image():
+    be = FakeBackend(delay=0.02)
+    sched = Scheduler(be, configs(batch=64))
+    try:
+        fa, fb = ImageFeatures({"v": 1.0}), ImageFeatures({"v": 2.0})
+        blocker = asyncio.ensure_future(sched.embed_texts(np.ones((1, 77), np.int32), RequestContext()))
+        await asyncio.sleep(0.005)
+        jobs = [sched.decode(f, np.full((4, 1, 2), float(i), np.float32), np.ones((4, 1), np.int32), RequestContext())
+                for i, f in enumerate([fa, fb, fa, fb])]
+        outs = await asyncio.gather(*jobs)
+        await blocker
+        assert [o.iou[0, 0] for o in outs] == [1.0, 3.0, 3.0, 5.0]
+        assert sorted(n for s, n in be.calls if s == "decoder") == [8, 8]  # two images, two batches
+    finally:
+        sched.close()
 
 
 async def test_concurrent_requests_get_their_own_results_in_batches():

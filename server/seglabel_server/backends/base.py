@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,9 +74,8 @@ class Backend(ABC):
         """[B,3,S,S] float32 (resized, normalised) -> one ImageFeatures per image."""
 
     @abstractmethod
-    def decode(self, features: Sequence[ImageFeatures], point_coords: np.ndarray, point_labels: np.ndarray,
-               image_index: np.ndarray) -> DecoderOutput:
-        """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against ``features[image_index]``."""
+    def decode(self, features: ImageFeatures, point_coords: np.ndarray, point_labels: np.ndarray) -> DecoderOutput:
+        """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against one image's features."""
 
     @abstractmethod
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:

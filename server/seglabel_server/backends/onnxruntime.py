@@ -5,8 +5,6 @@ unless the CPU was asked for."""
 from __future__ import annotations
 
 import logging
-from typing import Sequence
-
 import numpy as np
 import onnxruntime as ort
 
@@ -63,13 +61,10 @@ class OnnxRuntimeBackend(Backend):
         return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
                                "high_res_feats_1": f1[i : i + 1]}) for i in range(images.shape[0])]
 
-    def decode(self, features: Sequence[ImageFeatures], point_coords, point_labels, image_index) -> DecoderOutput:
-        feeds = {k: (features[0].arrays[k] if len(features) == 1
-                     else np.concatenate([f.arrays[k] for f in features]))
-                 for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")}
+    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+        feeds = dict(features.arrays)
         feeds["point_coords"] = np.ascontiguousarray(point_coords, np.float32)
         feeds["point_labels"] = np.ascontiguousarray(point_labels, np.int32)
-        feeds["image_index"] = np.ascontiguousarray(image_index, np.int32)
         masks, iou, stab, single, single_iou = self._run("sam2_mask_decoder", feeds)
         return DecoderOutput(MaskLogits(masks), iou, stab, MaskLogits(single), single_iou)
 

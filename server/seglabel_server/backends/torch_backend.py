@@ -4,8 +4,6 @@ CPU or CUDA; fp32, or fp16/bf16 autocast on CUDA. Needs the ``export`` extra (to
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
-
 import numpy as np
 
 from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
@@ -71,14 +69,11 @@ class TorchBackend(Backend):
         return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
                                "high_res_feats_1": f1[i : i + 1]}) for i in range(images.shape[0])]
 
-    def decode(self, features: Sequence[ImageFeatures], point_coords, point_labels, image_index) -> DecoderOutput:
-        torch = self.torch
-        feats = [f.arrays[k] if len(features) == 1 else torch.cat([f.arrays[k] for f in features])
-                 for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")]
+    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+        feats = [features.arrays[k] for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")]
         with self._ctx():
             masks, iou, stab, single, single_iou = self.mods["sam2_mask_decoder"](
-                *feats, self._tensor(point_coords.astype(np.float32)), self._tensor(point_labels.astype(np.int32)),
-                self._tensor(image_index.astype(np.int32)))
+                *feats, self._tensor(point_coords.astype(np.float32)), self._tensor(point_labels.astype(np.int32)))
         small = [t.float().cpu().numpy() for t in (iou, stab, single_iou)]
         return DecoderOutput(TorchMaskLogits(masks), small[0], small[1], TorchMaskLogits(single), small[2])
 
