@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from seglabel_server import amg
+from seglabel_server.config import ServerConfig
+from seglabel_server.repository import ModelRepository
+from seglabel_server.service import build_pipeline
+from seglabel_server.types import RequestContext, SegmentParams
+
+
+def run_pipeline(backend, repo_dir, params: SegmentParams, image: np.ndarray, cfg: ServerConfig | None = None):
+    pipe = build_pipeline(backend, ModelRepository.load(repo_dir), cfg or ServerConfig())
+    try:
+        return asyncio.run(pipe.run(params, image, RequestContext())), pipe
+    finally:
+        pipe.close()
+
+
+def pair_ious(ours: list, ref: list) -> np.ndarray:
+    """Each of our masks paired with its best-IoU reference mask (masks as bool arrays or COCO RLEs)."""
+    from pycocotools import mask as mask_utils
+
+    def rles(masks):
+        return [m if isinstance(m, dict) else mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                for m in masks]
+
+    if not ours or not ref:
+        return np.zeros(0)
+    iou = mask_utils.iou(rles(ours), rles(ref), [0] * len(ref))
+    return np.asarray(iou).max(axis=1)
+
+
+def decoded(result) -> list[np.ndarray]:
+    return [amg.decode_rle(m.rle) for m in result.masks]
+
+
+def rles(result) -> list[dict]:
+    return [{"size": m.rle["size"], "counts": m.rle["counts"].encode("ascii")} for m in result.masks]
+
+
+@pytest.fixture(scope="session")
+def ort_backend(tiny_repo):
+    from seglabel_server.backends import create_backend
+
+    return create_backend("onnxruntime", ModelRepository.load(tiny_repo))
+
+
+@pytest.fixture(scope="session")
+def torch_backend(tiny_repo):
+    from seglabel_server.backends import create_backend
+
+    return create_backend("torch", ModelRepository.load(tiny_repo))

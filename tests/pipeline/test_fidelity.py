@@ -1,0 +1,125 @@
+"""Our grid pipeline against sam2's own SAM2AutomaticMaskGenerator, ONNX Runtime against torch,
+and our labels against open_clip's zero-shot prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+from seglabel_server.backends.torch_backend import TorchBackend
+from seglabel_server.repository import ModelRepository
+from seglabel_server.types import SegmentParams
+from seglabel_server.vocab import TEMPLATES
+
+from .conftest import decoded, pair_ious, rles, run_pipeline
+
+GRID = 8
+
+
+@pytest.fixture(scope="module")
+def crisp_torch(tiny_repo):
+    """Torch backend whose SAM2 mask/IoU heads are scaled: random weights otherwise give logits within
+    +-0.3, i.e. stability 0 for every mask. Scaled, masks are crisp like a trained SAM's and survive
+    real thresholds. sam2's generator below runs on this very model object."""
+    backend = TorchBackend(ModelRepository.load(tiny_repo))
+    dec = backend.mods["sam2_image_encoder"].model.sam_mask_decoder
+    with torch.no_grad():
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 1000
+        dec.iou_prediction_head.layers[-1].weight *= 20
+    return backend
+
+
+def reference(backend, image, iou, stab, nms):
+    sam = backend.mods["sam2_image_encoder"].model
+    gen = SAM2AutomaticMaskGenerator(sam, points_per_side=GRID, points_per_batch=64, pred_iou_thresh=iou,
+                                     stability_score_thresh=stab, box_nms_thresh=nms, output_mode="coco_rle")
+    s = sam.image_size
+    gen.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    return [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
+            for r in gen.generate(image)]
+
+
+@pytest.mark.parametrize("iou,stab,nms,strict", [
+    (0.0, 0.0, 1.0, True),   # every candidate: decode + upsample + RLE must agree mask for mask
+    (0.7, 0.0, 1.0, True),   # predicted-IoU filter
+    (0.6, 0.9, 0.7, True),   # sam2-like thresholds with box NMS
+    (0.7, 0.9, 1.0, False),  # stability on low-res logits flips borderline masks: bounded, reported
+])
+def test_grid_matches_sam2_automatic_mask_generator(crisp_torch, tiny_repo, photo, iou, stab, nms, strict):
+    ref = reference(crisp_torch, photo, iou, stab, nms)
+    params = SegmentParams(points_per_side=GRID, pred_iou_thresh=iou, stability_score_thresh=stab,
+                           box_nms_thresh=nms, max_masks=10_000, skip_labels=True)
+    result, _ = run_pipeline(crisp_torch, tiny_repo, params, photo)
+    ours = rles(result)
+    assert len(ref) > 0 and len(ours) > 0
+    diff = abs(len(ours) - len(ref))
+    ious = pair_ious(ours, ref)
+    print(f"iou>{iou} stab>={stab} nms {nms}: sam2 {len(ref)} masks, ours {len(ours)}, "
+          f"mean paired IoU {ious.mean():.4f}")
+    if strict:
+        assert diff <= max(1, 0.02 * len(ref))
+        assert ious.mean() >= 0.99
+    else:
+        assert diff <= 0.10 * len(ref)
+        assert ious.mean() >= 0.98
+
+
+def test_onnxruntime_equals_torch(ort_backend, torch_backend, tiny_repo, photo):
+    params = SegmentParams(points_per_side=GRID, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                           box_nms_thresh=1.0, max_masks=40, top_k=3)
+    ours, _ = run_pipeline(ort_backend, tiny_repo, params, photo)
+    ref, _ = run_pipeline(torch_backend, tiny_repo, params, photo)
+    assert len(ours.masks) == len(ref.masks) == 40
+    assert pair_ious(rles(ours), rles(ref)).mean() >= 0.99
+    assert [lab.label for lab in ours.labels] == [lab.label for lab in ref.labels]
+    np.testing.assert_allclose([lab.confidence for lab in ours.labels], [lab.confidence for lab in ref.labels],
+                               atol=1e-4)
+
+
+def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_backend, tiny_repo, photo):
+    vocab = ("person", "dog", "sky", "flag", "rocket", "tree", "car")
+    params = SegmentParams(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                           box_nms_thresh=1.0, max_masks=24, vocabulary=vocab, top_k=2)
+    result, pipe = run_pipeline(ort_backend, tiny_repo, params, photo)
+    masks = decoded(result)
+    crops = torch.from_numpy(pipe.crops(photo, result.masks, masks))
+    clip = torch_backend.mods["clip_image_encoder"].clip
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    with torch.no_grad():
+        img = clip.encode_image(crops, normalize=True)
+        txt = torch.stack([clip.encode_text(tok([t.format(v) for t in TEMPLATES]), normalize=True).mean(0)
+                           for v in vocab])
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        probs = (clip.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
+    expected = [vocab[i] for i in probs.argmax(dim=-1).tolist()]
+    assert [lab.label for lab in result.labels] == expected
+    np.testing.assert_allclose([lab.confidence for lab in result.labels], probs.max(dim=-1).values.numpy(),
+                               atol=1e-4)
+    assert [lab.mask_index for lab in result.labels] == list(range(len(result.masks)))
+    assert all(len(lab.top_k) == 2 and lab.top_k[0][0] == lab.label for lab in result.labels)
+
+
+def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend):
+    """Our single-image decoder (image side broadcast through the transformer) computes what
+    sam2's MaskDecoder computes with repeat_image=True."""
+    sam = torch_backend.mods["sam2_image_encoder"].model
+    wrapper = torch_backend.mods["sam2_mask_decoder"]
+    s = sam.image_size
+    torch.manual_seed(0)
+    with torch.no_grad():
+        emb, f0, f1 = torch_backend.mods["sam2_image_encoder"](torch.randn(1, 3, s, s))
+        coords = torch.rand(9, 2, 2) * s
+        labels = torch.tensor([[1, 0]] * 5 + [[2, 3]] * 4, dtype=torch.int32)
+        masks, iou, _, single, single_iou = wrapper(emb, f0, f1, coords, labels)
+        sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        for multimask, (m, i) in ((True, (masks, iou)), (False, (single, single_iou))):
+            ref_m, ref_i, _, _ = sam.sam_mask_decoder(
+                image_embeddings=emb, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+                repeat_image=True, high_res_features=[f0, f1])
+            torch.testing.assert_close(m, ref_m, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(i, ref_i, rtol=1e-4, atol=1e-4)

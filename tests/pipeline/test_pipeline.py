@@ -1,0 +1,123 @@
+"""Prompt modes, limits, CLIP unavailable, and the torch-free serving path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from seglabel_server.errors import InvalidArgument, LimitExceeded
+from seglabel_server.repository import ModelRepository
+from seglabel_server.types import SegmentParams
+
+from .conftest import decoded, run_pipeline
+
+LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
+def test_points_prompt_gives_one_mask_or_three(ort_backend, tiny_repo, photo):
+    pts = [(250.0, 200.0, 1), (100.0, 400.0, 0)]
+    one, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(prompt_type="points", points=pts), photo)
+    three, _ = run_pipeline(ort_backend, tiny_repo,
+                            SegmentParams(prompt_type="points", points=pts, multimask=True), photo)
+    assert len(one.masks) == 1 and len(three.masks) == 3
+    ious = [m.predicted_iou for m in three.masks]
+    assert ious == sorted(ious, reverse=True)
+    assert one.masks[0].area == decoded(one)[0].sum() and decoded(one)[0].shape == photo.shape[:2]
+    assert len(one.labels) == 1 and 0.0 <= one.labels[0].confidence <= 1.0
+
+
+def test_box_prompt_gives_one_mask_per_box(ort_backend, tiny_repo, photo):
+    boxes = [(10.0, 20.0, 200.0, 300.0), (300.0, 300.0, 500.0, 500.0)]
+    res, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(prompt_type="box", boxes=boxes), photo)
+    assert len(res.masks) == 2 and all(m.point is None for m in res.masks)
+
+
+def test_grid_masks_carry_their_prompt_point_and_max_masks_holds(ort_backend, tiny_repo, photo):
+    res, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(points_per_side=4, max_masks=7, **LOOSE), photo)
+    assert len(res.masks) == 7
+    for m in res.masks:
+        x, y = m.point
+        assert 0 < x < photo.shape[1] and 0 < y < photo.shape[0]
+        bx, by, bw, bh = m.bbox
+        assert bw >= 1 and bh >= 1 and m.area <= bw * bh
+    assert [m.index for m in res.masks] == list(range(7))
+    for stage in ("encoder", "decoder", "filter", "upsample", "crops", "clip", "total"):
+        assert res.timings[stage] >= 0
+
+
+@pytest.mark.parametrize("params,err", [
+    (SegmentParams(prompt_type="points"), InvalidArgument),
+    (SegmentParams(prompt_type="box"), InvalidArgument),
+    (SegmentParams(prompt_type="points", points=[(9999.0, 1.0, 1)]), InvalidArgument),
+    (SegmentParams(prompt_type="box", boxes=[(50.0, 50.0, 10.0, 60.0)]), InvalidArgument),
+    (SegmentParams(points_per_side=1000), LimitExceeded),
+    (SegmentParams(pred_iou_thresh=1.5), InvalidArgument),
+    (SegmentParams(vocabulary=("dog", " ")), InvalidArgument),
+    (SegmentParams(vocabulary=tuple(f"w{i}" for i in range(5000))), LimitExceeded),
+])
+def test_bad_requests_raise_typed_errors(ort_backend, tiny_repo, photo, params, err):
+    with pytest.raises(err):
+        run_pipeline(ort_backend, tiny_repo, params, photo)
+
+
+def test_segmentation_works_without_clip_and_says_why(tiny_repo_no_clip, photo):
+    from seglabel_server.backends import create_backend
+
+    backend = create_backend("onnxruntime", ModelRepository.load(tiny_repo_no_clip))
+    res, _ = run_pipeline(backend, tiny_repo_no_clip, SegmentParams(points_per_side=4, max_masks=5, **LOOSE), photo)
+    assert len(res.masks) == 5 and res.labels == []
+    assert "CLIP" in res.labels_unavailable_reason
+
+
+def test_custom_vocabulary_and_min_confidence(ort_backend, tiny_repo, photo):
+    res, _ = run_pipeline(ort_backend, tiny_repo,
+                          SegmentParams(points_per_side=4, max_masks=4, vocabulary=("a", "b", "c"), top_k=5,
+                                        min_confidence=0.99, **LOOSE), photo)
+    assert {lab.label for lab in res.labels} <= {"a", "b", "c", "unknown"}
+    assert all(len(lab.top_k) == 3 for lab in res.labels)  # top_k capped at the vocabulary size
+    # tiny random CLIP is unsure of everything: under 0.99 -> "unknown", confidence still reported
+    assert all(lab.label == "unknown" and lab.confidence < 0.99 for lab in res.labels)
+
+
+def test_overlay_is_a_png_of_the_image_size(ort_backend, tiny_repo, photo):
+    import io
+
+    from PIL import Image
+
+    res, _ = run_pipeline(ort_backend, tiny_repo,
+                          SegmentParams(points_per_side=4, max_masks=3, return_overlay=True, **LOOSE), photo)
+    img = Image.open(io.BytesIO(res.overlay_png))
+    assert img.format == "PNG" and img.size == (photo.shape[1], photo.shape[0])
+    assert not np.array_equal(np.asarray(img.convert("RGB")), photo)  # masks drawn
+
+
+def test_serving_path_never_imports_torch(tiny_repo):
+    """Server, ONNX Runtime backend, a full request and the client, in a fresh interpreter."""
+    code = textwrap.dedent(f"""
+        import asyncio, sys
+        from seglabel_server.config import ServerConfig
+        from seglabel_server.main import create_server
+        from seglabel_client.client import AsyncSegmenterClient
+        from seglabel_client import sample_image_bytes
+
+        async def main():
+            server = await create_server(ServerConfig(port=0, models={str(tiny_repo)!r}))
+            await server.load()
+            async with AsyncSegmenterClient(f"127.0.0.1:{{server.port}}") as c:
+                r = await c.segment(sample_image_bytes(), points_per_side=4, pred_iou_thresh=0,
+                                    stability_score_thresh=0, box_nms_thresh=1, max_masks=3)
+                assert r.mask_count == 3 and len(r.labels) == 3, r
+            await server.stop(0)
+            heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "sam2", "open_clip", "tensorrt"))
+            print("HEAVY", heavy)
+            assert not heavy, heavy
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "HEAVY []" in proc.stdout
