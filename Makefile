@@ -37,26 +37,15 @@ $(PB_OUT)/seglabel/v1/seglabel_pb2.py: $(PROTO) scripts/gen_proto.py
 # Official checkpoints, where a network exists.
 checkpoints:
 	mkdir -p $(CHECKPOINTS)
-	curl -fL --retry 3 -o $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt \
+	curl -fL --connect-timeout 10 --retry 2 -o $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt \
 	  https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_$(SAM2_SIZE).pt
-	curl -fL --retry 3 -o $(CHECKPOINTS)/ViT-B-32.pt \
+	curl -fL --connect-timeout 10 --retry 2 -o $(CHECKPOINTS)/ViT-B-32.pt \
 	  https://openaipublic.azureedge.net/clip/models/40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt
 
 # The model repository: official checkpoints when present (or downloadable), otherwise random
 # weights of the same architectures (loudly reported by export, server and GetServerInfo).
 $(MODELS)/manifest.json: | $(VENV)/.installed
-	@if [ ! -f $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt ] || [ ! -f $(CHECKPOINTS)/ViT-B-32.pt ]; then \
-	  $(MAKE) -s checkpoints 2>/dev/null || true; fi
-	@if [ -s $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt ] && [ -s $(CHECKPOINTS)/ViT-B-32.pt ]; then \
-	  $(VENV)/bin/seglabel-export export $(MODELS) --sam2 $(CHECKPOINTS)/sam2.1_hiera_$(SAM2_SIZE).pt \
-	    --clip $(CHECKPOINTS)/ViT-B-32.pt --decoder-n 1,7,64; \
-	else \
-	  echo "WARNING: official checkpoints unavailable (no network?): exporting RANDOM weights of" \
-	       "sam2.1_hiera_$(SAM2_SIZE) + $(CLIP_MODEL). Masks and labels will be meaningless."; \
-	  rm -f $(CHECKPOINTS)/*.pt; \
-	  $(VENV)/bin/seglabel-export export $(MODELS) --sam2 random:$(SAM2_SIZE) --clip random:$(CLIP_MODEL) \
-	    --decoder-n 1,7,64; \
-	fi
+	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE)
 models: $(MODELS)/manifest.json
 
 serve: models

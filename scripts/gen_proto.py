@@ -17,14 +17,29 @@ PROTO = "seglabel/v1/seglabel.proto"
 def generate(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
-    rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}",
-                      f"--pyi_out={out}", f"--grpc_python_out={out}", str(ROOT / "proto" / PROTO)])
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            str(ROOT / "proto" / PROTO),
+        ]
+    )
     if rc != 0:
         raise SystemExit(f"protoc failed ({rc})")
     files = sorted((out / "seglabel" / "v1").glob("*.py*"))
     for f in files:
-        f.write_text(re.sub(r"^from seglabel\.v1 import", "from seglabel_server.pb.seglabel.v1 import",
-                            f.read_text(), flags=re.M))
+        f.write_text(
+            re.sub(
+                r"^from seglabel\.v1 import",
+                "from seglabel_server.pb.seglabel.v1 import",
+                f.read_text(),
+                flags=re.M,
+            )
+        )
     for d in (out, out / "seglabel", out / "seglabel" / "v1"):
         (d / "__init__.py").touch()
     return files

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from seglabel_client import sample_image_bytes
 
 
@@ -53,7 +52,6 @@ def distinct_images(n: int, size=(96, 128)) -> list[bytes]:
     import io
 
     from PIL import Image
-
     from seglabel_server.imaging import decode_image
 
     out = []

@@ -1,7 +1,7 @@
 """``seglabel``: command-line client.
 
-    seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json]
-    seglabel info | seglabel health
+seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json]
+seglabel info | seglabel health
 """
 
 from __future__ import annotations
@@ -38,15 +38,19 @@ def format_table(resp) -> str:
         areas = {m.index: m.area for m in resp.masks}
         for lab in sorted(resp.labels, key=lambda lab: -lab.confidence):
             alts = ", ".join(f"{t.label} {t.confidence:.2f}" for t in lab.top_k[1:])
-            lines.append(f"  {lab.mask_index:>4}  {lab.label:<18} {lab.confidence:>6.3f}  "
-                         f"{areas.get(lab.mask_index, 0):>8}  {alts}")
+            lines.append(
+                f"  {lab.mask_index:>4}  {lab.label:<18} {lab.confidence:>6.3f}  "
+                f"{areas.get(lab.mask_index, 0):>8}  {alts}"
+            )
         common = ", ".join(f"{k} x{v}" for k, v in most_common_labels(resp.labels, 5))
         lines.append(f"  most common: {common}")
         lines.append(f"  distinct labels: {len(group_by_label(resp.labels))}")
     t = resp.timings
-    lines.append(f"  time {t.total_ms:.0f} ms (encoder {t.encoder_ms:.0f}, decoder {t.decoder_ms:.0f}, "
-                 f"filter {t.filter_ms:.0f}, upsample {t.upsample_ms:.0f}, crops {t.crops_ms:.0f}, "
-                 f"clip {t.clip_ms:.0f}, queue {t.queue_ms:.0f})")
+    lines.append(
+        f"  time {t.total_ms:.0f} ms (encoder {t.encoder_ms:.0f}, decoder {t.decoder_ms:.0f}, "
+        f"filter {t.filter_ms:.0f}, upsample {t.upsample_ms:.0f}, crops {t.crops_ms:.0f}, "
+        f"clip {t.clip_ms:.0f}, queue {t.queue_ms:.0f})"
+    )
     return "\n".join(lines)
 
 
@@ -57,15 +61,28 @@ def _progress(done: int, total: int, width: int = 30) -> None:
 
 
 def _segment(args) -> int:
-    kw = dict(prompt_type=args.prompt, points_per_side=args.grid, labels=args.labels or (),
-              max_masks=args.max_masks, top_k=args.top_k, min_confidence=args.min_confidence,
-              overlay=bool(args.out), pred_iou_thresh=args.pred_iou_thresh,
-              stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
-              points=args.points or (), boxes=args.boxes or (), multimask=args.multimask)
+    kw = dict(
+        prompt_type=args.prompt,
+        points_per_side=args.grid,
+        labels=args.labels or (),
+        max_masks=args.max_masks,
+        top_k=args.top_k,
+        min_confidence=args.min_confidence,
+        overlay=bool(args.out),
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        points=args.points or (),
+        boxes=args.boxes or (),
+        multimask=args.multimask,
+    )
     with SegmenterClient(args.server, timeout=args.timeout) as client:
         up = client.upload(args.image)
         if not args.json:
-            print(f"uploaded {args.image}: file_id {up.file_id[:12]}... ({up.width}x{up.height})", file=sys.stderr)
+            print(
+                f"uploaded {args.image}: file_id {up.file_id[:12]}... ({up.width}x{up.height})",
+                file=sys.stderr,
+            )
         if args.stream:
             from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
 
@@ -76,7 +93,10 @@ def _segment(args) -> int:
                 if kind == "masks":
                     masks = list(ev.masks.masks)
                     if not args.json:
-                        print(f"{len(masks)} masks after {1000 * (time.perf_counter() - t0):.0f} ms", file=sys.stderr)
+                        print(
+                            f"{len(masks)} masks after {1000 * (time.perf_counter() - t0):.0f} ms",
+                            file=sys.stderr,
+                        )
                 elif kind == "label_update":
                     labels += list(ev.label_update.labels)
                     if not args.json:
@@ -114,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     seg = sub.add_parser("segment", help="segment and label an image")
     seg.add_argument("image")
     seg.add_argument("--stream", action="store_true", help="stream masks and label updates")
-    seg.add_argument("--labels", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
-                     help="comma-separated vocabulary (default: the server's)")
+    seg.add_argument(
+        "--labels",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        help="comma-separated vocabulary (default: the server's)",
+    )
     seg.add_argument("--out", help="write the overlay PNG here")
     seg.add_argument("--json", action="store_true", help="print the response as JSON")
     seg.add_argument("--prompt", choices=["grid", "points", "box"], default="grid")
@@ -137,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             return _segment(args)
         with SegmenterClient(args.server, timeout=args.timeout) as client:
             if args.cmd == "info":
-                print(json.dumps(MessageToDict(client.server_info(), preserving_proto_field_name=True), indent=2))
+                print(
+                    json.dumps(
+                        MessageToDict(client.server_info(), preserving_proto_field_name=True), indent=2
+                    )
+                )
             else:
                 print(client.health())
         return 0

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_server.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _PROMPTS = {"grid": pb.PROMPT_TYPE_GRID, "points": pb.PROMPT_TYPE_POINTS, "box": pb.PROMPT_TYPE_BOX}
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 64 << 20)]
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
 
 ImageLike = bytes | str | os.PathLike
 
@@ -49,10 +51,18 @@ def build_request(
     if prompt_type not in _PROMPTS:
         raise ValueError(f"prompt_type must be one of {sorted(_PROMPTS)}")
     req = pb.SegmentRequest(
-        prompt_type=_PROMPTS[prompt_type], points_per_side=points_per_side, max_masks=max_masks,
-        vocabulary=list(labels), top_k=top_k, return_overlay=overlay, skip_labels=skip_labels,
-        multimask=multimask, min_confidence=min_confidence, pred_iou_thresh=pred_iou_thresh,
-        stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
+        prompt_type=_PROMPTS[prompt_type],
+        points_per_side=points_per_side,
+        max_masks=max_masks,
+        vocabulary=list(labels),
+        top_k=top_k,
+        return_overlay=overlay,
+        skip_labels=skip_labels,
+        multimask=multimask,
+        min_confidence=min_confidence,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+        box_nms_thresh=box_nms_thresh,
         points=[pb.Point(x=p[0], y=p[1], positive=bool(p[2]) if len(p) > 2 else True) for p in points],
         boxes=[pb.Box(x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for b in boxes],
     )
@@ -81,13 +91,18 @@ class SegmenterClient:
         self.channel.close()
 
     def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
-        return self.stub.Upload(pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout)
+        return self.stub.Upload(
+            pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout
+        )
 
-    def segment(self, image: ImageLike | None = None, timeout: float | None = None, **kw) -> pb.SegmentResponse:
+    def segment(
+        self, image: ImageLike | None = None, timeout: float | None = None, **kw
+    ) -> pb.SegmentResponse:
         return self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
 
-    def stream_segment(self, image: ImageLike | None = None, timeout: float | None = None,
-                       **kw) -> Iterator[pb.SegmentEvent]:
+    def stream_segment(
+        self, image: ImageLike | None = None, timeout: float | None = None, **kw
+    ) -> Iterator[pb.SegmentEvent]:
         """Yields events; breaking out of the loop (or ``.cancel()`` on the call) stops the server's work."""
         return self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
 
@@ -133,15 +148,18 @@ class AsyncSegmenterClient:
         await self.channel.close()
 
     async def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
-        return await self.stub.Upload(pb.UploadRequest(image=_image_bytes(image), filename=filename),
-                                      timeout=self.timeout)
+        return await self.stub.Upload(
+            pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout
+        )
 
-    async def segment(self, image: ImageLike | None = None, timeout: float | None = None,
-                      **kw) -> pb.SegmentResponse:
+    async def segment(
+        self, image: ImageLike | None = None, timeout: float | None = None, **kw
+    ) -> pb.SegmentResponse:
         return await self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
 
-    async def stream_segment(self, image: ImageLike | None = None, timeout: float | None = None,
-                             **kw) -> AsyncIterator[pb.SegmentEvent]:
+    async def stream_segment(
+        self, image: ImageLike | None = None, timeout: float | None = None, **kw
+    ) -> AsyncIterator[pb.SegmentEvent]:
         call = self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
         try:
             async for ev in call:

@@ -1,8 +1,8 @@
 """``seglabel-export``: export / verify / trt.
 
-    seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none]   # write the model repository
-    seglabel-export verify DIR                                      # parity again, fresh inputs
-    seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
+seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none]   # write the model repository
+seglabel-export verify DIR                                      # parity again, fresh inputs
+seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
 """
 
 from __future__ import annotations
@@ -19,18 +19,30 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seglabel-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="seglabel-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="export SAM2.1 + CLIP to an ONNX model repository")
     ex.add_argument("out", help="model repository folder to write (replaced atomically)")
-    ex.add_argument("--sam2", required=True,
-                    help="official checkpoint file (sam2.1_hiera_*.pt), random:<tiny|small|base_plus|large> or tiny")
-    ex.add_argument("--sam2-config", choices=["tiny", "small", "base_plus", "large"],
-                    help="SAM2.1 size when the file name does not say")
-    ex.add_argument("--clip", default="random:ViT-B-32",
-                    help="OpenAI / open_clip checkpoint file, random:<open_clip model>, tiny, or none")
-    ex.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name of an open_clip checkpoint")
+    ex.add_argument(
+        "--sam2",
+        required=True,
+        help="official checkpoint file (sam2.1_hiera_*.pt), random:<tiny|small|base_plus|large> or tiny",
+    )
+    ex.add_argument(
+        "--sam2-config",
+        choices=["tiny", "small", "base_plus", "large"],
+        help="SAM2.1 size when the file name does not say",
+    )
+    ex.add_argument(
+        "--clip",
+        default="random:ViT-B-32",
+        help="OpenAI / open_clip checkpoint file, random:<open_clip model>, tiny, or none",
+    )
+    ex.add_argument(
+        "--clip-model", default="ViT-B-32", help="open_clip model name of an open_clip checkpoint"
+    )
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--seed", type=int, default=0, help="seed for random weights and parity inputs")
     ex.add_argument("--decoder-n", type=_ints, default=(1, 7, 256), help="prompt counts checked for parity")
@@ -66,31 +78,50 @@ def _export(args) -> int:
     clip = None if args.clip.lower() == "none" else args.clip
     print(f"exporting to {args.out}: sam2={args.sam2} clip={clip}", flush=True)
     try:
-        manifest = export_repository(args.out, args.sam2, clip, sam2_config=args.sam2_config,
-                                     clip_model=args.clip_model, opset=args.opset, seed=args.seed,
-                                     decoder_ns=args.decoder_n, decoder_ps=args.decoder_p,
-                                     log=lambda m: print(m, flush=True))
+        manifest = export_repository(
+            args.out,
+            args.sam2,
+            clip,
+            sam2_config=args.sam2_config,
+            clip_model=args.clip_model,
+            opset=args.opset,
+            seed=args.seed,
+            decoder_ns=args.decoder_n,
+            decoder_ps=args.decoder_p,
+            log=lambda m: print(m, flush=True),
+        )
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_parity(manifest["parity"]))
     if manifest["random_weights"]:
-        print("WARNING: this repository holds RANDOM weights: masks and labels are meaningless "
-              "(speed and parity are still real).")
+        print(
+            "WARNING: this repository holds RANDOM weights: masks and labels are meaningless "
+            "(speed and parity are still real)."
+        )
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def _verify(args) -> int:
+    from seglabel_server.repository import ModelRepository
+
     from seglabel_export.exporter import default_photo, format_parity, parity_checks
     from seglabel_export.wrappers import build_modules
-    from seglabel_server.repository import ModelRepository
 
     repo = ModelRepository.load(args.dir)
     seed = args.seed if args.seed is not None else int(time.time())
     print(f"verifying {repo.root} (seed {seed})", flush=True)
-    rows = parity_checks(repo.root, repo.manifest, build_modules(repo.manifest), default_photo(), seed=seed,
-                         decoder_ns=args.decoder_n, decoder_ps=args.decoder_p, log=lambda m: print(m, flush=True))
+    rows = parity_checks(
+        repo.root,
+        repo.manifest,
+        build_modules(repo.manifest),
+        default_photo(),
+        seed=seed,
+        decoder_ns=args.decoder_n,
+        decoder_ps=args.decoder_p,
+        log=lambda m: print(m, flush=True),
+    )
     print(format_parity(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
@@ -99,9 +130,15 @@ def _trt(args) -> int:
     from seglabel_export.trt import TensorRTUnavailable, build_engines
 
     try:
-        built = build_engines(Path(args.dir), fp16=args.fp16, workspace_gb=args.workspace_gb,
-                              max_batch=args.max_batch, max_prompts=args.max_prompts, max_crops=args.max_crops,
-                              log=lambda m: print(m, flush=True))
+        built = build_engines(
+            Path(args.dir),
+            fp16=args.fp16,
+            workspace_gb=args.workspace_gb,
+            max_batch=args.max_batch,
+            max_prompts=args.max_prompts,
+            max_crops=args.max_crops,
+            log=lambda m: print(m, flush=True),
+        )
     except TensorRTUnavailable as exc:
         print(f"seglabel-export trt: {exc}", file=sys.stderr)
         return 2

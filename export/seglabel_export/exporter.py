@@ -22,12 +22,15 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+from seglabel_server import imaging
+from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
+from seglabel_server.tokenizer import ClipTokenizer
 
 from seglabel_export import sources
 from seglabel_export.wrappers import (
@@ -36,9 +39,6 @@ from seglabel_export.wrappers import (
     Sam2ImageEncoder,
     Sam2MaskDecoder,
 )
-from seglabel_server import imaging
-from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
-from seglabel_server.tokenizer import ClipTokenizer
 
 PARITY_TOL = 1e-4
 DECODER_NS = (1, 7, 256)
@@ -53,7 +53,9 @@ def rel_l2(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-12))
 
 
-def _onnx_io(path: Path, dynamic_axes: dict, example_outputs: list[tuple[int, ...]]) -> tuple[list[dict], list[dict]]:
+def _onnx_io(
+    path: Path, dynamic_axes: dict, example_outputs: list[tuple[int, ...]]
+) -> tuple[list[dict], list[dict]]:
     """Inputs/outputs of a graph: names, dtypes, shapes (dynamic axes by name, others concrete; the
     exporter leaves some output dims symbolic, so they are taken from the traced example)."""
     import onnx
@@ -69,8 +71,13 @@ def _onnx_io(path: Path, dynamic_axes: dict, example_outputs: list[tuple[int, ..
                 dims = list(shapes[i])
             axes = dynamic_axes.get(v.name, {})
             dims = [axes.get(j, d) for j, d in enumerate(dims)]
-            out.append({"name": v.name, "shape": dims,
-                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+            out.append(
+                {
+                    "name": v.name,
+                    "shape": dims,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                }
+            )
         return out
 
     return describe(model.graph.input), describe(model.graph.output, example_outputs)
@@ -112,6 +119,8 @@ class _Ort:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # No arena: the decoder at N=256 full-size otherwise keeps >15 GB reserved on a 24 GB machine.
+        opts.enable_cpu_mem_arena = False
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -268,8 +277,8 @@ def format_parity(rows: list[dict]) -> str:
 
 
 def default_photo() -> np.ndarray:
-    from seglabel_server.imaging import decode_image
     from seglabel_client import sample_image_bytes
+    from seglabel_server.imaging import decode_image
 
     return decode_image(sample_image_bytes())
 

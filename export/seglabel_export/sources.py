@@ -125,7 +125,9 @@ def _load_torch_file(path: str | os.PathLike) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file...
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _load_strict(module: torch.nn.Module, state_dict: dict, path: str | os.PathLike, what: str) -> None:
@@ -182,10 +184,14 @@ def resolve_sam2(source: str, workdir: Path, config: str | None = None, seed: in
     if source == "tiny" or source.startswith("random:"):
         size = "tiny" if source == "tiny" else source.split(":", 1)[1]
         if size not in SAM2_CONFIGS:
-            raise CheckpointError(f"{source}: unknown SAM2.1 size {size!r} (one of {', '.join(SAM2_CONFIGS)})")
+            raise CheckpointError(
+                f"{source}: unknown SAM2.1 size {size!r} (one of {', '.join(SAM2_CONFIGS)})"
+            )
         spec = Sam2Spec(
             source=source,
-            architecture="sam2.1_hiera_tiny(shrunk for tests)" if source == "tiny" else f"sam2.1_hiera_{size}",
+            architecture="sam2.1_hiera_tiny(shrunk for tests)"
+            if source == "tiny"
+            else f"sam2.1_hiera_{size}",
             config=SAM2_CONFIGS[size],
             overrides=list(SAM2_TINY_OVERRIDES) if source == "tiny" else [],
             random_weights=True,
@@ -200,8 +206,9 @@ def resolve_sam2(source: str, workdir: Path, config: str | None = None, seed: in
     size = config or sam2_size_from_name(source)
     if size not in SAM2_CONFIGS:
         raise CheckpointError(f"{source}: unknown SAM2.1 config {size!r}")
-    return Sam2Spec(source=source, architecture=f"sam2.1_hiera_{size}", config=SAM2_CONFIGS[size],
-                    checkpoint=str(source))
+    return Sam2Spec(
+        source=source, architecture=f"sam2.1_hiera_{size}", config=SAM2_CONFIGS[size], checkpoint=str(source)
+    )
 
 
 # --------------------------------------------------------------------------------------------- CLIP
@@ -215,7 +222,9 @@ def build_clip(spec: ClipSpec, device: str = "cpu") -> torch.nn.Module:
     if spec.checkpoint:
         sd, _ = read_clip_state_dict(spec.checkpoint)
         # OpenAI state dicts are partly float16; the model stays float32.
-        _load_strict(model, {k: v.float() for k, v in sd.items()}, spec.checkpoint, f"CLIP {spec.architecture}")
+        _load_strict(
+            model, {k: v.float() for k, v in sd.items()}, spec.checkpoint, f"CLIP {spec.architecture}"
+        )
     return model.float().to(device).eval()
 
 
@@ -283,8 +292,12 @@ def resolve_clip(source: str, workdir: Path, model_name: str = "ViT-B-32", seed:
             if cfg is None:
                 raise CheckpointError(f"{source}: unknown open_clip model {name!r}")
         cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
-        spec = ClipSpec(source=source, architecture="clip-tiny(tests)" if source == "tiny" else name,
-                        model_config=cfg, random_weights=True)
+        spec = ClipSpec(
+            source=source,
+            architecture="clip-tiny(tests)" if source == "tiny" else name,
+            model_config=cfg,
+            random_weights=True,
+        )
         torch.manual_seed(seed)
         model = build_clip(spec)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -295,9 +308,13 @@ def resolve_clip(source: str, workdir: Path, model_name: str = "ViT-B-32", seed:
     # An official file: OpenAI's (architecture read off the weights, QuickGELU) or open_clip's (by name).
     sd, is_openai = read_clip_state_dict(source)
     if is_openai:
-        return ClipSpec(source=source, architecture=f"openai/{model_name}",
-                        model_config=openai_config_from_state_dict(sd), checkpoint=str(source),
-                        checkpoint_format="openai")
+        return ClipSpec(
+            source=source,
+            architecture=f"openai/{model_name}",
+            model_config=openai_config_from_state_dict(sd),
+            checkpoint=str(source),
+            checkpoint_format="openai",
+        )
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         raise CheckpointError(f"{source}: unknown open_clip model {model_name!r} (pass --clip-model)")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from seglabel_server.repository import MANIFEST_NAME, ModelRepository
 
@@ -24,8 +24,9 @@ def _require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise TensorRTUnavailable("the tensorrt package is not installed (pip install tensorrt on a CUDA "
-                                  "machine); no engines built") from exc
+        raise TensorRTUnavailable(
+            "the tensorrt package is not installed (pip install tensorrt on a CUDA machine); no engines built"
+        ) from exc
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -58,8 +59,15 @@ def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -
     return out
 
 
-def build_engines(root: Path, fp16: bool = False, workspace_gb: float = 4.0, max_batch: int = 8,
-                  max_prompts: int = 256, max_crops: int = 64, log: Callable[[str], None] = print) -> dict:
+def build_engines(
+    root: Path,
+    fp16: bool = False,
+    workspace_gb: float = 4.0,
+    max_batch: int = 8,
+    max_prompts: int = 256,
+    max_crops: int = 64,
+    log: Callable[[str], None] = print,
+) -> dict:
     trt, gpu, capability = _require_tensorrt()
     repo = ModelRepository.load(root)
     manifest = repo.manifest

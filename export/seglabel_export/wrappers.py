@@ -88,8 +88,9 @@ class Sam2MaskDecoder(nn.Module):
             up = act2(dc2(up) + high_res_feats_0)
         else:
             up = dec.output_upscaling(src)
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
-                               dim=1)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+        )
         _, c2, hh, ww = up.shape
         all_masks = (hyper_in @ up.reshape(n, c2, hh * ww)).reshape(n, -1, hh, ww)
         all_iou = dec.iou_prediction_head(iou_token_out)
@@ -138,7 +139,9 @@ def build_modules(manifest: dict, device: str = "cpu") -> dict:
     sam_model = sources.build_sam2(spec, device)
     mods = {
         "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
-        "sam2_mask_decoder": Sam2MaskDecoder(sam_model, sam["mask_threshold"], sam["stability_offset"]).eval(),
+        "sam2_mask_decoder": Sam2MaskDecoder(
+            sam_model, sam["mask_threshold"], sam["stability_offset"]
+        ).eval(),
     }
     if manifest.get("clip"):
         cspec = sources.ClipSpec(**manifest["clip"]["spec"])

@@ -53,7 +53,9 @@ class ServerConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seglabel-server", description="SAM2 + CLIP segment-and-label gRPC server")
+    p = argparse.ArgumentParser(
+        prog="seglabel-server", description="SAM2 + CLIP segment-and-label gRPC server"
+    )
     p.add_argument("--config", help="JSON file with ServerConfig fields (flags given explicitly win)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -62,10 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend autocast on CUDA")
     p.add_argument("--threads", type=int)
-    p.add_argument("--no-clip", dest="load_clip", action="store_const", const=False,
-                   help="do not load CLIP (segmentation only)")
-    p.add_argument("--no-batching", dest="batching", action="store_const", const=False,
-                   help="never merge work of different requests into one batch")
+    p.add_argument(
+        "--no-clip",
+        dest="load_clip",
+        action="store_const",
+        const=False,
+        help="do not load CLIP (segmentation only)",
+    )
+    p.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_const",
+        const=False,
+        help="never merge work of different requests into one batch",
+    )
     p.add_argument("--max-queue-delay-ms", type=float)
     for stage in ("encoder", "decoder", "clip", "text"):
         p.add_argument(f"--max-batch-{stage}", type=int)
@@ -103,8 +115,14 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, argpa
         v = getattr(args, f.name, None)
         if v is not None:
             setattr(cfg, f.name, v)
-    for name in ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                 "box_nms_thresh", "max_masks"):
+    for name in (
+        "points_per_side",
+        "points_per_batch",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+        "box_nms_thresh",
+        "max_masks",
+    ):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg.pipeline, name, v)

@@ -94,8 +94,9 @@ def _palette(n: int) -> np.ndarray:
     return (np.asarray(cols) * 255).astype(np.uint8).reshape(n, 3)
 
 
-def render_overlay(image: np.ndarray, masks: list[np.ndarray], captions: list[str] | None = None,
-                   alpha: float = 0.45) -> bytes:
+def render_overlay(
+    image: np.ndarray, masks: list[np.ndarray], captions: list[str] | None = None, alpha: float = 0.45
+) -> bytes:
     """PNG of the image with each mask filled in its colour, outlined, and captioned at its box."""
     out = image.astype(np.float32).copy()
     colours = _palette(max(len(masks), 1))
@@ -124,8 +125,8 @@ def render_overlay(image: np.ndarray, masks: list[np.ndarray], captions: list[st
             if len(xs) == 0:
                 continue
             tx, ty = int(xs.min()) + 2, int(ys.min()) + 2
-            l, t, r, b = draw.textbbox((tx, ty), captions[i], font=font)
-            draw.rectangle((l - 2, t - 1, r + 2, b + 1), fill=tuple(int(c) for c in colours[i]))
+            left, top, right, bottom = draw.textbbox((tx, ty), captions[i], font=font)
+            draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=tuple(int(c) for c in colours[i]))
             draw.text((tx, ty), captions[i], fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
     pil.save(buf, format="PNG", optimize=False, compress_level=3)

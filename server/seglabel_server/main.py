@@ -25,8 +25,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmenter"].full_name
 class Server:
     """A started grpc.aio server, its port, the domain service and the health servicer."""
 
-    def __init__(self, grpc_server: grpc.aio.Server, port: int, service: SeglabelService,
-                 health_servicer: health.aio.HealthServicer):
+    def __init__(
+        self,
+        grpc_server: grpc.aio.Server,
+        port: int,
+        service: SeglabelService,
+        health_servicer: health.aio.HealthServicer,
+    ):
         self.grpc = grpc_server
         self.port = port
         self.service = service
@@ -50,10 +55,12 @@ async def create_server(cfg: ServerConfig) -> Server:
     Port 0 binds an ephemeral port (tests)."""
     metrics = Metrics()
     service = SeglabelService(cfg, metrics)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", cfg.max_image_bytes + (1 << 20)),
-        ("grpc.max_send_message_length", 256 << 20),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_image_bytes + (1 << 20)),
+            ("grpc.max_send_message_length", 256 << 20),
+        ]
+    )
     pb_grpc.add_SegmenterServicer_to_server(SegmenterServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -94,7 +101,9 @@ async def serve(cfg: ServerConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = config_from_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return asyncio.run(serve(cfg))
 
 

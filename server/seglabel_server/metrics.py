@@ -12,25 +12,57 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
-        self.request_success = Counter("seglabel_request_success", "Requests answered OK", ["method"], registry=r)
-        self.request_failure = Counter("seglabel_request_failure", "Requests failed", ["method", "code"], registry=r)
-        self.request_seconds = Histogram("seglabel_request_duration_seconds", "End-to-end request time",
-                                         ["method"], buckets=_LATENCY, registry=r)
-        self.queue_seconds = Histogram("seglabel_queue_duration_seconds", "Time an item waited in its stage queue",
-                                       ["stage"], buckets=_LATENCY, registry=r)
-        self.compute_seconds = Histogram("seglabel_compute_duration_seconds", "Time of one batch on the backend",
-                                         ["stage"], buckets=_LATENCY, registry=r)
-        self.inferences = Counter("seglabel_inference_count", "Units inferred (images, prompts, crops, texts)",
-                                  ["stage"], registry=r)
+        self.request_success = Counter(
+            "seglabel_request_success", "Requests answered OK", ["method"], registry=r
+        )
+        self.request_failure = Counter(
+            "seglabel_request_failure", "Requests failed", ["method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "seglabel_request_duration_seconds",
+            "End-to-end request time",
+            ["method"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "seglabel_queue_duration_seconds",
+            "Time an item waited in its stage queue",
+            ["stage"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "seglabel_compute_duration_seconds",
+            "Time of one batch on the backend",
+            ["stage"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.inferences = Counter(
+            "seglabel_inference_count",
+            "Units inferred (images, prompts, crops, texts)",
+            ["stage"],
+            registry=r,
+        )
         self.executions = Counter("seglabel_execution_count", "Batches executed", ["stage"], registry=r)
-        self.batch_size = Histogram("seglabel_batch_size", "Units per executed batch", ["stage"],
-                                    buckets=_SIZES, registry=r)
-        self.requests_per_batch = Histogram("seglabel_batch_items", "Work items (request parts) per batch",
-                                            ["stage"], buckets=_SIZES, registry=r)
+        self.batch_size = Histogram(
+            "seglabel_batch_size", "Units per executed batch", ["stage"], buckets=_SIZES, registry=r
+        )
+        self.requests_per_batch = Histogram(
+            "seglabel_batch_items",
+            "Work items (request parts) per batch",
+            ["stage"],
+            buckets=_SIZES,
+            registry=r,
+        )
         self.queue_depth = Gauge("seglabel_queue_depth", "Items waiting per stage", ["stage"], registry=r)
-        self.rejected = Counter("seglabel_rejected", "Items refused because a queue was full", ["stage"], registry=r)
-        self.dropped = Counter("seglabel_dropped", "Items dropped (cancelled / deadline) or failed", ["stage"],
-                               registry=r)
+        self.rejected = Counter(
+            "seglabel_rejected", "Items refused because a queue was full", ["stage"], registry=r
+        )
+        self.dropped = Counter(
+            "seglabel_dropped", "Items dropped (cancelled / deadline) or failed", ["stage"], registry=r
+        )
 
     def value(self, name: str, **labels) -> float:
         v = self.registry.get_sample_value(name, labels)

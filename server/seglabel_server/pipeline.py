@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -20,7 +20,15 @@ from seglabel_server import amg, imaging
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.tokenizer import ClipTokenizer
 from seglabel_server.types import (
-    Accepted, Done, LabelResult, LabelsUpdate, MaskResult, MasksReady, Progress, RequestContext, SegmentParams,
+    Accepted,
+    Done,
+    LabelResult,
+    LabelsUpdate,
+    MaskResult,
+    MasksReady,
+    Progress,
+    RequestContext,
+    SegmentParams,
     SegmentResult,
 )
 from seglabel_server.vocab import DEFAULT_VOCABULARY, TEMPLATES, UNKNOWN_LABEL
@@ -62,15 +70,25 @@ class _Candidates:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, sam2_meta: dict, clip_meta: dict | None, scheduler,
-                 tokenizer: ClipTokenizer | None, labels_unavailable_reason: str = "", cpu_threads: int = 2):
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        sam2_meta: dict,
+        clip_meta: dict | None,
+        scheduler,
+        tokenizer: ClipTokenizer | None,
+        labels_unavailable_reason: str = "",
+        cpu_threads: int = 2,
+    ):
         self.cfg = cfg
         self.sam = sam2_meta
         self.clip = clip_meta
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.has_clip = tokenizer is not None and clip_meta is not None and not labels_unavailable_reason
-        self.labels_unavailable_reason = labels_unavailable_reason or ("" if self.has_clip else "CLIP models not loaded")
+        self.labels_unavailable_reason = labels_unavailable_reason or (
+            "" if self.has_clip else "CLIP models not loaded"
+        )
         self.pool = ThreadPoolExecutor(max_workers=cpu_threads, thread_name_prefix="seglabel-cpu")
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
@@ -100,6 +118,7 @@ class Pipeline:
             raise InvalidArgument("prompt_type BOX needs at least one box")
         if len(p.points) > c.max_prompts or len(p.boxes) > c.max_prompts:
             raise LimitExceeded(f"at most {c.max_prompts} points and {c.max_prompts} boxes per request")
+
         def pick(name: str, v: float | None, default: float) -> float:
             if v is None:
                 return default
@@ -122,11 +141,20 @@ class Pipeline:
         if len(cleaned) > c.max_vocabulary:
             raise LimitExceeded(f"vocabulary of {len(cleaned)} labels is over the limit {c.max_vocabulary}")
         return SegmentParams(
-            prompt_type=p.prompt_type, points_per_side=pps, points=list(p.points), boxes=list(p.boxes),
-            max_masks=p.max_masks or c.max_masks, vocabulary=cleaned,
-            top_k=min(p.top_k or c.top_k, len(cleaned)), min_confidence=min_conf,
-            return_overlay=p.return_overlay, skip_labels=p.skip_labels, multimask=p.multimask,
-            pred_iou_thresh=iou_t, stability_score_thresh=stab_t, box_nms_thresh=nms_t,
+            prompt_type=p.prompt_type,
+            points_per_side=pps,
+            points=list(p.points),
+            boxes=list(p.boxes),
+            max_masks=p.max_masks or c.max_masks,
+            vocabulary=cleaned,
+            top_k=min(p.top_k or c.top_k, len(cleaned)),
+            min_confidence=min_conf,
+            return_overlay=p.return_overlay,
+            skip_labels=p.skip_labels,
+            multimask=p.multimask,
+            pred_iou_thresh=iou_t,
+            stability_score_thresh=stab_t,
+            box_nms_thresh=nms_t,
         )
 
     def check_prompts_inside(self, p: SegmentParams, w: int, h: int) -> None:
@@ -140,7 +168,9 @@ class Pipeline:
                 raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
 
     # ------------------------------------------------------------------------------------------- prompts
-    def prompts(self, p: SegmentParams, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def prompts(
+        self, p: SegmentParams, hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(coords [N,P,2] model frame, labels [N,P] int32, grid points [N,2] original pixels or None)."""
         h, w = hw
         size = self.sam["image_size"]
@@ -154,8 +184,10 @@ class Pipeline:
             return amg.to_model_coords(pts, hw, size)[None], lab[None], None
         boxes = np.array(p.boxes, np.float32).reshape(-1, 2, 2)
         coords = np.concatenate([boxes, np.repeat(pts[None], len(boxes), 0)], axis=1)
-        labels = np.concatenate([np.tile(np.array([[2, 3]], np.int32), (len(boxes), 1)),
-                                 np.repeat(lab[None], len(boxes), 0)], axis=1)
+        labels = np.concatenate(
+            [np.tile(np.array([[2, 3]], np.int32), (len(boxes), 1)), np.repeat(lab[None], len(boxes), 0)],
+            axis=1,
+        )
         return amg.to_model_coords(coords.reshape(-1, 2), hw, size).reshape(coords.shape), labels, None
 
     # ------------------------------------------------------------------------------------------ filters
@@ -196,20 +228,28 @@ class Pipeline:
         boxes = amg.masks_to_boxes(bin_low)
         # Low-res inclusive bounds -> original pixels.
         sx, sy = w / low, h / low
-        boxes = np.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, (boxes[:, 2] + 1) * sx - 1,
-                          (boxes[:, 3] + 1) * sy - 1], axis=1)
+        boxes = np.stack(
+            [boxes[:, 0] * sx, boxes[:, 1] * sy, (boxes[:, 2] + 1) * sx - 1, (boxes[:, 3] + 1) * sy - 1],
+            axis=1,
+        )
         scores = iou[prompt_idx, mask_idx]
         nonempty = bin_low.any(axis=(1, 2))
         order = amg.nms(boxes, np.where(nonempty, scores, -np.inf), p.box_nms_thresh)
         order = order[nonempty[order]][: p.max_masks]
-        return _Candidates(logits[order], scores[order], stab[prompt_idx, mask_idx][order],
-                           [tuple(float(v) for v in grid_points[prompt_idx[i]]) for i in order])
+        return _Candidates(
+            logits[order],
+            scores[order],
+            stab[prompt_idx, mask_idx][order],
+            [tuple(float(v) for v in grid_points[prompt_idx[i]]) for i in order],
+        )
 
     def _upsampler(self, hw) -> amg.Upsampler:
         key = (self.sam["low_res_size"], hw)
         up = self._upsamplers.get(key)
         if up is None:
-            up = self._upsamplers[key] = amg.Upsampler(self.sam["low_res_size"], hw, self.sam["mask_threshold"])
+            up = self._upsamplers[key] = amg.Upsampler(
+                self.sam["low_res_size"], hw, self.sam["mask_threshold"]
+            )
             while len(self._upsamplers) > 8:
                 self._upsamplers.popitem(last=False)
         return up
@@ -224,10 +264,17 @@ class Pipeline:
             if area == 0:
                 continue
             x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
-            results.append(MaskResult(index=len(results), rle=amg.encode_rle(m),
-                                      bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)), area=area,
-                                      predicted_iou=float(cand.iou[i]), stability_score=float(cand.stability[i]),
-                                      point=cand.points[i]))
+            results.append(
+                MaskResult(
+                    index=len(results),
+                    rle=amg.encode_rle(m),
+                    bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)),
+                    area=area,
+                    predicted_iou=float(cand.iou[i]),
+                    stability_score=float(cand.stability[i]),
+                    point=cand.points[i],
+                )
+            )
             full.append(m)
         return results, full
 
@@ -245,8 +292,9 @@ class Pipeline:
             texts = [t.format(v) for v in vocab for t in self.cfg.templates]
             ids = self.tokenizer(texts)
             step = self.scheduler.max_batch("text")
-            parts = await asyncio.gather(*[self.scheduler.embed_texts(ids[i : i + step], ctx)
-                                           for i in range(0, len(ids), step)])
+            parts = await asyncio.gather(
+                *[self.scheduler.embed_texts(ids[i : i + step], ctx) for i in range(0, len(ids), step)]
+            )
             emb = np.concatenate(parts).reshape(len(vocab), len(self.cfg.templates), -1).mean(axis=1)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
             self._text_cache[vocab] = emb.astype(np.float32)
@@ -255,8 +303,15 @@ class Pipeline:
             self._text_locks.pop(vocab, None)
             return self._text_cache[vocab]
 
-    def classify(self, image_emb: np.ndarray, text_emb: np.ndarray, vocab, first_index: int, top_k: int,
-                 min_confidence: float) -> list[LabelResult]:
+    def classify(
+        self,
+        image_emb: np.ndarray,
+        text_emb: np.ndarray,
+        vocab,
+        first_index: int,
+        top_k: int,
+        min_confidence: float,
+    ) -> list[LabelResult]:
         logits = self.clip["logit_scale"] * image_emb @ text_emb.T
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
@@ -265,20 +320,38 @@ class Pipeline:
         for row, pr in enumerate(probs):
             top = np.argsort(-pr, kind="stable")[:top_k]
             best = float(pr[top[0]])
-            out.append(LabelResult(mask_index=first_index + row,
-                                   label=vocab[top[0]] if best >= min_confidence else UNKNOWN_LABEL,
-                                   confidence=best, top_k=[(vocab[j], float(pr[j])) for j in top]))
+            out.append(
+                LabelResult(
+                    mask_index=first_index + row,
+                    label=vocab[top[0]] if best >= min_confidence else UNKNOWN_LABEL,
+                    confidence=best,
+                    top_k=[(vocab[j], float(pr[j])) for j in top],
+                )
+            )
         return out
 
     def crops(self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]) -> np.ndarray:
         c = self.clip
-        return np.stack([imaging.clip_crop(image, m_full, m.bbox, c["image_size"], c["mean"], c["std"],
-                                           self.cfg.crop_context, self.cfg.crop_background_keep)
-                         for m, m_full in zip(masks, full)])
+        return np.stack(
+            [
+                imaging.clip_crop(
+                    image,
+                    m_full,
+                    m.bbox,
+                    c["image_size"],
+                    c["mean"],
+                    c["std"],
+                    self.cfg.crop_context,
+                    self.cfg.crop_background_keep,
+                )
+                for m, m_full in zip(masks, full)
+            ]
+        )
 
     # -------------------------------------------------------------------------------------------- run
-    async def run(self, params: SegmentParams, image: np.ndarray, ctx: RequestContext,
-                  emit: Emit | None = None) -> SegmentResult:
+    async def run(
+        self, params: SegmentParams, image: np.ndarray, ctx: RequestContext, emit: Emit | None = None
+    ) -> SegmentResult:
         """The whole request. ``emit`` (streaming) receives Accepted, MasksReady, LabelsUpdate..., Done."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -297,8 +370,13 @@ class Pipeline:
 
         await send(Accepted(ctx.request_id, w, h))
         t = time.perf_counter()
-        x = await self._cpu(imaging.sam_preprocess, image, self.sam["image_size"], self.sam["pixel_mean"],
-                            self.sam["pixel_std"])
+        x = await self._cpu(
+            imaging.sam_preprocess,
+            image,
+            self.sam["image_size"],
+            self.sam["pixel_mean"],
+            self.sam["pixel_std"],
+        )
         t = mark("decode_image", t)
         feats = await self.scheduler.encode(x, ctx)
         t = mark("encoder", t)
@@ -306,8 +384,12 @@ class Pipeline:
 
         coords, labels, grid = self.prompts(p, (h, w))
         step = min(self.cfg.points_per_batch, self.scheduler.max_batch("decoder"))
-        outs = await asyncio.gather(*[self.scheduler.decode(feats, coords[i : i + step], labels[i : i + step], ctx)
-                                      for i in range(0, len(coords), step)])
+        outs = await asyncio.gather(
+            *[
+                self.scheduler.decode(feats, coords[i : i + step], labels[i : i + step], ctx)
+                for i in range(0, len(coords), step)
+            ]
+        )
         del feats
         t = mark("decoder", t)
         await send(Progress("decoder", 1.0))
@@ -347,7 +429,14 @@ class Pipeline:
             t = mark("render", t)
         timings["queue"] = ctx.queue_ms
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
-        result = SegmentResult(width=w, height=h, masks=masks, labels=labels_out, overlay_png=overlay,
-                               timings=timings, labels_unavailable_reason=reason)
+        result = SegmentResult(
+            width=w,
+            height=h,
+            masks=masks,
+            labels=labels_out,
+            overlay_png=overlay,
+            timings=timings,
+            labels_unavailable_reason=reason,
+        )
         await send(Done(result))
         return result

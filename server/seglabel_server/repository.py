@@ -20,11 +20,13 @@ class ModelRepository:
     manifest: dict
 
     @classmethod
-    def load(cls, root: str | Path) -> "ModelRepository":
+    def load(cls, root: str | Path) -> ModelRepository:
         root = Path(root).resolve()
         path = root / MANIFEST_NAME
         if not path.is_file():
-            raise ModelError(f"{root}: no {MANIFEST_NAME}; export models first (seglabel-export, or make models)")
+            raise ModelError(
+                f"{root}: no {MANIFEST_NAME}; export models first (seglabel-export, or make models)"
+            )
         try:
             manifest = json.loads(path.read_text())
         except ValueError as exc:
@@ -75,6 +77,13 @@ class ModelRepository:
                 continue
             spec = part["spec"]
             for name in names:
-                out.append({"name": name, "architecture": spec["architecture"], "source": spec["source"],
-                            "sha256": part["sha256"], "random_weights": bool(spec["random_weights"])})
+                out.append(
+                    {
+                        "name": name,
+                        "architecture": spec["architecture"],
+                        "source": spec["source"],
+                        "sha256": part["sha256"],
+                        "random_weights": bool(spec["random_weights"]),
+                    }
+                )
         return out

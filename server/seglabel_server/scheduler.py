@@ -20,8 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,9 @@ class WorkItem:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def collate_batch(pending: deque, max_size: int, batching: bool = True) -> tuple[list[WorkItem], list[WorkItem]]:
+def collate_batch(
+    pending: deque, max_size: int, batching: bool = True
+) -> tuple[list[WorkItem], list[WorkItem]]:
     """Take items from the front of ``pending`` into one batch of at most ``max_size`` units.
 
     Returns (batch, dropped). Items whose request was cancelled or passed its deadline are removed
@@ -90,7 +93,9 @@ def collate_batch(pending: deque, max_size: int, batching: bool = True) -> tuple
     return batch, dropped
 
 
-def pick_stage(queues: dict[str, deque], configs: dict[str, StageConfig], now: float) -> tuple[str | None, float]:
+def pick_stage(
+    queues: dict[str, deque], configs: dict[str, StageConfig], now: float
+) -> tuple[str | None, float]:
     """The highest-priority ready stage, or (None, seconds until one becomes ready / inf)."""
     wait = float("inf")
     for stage in STAGES:
@@ -128,8 +133,9 @@ class BatchExecutor:
         feats = payloads[0][0]
         if any(p[0] is not feats for p in payloads):
             raise RuntimeError("decoder batch mixes images")
-        out = self.backend.decode(feats, np.concatenate([p[1] for p in payloads]),
-                                  np.concatenate([p[2] for p in payloads]))
+        out = self.backend.decode(
+            feats, np.concatenate([p[1] for p in payloads]), np.concatenate([p[2] for p in payloads])
+        )
         results, start = [], 0
         for _, coords, _ in payloads:
             results.append(out.slice(start, start + len(coords)))
@@ -150,8 +156,13 @@ class BatchExecutor:
 class Scheduler:
     """Bounded per-stage queues + one inference worker thread; async ``submit`` for the pipeline."""
 
-    def __init__(self, backend: Backend, configs: dict[str, StageConfig], metrics: Metrics | None = None,
-                 batching: bool = True):
+    def __init__(
+        self,
+        backend: Backend,
+        configs: dict[str, StageConfig],
+        metrics: Metrics | None = None,
+        batching: bool = True,
+    ):
         self.executor = BatchExecutor(backend)
         self.configs = configs
         self.metrics = metrics
@@ -163,8 +174,9 @@ class Scheduler:
         self.thread.start()
 
     # -- client side (asyncio loop) -----------------------------------------------------------------
-    def submit_nowait(self, stage: str, payload: Any, size: int, ctx: RequestContext,
-                      key: Hashable = None) -> concurrent.futures.Future:
+    def submit_nowait(
+        self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None
+    ) -> concurrent.futures.Future:
         ctx.check()
         item = WorkItem(stage, payload, size, ctx, key=key)
         with self.cond:
@@ -181,7 +193,9 @@ class Scheduler:
             self.cond.notify()
         return item.future
 
-    async def submit(self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None) -> Any:
+    async def submit(
+        self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None
+    ) -> Any:
         fut = self.submit_nowait(stage, payload, size, ctx, key)
         try:
             return await asyncio.wrap_future(fut)
@@ -192,12 +206,14 @@ class Scheduler:
     async def encode(self, image: np.ndarray, ctx: RequestContext) -> ImageFeatures:
         return await self.submit("encoder", image, 1, ctx)
 
-    async def decode(self, feats: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
-                     ctx: RequestContext) -> DecoderOutput:
+    async def decode(
+        self, feats: ImageFeatures, coords: np.ndarray, labels: np.ndarray, ctx: RequestContext
+    ) -> DecoderOutput:
         # One image per decoder call (the graph broadcasts that image's features over the prompts):
         # chunks batch with chunks of the same image and the same points per prompt.
-        return await self.submit("decoder", (feats, coords, labels), len(coords), ctx,
-                                 key=(id(feats), coords.shape[1]))
+        return await self.submit(
+            "decoder", (feats, coords, labels), len(coords), ctx, key=(id(feats), coords.shape[1])
+        )
 
     async def embed_images(self, pixels: np.ndarray, ctx: RequestContext) -> np.ndarray:
         return await self.submit("clip", pixels, len(pixels), ctx)
@@ -229,13 +245,18 @@ class Scheduler:
                     if stage is not None:
                         break
                     self.cond.wait(timeout=None if wait == float("inf") else wait)
-                batch, dropped = collate_batch(self.queues[stage], self.configs[stage].max_batch_size,
-                                               self.batching)
+                batch, dropped = collate_batch(
+                    self.queues[stage], self.configs[stage].max_batch_size, self.batching
+                )
                 if self.metrics:
                     self.metrics.queue_depth.labels(stage).set(len(self.queues[stage]))
             for item in dropped:
-                self._fail(item, Cancelled("request cancelled before it ran") if item.ctx.cancelled
-                           else DeadlineExceeded("request passed its deadline before it ran"))
+                self._fail(
+                    item,
+                    Cancelled("request cancelled before it ran")
+                    if item.ctx.cancelled
+                    else DeadlineExceeded("request passed its deadline before it ran"),
+                )
             if batch:
                 self._execute(stage, batch)
 

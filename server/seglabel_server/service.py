@@ -15,7 +15,14 @@ import numpy as np
 from seglabel_server import __version__, imaging
 from seglabel_server.backends import Backend, create_backend
 from seglabel_server.config import ServerConfig
-from seglabel_server.errors import InvalidArgument, LimitExceeded, ModelError, Overloaded, Unavailable, UnknownFile
+from seglabel_server.errors import (
+    InvalidArgument,
+    LimitExceeded,
+    ModelError,
+    Overloaded,
+    Unavailable,
+    UnknownFile,
+)
 from seglabel_server.metrics import Metrics
 from seglabel_server.pipeline import Pipeline
 from seglabel_server.repository import ModelRepository
@@ -57,8 +64,13 @@ class FileStore:
             return entry[0]
 
 
-def build_pipeline(backend: Backend, repo: ModelRepository, cfg: ServerConfig, metrics: Metrics | None = None,
-                   labels_unavailable_reason: str = "") -> Pipeline:
+def build_pipeline(
+    backend: Backend,
+    repo: ModelRepository,
+    cfg: ServerConfig,
+    metrics: Metrics | None = None,
+    labels_unavailable_reason: str = "",
+) -> Pipeline:
     """Scheduler + pipeline over a loaded backend (the server, the benchmarks and the tests use this)."""
     tokenizer = None
     reason = labels_unavailable_reason
@@ -70,7 +82,9 @@ def build_pipeline(backend: Backend, repo: ModelRepository, cfg: ServerConfig, m
     elif not reason:
         reason = "CLIP models not loaded"
     scheduler = Scheduler(backend, cfg.stage_configs(), metrics, batching=cfg.batching)
-    return Pipeline(cfg.pipeline, repo.sam2, repo.clip, scheduler, tokenizer, "" if tokenizer is not None else reason)
+    return Pipeline(
+        cfg.pipeline, repo.sam2, repo.clip, scheduler, tokenizer, "" if tokenizer is not None else reason
+    )
 
 
 class SeglabelService:
@@ -99,9 +113,14 @@ class SeglabelService:
             log.error("model loading failed: %s", exc)
             raise
         self.ready.set()
-        log.info("models loaded and warmed up in %.1fs (%s on %s, providers %s)%s", time.perf_counter() - t0,
-                 self.backend.info.name, self.backend.info.device, self.backend.info.providers,
-                 " -- RANDOM WEIGHTS: masks and labels are meaningless" if self.repo.random_weights else "")
+        log.info(
+            "models loaded and warmed up in %.1fs (%s on %s, providers %s)%s",
+            time.perf_counter() - t0,
+            self.backend.info.name,
+            self.backend.info.device,
+            self.backend.info.providers,
+            " -- RANDOM WEIGHTS: masks and labels are meaningless" if self.repo.random_weights else "",
+        )
 
     def _load_models(self) -> None:
         cfg = self.cfg
@@ -113,14 +132,18 @@ class SeglabelService:
         elif not self.repo.has_clip:
             reason = f"no CLIP models in {self.repo.root}"
         try:
-            self.backend = create_backend(cfg.backend, self.repo, cfg.device, cfg.precision, load_clip, cfg.threads)
+            self.backend = create_backend(
+                cfg.backend, self.repo, cfg.device, cfg.precision, load_clip, cfg.threads
+            )
         except ModelError as exc:
             if not load_clip:
                 raise
             # Segmentation must work without CLIP: retry without it and say why.
             log.warning("CLIP failed to load (%s); serving masks without labels", exc)
             reason = f"CLIP failed to load: {exc}"
-            self.backend = create_backend(cfg.backend, self.repo, cfg.device, cfg.precision, False, cfg.threads)
+            self.backend = create_backend(
+                cfg.backend, self.repo, cfg.device, cfg.precision, False, cfg.threads
+            )
         self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason)
         self.scheduler = self.pipeline.scheduler
 
@@ -156,12 +179,15 @@ class SeglabelService:
         if not self.ready.is_set():
             raise Unavailable(f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}")
 
-    async def segment(self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext,
-                      emit=None) -> SegmentResult:
+    async def segment(
+        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
+    ) -> SegmentResult:
         self._require_ready()
         if self.inflight >= self.cfg.max_inflight:
             self.metrics.rejected.labels("admission").inc()
-            raise Overloaded(f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later")
+            raise Overloaded(
+                f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later"
+            )
         self.inflight += 1
         try:
             t0 = time.perf_counter()
@@ -190,10 +216,17 @@ class SeglabelService:
             "models": repo.models_info() if repo else [],
             "random_weights": bool(repo and repo.random_weights),
             "default_vocabulary": list(cfg.pipeline.vocabulary),
-            "limits": {"max_image_bytes": cfg.max_image_bytes, "max_image_pixels": cfg.max_image_pixels,
-                       "max_points_per_side": cfg.pipeline.max_points_per_side,
-                       "max_prompts": cfg.pipeline.max_prompts, "max_vocabulary": cfg.pipeline.max_vocabulary,
-                       "max_queue": cfg.max_queue},
-            "labels_unavailable_reason": (self.pipeline.labels_unavailable_reason if self.pipeline
-                                          and not self.pipeline.has_clip else ""),
+            "limits": {
+                "max_image_bytes": cfg.max_image_bytes,
+                "max_image_pixels": cfg.max_image_pixels,
+                "max_points_per_side": cfg.pipeline.max_points_per_side,
+                "max_prompts": cfg.pipeline.max_prompts,
+                "max_vocabulary": cfg.pipeline.max_vocabulary,
+                "max_queue": cfg.max_queue,
+            },
+            "labels_unavailable_reason": (
+                self.pipeline.labels_unavailable_reason
+                if self.pipeline and not self.pipeline.has_clip
+                else ""
+            ),
         }

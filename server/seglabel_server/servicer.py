@@ -66,8 +66,9 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def Segment(self, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
         ctx = _context_for(context)
         try:
-            result = await self.service.segment(convert.params_from_pb(request), request.file_id or None,
-                                                request.image or None, ctx)
+            result = await self.service.segment(
+                convert.params_from_pb(request), request.file_id or None, request.image or None, ctx
+            )
         finally:
             ctx.cancel()  # anything of this request still queued is dropped
         return convert.result_to_pb(result)
@@ -88,8 +89,9 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             await events.put(ev)
 
         async def work():
-            await self.service.segment(convert.params_from_pb(request), request.file_id or None,
-                                       request.image or None, ctx, emit)
+            await self.service.segment(
+                convert.params_from_pb(request), request.file_id or None, request.image or None, ctx, emit
+            )
 
         task = asyncio.create_task(work())
         task.add_done_callback(lambda _: events.put_nowait(None))

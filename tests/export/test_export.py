@@ -9,7 +9,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-
 from seglabel_export import cli, sources
 from seglabel_export.exporter import DECODER_NS, DECODER_PS, export_repository
 from seglabel_export.sources import CheckpointError
@@ -19,7 +18,12 @@ def test_repository_layout_and_manifest(tiny_repo):
     manifest = json.loads((tiny_repo / "manifest.json").read_text())
     assert manifest["random_weights"] is True
     models = manifest["models"]
-    assert set(models) == {"sam2_image_encoder", "sam2_mask_decoder", "clip_image_encoder", "clip_text_encoder"}
+    assert set(models) == {
+        "sam2_image_encoder",
+        "sam2_mask_decoder",
+        "clip_image_encoder",
+        "clip_text_encoder",
+    }
     for name, entry in models.items():
         assert entry["path"] == f"{name}/1/model.onnx" and (tiny_repo / entry["path"]).is_file()
         assert entry["opset"] == 17 and entry["parity_worst_rel_l2"] <= 1e-4
@@ -31,10 +35,16 @@ def test_repository_layout_and_manifest(tiny_repo):
     assert outs["iou_predictions"] == ["num_prompts", 3]
     enc_out = {o["name"]: o["shape"] for o in models["sam2_image_encoder"]["outputs"]}
     assert enc_out["image_embed"] == ["batch", 32, 16, 16]
-    assert models["clip_text_encoder"]["inputs"][0] == {"name": "input_ids", "shape": ["batch", 77], "dtype": "int32"}
+    assert models["clip_text_encoder"]["inputs"][0] == {
+        "name": "input_ids",
+        "shape": ["batch", 77],
+        "dtype": "int32",
+    }
     sam = manifest["sam2"]
     assert sam["sha256"] == sources.sha256_file(tiny_repo / sam["spec"]["checkpoint"])
-    assert sam["spec"]["random_weights"] and manifest["clip"]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
+    assert sam["spec"]["random_weights"] and manifest["clip"]["logit_scale"] == pytest.approx(
+        1 / 0.07, rel=1e-4
+    )
     assert (tiny_repo / manifest["clip"]["tokenizer"]).is_file()
 
 
@@ -51,7 +61,9 @@ def test_parity_covers_every_output_and_prompt_shape(tiny_repo):
 
 
 def test_verify_reruns_parity_on_fresh_inputs(tiny_repo, capsys):
-    assert cli.main(["verify", str(tiny_repo), "--seed", "123", "--decoder-n", "1,7", "--decoder-p", "1,3"]) == 0
+    assert (
+        cli.main(["verify", str(tiny_repo), "--seed", "123", "--decoder-n", "1,7", "--decoder-p", "1,3"]) == 0
+    )
     out = capsys.readouterr().out
     assert "0 failed" in out and "sam2_mask_decoder" in out
 
@@ -107,7 +119,11 @@ def _same_outputs(a, b):
 def test_openai_clip_state_dict_loads_with_quickgelu(tmp_path):
     model = _tiny_clip(quick_gelu=True)
     sd = {k: v.half() if v.ndim >= 2 else v for k, v in model.state_dict().items()}  # OpenAI: partly fp16
-    sd |= {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
+    sd |= {
+        "input_resolution": torch.tensor(224),
+        "context_length": torch.tensor(77),
+        "vocab_size": torch.tensor(49408),
+    }
     path = tmp_path / "ViT-B-32.pt"
     torch.save(sd, path)
     spec = sources.resolve_clip(str(path), tmp_path)
@@ -163,7 +179,9 @@ def test_mismatched_checkpoint_names_the_file_and_the_problem(tmp_path):
     shutil.copyfile(spec.checkpoint, wrong)
     out = tmp_path / "out" / "models"
     out.parent.mkdir()
-    with pytest.raises(CheckpointError, match=r"sam2\.1_hiera_tiny\.pt: does not fit SAM2\.1 .*shape mismatch"):
+    with pytest.raises(
+        CheckpointError, match=r"sam2\.1_hiera_tiny\.pt: does not fit SAM2\.1 .*shape mismatch"
+    ):
         export_repository(out, str(wrong), None, log=lambda m: None)
     assert not out.exists() and _no_partial_dirs(out.parent)
     assert cli.main(["export", str(out), "--sam2", str(wrong), "--clip", "none"]) == 2
@@ -188,7 +206,6 @@ def test_unknown_sizes_are_refused(tmp_path):
 def test_trt_says_plainly_when_tensorrt_or_gpu_is_missing(tiny_repo, capsys):
     try:
         import tensorrt  # noqa: F401
-
         from cuda.bindings import runtime as cudart
 
         if cudart.cudaGetDeviceCount()[1] > 0:

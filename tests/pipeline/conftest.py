@@ -4,7 +4,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from seglabel_server import amg
 from seglabel_server.config import ServerConfig
 from seglabel_server.repository import ModelRepository
@@ -12,7 +11,9 @@ from seglabel_server.service import build_pipeline
 from seglabel_server.types import RequestContext, SegmentParams
 
 
-def run_pipeline(backend, repo_dir, params: SegmentParams, image: np.ndarray, cfg: ServerConfig | None = None):
+def run_pipeline(
+    backend, repo_dir, params: SegmentParams, image: np.ndarray, cfg: ServerConfig | None = None
+):
     pipe = build_pipeline(backend, ModelRepository.load(repo_dir), cfg or ServerConfig())
     try:
         return asyncio.run(pipe.run(params, image, RequestContext())), pipe
@@ -25,8 +26,10 @@ def pair_ious(ours: list, ref: list) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     def rles(masks):
-        return [m if isinstance(m, dict) else mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                for m in masks]
+        return [
+            m if isinstance(m, dict) else mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            for m in masks
+        ]
 
     if not ours or not ref:
         return np.zeros(0)

@@ -8,7 +8,6 @@ import open_clip
 import pytest
 import torch
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
 from seglabel_server.backends.torch_backend import TorchBackend
 from seglabel_server.repository import ModelRepository
 from seglabel_server.types import SegmentParams
@@ -35,31 +34,51 @@ def crisp_torch(tiny_repo):
 
 def reference(backend, image, iou, stab, nms):
     sam = backend.mods["sam2_image_encoder"].model
-    gen = SAM2AutomaticMaskGenerator(sam, points_per_side=GRID, points_per_batch=64, pred_iou_thresh=iou,
-                                     stability_score_thresh=stab, box_nms_thresh=nms, output_mode="coco_rle")
+    gen = SAM2AutomaticMaskGenerator(
+        sam,
+        points_per_side=GRID,
+        points_per_batch=64,
+        pred_iou_thresh=iou,
+        stability_score_thresh=stab,
+        box_nms_thresh=nms,
+        output_mode="coco_rle",
+    )
     s = sam.image_size
     gen.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-    return [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
-            for r in gen.generate(image)]
+    return [
+        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
+        for r in gen.generate(image)
+    ]
 
 
-@pytest.mark.parametrize("iou,stab,nms,strict", [
-    (0.0, 0.0, 1.0, True),   # every candidate: decode + upsample + RLE must agree mask for mask
-    (0.7, 0.0, 1.0, True),   # predicted-IoU filter
-    (0.6, 0.9, 0.7, True),   # sam2-like thresholds with box NMS
-    (0.7, 0.9, 1.0, False),  # stability on low-res logits flips borderline masks: bounded, reported
-])
+@pytest.mark.parametrize(
+    "iou,stab,nms,strict",
+    [
+        (0.0, 0.0, 1.0, True),  # every candidate: decode + upsample + RLE must agree mask for mask
+        (0.7, 0.0, 1.0, True),  # predicted-IoU filter
+        (0.6, 0.9, 0.7, True),  # sam2-like thresholds with box NMS
+        (0.7, 0.9, 1.0, False),  # stability on low-res logits flips borderline masks: bounded, reported
+    ],
+)
 def test_grid_matches_sam2_automatic_mask_generator(crisp_torch, tiny_repo, photo, iou, stab, nms, strict):
     ref = reference(crisp_torch, photo, iou, stab, nms)
-    params = SegmentParams(points_per_side=GRID, pred_iou_thresh=iou, stability_score_thresh=stab,
-                           box_nms_thresh=nms, max_masks=10_000, skip_labels=True)
+    params = SegmentParams(
+        points_per_side=GRID,
+        pred_iou_thresh=iou,
+        stability_score_thresh=stab,
+        box_nms_thresh=nms,
+        max_masks=10_000,
+        skip_labels=True,
+    )
     result, _ = run_pipeline(crisp_torch, tiny_repo, params, photo)
     ours = rles(result)
     assert len(ref) > 0 and len(ours) > 0
     diff = abs(len(ours) - len(ref))
     ious = pair_ious(ours, ref)
-    print(f"iou>{iou} stab>={stab} nms {nms}: sam2 {len(ref)} masks, ours {len(ours)}, "
-          f"mean paired IoU {ious.mean():.4f}")
+    print(
+        f"iou>{iou} stab>={stab} nms {nms}: sam2 {len(ref)} masks, ours {len(ours)}, "
+        f"mean paired IoU {ious.mean():.4f}"
+    )
     if strict:
         assert diff <= max(1, 0.02 * len(ref))
         assert ious.mean() >= 0.99
@@ -69,21 +88,35 @@ def test_grid_matches_sam2_automatic_mask_generator(crisp_torch, tiny_repo, phot
 
 
 def test_onnxruntime_equals_torch(ort_backend, torch_backend, tiny_repo, photo):
-    params = SegmentParams(points_per_side=GRID, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                           box_nms_thresh=1.0, max_masks=40, top_k=3)
+    params = SegmentParams(
+        points_per_side=GRID,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        max_masks=40,
+        top_k=3,
+    )
     ours, _ = run_pipeline(ort_backend, tiny_repo, params, photo)
     ref, _ = run_pipeline(torch_backend, tiny_repo, params, photo)
     assert len(ours.masks) == len(ref.masks) == 40
     assert pair_ious(rles(ours), rles(ref)).mean() >= 0.99
     assert [lab.label for lab in ours.labels] == [lab.label for lab in ref.labels]
-    np.testing.assert_allclose([lab.confidence for lab in ours.labels], [lab.confidence for lab in ref.labels],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        [lab.confidence for lab in ours.labels], [lab.confidence for lab in ref.labels], atol=1e-4
+    )
 
 
 def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_backend, tiny_repo, photo):
     vocab = ("person", "dog", "sky", "flag", "rocket", "tree", "car")
-    params = SegmentParams(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                           box_nms_thresh=1.0, max_masks=24, vocabulary=vocab, top_k=2)
+    params = SegmentParams(
+        points_per_side=8,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        max_masks=24,
+        vocabulary=vocab,
+        top_k=2,
+    )
     result, pipe = run_pipeline(ort_backend, tiny_repo, params, photo)
     masks = decoded(result)
     crops = torch.from_numpy(pipe.crops(photo, result.masks, masks))
@@ -91,14 +124,16 @@ def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_b
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.no_grad():
         img = clip.encode_image(crops, normalize=True)
-        txt = torch.stack([clip.encode_text(tok([t.format(v) for t in TEMPLATES]), normalize=True).mean(0)
-                           for v in vocab])
+        txt = torch.stack(
+            [clip.encode_text(tok([t.format(v) for t in TEMPLATES]), normalize=True).mean(0) for v in vocab]
+        )
         txt = txt / txt.norm(dim=-1, keepdim=True)
         probs = (clip.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
     expected = [vocab[i] for i in probs.argmax(dim=-1).tolist()]
     assert [lab.label for lab in result.labels] == expected
-    np.testing.assert_allclose([lab.confidence for lab in result.labels], probs.max(dim=-1).values.numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        [lab.confidence for lab in result.labels], probs.max(dim=-1).values.numpy(), atol=1e-4
+    )
     assert [lab.mask_index for lab in result.labels] == list(range(len(result.masks)))
     assert all(len(lab.top_k) == 2 and lab.top_k[0][0] == lab.label for lab in result.labels)
 
@@ -118,8 +153,13 @@ def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend):
         sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         for multimask, (m, i) in ((True, (masks, iou)), (False, (single, single_iou))):
             ref_m, ref_i, _, _ = sam.sam_mask_decoder(
-                image_embeddings=emb, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-                repeat_image=True, high_res_features=[f0, f1])
+                image_embeddings=emb,
+                image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=True,
+                high_res_features=[f0, f1],
+            )
             torch.testing.assert_close(m, ref_m, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(i, ref_i, rtol=1e-4, atol=1e-4)

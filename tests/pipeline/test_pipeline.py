@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.repository import ModelRepository
 from seglabel_server.types import SegmentParams
@@ -21,8 +20,9 @@ LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
 def test_points_prompt_gives_one_mask_or_three(ort_backend, tiny_repo, photo):
     pts = [(250.0, 200.0, 1), (100.0, 400.0, 0)]
     one, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(prompt_type="points", points=pts), photo)
-    three, _ = run_pipeline(ort_backend, tiny_repo,
-                            SegmentParams(prompt_type="points", points=pts, multimask=True), photo)
+    three, _ = run_pipeline(
+        ort_backend, tiny_repo, SegmentParams(prompt_type="points", points=pts, multimask=True), photo
+    )
     assert len(one.masks) == 1 and len(three.masks) == 3
     ious = [m.predicted_iou for m in three.masks]
     assert ious == sorted(ious, reverse=True)
@@ -37,7 +37,9 @@ def test_box_prompt_gives_one_mask_per_box(ort_backend, tiny_repo, photo):
 
 
 def test_grid_masks_carry_their_prompt_point_and_max_masks_holds(ort_backend, tiny_repo, photo):
-    res, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(points_per_side=4, max_masks=7, **LOOSE), photo)
+    res, _ = run_pipeline(
+        ort_backend, tiny_repo, SegmentParams(points_per_side=4, max_masks=7, **LOOSE), photo
+    )
     assert len(res.masks) == 7
     for m in res.masks:
         x, y = m.point
@@ -49,16 +51,19 @@ def test_grid_masks_carry_their_prompt_point_and_max_masks_holds(ort_backend, ti
         assert res.timings[stage] >= 0
 
 
-@pytest.mark.parametrize("params,err", [
-    (SegmentParams(prompt_type="points"), InvalidArgument),
-    (SegmentParams(prompt_type="box"), InvalidArgument),
-    (SegmentParams(prompt_type="points", points=[(9999.0, 1.0, 1)]), InvalidArgument),
-    (SegmentParams(prompt_type="box", boxes=[(50.0, 50.0, 10.0, 60.0)]), InvalidArgument),
-    (SegmentParams(points_per_side=1000), LimitExceeded),
-    (SegmentParams(pred_iou_thresh=1.5), InvalidArgument),
-    (SegmentParams(vocabulary=("dog", " ")), InvalidArgument),
-    (SegmentParams(vocabulary=tuple(f"w{i}" for i in range(5000))), LimitExceeded),
-])
+@pytest.mark.parametrize(
+    "params,err",
+    [
+        (SegmentParams(prompt_type="points"), InvalidArgument),
+        (SegmentParams(prompt_type="box"), InvalidArgument),
+        (SegmentParams(prompt_type="points", points=[(9999.0, 1.0, 1)]), InvalidArgument),
+        (SegmentParams(prompt_type="box", boxes=[(50.0, 50.0, 10.0, 60.0)]), InvalidArgument),
+        (SegmentParams(points_per_side=1000), LimitExceeded),
+        (SegmentParams(pred_iou_thresh=1.5), InvalidArgument),
+        (SegmentParams(vocabulary=("dog", " ")), InvalidArgument),
+        (SegmentParams(vocabulary=tuple(f"w{i}" for i in range(5000))), LimitExceeded),
+    ],
+)
 def test_bad_requests_raise_typed_errors(ort_backend, tiny_repo, photo, params, err):
     with pytest.raises(err):
         run_pipeline(ort_backend, tiny_repo, params, photo)
@@ -68,15 +73,22 @@ def test_segmentation_works_without_clip_and_says_why(tiny_repo_no_clip, photo):
     from seglabel_server.backends import create_backend
 
     backend = create_backend("onnxruntime", ModelRepository.load(tiny_repo_no_clip))
-    res, _ = run_pipeline(backend, tiny_repo_no_clip, SegmentParams(points_per_side=4, max_masks=5, **LOOSE), photo)
+    res, _ = run_pipeline(
+        backend, tiny_repo_no_clip, SegmentParams(points_per_side=4, max_masks=5, **LOOSE), photo
+    )
     assert len(res.masks) == 5 and res.labels == []
     assert "CLIP" in res.labels_unavailable_reason
 
 
 def test_custom_vocabulary_and_min_confidence(ort_backend, tiny_repo, photo):
-    res, _ = run_pipeline(ort_backend, tiny_repo,
-                          SegmentParams(points_per_side=4, max_masks=4, vocabulary=("a", "b", "c"), top_k=5,
-                                        min_confidence=0.99, **LOOSE), photo)
+    res, _ = run_pipeline(
+        ort_backend,
+        tiny_repo,
+        SegmentParams(
+            points_per_side=4, max_masks=4, vocabulary=("a", "b", "c"), top_k=5, min_confidence=0.99, **LOOSE
+        ),
+        photo,
+    )
     assert {lab.label for lab in res.labels} <= {"a", "b", "c", "unknown"}
     assert all(len(lab.top_k) == 3 for lab in res.labels)  # top_k capped at the vocabulary size
     # tiny random CLIP is unsure of everything: under 0.99 -> "unknown", confidence still reported
@@ -88,8 +100,12 @@ def test_overlay_is_a_png_of_the_image_size(ort_backend, tiny_repo, photo):
 
     from PIL import Image
 
-    res, _ = run_pipeline(ort_backend, tiny_repo,
-                          SegmentParams(points_per_side=4, max_masks=3, return_overlay=True, **LOOSE), photo)
+    res, _ = run_pipeline(
+        ort_backend,
+        tiny_repo,
+        SegmentParams(points_per_side=4, max_masks=3, return_overlay=True, **LOOSE),
+        photo,
+    )
     img = Image.open(io.BytesIO(res.overlay_png))
     assert img.format == "PNG" and img.size == (photo.shape[1], photo.shape[0])
     assert not np.array_equal(np.asarray(img.convert("RGB")), photo)  # masks drawn

@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sam2.utils import amg as sam_amg
-from torchvision.ops import batched_nms
-
 from seglabel_server import amg
+from torchvision.ops import batched_nms
 
 
 @pytest.mark.parametrize("n", [1, 4, 16, 32])
@@ -51,7 +50,9 @@ def test_upsampler_matches_torch_interpolate(hw):
         logits = rng.standard_normal((low, low)).astype(np.float32)
         logits[:, : rng.integers(0, low)] = -5  # masks that do not fill the frame
         logits[rng.integers(0, low) :, :] = -5
-        ref = F.interpolate(torch.from_numpy(logits)[None, None], hw, mode="bilinear", align_corners=False)[0, 0]
+        ref = F.interpolate(torch.from_numpy(logits)[None, None], hw, mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         ref = (ref > 0).numpy()
         ours = amg.Upsampler(low, hw)(logits)
         # float rounding may flip pixels whose interpolated logit is ~0
@@ -73,7 +74,9 @@ def test_to_model_coords_matches_sam2_transform():
 
     t = SAM2Transforms(resolution=1024, mask_threshold=0.0)
     pts = np.array([[10.0, 20.0], [639.0, 479.0]], np.float32)
-    ref = t.transform_coords(torch.from_numpy(pts / np.array([640, 480], np.float32)), normalize=False).numpy()
+    ref = t.transform_coords(
+        torch.from_numpy(pts / np.array([640, 480], np.float32)), normalize=False
+    ).numpy()
     ref_norm = t.transform_coords(torch.from_numpy(pts), normalize=True, orig_hw=(480, 640)).numpy()
     np.testing.assert_allclose(amg.to_model_coords(pts, (480, 640), 1024), ref_norm, rtol=1e-6)
     assert ref.shape == ref_norm.shape

@@ -9,11 +9,17 @@ from collections import deque
 
 import numpy as np
 import pytest
-
 from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
 from seglabel_server.metrics import Metrics
-from seglabel_server.scheduler import BatchExecutor, Scheduler, StageConfig, WorkItem, collate_batch, pick_stage
+from seglabel_server.scheduler import (
+    BatchExecutor,
+    Scheduler,
+    StageConfig,
+    WorkItem,
+    collate_batch,
+    pick_stage,
+)
 from seglabel_server.types import RequestContext
 
 
@@ -60,7 +66,10 @@ def test_collate_without_batching_takes_one_item():
 
 
 def test_pick_stage_priority_and_delay():
-    cfgs = {s: StageConfig(max_batch_size=4, max_queue_delay_ms=50) for s in ("text", "clip", "decoder", "encoder")}
+    cfgs = {
+        s: StageConfig(max_batch_size=4, max_queue_delay_ms=50)
+        for s in ("text", "clip", "decoder", "encoder")
+    }
     now = time.monotonic()
     queues = {s: deque() for s in cfgs}
     assert pick_stage(queues, cfgs, now) == (None, float("inf"))
@@ -134,8 +143,12 @@ async def test_decoder_chunks_batch_per_image():
         fa, fb = ImageFeatures({"v": 1.0}), ImageFeatures({"v": 2.0})
         blocker = asyncio.ensure_future(sched.embed_texts(np.ones((1, 77), np.int32), RequestContext()))
         await asyncio.sleep(0.005)
-        jobs = [sched.decode(f, np.full((4, 1, 2), float(i), np.float32), np.ones((4, 1), np.int32), RequestContext())
-                for i, f in enumerate([fa, fb, fa, fb])]
+        jobs = [
+            sched.decode(
+                f, np.full((4, 1, 2), float(i), np.float32), np.ones((4, 1), np.int32), RequestContext()
+            )
+            for i, f in enumerate([fa, fb, fa, fb])
+        ]
         outs = await asyncio.gather(*jobs)
         await blocker
         assert [o.iou[0, 0] for o in outs] == [1.0, 3.0, 3.0, 5.0]
@@ -149,6 +162,7 @@ async def test_concurrent_requests_get_their_own_results_in_batches():
     metrics = Metrics()
     sched = Scheduler(be, configs(batch=16), metrics)
     try:
+
         async def one(i):
             ctx = RequestContext()
             x = np.full((2, 3, 4), float(i), np.float32)  # 2 crops, values identify the request
@@ -167,8 +181,9 @@ async def test_batching_off_runs_one_item_per_batch():
     be = FakeBackend(delay=0.01)
     sched = Scheduler(be, configs(batch=16), batching=False)
     try:
-        await asyncio.gather(*[sched.embed_images(np.ones((1, 3, 4), np.float32), RequestContext())
-                               for _ in range(6)])
+        await asyncio.gather(
+            *[sched.embed_images(np.ones((1, 3, 4), np.float32), RequestContext()) for _ in range(6)]
+        )
         assert [n for s, n in be.calls if s == "clip"] == [1] * 6
     finally:
         sched.close()

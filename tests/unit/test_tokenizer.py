@@ -1,6 +1,5 @@
 import numpy as np
 import open_clip
-
 from seglabel_export.sources import bpe_vocab_path
 from seglabel_server.tokenizer import ClipTokenizer
 from seglabel_server.vocab import DEFAULT_VOCABULARY, TEMPLATES
@@ -10,7 +9,13 @@ def test_same_ids_as_open_clip():
     ours = ClipTokenizer(bpe_vocab_path())
     ref = open_clip.get_tokenizer("ViT-B-32")
     texts = [t.format(v) for v in DEFAULT_VOCABULARY for t in TEMPLATES[:2]]
-    texts += ["Traffic   Light!!", "café au lait", "a photo of a 3D-printed R2-D2's arm", "x" * 400, "&amp; fish"]
+    texts += [
+        "Traffic   Light!!",
+        "café au lait",
+        "a photo of a 3D-printed R2-D2's arm",
+        "x" * 400,
+        "&amp; fish",
+    ]
     np.testing.assert_array_equal(ours(texts), ref(texts).numpy().astype(np.int32))
 
 

@@ -10,8 +10,14 @@ from seglabel_server.repository import ModelRepository
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
-def create_backend(name: str, repo: ModelRepository, device: str = "cpu", precision: str = "fp32",
-                   load_clip: bool = True, threads: int = 0) -> Backend:
+def create_backend(
+    name: str,
+    repo: ModelRepository,
+    device: str = "cpu",
+    precision: str = "fp32",
+    load_clip: bool = True,
+    threads: int = 0,
+) -> Backend:
     if name == "onnxruntime":
         from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -27,4 +33,12 @@ def create_backend(name: str, repo: ModelRepository, device: str = "cpu", precis
     raise ModelError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
 
 
-__all__ = ["Backend", "BackendInfo", "DecoderOutput", "ImageFeatures", "MaskLogits", "create_backend", "BACKENDS"]
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "DecoderOutput",
+    "ImageFeatures",
+    "MaskLogits",
+    "create_backend",
+    "BACKENDS",
+]

@@ -30,7 +30,7 @@ class MaskLogits:
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
-    def slice(self, start: int, stop: int) -> "MaskLogits":
+    def slice(self, start: int, stop: int) -> MaskLogits:
         return type(self)(self.data[start:stop])
 
     def take(self, prompt_idx: np.ndarray, mask_idx: np.ndarray) -> np.ndarray:
@@ -50,9 +50,14 @@ class DecoderOutput:
     single_mask: MaskLogits  # [N,1,L,L]
     single_iou: np.ndarray  # [N,1]
 
-    def slice(self, start: int, stop: int) -> "DecoderOutput":
-        return DecoderOutput(self.masks.slice(start, stop), self.iou[start:stop], self.stability[start:stop],
-                             self.single_mask.slice(start, stop), self.single_iou[start:stop])
+    def slice(self, start: int, stop: int) -> DecoderOutput:
+        return DecoderOutput(
+            self.masks.slice(start, stop),
+            self.iou[start:stop],
+            self.stability[start:stop],
+            self.single_mask.slice(start, stop),
+            self.single_iou[start:stop],
+        )
 
 
 @dataclass
@@ -74,7 +79,9 @@ class Backend(ABC):
         """[B,3,S,S] float32 (resized, normalised) -> one ImageFeatures per image."""
 
     @abstractmethod
-    def decode(self, features: ImageFeatures, point_coords: np.ndarray, point_labels: np.ndarray) -> DecoderOutput:
+    def decode(
+        self, features: ImageFeatures, point_coords: np.ndarray, point_labels: np.ndarray
+    ) -> DecoderOutput:
         """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against one image's features."""
 
     @abstractmethod

@@ -5,6 +5,7 @@ unless the CPU was asked for."""
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import onnxruntime as ort
 
@@ -28,15 +29,19 @@ class OnnxRuntimeBackend(Backend):
         wanted = PROVIDERS[device]
         available = ort.get_available_providers()
         if wanted[0] not in available:
-            raise ModelError(f"onnxruntime: {wanted[0]} is not available (installed providers: {available}); "
-                             "install onnxruntime-gpu or use --device cpu")
+            raise ModelError(
+                f"onnxruntime: {wanted[0]} is not available (installed providers: {available}); "
+                "install onnxruntime-gpu or use --device cpu"
+            )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
         self.sessions: dict[str, ort.InferenceSession] = {}
-        names = ["sam2_image_encoder", "sam2_mask_decoder"] + (list(CLIP_MODELS) if load_clip and repo.has_clip else [])
+        names = ["sam2_image_encoder", "sam2_mask_decoder"] + (
+            list(CLIP_MODELS) if load_clip and repo.has_clip else []
+        )
         used: list[str] = []
         for name in names:
             try:
@@ -47,7 +52,9 @@ class OnnxRuntimeBackend(Backend):
                 raise ModelError(f"onnxruntime: cannot load {name}: {exc}") from exc
             got = sess.get_providers()
             if got[0] != wanted[0]:
-                raise ModelError(f"onnxruntime: {name} fell back to {got[0]} although {wanted[0]} was asked for")
+                raise ModelError(
+                    f"onnxruntime: {name} fell back to {got[0]} although {wanted[0]} was asked for"
+                )
             used += [p for p in got[:1] if p not in used]
             self.sessions[name] = sess
         self.has_clip = all(n in self.sessions for n in CLIP_MODELS)
@@ -58,8 +65,16 @@ class OnnxRuntimeBackend(Backend):
 
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         emb, f0, f1 = self._run("sam2_image_encoder", {"images": np.ascontiguousarray(images, np.float32)})
-        return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
-                               "high_res_feats_1": f1[i : i + 1]}) for i in range(images.shape[0])]
+        return [
+            ImageFeatures(
+                {
+                    "image_embed": emb[i : i + 1],
+                    "high_res_feats_0": f0[i : i + 1],
+                    "high_res_feats_1": f1[i : i + 1],
+                }
+            )
+            for i in range(images.shape[0])
+        ]
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
         feeds = dict(features.arrays)

@@ -4,6 +4,7 @@ CPU or CUDA; fp32, or fp16/bf16 autocast on CUDA. Needs the ``export`` extra (to
 from __future__ import annotations
 
 import contextlib
+
 import numpy as np
 
 from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
@@ -26,10 +27,11 @@ class TorchMaskLogits(MaskLogits):
 
 
 class TorchBackend(Backend):
-    def __init__(self, repo: ModelRepository, device: str = "cpu", precision: str = "fp32", load_clip: bool = True):
+    def __init__(
+        self, repo: ModelRepository, device: str = "cpu", precision: str = "fp32", load_clip: bool = True
+    ):
         try:
             import torch
-
             from seglabel_export.wrappers import build_modules
         except ImportError as exc:
             raise ModelError(f"torch backend needs the export extra (torch, sam2, open_clip): {exc}") from exc
@@ -50,8 +52,12 @@ class TorchBackend(Backend):
             raise ModelError(f"torch backend: cannot build models: {exc}") from exc
         self.has_clip = "clip_image_encoder" in self.mods
         self.amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.info = BackendInfo(name="torch", device=str(self.device), providers=[f"torch {torch.__version__}"],
-                                precision=precision)
+        self.info = BackendInfo(
+            name="torch",
+            device=str(self.device),
+            providers=[f"torch {torch.__version__}"],
+            precision=precision,
+        )
 
     def _ctx(self):
         ctx = contextlib.ExitStack()
@@ -66,14 +72,25 @@ class TorchBackend(Backend):
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         with self._ctx():
             emb, f0, f1 = self.mods["sam2_image_encoder"](self._tensor(images.astype(np.float32)))
-        return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
-                               "high_res_feats_1": f1[i : i + 1]}) for i in range(images.shape[0])]
+        return [
+            ImageFeatures(
+                {
+                    "image_embed": emb[i : i + 1],
+                    "high_res_feats_0": f0[i : i + 1],
+                    "high_res_feats_1": f1[i : i + 1],
+                }
+            )
+            for i in range(images.shape[0])
+        ]
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
         feats = [features.arrays[k] for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")]
         with self._ctx():
             masks, iou, stab, single, single_iou = self.mods["sam2_mask_decoder"](
-                *feats, self._tensor(point_coords.astype(np.float32)), self._tensor(point_labels.astype(np.int32)))
+                *feats,
+                self._tensor(point_coords.astype(np.float32)),
+                self._tensor(point_labels.astype(np.int32)),
+            )
         small = [t.float().cpu().numpy() for t in (iou, stab, single_iou)]
         return DecoderOutput(TorchMaskLogits(masks), small[0], small[1], TorchMaskLogits(single), small[2])
 
