@@ -295,15 +295,18 @@ def export_repository(
     decoder_ns=DECODER_NS,
     decoder_ps=DECODER_PS,
     log: Log = print,
+    write_onnx: bool = True,
 ) -> dict:
-    """Export SAM2 (+ CLIP unless ``clip_source`` is None) into ``out_dir``; returns the manifest."""
+    """Export SAM2 (+ CLIP unless ``clip_source`` is None) into ``out_dir``; returns the manifest.
+    ``write_onnx=False`` writes only checkpoints + manifest (enough for the torch backend, e.g. on a GPU
+    machine where the ONNX graphs are not needed)."""
     out = Path(out_dir).resolve()
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         manifest = _export_into(
-            tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns, decoder_ps, log
+            tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns, decoder_ps, log, write_onnx
         )
         failed = [r for r in manifest["parity"] if not r["ok"]]
         if failed:
@@ -333,6 +336,7 @@ def _export_into(
     decoder_ns,
     decoder_ps,
     log: Log,
+    write_onnx: bool = True,
 ) -> dict:
     import onnx
     import sam2
@@ -443,6 +447,10 @@ def _export_into(
         f"(sam2 {sam_spec.architecture}, clip {clip_spec.architecture if clip_spec else 'none'})"
     )
 
+    if not write_onnx:
+        manifest["parity"] = []
+        write_manifest(repo, manifest)
+        return manifest
     for name, example, axes in graphs:
         path = repo / name / "1" / "model.onnx"
         secs = _export_graph(modules[name], example, axes, path, opset)

@@ -20,12 +20,13 @@ class ServerConfig:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 0  # onnxruntime intra-op threads (0: one per core)
+    cpu_threads: int = 0  # pipeline's numpy/PIL pool (filters, upsampling, RLE, crops); 0: one per core
     load_clip: bool = True
     # scheduler
     batching: bool = True
     max_queue_delay_ms: float = 0.0
     max_batch_encoder: int = 4
-    max_batch_decoder: int = 64
+    max_batch_decoder: int = 128
     max_batch_clip: int = 64
     max_batch_text: int = 256
     max_queue: int = 256
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend autocast on CUDA")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: one per core)")
+    p.add_argument("--cpu-threads", type=int, help="threads for post-processing and crops (0: one per core)")
     p.add_argument(
         "--no-clip",
         dest="load_clip",

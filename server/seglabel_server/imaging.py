@@ -53,29 +53,33 @@ def clip_crop(
     context: float = 0.15,
     background_keep: float = 0.2,
 ) -> np.ndarray:
-    """One CLIP input for a mask: its box grown by ``context`` on each side, pixels outside the mask
-    faded to CLIP's mean grey (``background_keep`` of the original stays, so context is not lost),
-    padded to a square with the same grey, resized to ``size`` (bicubic), normalised.
-    ``mask`` is a full-image bool array (or None for a plain box crop)."""
+    """One CLIP input for a mask: its box grown by ``context`` on each side, padded to a square with
+    CLIP's mean grey, resized to ``size`` (bicubic), pixels outside the mask faded to that grey
+    (``background_keep`` of the original stays, so context is not lost), normalised.
+    ``mask`` is a full-image bool array (or None for a plain box crop). The region and its mask are
+    resized first and blended at ``size`` x ``size``: the cost does not grow with the mask's size."""
     h, w = image.shape[:2]
     x, y, bw, bh = (float(v) for v in box_xywh)
     m = context * max(bw, bh)
     x0, y0 = int(max(0, np.floor(x - m))), int(max(0, np.floor(y - m)))
     x1, y1 = int(min(w, np.ceil(x + bw + m))), int(min(h, np.ceil(y + bh + m)))
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
-    crop = image[y0:y1, x0:x1].astype(np.float32)
+    ch, cw = y1 - y0, x1 - x0
+    scale = size / max(ch, cw)
+    th, tw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    region = Image.fromarray(image[y0:y1, x0:x1]).resize((tw, th), Image.BICUBIC, reducing_gap=3.0)
+    region = np.asarray(region, np.float32)
     grey = np.asarray(mean, np.float32) * 255.0
     if mask is not None:
-        keep = mask[y0:y1, x0:x1, None]
-        crop = np.where(keep, crop, grey + background_keep * (crop - grey))
-    ch, cw = crop.shape[:2]
-    side = max(ch, cw)
-    square = np.empty((side, side, 3), np.float32)
-    square[:] = grey
-    oy, ox = (side - ch) // 2, (side - cw) // 2
-    square[oy : oy + ch, ox : ox + cw] = crop
-    pil = Image.fromarray(np.clip(square + 0.5, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    x = np.asarray(pil, np.float32) * (1.0 / 255.0)
+        keep = Image.fromarray(mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
+        keep = keep.resize((tw, th), Image.BILINEAR, reducing_gap=3.0)
+        keep = np.asarray(keep, np.float32)[..., None] * (1.0 / 255.0)
+        region = grey + (keep + background_keep * (1.0 - keep)) * (region - grey)
+    canvas = np.empty((size, size, 3), np.float32)
+    canvas[:] = grey
+    oy, ox = (size - th) // 2, (size - tw) // 2
+    canvas[oy : oy + th, ox : ox + tw] = region
+    x = canvas * (1.0 / 255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 

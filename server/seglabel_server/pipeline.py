@@ -41,7 +41,7 @@ class PipelineConfig:
     """Defaults (a request's zero means "use these") and limits. Thresholds follow sam2's AMG."""
 
     points_per_side: int = 16
-    points_per_batch: int = 64
+    points_per_batch: int = 128
     pred_iou_thresh: float = 0.8
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.7
@@ -79,6 +79,7 @@ class Pipeline:
         tokenizer: ClipTokenizer | None,
         labels_unavailable_reason: str = "",
         cpu_threads: int = 2,
+        upsample_on_backend=None,
     ):
         self.cfg = cfg
         self.sam = sam2_meta
@@ -93,6 +94,7 @@ class Pipeline:
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
         self._upsamplers: OrderedDict[tuple, amg.Upsampler] = OrderedDict()
+        self.upsample_on_backend = upsample_on_backend
 
     def close(self) -> None:
         self.scheduler.close()
@@ -254,29 +256,49 @@ class Pipeline:
                 self._upsamplers.popitem(last=False)
         return up
 
-    def finish_masks(self, cand: _Candidates, hw) -> tuple[list[MaskResult], list[np.ndarray]]:
-        """Upsample survivors to the original size, drop empty ones, RLE + exact box + area."""
-        up = self._upsampler(hw)
-        results, full = [], []
-        for i in range(len(cand.logits)):
-            m = up(cand.logits[i])
+    def upsample(self, cand: _Candidates, hw) -> np.ndarray | None:
+        """All survivors at once on the backend's device when it offers that, else None (CPU per mask)."""
+        if len(cand.logits) and self.upsample_on_backend is not None:
+            return self.upsample_on_backend(cand.logits, hw, self.sam["mask_threshold"])
+        return None
+
+    def describe_masks(self, cand: _Candidates, idx: range, full_masks: np.ndarray | None, hw) -> list:
+        """(MaskResult without index, full-res mask) for survivors ``idx``; empty masks dropped."""
+        up = self._upsampler(hw) if full_masks is None else None
+        out = []
+        for i in idx:
+            m = up(cand.logits[i]) if full_masks is None else full_masks[i]
             area = int(m.sum())
             if area == 0:
                 continue
             x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
-            results.append(
-                MaskResult(
-                    index=len(results),
-                    rle=amg.encode_rle(m),
-                    bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)),
-                    area=area,
-                    predicted_iou=float(cand.iou[i]),
-                    stability_score=float(cand.stability[i]),
-                    point=cand.points[i],
-                )
+            result = MaskResult(
+                index=-1,
+                rle=amg.encode_rle(m),
+                bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)),
+                area=area,
+                predicted_iou=float(cand.iou[i]),
+                stability_score=float(cand.stability[i]),
+                point=cand.points[i],
             )
-            full.append(m)
-        return results, full
+            out.append((result, m))
+        return out
+
+    async def finish_masks(self, cand: _Candidates, hw) -> tuple[list[MaskResult], list[np.ndarray]]:
+        """Upsample survivors to the original size, drop empty ones, RLE + exact box + area; the
+        per-mask work is spread over the CPU pool."""
+        full_masks = await self._cpu(self.upsample, cand, hw)
+        parts = await asyncio.gather(*[self._cpu(self.describe_masks, cand, idx, full_masks, hw)
+                                       for idx in self._chunks(len(cand.logits))])
+        pairs = [pair for part in parts for pair in part]
+        for i, (result, _) in enumerate(pairs):
+            result.index = i
+        return [r for r, _ in pairs], [m for _, m in pairs]
+
+    def _chunks(self, n: int) -> list[range]:
+        k = max(1, min(n, self.pool._max_workers))
+        step = -(-n // k) if n else 1
+        return [range(i, min(i + step, n)) for i in range(0, n, step)]
 
     # ------------------------------------------------------------------------------------------ labels
     async def text_embeddings(self, vocab: tuple[str, ...], ctx: RequestContext) -> np.ndarray:
@@ -348,6 +370,11 @@ class Pipeline:
             ]
         )
 
+    async def crops_parallel(self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]) -> np.ndarray:
+        parts = await asyncio.gather(*[self._cpu(self.crops, image, masks[r.start : r.stop], full[r.start : r.stop])
+                                       for r in self._chunks(len(masks))])
+        return np.concatenate(parts)
+
     # -------------------------------------------------------------------------------------------- run
     async def run(
         self, params: SegmentParams, image: np.ndarray, ctx: RequestContext, emit: Emit | None = None
@@ -397,7 +424,7 @@ class Pipeline:
         cand = await self._cpu(self.select, p, outs, grid, (h, w))
         del outs
         t = mark("filter", t)
-        masks, full = await self._cpu(self.finish_masks, cand, (h, w))
+        masks, full = await self.finish_masks(cand, (h, w))
         t = mark("upsample", t)
         await send(MasksReady(masks))
 
@@ -413,7 +440,7 @@ class Pipeline:
             t = mark("clip", t)
             step = self.cfg.clip_batch
             for i in range(0, len(masks), step):
-                pix = await self._cpu(self.crops, image, masks[i : i + step], full[i : i + step])
+                pix = await self.crops_parallel(image, masks[i : i + step], full[i : i + step])
                 t = mark("crops", t)
                 emb = await self.scheduler.embed_images(pix, ctx)
                 chunk = self.classify(emb, text, p.vocabulary, i, p.top_k, p.min_confidence)

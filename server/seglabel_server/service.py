@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -83,7 +84,14 @@ def build_pipeline(
         reason = "CLIP models not loaded"
     scheduler = Scheduler(backend, cfg.stage_configs(), metrics, batching=cfg.batching)
     return Pipeline(
-        cfg.pipeline, repo.sam2, repo.clip, scheduler, tokenizer, "" if tokenizer is not None else reason
+        cfg.pipeline,
+        repo.sam2,
+        repo.clip,
+        scheduler,
+        tokenizer,
+        "" if tokenizer is not None else reason,
+        cpu_threads=cfg.cpu_threads or (os.cpu_count() or 2),
+        upsample_on_backend=backend.upsample_masks,
     )
 
 

@@ -92,5 +92,10 @@ class Backend(ABC):
     def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """Token ids [B,77] int32 -> L2-normalised [B,D] float32."""
 
+    def upsample_masks(self, logits: np.ndarray, hw: tuple[int, int], threshold: float) -> np.ndarray | None:
+        """Optional: [K,L,L] logits -> [K,H,W] bool (bilinear, align_corners=False, > threshold) on the
+        backend's device. None: the pipeline upsamples on the CPU."""
+        return None
+
     def close(self) -> None:  # pragma: no cover - trivial
         pass

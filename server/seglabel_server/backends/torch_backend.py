@@ -94,6 +94,16 @@ class TorchBackend(Backend):
         small = [t.float().cpu().numpy() for t in (iou, stab, single_iou)]
         return DecoderOutput(TorchMaskLogits(masks), small[0], small[1], TorchMaskLogits(single), small[2])
 
+    def upsample_masks(self, logits: np.ndarray, hw: tuple[int, int], threshold: float) -> np.ndarray | None:
+        if self.device.type != "cuda":
+            return None  # the pipeline's region-restricted numpy upsampler is faster on the CPU
+        import torch.nn.functional as F
+
+        with self.torch.inference_mode():
+            x = self._tensor(np.ascontiguousarray(logits, np.float32))[:, None]
+            out = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)[:, 0] > threshold
+            return out.cpu().numpy()
+
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         with self._ctx():
             out = self.mods["clip_image_encoder"](self._tensor(pixels.astype(np.float32)))

@@ -1,0 +1,196 @@
+"""Issue 3 benchmark: the reference pipeline (sam2's SAM2AutomaticMaskGenerator, then one open_clip
+call per mask, as the seed does) against ours on ONNX Runtime, in the same run, on the same weights.
+
+Full-size architectures with RANDOM weights (speed does not depend on weight values). Random weights
+keep no mask at sam2's default thresholds (stability ~0), so both pipelines run with stability and
+NMS off and a predicted-IoU threshold chosen so that ~--masks masks reach CLIP in both.
+Ours runs in a child process that never imports torch, so its peak RSS is its own; the child also
+runs 50 consecutive requests and prints RSS along the way (memory growth check).
+
+    python scripts/bench_pipeline.py --models models [--grid 16] [--masks 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    from seglabel_client import sample_image_bytes
+    from seglabel_server.imaging import decode_image
+
+    img = decode_image(sample_image_bytes("astronaut.jpg"))
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+def ours(args) -> dict:
+    """Child process: our pipeline on ONNX Runtime, no torch."""
+    from seglabel_server.backends import create_backend
+    from seglabel_server.config import ServerConfig
+    from seglabel_server.repository import ModelRepository
+    from seglabel_server.service import build_pipeline
+    from seglabel_server.types import RequestContext, SegmentParams
+
+    image = photo(args.width, args.height)
+    repo = ModelRepository.load(args.models)
+    backend = create_backend("onnxruntime", repo)
+    cfg = ServerConfig()
+    pipe = build_pipeline(backend, repo, cfg)
+    params = SegmentParams(points_per_side=args.grid, pred_iou_thresh=args.iou, stability_score_thresh=0.0,
+                           box_nms_thresh=1.0, max_masks=1000, return_overlay=False)
+
+    async def run(p):
+        return await pipe.run(p, image, RequestContext())
+
+    out: dict = {"runs": []}
+    asyncio.run(run(SegmentParams(prompt_type="points", points=[(10.0, 10.0, 1)])))  # warm-up
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        res = asyncio.run(run(params))
+        out["runs"].append({"seconds": time.perf_counter() - t0, "masks": len(res.masks),
+                            "labels": len(res.labels), "timings_ms": res.timings})
+    out["peak_rss_mb"] = peak_rss_mb()
+    if args.leak_requests:
+        small = SegmentParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                              box_nms_thresh=1.0, max_masks=8, return_overlay=True)
+        trace = []
+        for i in range(1, args.leak_requests + 1):
+            asyncio.run(run(small))
+            if i == 1 or i % 10 == 0:
+                trace.append((i, round(rss_mb(), 1)))
+        out["rss_trace_mb"] = trace
+    pipe.close()
+    return out
+
+
+def reference(args, iou: float) -> dict:
+    """sam2's AMG, then one CLIP call per mask with PIL preprocessing (the seed's way)."""
+    import open_clip
+    import torch
+    from pycocotools import mask as mask_utils
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from seglabel_export.wrappers import build_modules
+    from seglabel_server.repository import ModelRepository
+    from seglabel_server.vocab import DEFAULT_VOCABULARY
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    image = photo(args.width, args.height)
+    repo = ModelRepository.load(args.models)
+    mods = build_modules(repo.manifest)
+    sam = mods["sam2_image_encoder"].model
+    clip = mods["clip_image_encoder"].clip
+    preprocess = open_clip.image_transform(224, is_train=False)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    gen = SAM2AutomaticMaskGenerator(sam, points_per_side=args.grid, points_per_batch=64, pred_iou_thresh=iou,
+                                     stability_score_thresh=0.0, box_nms_thresh=1.0, output_mode="binary_mask")
+    with torch.inference_mode():
+        text = clip.encode_text(tokenizer([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]), normalize=True)
+        t0 = time.perf_counter()
+        records = gen.generate(image)
+        t_amg = time.perf_counter() - t0
+        labels = []
+        for r in records:
+            x, y, w, h = (int(v) for v in r["bbox"])
+            crop = Image.fromarray(image).crop((x, y, x + max(w, 1), y + max(h, 1)))
+            emb = clip.encode_image(preprocess(crop)[None], normalize=True)
+            probs = (clip.logit_scale.exp() * emb @ text.T).softmax(-1)
+            labels.append(DEFAULT_VOCABULARY[int(probs.argmax())])
+        t_total = time.perf_counter() - t0
+    rles = [mask_utils.encode(np.asfortranarray(r["segmentation"].astype(np.uint8))) for r in records]
+    return {"seconds": t_total, "amg_seconds": t_total - (t_total - t_amg), "clip_seconds": t_total - t_amg,
+            "masks": len(records), "rles": rles}
+
+
+def choose_iou_threshold(args) -> float:
+    """The predicted-IoU value that lets ~args.masks of the grid's 3*N candidates through."""
+    from seglabel_server import amg, imaging
+    from seglabel_server.backends import create_backend
+    from seglabel_server.repository import ModelRepository
+
+    image = photo(args.width, args.height)
+    repo = ModelRepository.load(args.models)
+    be = create_backend("onnxruntime", repo, load_clip=False)
+    s = repo.sam2["image_size"]
+    feats = be.encode_images(imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None])[0]
+    pts = amg.build_point_grid(args.grid) * np.array([args.width, args.height])
+    coords = amg.to_model_coords(pts, (args.height, args.width), s)[:, None]
+    ious = np.concatenate([be.decode(feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
+                           for i in range(0, len(coords), 64)]).ravel()
+    ious = np.sort(ious)[::-1]
+    return float((ious[args.masks - 1] + ious[args.masks]) / 2)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="models")
+    ap.add_argument("--grid", type=int, default=16)
+    ap.add_argument("--masks", type=int, default=50)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=768)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--leak-requests", type=int, default=50)
+    ap.add_argument("--iou", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.ours_only:
+        print(json.dumps(ours(args)))
+        return 0
+
+    iou = choose_iou_threshold(args)
+    print(f"RANDOM weights, full-size architectures from {args.models}; {args.width}x{args.height} photo, "
+          f"grid {args.grid}; pred_iou_thresh {iou:.4f} (-> ~{args.masks} masks), stability and NMS off", flush=True)
+    child = subprocess.run([sys.executable, __file__, "--ours-only", "--models", args.models, "--grid", str(args.grid),
+                            "--width", str(args.width), "--height", str(args.height), "--repeat", str(args.repeat),
+                            "--leak-requests", str(args.leak_requests), "--iou", repr(iou)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        print(child.stderr, file=sys.stderr)
+        return 1
+    mine = json.loads(child.stdout.strip().splitlines()[-1])
+    ref = reference(args, iou)
+    best = min(mine["runs"], key=lambda r: r["seconds"])
+    t = best["timings_ms"]
+    print()
+    print(f"{'pipeline':<44} {'seconds':>8} {'masks':>6}")
+    print(f"{'reference: sam2 AMG + 1 CLIP call per mask':<44} {ref['seconds']:>8.2f} {ref['masks']:>6}")
+    print(f"{'  of which AMG':<44} {ref['amg_seconds']:>8.2f}")
+    print(f"{'  of which per-mask CLIP':<44} {ref['clip_seconds']:>8.2f}")
+    print(f"{'ours: ONNX Runtime, batched':<44} {best['seconds']:>8.2f} {best['masks']:>6}")
+    all_runs = ", ".join(f"{r['seconds']:.2f}s" for r in mine["runs"])
+    print(f"speed-up: {ref['seconds'] / best['seconds']:.2f}x   (all our runs: {all_runs})")
+    print("our time by stage (ms): " + ", ".join(f"{k} {t.get(k, 0):.0f}" for k in
+          ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")))
+    print(f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
+          f"{peak_rss_mb():.0f} MB")
+    if "rss_trace_mb" in mine:
+        trace = mine["rss_trace_mb"]
+        print("RSS over consecutive requests (request: MB): " + ", ".join(f"{i}: {m}" for i, m in trace))
+        growth = trace[-1][1] - trace[1][1] if len(trace) > 1 else 0.0
+        print(f"growth from request {trace[1][0]} to {trace[-1][0]}: {growth:+.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

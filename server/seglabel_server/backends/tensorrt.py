@@ -1,0 +1,125 @@
+"""TensorRT backend: native engines built by ``seglabel-export trt`` (one optimization profile per
+engine covering the dynamic axes). Needs the ``tensorrt`` and ``cuda-python`` packages and a CUDA GPU;
+never imports torch. Inputs and outputs cross host memory as numpy arrays; device buffers are reused
+across calls and grow when a larger batch arrives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server.errors import ModelError
+from seglabel_server.repository import CLIP_MODELS, SAM_MODELS, ModelRepository
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python < 12.8
+    return cudart
+
+
+def _check(result):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise ModelError(f"CUDA error {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class _Engine:
+    def __init__(self, trt, runtime, path, cudart, stream):
+        self.trt, self.cudart, self.stream = trt, cudart, stream
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ModelError(f"{path}: cannot deserialize the engine (built for another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, cap = self.buffers.get(name, (0, 0))
+        if cap < nbytes:
+            if ptr:
+                _check(self.cudart.cudaFree(ptr))
+            ptr, cap = _check(self.cudart.cudaMalloc(max(nbytes, 1))), max(nbytes, 1)
+            self.buffers[name] = (ptr, cap)
+        return ptr
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cudart = self.cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in self.inputs:
+            arr = np.ascontiguousarray(feeds[name])
+            self.context.set_input_shape(name, arr.shape)
+            ptr = self._buffer(name, arr.nbytes)
+            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
+            self.context.set_tensor_address(name, ptr)
+        outs = []
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            out = np.empty(shape, dtype)
+            self.context.set_tensor_address(name, self._buffer(name, out.nbytes))
+            outs.append(out)
+        if not self.context.execute_async_v3(self.stream):
+            raise ModelError("TensorRT execution failed")
+        for name, out in zip(self.outputs, outs):
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream))
+        _check(cudart.cudaStreamSynchronize(self.stream))
+        return outs
+
+    def close(self) -> None:
+        for ptr, _ in self.buffers.values():
+            self.cudart.cudaFree(ptr)
+        self.buffers.clear()
+
+
+class TensorRTBackend(Backend):
+    def __init__(self, repo: ModelRepository, device: str = "cuda", load_clip: bool = True):
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise ModelError("tensorrt backend: the tensorrt package is not installed") from exc
+        try:
+            cudart = _cudart()
+        except ImportError as exc:
+            raise ModelError("tensorrt backend: cuda-python is not installed (pip install cuda-python)") from exc
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if _check(cudart.cudaGetDeviceCount()) <= index:
+            raise ModelError(f"tensorrt backend: no CUDA device {index}")
+        _check(cudart.cudaSetDevice(index))
+        self.cudart = cudart
+        self.stream = _check(cudart.cudaStreamCreate())
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        names = list(SAM_MODELS) + (list(CLIP_MODELS) if load_clip and repo.has_clip else [])
+        self.engines = {n: _Engine(trt, runtime, repo.model_path(n, "tensorrt"), cudart, self.stream) for n in names}
+        self.has_clip = all(n in self.engines for n in CLIP_MODELS)
+        gpu = _check(cudart.cudaGetDeviceProperties(index)).name
+        gpu = gpu.decode(errors="replace").strip("\x00") if isinstance(gpu, bytes) else str(gpu)
+        precision = repo.manifest["models"]["sam2_image_encoder"].get("tensorrt", {}).get("precision", "fp32")
+        self.info = BackendInfo("tensorrt", f"cuda:{index} ({gpu})", [f"TensorRT {trt.__version__}"], precision)
+
+    def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
+        emb, f0, f1 = self.engines["sam2_image_encoder"]({"images": images.astype(np.float32)})
+        return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
+                               "high_res_feats_1": f1[i : i + 1]}) for i in range(len(images))]
+
+    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+        feeds = {**features.arrays, "point_coords": point_coords.astype(np.float32),
+                 "point_labels": point_labels.astype(np.int32)}
+        masks, iou, stab, single, single_iou = self.engines["sam2_mask_decoder"](feeds)
+        return DecoderOutput(MaskLogits(masks), iou, stab, MaskLogits(single), single_iou)
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self.engines["clip_image_encoder"]({"pixel_values": pixels.astype(np.float32)})[0]
+
+    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.engines["clip_text_encoder"]({"input_ids": input_ids.astype(np.int32)})[0]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
