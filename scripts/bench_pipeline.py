@@ -58,8 +58,14 @@ def ours(args) -> dict:
     backend = create_backend("onnxruntime", repo)
     cfg = ServerConfig()
     pipe = build_pipeline(backend, repo, cfg)
-    params = SegmentParams(points_per_side=args.grid, pred_iou_thresh=args.iou, stability_score_thresh=0.0,
-                           box_nms_thresh=1.0, max_masks=1000, return_overlay=False)
+    params = SegmentParams(
+        points_per_side=args.grid,
+        pred_iou_thresh=args.iou,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        max_masks=1000,
+        return_overlay=False,
+    )
 
     async def run(p):
         return await pipe.run(p, image, RequestContext())
@@ -69,12 +75,24 @@ def ours(args) -> dict:
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         res = asyncio.run(run(params))
-        out["runs"].append({"seconds": time.perf_counter() - t0, "masks": len(res.masks),
-                            "labels": len(res.labels), "timings_ms": res.timings})
+        out["runs"].append(
+            {
+                "seconds": time.perf_counter() - t0,
+                "masks": len(res.masks),
+                "labels": len(res.labels),
+                "timings_ms": res.timings,
+            }
+        )
     out["peak_rss_mb"] = peak_rss_mb()
     if args.leak_requests:
-        small = SegmentParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                              box_nms_thresh=1.0, max_masks=8, return_overlay=True)
+        small = SegmentParams(
+            points_per_side=4,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+            box_nms_thresh=1.0,
+            max_masks=8,
+            return_overlay=True,
+        )
         trace = []
         for i in range(1, args.leak_requests + 1):
             asyncio.run(run(small))
@@ -103,8 +121,15 @@ def reference(args, iou: float) -> dict:
     clip = mods["clip_image_encoder"].clip
     preprocess = open_clip.image_transform(224, is_train=False)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    gen = SAM2AutomaticMaskGenerator(sam, points_per_side=args.grid, points_per_batch=64, pred_iou_thresh=iou,
-                                     stability_score_thresh=0.0, box_nms_thresh=1.0, output_mode="binary_mask")
+    gen = SAM2AutomaticMaskGenerator(
+        sam,
+        points_per_side=args.grid,
+        points_per_batch=64,
+        pred_iou_thresh=iou,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        output_mode="binary_mask",
+    )
     with torch.inference_mode():
         text = clip.encode_text(tokenizer([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]), normalize=True)
         t0 = time.perf_counter()
@@ -119,8 +144,13 @@ def reference(args, iou: float) -> dict:
             labels.append(DEFAULT_VOCABULARY[int(probs.argmax())])
         t_total = time.perf_counter() - t0
     rles = [mask_utils.encode(np.asfortranarray(r["segmentation"].astype(np.uint8))) for r in records]
-    return {"seconds": t_total, "amg_seconds": t_total - (t_total - t_amg), "clip_seconds": t_total - t_amg,
-            "masks": len(records), "rles": rles}
+    return {
+        "seconds": t_total,
+        "amg_seconds": t_total - (t_total - t_amg),
+        "clip_seconds": t_total - t_amg,
+        "masks": len(records),
+        "rles": rles,
+    }
 
 
 def choose_iou_threshold(args) -> float:
@@ -133,11 +163,17 @@ def choose_iou_threshold(args) -> float:
     repo = ModelRepository.load(args.models)
     be = create_backend("onnxruntime", repo, load_clip=False)
     s = repo.sam2["image_size"]
-    feats = be.encode_images(imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None])[0]
+    feats = be.encode_images(
+        imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
+    )[0]
     pts = amg.build_point_grid(args.grid) * np.array([args.width, args.height])
     coords = amg.to_model_coords(pts, (args.height, args.width), s)[:, None]
-    ious = np.concatenate([be.decode(feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
-                           for i in range(0, len(coords), 64)]).ravel()
+    ious = np.concatenate(
+        [
+            be.decode(feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
+            for i in range(0, len(coords), 64)
+        ]
+    ).ravel()
     ious = np.sort(ious)[::-1]
     return float((ious[args.masks - 1] + ious[args.masks]) / 2)
 
@@ -159,12 +195,34 @@ def main() -> int:
         return 0
 
     iou = choose_iou_threshold(args)
-    print(f"RANDOM weights, full-size architectures from {args.models}; {args.width}x{args.height} photo, "
-          f"grid {args.grid}; pred_iou_thresh {iou:.4f} (-> ~{args.masks} masks), stability and NMS off", flush=True)
-    child = subprocess.run([sys.executable, __file__, "--ours-only", "--models", args.models, "--grid", str(args.grid),
-                            "--width", str(args.width), "--height", str(args.height), "--repeat", str(args.repeat),
-                            "--leak-requests", str(args.leak_requests), "--iou", repr(iou)],
-                           capture_output=True, text=True)
+    print(
+        f"RANDOM weights, full-size architectures from {args.models}; {args.width}x{args.height} photo, "
+        f"grid {args.grid}; pred_iou_thresh {iou:.4f} (-> ~{args.masks} masks), stability and NMS off",
+        flush=True,
+    )
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--ours-only",
+            "--models",
+            args.models,
+            "--grid",
+            str(args.grid),
+            "--width",
+            str(args.width),
+            "--height",
+            str(args.height),
+            "--repeat",
+            str(args.repeat),
+            "--leak-requests",
+            str(args.leak_requests),
+            "--iou",
+            repr(iou),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if child.returncode != 0:
         print(child.stderr, file=sys.stderr)
         return 1
@@ -180,10 +238,17 @@ def main() -> int:
     print(f"{'ours: ONNX Runtime, batched':<44} {best['seconds']:>8.2f} {best['masks']:>6}")
     all_runs = ", ".join(f"{r['seconds']:.2f}s" for r in mine["runs"])
     print(f"speed-up: {ref['seconds'] / best['seconds']:.2f}x   (all our runs: {all_runs})")
-    print("our time by stage (ms): " + ", ".join(f"{k} {t.get(k, 0):.0f}" for k in
-          ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")))
-    print(f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
-          f"{peak_rss_mb():.0f} MB")
+    print(
+        "our time by stage (ms): "
+        + ", ".join(
+            f"{k} {t.get(k, 0):.0f}"
+            for k in ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")
+        )
+    )
+    print(
+        f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
+        f"{peak_rss_mb():.0f} MB"
+    )
     if "rss_trace_mb" in mine:
         trace = mine["rss_trace_mb"]
         print("RSS over consecutive requests (request: MB): " + ", ".join(f"{i}: {m}" for i, m in trace))

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from seglabel_client import sample_image_bytes
 from seglabel_export.exporter import export_repository, rel_l2
 from seglabel_server import amg, imaging
@@ -95,29 +94,44 @@ def parity(report: Report, repo: ModelRepository, gpu_backends: dict, image: np.
         f = be.encode_images(x)[0]
         d = be.decode(f, coords, labels)
         rows[name] = {
-            "image_embed": rel_l2(f.arrays["image_embed"].float().cpu().numpy(), ref_f.arrays["image_embed"].numpy()),
+            "image_embed": rel_l2(
+                f.arrays["image_embed"].float().cpu().numpy(), ref_f.arrays["image_embed"].numpy()
+            ),
             "masks": rel_l2(d.masks.numpy(), ref_d.masks.numpy()),
             "iou": rel_l2(d.iou, ref_d.iou),
             "clip": rel_l2(be.embed_images(crops), ref_c),
         }
-        report.say(f"parity {name:<10} vs torch CPU fp32: " + ", ".join(f"{k} {v:.2e}" for k, v in rows[name].items()))
+        report.say(
+            f"parity {name:<10} vs torch CPU fp32: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in rows[name].items())
+        )
     report.put("parity", rows)
 
 
-def reference_pipeline(report: Report, backend: TorchBackend, image: np.ndarray, grid: int, iou: float, device: str):
+def reference_pipeline(
+    report: Report, backend: TorchBackend, image: np.ndarray, grid: int, iou: float, device: str
+):
     import open_clip
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     sam = backend.mods["sam2_image_encoder"].model
     clip = backend.mods["clip_image_encoder"].clip
-    gen = SAM2AutomaticMaskGenerator(sam, points_per_side=grid, points_per_batch=64, pred_iou_thresh=iou,
-                                     stability_score_thresh=0.0, box_nms_thresh=1.0)
+    gen = SAM2AutomaticMaskGenerator(
+        sam,
+        points_per_side=grid,
+        points_per_batch=64,
+        pred_iou_thresh=iou,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    )
     s = sam.image_size
     gen.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
     preprocess = open_clip.image_transform(224, is_train=False)
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.inference_mode():
-        text = clip.encode_text(tok([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]).to(device), normalize=True)
+        text = clip.encode_text(
+            tok([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]).to(device), normalize=True
+        )
         t_amg, records = timed(lambda: gen.generate(image), device)
 
         def per_crop():
@@ -138,8 +152,14 @@ def ours(backend, repo, image: np.ndarray, grid: int, iou: float, concurrency: i
     cfg.pipeline.points_per_batch = 1024
     cfg.pipeline.clip_batch = 64
     pipe = build_pipeline(backend, repo, cfg)
-    params = SegmentParams(points_per_side=grid, pred_iou_thresh=iou, stability_score_thresh=0.0, box_nms_thresh=1.0,
-                           max_masks=masks, return_overlay=False)
+    params = SegmentParams(
+        points_per_side=grid,
+        pred_iou_thresh=iou,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        max_masks=masks,
+        return_overlay=False,
+    )
 
     async def burst():
         async def one():
@@ -168,8 +188,11 @@ def ours(backend, repo, image: np.ndarray, grid: int, iou: float, concurrency: i
     keys = ("encoder", "decoder", "filter", "upsample", "crops", "clip", "queue")
     stage_ms = {k: float(np.median([s.get(k, 0.0) for s in stages])) for k in keys}
     return {
-        "p50_ms": float(np.percentile(lat, 50) * 1000), "p95_ms": float(np.percentile(lat, 95) * 1000),
-        "images_per_s": len(lat) / wall, "masks": float(np.mean(n_masks)), "stage_ms_p50": stage_ms,
+        "p50_ms": float(np.percentile(lat, 50) * 1000),
+        "p95_ms": float(np.percentile(lat, 95) * 1000),
+        "images_per_s": len(lat) / wall,
+        "masks": float(np.mean(n_masks)),
+        "stage_ms_p50": stage_ms,
     }
 
 
@@ -188,17 +211,22 @@ def main() -> int:
     args = ap.parse_args()
     report = Report(Path(args.out))
     dev = args.device
-    report.say(f"torch {torch.__version__}, device {dev}"
-               + (f" ({torch.cuda.get_device_name(0)})" if dev.startswith("cuda") else ""))
+    report.say(
+        f"torch {torch.__version__}, device {dev}"
+        + (f" ({torch.cuda.get_device_name(0)})" if dev.startswith("cuda") else "")
+    )
     report.say("RANDOM weights of the full-size architectures: speed is real, masks and labels are not.")
     t0 = time.perf_counter()
     workdir = Path(args.out) / "models"
-    manifest = export_repository(Path("/tmp/seglabel-gpu-models"), args.sam2, args.clip, write_onnx=False,
-                                 log=lambda m: None)
+    manifest = export_repository(
+        Path("/tmp/seglabel-gpu-models"), args.sam2, args.clip, write_onnx=False, log=lambda m: None
+    )
     repo = ModelRepository(Path(manifest["_root"]), manifest)
     del workdir
-    report.say(f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
-               f"{manifest['clip']['spec']['architecture']})")
+    report.say(
+        f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
+        f"{manifest['clip']['spec']['architecture']})"
+    )
     image = imaging.decode_image(sample_image_bytes("astronaut.jpg"))
     image = np.asarray(Image.fromarray(image).resize((args.size, args.size), Image.BICUBIC))
 
@@ -214,27 +242,46 @@ def main() -> int:
         iou = choose_iou(fp32, repo, image, grid, args.masks)
         t_amg, t_clip, n_ref = reference_pipeline(report, fp32, image, grid, iou, dev)
         ref_total = t_amg + t_clip
-        report.say(f"grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n_ref} per-mask CLIP calls "
-                   f"{t_clip * 1000:.0f} ms = {ref_total * 1000:.0f} ms per image")
-        results.append({"grid": grid, "path": "reference fp32 (AMG + per-mask CLIP)", "concurrency": 1,
-                        "p50_ms": ref_total * 1000, "images_per_s": 1 / ref_total, "masks": n_ref})
+        report.say(
+            f"grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n_ref} per-mask CLIP calls "
+            f"{t_clip * 1000:.0f} ms = {ref_total * 1000:.0f} ms per image"
+        )
+        results.append(
+            {
+                "grid": grid,
+                "path": "reference fp32 (AMG + per-mask CLIP)",
+                "concurrency": 1,
+                "p50_ms": ref_total * 1000,
+                "images_per_s": 1 / ref_total,
+                "masks": n_ref,
+            }
+        )
         for name, be in [("fp32", fp32)] + list(fast.items()):
             for c in conc:
                 r = ours(be, repo, image, grid, iou, c, args.rounds, args.masks)
-                row = {"grid": grid, "path": f"ours torch {name} batched", "concurrency": c, **r,
-                       "speedup_throughput": r["images_per_s"] * ref_total}
+                row = {
+                    "grid": grid,
+                    "path": f"ours torch {name} batched",
+                    "concurrency": c,
+                    **r,
+                    "speedup_throughput": r["images_per_s"] * ref_total,
+                }
                 results.append(row)
                 st = r["stage_ms_p50"]
-                report.say(f"grid {grid} ours {name:<4} c={c:<3} p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  "
-                           f"{r['images_per_s']:7.2f} img/s ({row['speedup_throughput']:.1f}x ref)  masks {r['masks']:.0f}  "
-                           + " ".join(f"{k} {v:.0f}" for k, v in st.items()))
+                report.say(
+                    f"grid {grid} ours {name:<4} c={c:<3} p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  "
+                    f"{r['images_per_s']:7.2f} img/s ({row['speedup_throughput']:.1f}x ref)  masks {r['masks']:.0f}  "
+                    + " ".join(f"{k} {v:.0f}" for k, v in st.items())
+                )
                 report.put("results", results)
     report.say()
     report.say(f"{'grid':>4} {'path':<40} {'conc':>4} {'p50 ms':>9} {'img/s':>8} {'vs ref':>7} {'masks':>6}")
     for r in results:
         ratio = r.get("speedup_throughput", 1.0)
-        report.say(f"{r['grid']:>4} {r['path']:<40} {r['concurrency']:>4} {r['p50_ms']:>9.1f} {r['images_per_s']:>8.2f} "
-                   f"{ratio:>6.1f}x {r['masks']:>6.0f}")
+        report.say(
+            f"{r['grid']:>4} {r['path']:<40} {r['concurrency']:>4} {r['p50_ms']:>9.1f} {r['images_per_s']:>8.2f} "
+            f"{ratio:>6.1f}x {r['masks']:>6.0f}"
+        )
     if dev.startswith("cuda"):
         report.say(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0

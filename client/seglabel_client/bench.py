@@ -73,8 +73,9 @@ async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> S
     return Sample(latency, first_mask, first_label, summary.timings.queue_ms, summary.timings.total_ms, masks)
 
 
-async def run_level(target: str, images: list[bytes], concurrency: int, requests: int, warmup: int,
-                    kw: dict) -> tuple[list[Sample], int, float]:
+async def run_level(
+    target: str, images: list[bytes], concurrency: int, requests: int, warmup: int, kw: dict
+) -> tuple[list[Sample], int, float]:
     async with AsyncSegmenterClient(target, timeout=600) as client:
         for i in range(warmup):
             await one_request(client, images[i % len(images)], kw)
@@ -102,22 +103,37 @@ def summarize(server: str, concurrency: int, samples: list[Sample], errors: int,
         return float(np.percentile(v, q)) if v else float("nan")
 
     lat = [s.latency_s * 1000 for s in samples]
-    return Row(server, concurrency, len(samples), errors, len(samples) / wall if wall > 0 else 0.0,
-               pct(lat, 50), pct(lat, 90), pct(lat, 95), pct(lat, 99),
-               pct([s.first_mask_s * 1000 for s in samples], 50), pct([s.first_label_s * 1000 for s in samples], 50),
-               pct([s.queue_ms for s in samples], 50), pct([s.total_ms - s.queue_ms for s in samples], 50),
-               float(np.mean([s.masks for s in samples])) if samples else 0.0)
+    return Row(
+        server,
+        concurrency,
+        len(samples),
+        errors,
+        len(samples) / wall if wall > 0 else 0.0,
+        pct(lat, 50),
+        pct(lat, 90),
+        pct(lat, 95),
+        pct(lat, 99),
+        pct([s.first_mask_s * 1000 for s in samples], 50),
+        pct([s.first_label_s * 1000 for s in samples], 50),
+        pct([s.queue_ms for s in samples], 50),
+        pct([s.total_ms - s.queue_ms for s in samples], 50),
+        float(np.mean([s.masks for s in samples])) if samples else 0.0,
+    )
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'server':<10} {'conc':>4} {'reqs':>5} {'err':>3} {'rps':>7} {'p50':>8} {'p90':>8} {'p95':>8} "
-            f"{'p99':>8} {'1st mask':>9} {'1st label':>9} {'srv queue':>9} {'srv comp':>9}")
+    head = (
+        f"{'server':<10} {'conc':>4} {'reqs':>5} {'err':>3} {'rps':>7} {'p50':>8} {'p90':>8} {'p95':>8} "
+        f"{'p99':>8} {'1st mask':>9} {'1st label':>9} {'srv queue':>9} {'srv comp':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.server:<10} {r.concurrency:>4} {r.requests:>5} {r.errors:>3} {r.throughput_rps:>7.2f} "
-                     f"{r.p50_ms:>8.0f} {r.p90_ms:>8.0f} {r.p95_ms:>8.0f} {r.p99_ms:>8.0f} "
-                     f"{r.first_mask_p50_ms:>9.0f} {r.first_label_p50_ms:>9.0f} {r.server_queue_p50_ms:>9.0f} "
-                     f"{r.server_compute_p50_ms:>9.0f}")
+        lines.append(
+            f"{r.server:<10} {r.concurrency:>4} {r.requests:>5} {r.errors:>3} {r.throughput_rps:>7.2f} "
+            f"{r.p50_ms:>8.0f} {r.p90_ms:>8.0f} {r.p95_ms:>8.0f} {r.p99_ms:>8.0f} "
+            f"{r.first_mask_p50_ms:>9.0f} {r.first_label_p50_ms:>9.0f} {r.server_queue_p50_ms:>9.0f} "
+            f"{r.server_compute_p50_ms:>9.0f}"
+        )
     lines.append("(latencies in ms, p50 for the time-to-first columns and server times)")
     return "\n".join(lines)
 
@@ -147,8 +163,9 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="seglabel-bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="seglabel-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--server", action="append", default=[], help="LABEL=HOST:PORT (repeatable)")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 2 x concurrency))")
@@ -162,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results/seglabel-bench", help="prefix for .csv, .json and .png")
     args = ap.parse_args(argv)
     servers = [s.split("=", 1) if "=" in s else (s, s) for s in (args.server or ["server=127.0.0.1:50051"])]
-    images = [Path(p).read_bytes() for p in args.image] or [sample_image_bytes(n) for n in ("astronaut.jpg",
-                                                                                              "coffee.jpg")]
-    kw = dict(points_per_side=args.grid, max_masks=args.max_masks, overlay=False,
-              pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-              box_nms_thresh=args.box_nms_thresh)
+    images = [Path(p).read_bytes() for p in args.image] or [
+        sample_image_bytes(n) for n in ("astronaut.jpg", "coffee.jpg")
+    ]
+    kw = dict(
+        points_per_side=args.grid,
+        max_masks=args.max_masks,
+        overlay=False,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+    )
     rows = []
     for label, target in servers:
         for c in (int(v) for v in args.concurrency.split(",")):

@@ -306,7 +306,17 @@ def export_repository(
     tmp.mkdir(parents=True)
     try:
         manifest = _export_into(
-            tmp, sam2_source, clip_source, sam2_config, clip_model, opset, seed, decoder_ns, decoder_ps, log, write_onnx
+            tmp,
+            sam2_source,
+            clip_source,
+            sam2_config,
+            clip_model,
+            opset,
+            seed,
+            decoder_ns,
+            decoder_ps,
+            log,
+            write_onnx,
         )
         failed = [r for r in manifest["parity"] if not r["ok"]]
         if failed:

@@ -28,7 +28,7 @@ class ServerConfig:
     max_batch_encoder: int = 4
     max_batch_decoder: int = 128
     max_batch_clip: int = 64
-    max_batch_text: int = 256
+    max_batch_text: int = 32  # the text tower is slower per row past ~16-32 on CPU (measured)
     max_queue: int = 256
     max_inflight: int = 64
     # inputs

@@ -288,8 +288,12 @@ class Pipeline:
         """Upsample survivors to the original size, drop empty ones, RLE + exact box + area; the
         per-mask work is spread over the CPU pool."""
         full_masks = await self._cpu(self.upsample, cand, hw)
-        parts = await asyncio.gather(*[self._cpu(self.describe_masks, cand, idx, full_masks, hw)
-                                       for idx in self._chunks(len(cand.logits))])
+        parts = await asyncio.gather(
+            *[
+                self._cpu(self.describe_masks, cand, idx, full_masks, hw)
+                for idx in self._chunks(len(cand.logits))
+            ]
+        )
         pairs = [pair for part in parts for pair in part]
         for i, (result, _) in enumerate(pairs):
             result.index = i
@@ -370,9 +374,15 @@ class Pipeline:
             ]
         )
 
-    async def crops_parallel(self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]) -> np.ndarray:
-        parts = await asyncio.gather(*[self._cpu(self.crops, image, masks[r.start : r.stop], full[r.start : r.stop])
-                                       for r in self._chunks(len(masks))])
+    async def crops_parallel(
+        self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]
+    ) -> np.ndarray:
+        parts = await asyncio.gather(
+            *[
+                self._cpu(self.crops, image, masks[r.start : r.stop], full[r.start : r.stop])
+                for r in self._chunks(len(masks))
+            ]
+        )
         return np.concatenate(parts)
 
     # -------------------------------------------------------------------------------------------- run

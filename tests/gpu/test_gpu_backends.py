@@ -9,13 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from seglabel_export.exporter import rel_l2
 from seglabel_server.repository import ModelRepository
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-trt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
-                         reason="TensorRT engines need the tensorrt package and a CUDA GPU")
+trt = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
+    reason="TensorRT engines need the tensorrt package and a CUDA GPU",
+)
 
 
 @cuda
@@ -28,7 +29,10 @@ def test_torch_cuda_matches_cpu(tiny_repo, precision, tol):
     x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
     coords = np.random.default_rng(1).uniform(0, 256, (8, 1, 2)).astype(np.float32)
     labels = np.ones((8, 1), np.int32)
-    a, b = cpu.decode(cpu.encode_images(x)[0], coords, labels), gpu.decode(gpu.encode_images(x)[0], coords, labels)
+    a, b = (
+        cpu.decode(cpu.encode_images(x)[0], coords, labels),
+        gpu.decode(gpu.encode_images(x)[0], coords, labels),
+    )
     assert rel_l2(b.masks.numpy(), a.masks.numpy()) < tol
     assert rel_l2(b.iou, a.iou) < tol
 
@@ -48,5 +52,10 @@ def test_tensorrt_engines_match_onnxruntime(tiny_repo, tmp_path, photo):
     assert rel_l2(fa[1].arrays["image_embed"], fb[1].arrays["image_embed"]) < 1e-3
     coords = np.random.default_rng(1).uniform(0, 256, (7, 2, 2)).astype(np.float32)
     labels = np.ones((7, 2), np.int32)
-    assert rel_l2(ours.decode(fa[0], coords, labels).masks.numpy(), ref.decode(fb[0], coords, labels).masks.numpy()) < 1e-3
+    assert (
+        rel_l2(
+            ours.decode(fa[0], coords, labels).masks.numpy(), ref.decode(fb[0], coords, labels).masks.numpy()
+        )
+        < 1e-3
+    )
     assert ours.info.name == "tensorrt" and "TensorRT" in ours.info.providers[0]

@@ -32,7 +32,9 @@ class _Engine:
         self.trt, self.cudart, self.stream = trt, cudart, stream
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ModelError(f"{path}: cannot deserialize the engine (built for another TensorRT version or GPU?)")
+            raise ModelError(
+                f"{path}: cannot deserialize the engine (built for another TensorRT version or GPU?)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
@@ -68,7 +70,9 @@ class _Engine:
         if not self.context.execute_async_v3(self.stream):
             raise ModelError("TensorRT execution failed")
         for name, out in zip(self.outputs, outs):
-            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream))
+            _check(
+                cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream)
+            )
         _check(cudart.cudaStreamSynchronize(self.stream))
         return outs
 
@@ -87,7 +91,9 @@ class TensorRTBackend(Backend):
         try:
             cudart = _cudart()
         except ImportError as exc:
-            raise ModelError("tensorrt backend: cuda-python is not installed (pip install cuda-python)") from exc
+            raise ModelError(
+                "tensorrt backend: cuda-python is not installed (pip install cuda-python)"
+            ) from exc
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if _check(cudart.cudaGetDeviceCount()) <= index:
             raise ModelError(f"tensorrt backend: no CUDA device {index}")
@@ -96,21 +102,36 @@ class TensorRTBackend(Backend):
         self.stream = _check(cudart.cudaStreamCreate())
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         names = list(SAM_MODELS) + (list(CLIP_MODELS) if load_clip and repo.has_clip else [])
-        self.engines = {n: _Engine(trt, runtime, repo.model_path(n, "tensorrt"), cudart, self.stream) for n in names}
+        self.engines = {
+            n: _Engine(trt, runtime, repo.model_path(n, "tensorrt"), cudart, self.stream) for n in names
+        }
         self.has_clip = all(n in self.engines for n in CLIP_MODELS)
         gpu = _check(cudart.cudaGetDeviceProperties(index)).name
         gpu = gpu.decode(errors="replace").strip("\x00") if isinstance(gpu, bytes) else str(gpu)
         precision = repo.manifest["models"]["sam2_image_encoder"].get("tensorrt", {}).get("precision", "fp32")
-        self.info = BackendInfo("tensorrt", f"cuda:{index} ({gpu})", [f"TensorRT {trt.__version__}"], precision)
+        self.info = BackendInfo(
+            "tensorrt", f"cuda:{index} ({gpu})", [f"TensorRT {trt.__version__}"], precision
+        )
 
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         emb, f0, f1 = self.engines["sam2_image_encoder"]({"images": images.astype(np.float32)})
-        return [ImageFeatures({"image_embed": emb[i : i + 1], "high_res_feats_0": f0[i : i + 1],
-                               "high_res_feats_1": f1[i : i + 1]}) for i in range(len(images))]
+        return [
+            ImageFeatures(
+                {
+                    "image_embed": emb[i : i + 1],
+                    "high_res_feats_0": f0[i : i + 1],
+                    "high_res_feats_1": f1[i : i + 1],
+                }
+            )
+            for i in range(len(images))
+        ]
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
-        feeds = {**features.arrays, "point_coords": point_coords.astype(np.float32),
-                 "point_labels": point_labels.astype(np.int32)}
+        feeds = {
+            **features.arrays,
+            "point_coords": point_coords.astype(np.float32),
+            "point_labels": point_labels.astype(np.int32),
+        }
         masks, iou, stab, single, single_iou = self.engines["sam2_mask_decoder"](feeds)
         return DecoderOutput(MaskLogits(masks), iou, stab, MaskLogits(single), single_iou)
 
