@@ -21,6 +21,20 @@ class ImageFeatures:
     arrays: dict[str, Any]
 
 
+def split_features(image_embed, high_res_feats_0, high_res_feats_1) -> list[ImageFeatures]:
+    """Encoder outputs of a batch -> one ImageFeatures (batch-1 slices, no copies) per image."""
+    return [
+        ImageFeatures(
+            {
+                "image_embed": image_embed[i : i + 1],
+                "high_res_feats_0": high_res_feats_0[i : i + 1],
+                "high_res_feats_1": high_res_feats_1[i : i + 1],
+            }
+        )
+        for i in range(image_embed.shape[0])
+    ]
+
+
 class MaskLogits:
     """[N, K, L, L] low-res logits; ``take`` copies selected (prompt, mask) pairs to numpy."""
 

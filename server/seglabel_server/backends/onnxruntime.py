@@ -9,7 +9,14 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
-from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server.backends.base import (
+    Backend,
+    BackendInfo,
+    DecoderOutput,
+    ImageFeatures,
+    MaskLogits,
+    split_features,
+)
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import CLIP_MODELS, ModelRepository
 
@@ -65,16 +72,7 @@ class OnnxRuntimeBackend(Backend):
 
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         emb, f0, f1 = self._run("sam2_image_encoder", {"images": np.ascontiguousarray(images, np.float32)})
-        return [
-            ImageFeatures(
-                {
-                    "image_embed": emb[i : i + 1],
-                    "high_res_feats_0": f0[i : i + 1],
-                    "high_res_feats_1": f1[i : i + 1],
-                }
-            )
-            for i in range(images.shape[0])
-        ]
+        return split_features(emb, f0, f1)
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
         feeds = dict(features.arrays)

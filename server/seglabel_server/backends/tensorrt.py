@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server.backends.base import (
+    Backend,
+    BackendInfo,
+    DecoderOutput,
+    ImageFeatures,
+    MaskLogits,
+    split_features,
+)
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import CLIP_MODELS, SAM_MODELS, ModelRepository
 
@@ -115,16 +122,7 @@ class TensorRTBackend(Backend):
 
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         emb, f0, f1 = self.engines["sam2_image_encoder"]({"images": images.astype(np.float32)})
-        return [
-            ImageFeatures(
-                {
-                    "image_embed": emb[i : i + 1],
-                    "high_res_feats_0": f0[i : i + 1],
-                    "high_res_feats_1": f1[i : i + 1],
-                }
-            )
-            for i in range(len(images))
-        ]
+        return split_features(emb, f0, f1)
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
         feeds = {

@@ -7,7 +7,14 @@ import contextlib
 
 import numpy as np
 
-from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server.backends.base import (
+    Backend,
+    BackendInfo,
+    DecoderOutput,
+    ImageFeatures,
+    MaskLogits,
+    split_features,
+)
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import ModelRepository
 
@@ -72,16 +79,7 @@ class TorchBackend(Backend):
     def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
         with self._ctx():
             emb, f0, f1 = self.mods["sam2_image_encoder"](self._tensor(images.astype(np.float32)))
-        return [
-            ImageFeatures(
-                {
-                    "image_embed": emb[i : i + 1],
-                    "high_res_feats_0": f0[i : i + 1],
-                    "high_res_feats_1": f1[i : i + 1],
-                }
-            )
-            for i in range(images.shape[0])
-        ]
+        return split_features(emb, f0, f1)
 
     def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
         feats = [features.arrays[k] for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")]
