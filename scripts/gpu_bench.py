@@ -217,12 +217,10 @@ def main() -> int:
     )
     report.say("RANDOM weights of the full-size architectures: speed is real, masks and labels are not.")
     t0 = time.perf_counter()
-    workdir = Path(args.out) / "models"
     manifest = export_repository(
         Path("/tmp/seglabel-gpu-models"), args.sam2, args.clip, write_onnx=False, log=lambda m: None
     )
     repo = ModelRepository(Path(manifest["_root"]), manifest)
-    del workdir
     report.say(
         f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
         f"{manifest['clip']['spec']['architecture']})"

@@ -31,15 +31,6 @@ SAM2_CONFIGS = {
     "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 
-SAM2_URLS = {
-    size: f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt"
-    for size in SAM2_CONFIGS
-}
-CLIP_URLS = {
-    "ViT-B-32": "https://openaipublic.azureedge.net/clip/models/"
-    "40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt",
-}
-
 # sam2's hiera-tiny config shrunk to image size 256 and a few channels: the same classes, exported
 # and verified in well under a second. (A global-attention block must not open a stage.)
 SAM2_TINY_OVERRIDES = [

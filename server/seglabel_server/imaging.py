@@ -85,7 +85,6 @@ def clip_crop(
 
 
 def _palette(n: int) -> np.ndarray:
-    rng = np.random.default_rng(1234)
     hues = (np.arange(n) * 0.618033988749895) % 1.0
     cols = []
     for hue in hues:
@@ -94,7 +93,6 @@ def _palette(n: int) -> np.ndarray:
         v, s = 0.95, 0.75
         p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
         cols.append([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6])
-    del rng
     return (np.asarray(cols) * 255).astype(np.uint8).reshape(n, 3)
 
 
