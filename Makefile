@@ -43,8 +43,9 @@ checkpoints:
 	  https://openaipublic.azureedge.net/clip/models/40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt
 
 # The model repository: official checkpoints when present (or downloadable), otherwise random
-# weights of the same architectures (loudly reported by export, server and GetServerInfo).
-$(MODELS)/manifest.json: | $(VENV)/.installed
+# weights of the same architectures (loudly reported by export, server and GetServerInfo). Exported
+# again when the graph definitions change (the server refuses a repository of another format).
+$(MODELS)/manifest.json: export/seglabel_export/wrappers.py export/seglabel_export/exporter.py | $(VENV)/.installed
 	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE)
 models: $(MODELS)/manifest.json
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from seglabel_server import imaging
-from seglabel_server.repository import MANIFEST_NAME, TOKENIZER_FILE
+from seglabel_server.repository import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_FILE
 from seglabel_server.tokenizer import ClipTokenizer
 
 from seglabel_export import sources
@@ -38,6 +38,7 @@ from seglabel_export.wrappers import (
     ClipTextEncoder,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
+    Sam2MaskDecoderGraph,
 )
 
 PARITY_TOL = 1e-4
@@ -127,21 +128,35 @@ class _Ort:
         return self.sess.run(None, feeds)
 
 
-def _torch_run(module, feeds: dict[str, np.ndarray], chunk_input: str | None = None, chunk: int = 32):
-    """Run the reference module; prompts may be chunked (they are independent) to bound memory."""
+def _torch_run(module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     with torch.no_grad():
-        if chunk_input is None or feeds[chunk_input].shape[0] <= chunk:
-            outs = module(*[torch.from_numpy(v) for v in feeds.values()])
-            return [o.numpy() for o in outs] if isinstance(outs, tuple) else [outs.numpy()]
-        n = feeds[chunk_input].shape[0]
-        parts = []
-        for i in range(0, n, chunk):
-            sub = {
-                k: (v[i : i + chunk] if k in ("point_coords", "point_labels") else v)
-                for k, v in feeds.items()
-            }
-            parts.append(_torch_run(module, sub, None))
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        outs = module(*[torch.from_numpy(v) for v in feeds.values()])
+    return [o.numpy() for o in outs] if isinstance(outs, tuple) else [outs.numpy()]
+
+
+def _decoder_reference(module, feeds: dict[str, np.ndarray], chunk: int = 32) -> list[np.ndarray]:
+    """The reference decoder on chunks of prompts (independent; bounds memory), outputs joined with
+    ``kept`` shifted back to whole-batch prompt indices."""
+    n = feeds["point_coords"].shape[0]
+    parts = []
+    for i in range(0, n, chunk):
+        sub = {
+            k: (v[i : i + chunk] if k in ("point_coords", "point_labels") else v) for k, v in feeds.items()
+        }
+        out = _torch_run(module, sub)
+        out[1] = out[1] + i
+        parts.append(out)
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+def decoder_threshold(iou: np.ndarray) -> float:
+    """A ``min_iou`` that keeps about half of the prompts, halfway between two neighbouring best
+    IoUs (so that float noise cannot flip a prompt across it)."""
+    best = np.sort(iou.max(axis=1))
+    if len(best) < 2:
+        return float("-inf")
+    mid = len(best) // 2
+    return float((best[mid - 1] + best[mid]) / 2)
 
 
 def _compare(
@@ -213,13 +228,21 @@ def parity_checks(
     log(f"  parity {enc_name}: done")
 
     dec_ort = _Ort(repo / models[dec_name]["path"])
+    no_min = {"min_iou": np.array([-np.inf], np.float32)}
     for case, feats in features.items():
         for n in decoder_ns:
             for p in decoder_ps:
-                feeds = {**feats, **decoder_prompts(rng, n, p, size)}
-                ours = dec_ort(feeds)
-                ref = _torch_run(modules[dec_name], feeds, chunk_input="point_coords")
-                rows += _compare(dec_name, f"{case} N={n} P={p}", Sam2MaskDecoder.output_names, ours, ref)
+                feeds = {**feats, **decoder_prompts(rng, n, p, size), **no_min}
+                ref = _decoder_reference(modules[dec_name], feeds)
+                rows += _compare(
+                    dec_name, f"{case} N={n} P={p}", Sam2MaskDecoder.output_names, dec_ort(feeds), ref
+                )
+                if n > 1 and p == decoder_ps[0]:  # min_iou keeps about half of the prompts
+                    feeds["min_iou"] = np.array([decoder_threshold(ref[0])], np.float32)
+                    ours, ref = dec_ort(feeds), _decoder_reference(modules[dec_name], feeds)
+                    rows += _compare(
+                        dec_name, f"{case} N={n} P={p} min_iou", Sam2MaskDecoder.output_names, ours, ref
+                    )
         log(f"  parity {dec_name} ({case}): done")
 
     if "clip_image_encoder" in models:
@@ -364,7 +387,7 @@ def _export_into(
         )
 
     manifest: dict = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "exporter": {
             "torch": torch.__version__,
@@ -391,8 +414,10 @@ def _export_into(
     manifest["models"] = {}
     modules = {
         "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
-        "sam2_mask_decoder": Sam2MaskDecoder(sam_model, 0.0, 1.0).eval(),
+        "sam2_mask_decoder": Sam2MaskDecoderGraph(sam_model, 0.0, 1.0).eval(),
     }
+    # Parity compares each graph with sam2's / open_clip's own computation.
+    references = dict(modules, sam2_mask_decoder=Sam2MaskDecoder(sam_model, 0.0, 1.0).eval())
     with torch.no_grad():
         feats = modules["sam2_image_encoder"](torch.zeros(1, 3, size, size))
     graphs = [
@@ -409,11 +434,13 @@ def _export_into(
                 "high_res_feats_1": feats[2],
                 "point_coords": torch.full((4, 2, 2), size / 2),
                 "point_labels": torch.ones(4, 2, dtype=torch.int32),
+                "min_iou": torch.tensor([float("-inf")]),
             },
             {
                 "point_coords": {0: "num_prompts", 1: "num_points"},
                 "point_labels": {0: "num_prompts", 1: "num_points"},
-                **{o: {0: "num_prompts"} for o in Sam2MaskDecoder.output_names},
+                "iou_predictions": {0: "num_prompts"},
+                **{o: {0: "num_kept"} for o in Sam2MaskDecoder.output_names[1:]},
             },
         ),
     ]
@@ -436,8 +463,8 @@ def _export_into(
             "logit_scale": float(clip.logit_scale.exp().item()),
             "tokenizer": tok_rel,
         }
-        modules["clip_image_encoder"] = ClipImageEncoder(clip).eval()
-        modules["clip_text_encoder"] = ClipTextEncoder(clip).eval()
+        modules["clip_image_encoder"] = references["clip_image_encoder"] = ClipImageEncoder(clip).eval()
+        modules["clip_text_encoder"] = references["clip_text_encoder"] = ClipTextEncoder(clip).eval()
         graphs += [
             (
                 "clip_image_encoder",
@@ -482,7 +509,7 @@ def _export_into(
     rows = parity_checks(
         repo,
         manifest,
-        modules,
+        references,
         default_photo(),
         seed=seed + 1,
         decoder_ns=decoder_ns,

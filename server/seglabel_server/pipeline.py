@@ -201,7 +201,7 @@ class Pipeline:
         if p.prompt_type != "grid":
             if p.multimask:
                 logits = np.concatenate([o.masks.numpy() for o in outs]).reshape(-1, low, low)
-                iou = np.concatenate([o.iou for o in outs]).reshape(-1)
+                iou = np.concatenate([o.iou[o.kept] for o in outs]).reshape(-1)
                 stab = np.concatenate([o.stability for o in outs]).reshape(-1)
             else:
                 logits = np.concatenate([o.single_mask.numpy() for o in outs]).reshape(-1, low, low)
@@ -209,22 +209,26 @@ class Pipeline:
                 stab = amg.stability_score(logits, self.sam["mask_threshold"], self.sam["stability_offset"])
             order = np.argsort(-iou, kind="stable")[: p.max_masks] if p.multimask else np.arange(len(iou))
             return _Candidates(logits[order], iou[order], stab[order], [None] * len(order))
-        iou = np.concatenate([o.iou for o in outs])  # [N,3]
-        stab = np.concatenate([o.stability for o in outs])
-        keep = np.ones(iou.shape, bool)
+        iou = np.concatenate([o.iou for o in outs])  # [N,3], every prompt
+        # Rows: the prompts the decoder kept (best IoU above min_iou), with their masks.
+        offsets = np.cumsum([0] + [len(o.iou) for o in outs[:-1]])
+        kept = np.concatenate([o.kept + off for o, off in zip(outs, offsets)]).astype(np.int64)
+        stab = np.concatenate([o.stability for o in outs])  # [M,3]
+        keep = np.ones(stab.shape, bool)
         if p.pred_iou_thresh > 0:
-            keep &= iou > p.pred_iou_thresh
+            keep &= iou[kept] > p.pred_iou_thresh
         if p.stability_score_thresh > 0:
             keep &= stab >= p.stability_score_thresh
-        prompt_idx, mask_idx = np.nonzero(keep)
+        row_idx, mask_idx = np.nonzero(keep)
+        prompt_idx = kept[row_idx]
         # Fetch only the survivors' logits, chunk by chunk (GPU backends copy just these).
         logits, start = [], 0
         for o in outs:
-            n = len(o.iou)
-            sel = (prompt_idx >= start) & (prompt_idx < start + n)
+            m = len(o.kept)
+            sel = (row_idx >= start) & (row_idx < start + m)
             if sel.any():
-                logits.append(o.masks.take(prompt_idx[sel] - start, mask_idx[sel]))
-            start += n
+                logits.append(o.masks.take(row_idx[sel] - start, mask_idx[sel]))
+            start += m
         logits = np.concatenate(logits) if logits else np.zeros((0, low, low), np.float32)
         bin_low = logits > self.sam["mask_threshold"]
         boxes = amg.masks_to_boxes(bin_low)
@@ -241,7 +245,7 @@ class Pipeline:
         return _Candidates(
             logits[order],
             scores[order],
-            stab[prompt_idx, mask_idx][order],
+            stab[row_idx, mask_idx][order],
             [tuple(float(v) for v in grid_points[prompt_idx[i]]) for i in order],
         )
 
@@ -421,9 +425,12 @@ class Pipeline:
 
         coords, labels, grid = self.prompts(p, (h, w))
         step = min(self.cfg.points_per_batch, self.scheduler.max_batch("decoder"))
+        # sam2's predicted-IoU filter runs inside the decoder: prompts with no candidate above it are
+        # never upscaled.
+        min_iou = p.pred_iou_thresh if p.prompt_type == "grid" and p.pred_iou_thresh > 0 else -np.inf
         outs = await asyncio.gather(
             *[
-                self.scheduler.decode(feats, coords[i : i + step], labels[i : i + step], ctx)
+                self.scheduler.decode(feats, coords[i : i + step], labels[i : i + step], ctx, min_iou)
                 for i in range(0, len(coords), step)
             ]
         )

@@ -12,6 +12,8 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SAM_MODELS = ("sam2_image_encoder", "sam2_mask_decoder")
 CLIP_MODELS = ("clip_image_encoder", "clip_text_encoder")
+# 2: the decoder graph takes min_iou and upscales only the prompts that pass it.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -31,6 +33,11 @@ class ModelRepository:
             manifest = json.loads(path.read_text())
         except ValueError as exc:
             raise ModelError(f"{path}: unreadable manifest ({exc})") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"{path}: format_version {manifest.get('format_version')} (this server reads "
+                f"{FORMAT_VERSION}); export the models again with this version (make models)"
+            )
         manifest["_root"] = str(root)
         repo = cls(root, manifest)
         for name in SAM_MODELS:

@@ -129,15 +129,19 @@ class BatchExecutor:
         return self.backend.encode_images(np.stack(payloads))
 
     def _run_decoder(self, payloads: list[tuple]) -> list[DecoderOutput]:
-        # payload: (features, coords [n,P,2], labels [n,P]); a batch shares one image (its key).
-        feats = payloads[0][0]
-        if any(p[0] is not feats for p in payloads):
-            raise RuntimeError("decoder batch mixes images")
+        # payload: (features, coords [n,P,2], labels [n,P], min_iou); a batch shares one image and
+        # one min_iou (its key).
+        feats, min_iou = payloads[0][0], payloads[0][3]
+        if any(p[0] is not feats or p[3] != min_iou for p in payloads):
+            raise RuntimeError("decoder batch mixes images or min_iou")
         out = self.backend.decode(
-            feats, np.concatenate([p[1] for p in payloads]), np.concatenate([p[2] for p in payloads])
+            feats,
+            np.concatenate([p[1] for p in payloads]),
+            np.concatenate([p[2] for p in payloads]),
+            min_iou,
         )
         results, start = [], 0
-        for _, coords, _ in payloads:
+        for _, coords, _, _ in payloads:
             results.append(out.slice(start, start + len(coords)))
             start += len(coords)
         return results
@@ -207,12 +211,21 @@ class Scheduler:
         return await self.submit("encoder", image, 1, ctx)
 
     async def decode(
-        self, feats: ImageFeatures, coords: np.ndarray, labels: np.ndarray, ctx: RequestContext
+        self,
+        feats: ImageFeatures,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        ctx: RequestContext,
+        min_iou: float = float("-inf"),
     ) -> DecoderOutput:
         # One image per decoder call (the graph broadcasts that image's features over the prompts):
-        # chunks batch with chunks of the same image and the same points per prompt.
+        # chunks batch with chunks of the same image, points per prompt and IoU threshold.
         return await self.submit(
-            "decoder", (feats, coords, labels), len(coords), ctx, key=(id(feats), coords.shape[1])
+            "decoder",
+            (feats, coords, labels, min_iou),
+            len(coords),
+            ctx,
+            key=(id(feats), coords.shape[1], min_iou),
         )
 
     async def embed_images(self, pixels: np.ndarray, ctx: RequestContext) -> np.ndarray:

@@ -31,8 +31,10 @@ def test_repository_layout_and_manifest(tiny_repo):
     assert dec["point_coords"]["shape"] == ["num_prompts", "num_points", 2]
     assert dec["point_labels"]["dtype"] == "int32"
     outs = {o["name"]: o["shape"] for o in models["sam2_mask_decoder"]["outputs"]}
-    assert outs["masks"][0] == "num_prompts" and outs["masks"][1:] == [3, 64, 64]
+    assert dec["min_iou"] == {"name": "min_iou", "shape": [1], "dtype": "float32"}
     assert outs["iou_predictions"] == ["num_prompts", 3]
+    assert outs["kept"] == ["num_kept"]
+    assert outs["masks"] == ["num_kept", 3, 64, 64] and outs["single_mask"] == ["num_kept", 1, 64, 64]
     enc_out = {o["name"]: o["shape"] for o in models["sam2_image_encoder"]["outputs"]}
     assert enc_out["image_embed"] == ["batch", 32, 16, 16]
     assert models["clip_text_encoder"]["inputs"][0] == {
@@ -56,8 +58,10 @@ def test_parity_covers_every_output_and_prompt_shape(tiny_repo):
         for n in DECODER_NS:
             for p in DECODER_PS:
                 assert ("sam2_mask_decoder", f"{src} N={n} P={p}") in cases
+            if n > 1:  # a min_iou that keeps about half of the prompts
+                assert ("sam2_mask_decoder", f"{src} N={n} P={DECODER_PS[0]} min_iou") in cases
     outputs = {(r["model"], r["output"]) for r in rows}
-    assert len(outputs) == 3 + 5 + 1 + 1  # encoder 3, decoder 5, clip 1 + 1
+    assert len(outputs) == 3 + 6 + 1 + 1  # encoder 3, decoder 6, clip 1 + 1
 
 
 def test_verify_reruns_parity_on_fresh_inputs(tiny_repo, capsys):

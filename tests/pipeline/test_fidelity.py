@@ -138,18 +138,25 @@ def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_b
     assert all(len(lab.top_k) == 2 and lab.top_k[0][0] == lab.label for lab in result.labels)
 
 
-def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend):
-    """Our single-image decoder (image side broadcast through the transformer) computes what
-    sam2's MaskDecoder computes with repeat_image=True."""
+@pytest.mark.parametrize("graph", [False, True], ids=["reference", "exported-formulation"])
+def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend, graph):
+    """Our single-image decoder (image side broadcast through the transformer), and the reordered
+    formulation the ONNX graph is exported from, compute what sam2's MaskDecoder computes with
+    repeat_image=True; min_iou keeps exactly the prompts whose best multimask IoU is above it."""
+    from seglabel_export.wrappers import Sam2MaskDecoderGraph
+
     sam = torch_backend.mods["sam2_image_encoder"].model
-    wrapper = torch_backend.mods["sam2_mask_decoder"]
+    wrapper = Sam2MaskDecoderGraph(sam).eval() if graph else torch_backend.mods["sam2_mask_decoder"]
     s = sam.image_size
     torch.manual_seed(0)
     with torch.no_grad():
         emb, f0, f1 = torch_backend.mods["sam2_image_encoder"](torch.randn(1, 3, s, s))
         coords = torch.rand(9, 2, 2) * s
         labels = torch.tensor([[1, 0]] * 5 + [[2, 3]] * 4, dtype=torch.int32)
-        masks, iou, _, single, single_iou = wrapper(emb, f0, f1, coords, labels)
+        iou, kept, masks, _, single, single_iou = wrapper(
+            emb, f0, f1, coords, labels, torch.tensor([float("-inf")])
+        )
+        assert kept.tolist() == list(range(9))
         sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         for multimask, (m, i) in ((True, (masks, iou)), (False, (single, single_iou))):
             ref_m, ref_i, _, _ = sam.sam_mask_decoder(
@@ -163,3 +170,12 @@ def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend):
             )
             torch.testing.assert_close(m, ref_m, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(i, ref_i, rtol=1e-4, atol=1e-4)
+        best = iou.max(dim=1).values
+        cut = best.sort().values[4:6].mean()  # between the 5th and 6th best IoU: keeps 4
+        iou2, kept2, masks2, stab2, single2, single_iou2 = wrapper(emb, f0, f1, coords, labels, cut[None])
+        assert kept2.tolist() == torch.nonzero(best > cut).reshape(-1).tolist() and len(kept2) == 4
+        torch.testing.assert_close(iou2, iou)
+        torch.testing.assert_close(masks2, masks[kept2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(single2, single[kept2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(single_iou2, single_iou[kept2])
+        assert stab2.shape == (4, 3)

@@ -51,6 +51,43 @@ def test_grid_masks_carry_their_prompt_point_and_max_masks_holds(ort_backend, ti
         assert res.timings[stage] >= 0
 
 
+def test_iou_filter_inside_the_decoder_changes_no_result(ort_backend, tiny_repo, photo):
+    """The decoder upscales only prompts with a candidate above pred_iou_thresh: the masks must be
+    those of filtering after upscaling everything; nothing above it gives no mask (and no error)."""
+    be = ort_backend
+    size = ModelRepository.load(tiny_repo).sam2["image_size"]
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    feats = be.encode_images(x)[0]
+    coords = np.random.default_rng(1).uniform(0, size, (16, 1, 2)).astype(np.float32)
+    labels = np.ones((16, 1), np.int32)
+    full = be.decode(feats, coords, labels)
+    assert full.kept.tolist() == list(range(16))
+    best = np.sort(full.iou.max(axis=1))
+    cut = float((best[9] + best[10]) / 2)
+    part = be.decode(feats, coords, labels, cut)
+    assert part.kept.tolist() == np.nonzero(full.iou.max(axis=1) > cut)[0].tolist() and len(part.kept) == 6
+    np.testing.assert_allclose(part.masks.numpy(), full.masks.numpy()[part.kept], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(part.stability, full.stability[part.kept])
+    none = be.decode(feats, coords, labels, float(best[-1]) + 1.0)
+    assert len(none.kept) == 0 and none.masks.numpy().shape[0] == 0 and none.iou.shape == (16, 3)
+
+    grid = dict(points_per_side=6, stability_score_thresh=0.0, box_nms_thresh=1.0, max_masks=1000)
+    ious = np.sort(
+        [
+            m.predicted_iou
+            for m in run_pipeline(
+                be, tiny_repo, SegmentParams(pred_iou_thresh=0.0, skip_labels=True, **grid), photo
+            )[0].masks
+        ]
+    )
+    t = float((ious[len(ious) // 2] + ious[len(ious) // 2 + 1]) / 2)
+    res, _ = run_pipeline(be, tiny_repo, SegmentParams(pred_iou_thresh=t, skip_labels=True, **grid), photo)
+    assert len(res.masks) == int((ious > t).sum()) > 0
+    assert all(m.predicted_iou > t for m in res.masks)
+    empty, _ = run_pipeline(be, tiny_repo, SegmentParams(pred_iou_thresh=1.0, **grid), photo)
+    assert empty.masks == [] and empty.labels == []
+
+
 @pytest.mark.parametrize(
     "params,err",
     [

@@ -24,3 +24,21 @@ def test_unknown_file_settings_are_refused(tmp_path):
     path.write_text(json.dumps({"prot": 1}))
     with pytest.raises(SystemExit, match="unknown settings"):
         config_from_args(["--config", str(path)])
+
+
+def test_decoder_batch_defaults_by_device_and_can_be_set():
+    cfg, _ = config_from_args([])
+    assert cfg.stage_configs()["decoder"].max_batch_size == 32  # CPU
+    cfg, _ = config_from_args(["--device", "cuda"])
+    assert cfg.stage_configs()["decoder"].max_batch_size == 128
+    cfg, _ = config_from_args(["--max-batch-decoder", "64"])
+    assert cfg.stage_configs()["decoder"].max_batch_size == 64
+
+
+def test_repository_of_another_format_is_refused_with_the_way_out(tmp_path):
+    from seglabel_server.errors import ModelError
+    from seglabel_server.repository import FORMAT_VERSION, ModelRepository
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION - 1, "models": {}}))
+    with pytest.raises(ModelError, match="export the models again"):
+        ModelRepository.load(tmp_path)

@@ -100,12 +100,16 @@ class FakeBackend(Backend):
         self._log("encoder", len(images))
         return [ImageFeatures({"v": img.mean()}) for img in images]
 
-    def decode(self, features, coords, labels):
+    def decode(self, features, coords, labels, min_iou=float("-inf")):
         self._log("decoder", len(coords))
         base = np.full(len(coords), features.arrays["v"], np.float32)
         iou = np.stack([base + coords[:, 0, 0], base, base], 1)
-        masks = MaskLogits(np.zeros((len(coords), 3, 2, 2), np.float32))
-        return DecoderOutput(masks, iou, iou, masks.slice(0, len(coords)), iou[:, :1])
+        kept = np.nonzero(iou.max(axis=1) > min_iou)[0]
+        # Each kept prompt's mask logits hold its own index: slicing must keep rows and prompts paired.
+        masks = MaskLogits(
+            np.broadcast_to(kept[:, None, None, None], (len(kept), 3, 2, 2)).astype(np.float32)
+        )
+        return DecoderOutput(iou, kept, masks, iou[kept], masks.slice(0, len(kept)), iou[kept, :1])
 
     def embed_images(self, pixels):
         self._log("clip", len(pixels))
@@ -125,14 +129,39 @@ def test_executor_returns_one_result_per_item_of_one_image():
     ex = BatchExecutor(be)
     f1 = ImageFeatures({"v": 1.0})
     items = [item(stage="decoder") for _ in range(3)]
-    items[0].payload = (f1, np.full((2, 1, 2), 10.0, np.float32), np.ones((2, 1), np.int32))
-    items[1].payload = (f1, np.full((3, 1, 2), 20.0, np.float32), np.ones((3, 1), np.int32))
-    items[2].payload = (f1, np.full((1, 1, 2), 30.0, np.float32), np.ones((1, 1), np.int32))
+    inf = float("-inf")
+    items[0].payload = (f1, np.full((2, 1, 2), 10.0, np.float32), np.ones((2, 1), np.int32), inf)
+    items[1].payload = (f1, np.full((3, 1, 2), 20.0, np.float32), np.ones((3, 1), np.int32), inf)
+    items[2].payload = (f1, np.full((1, 1, 2), 30.0, np.float32), np.ones((1, 1), np.int32), inf)
     outs = ex.run("decoder", items)
     assert [len(o.iou) for o in outs] == [2, 3, 1] and be.calls == [("decoder", 6)]
     assert outs[0].iou[0, 0] == 11 and outs[1].iou[0, 0] == 21 and outs[2].iou[0, 0] == 31
+    assert [o.kept.tolist() for o in outs] == [[0, 1], [0, 1, 2], [0]]
     items[2].payload = (ImageFeatures({"v": 2.0}),) + items[2].payload[1:]
     with pytest.raises(RuntimeError, match="mixes images"):
+        ex.run("decoder", items)
+
+
+def test_executor_splits_kept_prompts_between_items():
+    """min_iou keeps a subset of the batch: each item gets its own kept prompts, re-indexed, with
+    the mask rows that belong to them."""
+    be = FakeBackend()
+    ex = BatchExecutor(be)
+    f1 = ImageFeatures({"v": 0.0})
+    items = [item(stage="decoder") for _ in range(2)]
+    x0 = np.array([5, 1, 7], np.float32)  # the fake's best IoU is the x coordinate
+    x1 = np.array([9, 2, 6, 8], np.float32)
+    for it, x in zip(items, (x0, x1)):
+        coords = np.stack([x, x], 1)[:, None, :]
+        it.payload = (f1, coords, np.ones((len(x), 1), np.int32), 5.5)
+    a, b = ex.run("decoder", items)
+    assert a.kept.tolist() == [2] and b.kept.tolist() == [0, 2, 3]
+    # mask rows hold the batch-wide prompt index: 2 (item a), then 3 + 0, 3 + 2, 3 + 3
+    assert a.masks.numpy()[:, 0, 0, 0].tolist() == [2]
+    assert b.masks.numpy()[:, 0, 0, 0].tolist() == [3, 5, 6]
+    assert b.stability[:, 0].tolist() == [9, 6, 8] and len(b.iou) == 4
+    items[1].payload = items[1].payload[:3] + (0.5,)
+    with pytest.raises(RuntimeError, match="min_iou"):
         ex.run("decoder", items)
 
 

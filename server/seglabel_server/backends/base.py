@@ -56,21 +56,26 @@ class MaskLogits:
 
 @dataclass
 class DecoderOutput:
-    """Per prompt: 3 multimask candidates and sam2's single-mask answer."""
+    """Every prompt's 3 multimask IoUs; for the prompts ``kept`` (best IoU above the call's
+    ``min_iou``, ascending indices): the 3 candidates and sam2's single-mask answer."""
 
-    masks: MaskLogits  # [N,3,L,L]
     iou: np.ndarray  # [N,3]
-    stability: np.ndarray  # [N,3], on the low-res logits
-    single_mask: MaskLogits  # [N,1,L,L]
-    single_iou: np.ndarray  # [N,1]
+    kept: np.ndarray  # [M] int64, indices into the N prompts
+    masks: MaskLogits  # [M,3,L,L]
+    stability: np.ndarray  # [M,3], on the low-res logits
+    single_mask: MaskLogits  # [M,1,L,L]
+    single_iou: np.ndarray  # [M,1]
 
     def slice(self, start: int, stop: int) -> DecoderOutput:
+        """Prompts [start, stop) of this call, re-indexed from 0."""
+        a, b = (int(i) for i in np.searchsorted(self.kept, [start, stop]))
         return DecoderOutput(
-            self.masks.slice(start, stop),
             self.iou[start:stop],
-            self.stability[start:stop],
-            self.single_mask.slice(start, stop),
-            self.single_iou[start:stop],
+            self.kept[a:b] - start,
+            self.masks.slice(a, b),
+            self.stability[a:b],
+            self.single_mask.slice(a, b),
+            self.single_iou[a:b],
         )
 
 
@@ -94,9 +99,14 @@ class Backend(ABC):
 
     @abstractmethod
     def decode(
-        self, features: ImageFeatures, point_coords: np.ndarray, point_labels: np.ndarray
+        self,
+        features: ImageFeatures,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        min_iou: float = float("-inf"),
     ) -> DecoderOutput:
-        """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against one image's features."""
+        """N prompts [N,P,2] (model-frame pixels) / [N,P] int32 labels against one image's features;
+        masks only for the prompts whose best multimask IoU is above ``min_iou``."""
 
     @abstractmethod
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:

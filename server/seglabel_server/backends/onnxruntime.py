@@ -74,12 +74,15 @@ class OnnxRuntimeBackend(Backend):
         emb, f0, f1 = self._run("sam2_image_encoder", {"images": np.ascontiguousarray(images, np.float32)})
         return split_features(emb, f0, f1)
 
-    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+    def decode(
+        self, features: ImageFeatures, point_coords, point_labels, min_iou=float("-inf")
+    ) -> DecoderOutput:
         feeds = dict(features.arrays)
         feeds["point_coords"] = np.ascontiguousarray(point_coords, np.float32)
         feeds["point_labels"] = np.ascontiguousarray(point_labels, np.int32)
-        masks, iou, stab, single, single_iou = self._run("sam2_mask_decoder", feeds)
-        return DecoderOutput(MaskLogits(masks), iou, stab, MaskLogits(single), single_iou)
+        feeds["min_iou"] = np.array([min_iou], np.float32)
+        iou, kept, masks, stab, single, single_iou = self._run("sam2_mask_decoder", feeds)
+        return DecoderOutput(iou, kept, MaskLogits(masks), stab, MaskLogits(single), single_iou)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         return self._run("clip_image_encoder", {"pixel_values": np.ascontiguousarray(pixels, np.float32)})[0]

@@ -34,6 +34,27 @@ def _check(result):
     return rest[0] if len(rest) == 1 else rest
 
 
+def _output_allocator(trt, engine):
+    """TensorRT's callback for outputs of data-dependent shape: memory from the engine's growing
+    buffers, the shape recorded for the copy back."""
+
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self):
+            trt.IOutputAllocator.__init__(self)
+            self.shapes: dict[str, tuple[int, ...]] = {}
+
+        def reallocate_output(self, tensor_name, memory, size, alignment):
+            return engine._buffer(tensor_name, int(size))
+
+        def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+            return engine._buffer(tensor_name, int(size))
+
+        def notify_shape(self, tensor_name, shape):
+            self.shapes[tensor_name] = tuple(shape)
+
+    return OutputAllocator()
+
+
 class _Engine:
     def __init__(self, trt, runtime, path, cudart, stream):
         self.trt, self.cudart, self.stream = trt, cudart, stream
@@ -48,6 +69,7 @@ class _Engine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity bytes)
+        self.allocator = _output_allocator(trt, self)  # outputs whose shape depends on the data
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, cap = self.buffers.get(name, (0, 0))
@@ -67,21 +89,30 @@ class _Engine:
             ptr = self._buffer(name, arr.nbytes)
             _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
             self.context.set_tensor_address(name, ptr)
-        outs = []
+        shapes = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-            out = np.empty(shape, dtype)
-            self.context.set_tensor_address(name, self._buffer(name, out.nbytes))
-            outs.append(out)
+            if any(d < 0 for d in shape):  # e.g. the decoder's kept prompts: known after the run
+                self.context.set_output_allocator(name, self.allocator)
+            else:
+                nbytes = int(np.prod(shape)) * self._dtype(name).itemsize
+                self.context.set_tensor_address(name, self._buffer(name, nbytes))
+                shapes[name] = shape
+        self.allocator.shapes.clear()
         if not self.context.execute_async_v3(self.stream):
             raise ModelError("TensorRT execution failed")
+        _check(cudart.cudaStreamSynchronize(self.stream))
+        shapes.update(self.allocator.shapes)
+        outs = [np.empty(shapes[name], self._dtype(name)) for name in self.outputs]
         for name, out in zip(self.outputs, outs):
             _check(
                 cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream)
             )
         _check(cudart.cudaStreamSynchronize(self.stream))
         return outs
+
+    def _dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():
@@ -124,14 +155,17 @@ class TensorRTBackend(Backend):
         emb, f0, f1 = self.engines["sam2_image_encoder"]({"images": images.astype(np.float32)})
         return split_features(emb, f0, f1)
 
-    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+    def decode(
+        self, features: ImageFeatures, point_coords, point_labels, min_iou=float("-inf")
+    ) -> DecoderOutput:
         feeds = {
             **features.arrays,
             "point_coords": point_coords.astype(np.float32),
             "point_labels": point_labels.astype(np.int32),
+            "min_iou": np.array([min_iou], np.float32),
         }
-        masks, iou, stab, single, single_iou = self.engines["sam2_mask_decoder"](feeds)
-        return DecoderOutput(MaskLogits(masks), iou, stab, MaskLogits(single), single_iou)
+        iou, kept, masks, stab, single, single_iou = self.engines["sam2_mask_decoder"](feeds)
+        return DecoderOutput(iou, kept, MaskLogits(masks), stab, MaskLogits(single), single_iou)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.engines["clip_image_encoder"]({"pixel_values": pixels.astype(np.float32)})[0]

@@ -81,16 +81,20 @@ class TorchBackend(Backend):
             emb, f0, f1 = self.mods["sam2_image_encoder"](self._tensor(images.astype(np.float32)))
         return split_features(emb, f0, f1)
 
-    def decode(self, features: ImageFeatures, point_coords, point_labels) -> DecoderOutput:
+    def decode(
+        self, features: ImageFeatures, point_coords, point_labels, min_iou=float("-inf")
+    ) -> DecoderOutput:
         feats = [features.arrays[k] for k in ("image_embed", "high_res_feats_0", "high_res_feats_1")]
         with self._ctx():
-            masks, iou, stab, single, single_iou = self.mods["sam2_mask_decoder"](
+            iou, kept, masks, stab, single, single_iou = self.mods["sam2_mask_decoder"](
                 *feats,
                 self._tensor(point_coords.astype(np.float32)),
                 self._tensor(point_labels.astype(np.int32)),
+                self._tensor(np.array([min_iou], np.float32)),
             )
-        small = [t.float().cpu().numpy() for t in (iou, stab, single_iou)]
-        return DecoderOutput(TorchMaskLogits(masks), small[0], small[1], TorchMaskLogits(single), small[2])
+        iou, stab, single_iou = (t.float().cpu().numpy() for t in (iou, stab, single_iou))
+        kept = kept.cpu().numpy()
+        return DecoderOutput(iou, kept, TorchMaskLogits(masks), stab, TorchMaskLogits(single), single_iou)
 
     def upsample_masks(self, logits: np.ndarray, hw: tuple[int, int], threshold: float) -> np.ndarray | None:
         if self.device.type != "cuda":
