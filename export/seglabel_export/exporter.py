@@ -416,8 +416,6 @@ def _export_into(
         "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
         "sam2_mask_decoder": Sam2MaskDecoderGraph(sam_model, 0.0, 1.0).eval(),
     }
-    # Parity compares each graph with sam2's / open_clip's own computation.
-    references = dict(modules, sam2_mask_decoder=Sam2MaskDecoder(sam_model, 0.0, 1.0).eval())
     with torch.no_grad():
         feats = modules["sam2_image_encoder"](torch.zeros(1, 3, size, size))
     graphs = [
@@ -463,8 +461,8 @@ def _export_into(
             "logit_scale": float(clip.logit_scale.exp().item()),
             "tokenizer": tok_rel,
         }
-        modules["clip_image_encoder"] = references["clip_image_encoder"] = ClipImageEncoder(clip).eval()
-        modules["clip_text_encoder"] = references["clip_text_encoder"] = ClipTextEncoder(clip).eval()
+        modules["clip_image_encoder"] = ClipImageEncoder(clip).eval()
+        modules["clip_text_encoder"] = ClipTextEncoder(clip).eval()
         graphs += [
             (
                 "clip_image_encoder",
@@ -506,6 +504,8 @@ def _export_into(
         }
         log(f"  exported {name}: {secs:.1f}s, {path.stat().st_size / 1e6:.1f} MB")
 
+    # Parity compares each graph with sam2's / open_clip's own computation.
+    references = dict(modules, sam2_mask_decoder=Sam2MaskDecoder(sam_model, 0.0, 1.0).eval())
     rows = parity_checks(
         repo,
         manifest,

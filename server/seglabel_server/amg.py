@@ -111,6 +111,8 @@ class Upsampler:
         xs = np.nonzero(
             (self.x0 >= cols[0]) & (self.x0 <= cols[-1]) | (self.x1 >= cols[0]) & (self.x1 <= cols[-1])
         )[0]
+        if len(ys) == 0 or len(xs) == 0:  # shrinking: no output pixel samples the positive cells
+            return out
         a, b = ys[0], ys[-1] + 1
         c, d = xs[0], xs[-1] + 1
         fy = self.fy[a:b]

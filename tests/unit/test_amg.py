@@ -80,3 +80,10 @@ def test_to_model_coords_matches_sam2_transform():
     ref_norm = t.transform_coords(torch.from_numpy(pts), normalize=True, orig_hw=(480, 640)).numpy()
     np.testing.assert_allclose(amg.to_model_coords(pts, (480, 640), 1024), ref_norm, rtol=1e-6)
     assert ref.shape == ref_norm.shape
+
+
+def test_upsampler_shrinking_when_no_output_pixel_samples_the_mask():
+    # 64 -> 8 rows/columns: low-res cell 1 is never a tap of any output pixel
+    logits = np.full((64, 64), -1.0, np.float32)
+    logits[1, 1] = 5.0
+    assert not amg.Upsampler(64, (8, 8))(logits).any()
