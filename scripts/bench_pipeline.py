@@ -95,6 +95,7 @@ def ours(args) -> dict:
                 }
             )
             out.setdefault(f"{key}_rles", [m.rle for m in res.masks])
+            out.setdefault(f"{key}_labels", [(lab.label, lab.confidence) for lab in res.labels])
     out["peak_rss_mb"] = peak_rss_mb()
     if args.leak_requests:
         small = SegmentParams(
@@ -196,6 +197,47 @@ def choose_iou_threshold(args) -> tuple[float, int]:
     return thr, int((per_prompt.max(axis=1) > thr).sum())
 
 
+def open_clip_labels(args, rles: list[dict]) -> list[tuple[str, float]]:
+    """open_clip's zero-shot prediction on OUR crops of OUR masks (same crop function and settings,
+    same templates, open_clip's tokenizer): the label check of issue 3 on the full-size models."""
+    import open_clip
+    import torch
+    from seglabel_export import sources
+    from seglabel_export.wrappers import resolve_path
+    from seglabel_server import amg, imaging
+    from seglabel_server.pipeline import PipelineConfig
+    from seglabel_server.repository import ModelRepository
+
+    repo = ModelRepository.load(args.models)
+    spec = sources.ClipSpec(**repo.manifest["clip"]["spec"])
+    spec.checkpoint = resolve_path(repo.manifest, spec.checkpoint)
+    clip, meta, cfg = sources.build_clip(spec), repo.clip, PipelineConfig()
+    image = photo(args.width, args.height)
+    crops = []
+    for rle in rles:
+        m = amg.decode_rle(rle)
+        x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
+        box = (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+        crops.append(
+            imaging.clip_crop(
+                image, m, box, meta["image_size"], meta["mean"], meta["std"],
+                cfg.crop_context, cfg.crop_background_keep,
+            )
+        )  # fmt: skip
+    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    with torch.inference_mode():
+        img = clip.encode_image(torch.from_numpy(np.stack(crops)), normalize=True)
+        texts = [t.format(v) for v in cfg.vocabulary for t in cfg.templates]
+        txt = clip.encode_text(tokenizer(texts), normalize=True).reshape(
+            len(cfg.vocabulary), -1, img.shape[1]
+        )
+        txt = txt.mean(dim=1)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        probs = (clip.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
+    conf, idx = probs.max(dim=-1)
+    return [(cfg.vocabulary[i], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
+
+
 def fidelity(ours: list[dict], ref: list[dict]) -> tuple[int, float]:
     """(our mask count, mean IoU of each of our masks with its best reference mask)."""
     from pycocotools import mask as mask_utils
@@ -285,6 +327,14 @@ def main() -> int:
             f"fidelity, {name} vs sam2 AMG (same weights, points, thresholds): {count} vs {ref['masks']} "
             f"masks, each paired with its best-IoU reference mask: mean IoU {miou:.4f}"
         )
+    expected = open_clip_labels(args, mine["runs_rles"])
+    got = mine["runs_labels"]
+    same = sum(a[0] == b[0] for a, b in zip(got, expected))
+    worst_conf = max((abs(a[1] - b[1]) for a, b in zip(got, expected)), default=0.0)
+    print(
+        f"labels, ours vs open_clip zero-shot on the same crops: {same} of {len(expected)} equal, "
+        f"largest confidence difference {worst_conf:.1e}"
+    )
     stages = ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")
     for name, run in (("ours", best), ("every prompt upscaled", worst)):
         tm = run["timings_ms"]
