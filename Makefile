@@ -10,7 +10,7 @@ SAM2_SIZE ?= tiny
 CLIP_MODEL ?= ViT-B-32
 PORT ?= 50051
 DEMO_GRID ?= 12
-PB_OUT := server/seglabel_server/pb
+PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
 .PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-gpu clean
@@ -45,7 +45,7 @@ checkpoints:
 # The model repository: official checkpoints when present (or downloadable), otherwise random
 # weights of the same architectures (loudly reported by export, server and GetServerInfo). Exported
 # again when the graph definitions change (the server refuses a repository of another format).
-$(MODELS)/manifest.json: export/seglabel_export/wrappers.py export/seglabel_export/exporter.py | $(VENV)/.installed
+$(MODELS)/manifest.json: server/seglabel_server/torch_models/modules.py export/seglabel_export/exporter.py | $(VENV)/.installed
 	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE)
 models: $(MODELS)/manifest.json
 

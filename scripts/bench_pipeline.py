@@ -1,5 +1,5 @@
 """Issue 3 benchmark: the reference pipeline (sam2's SAM2AutomaticMaskGenerator, then one open_clip
-call per mask, as the seed does) against ours on ONNX Runtime, in the same run, on the same weights.
+call per mask, as the original application did) against ours on ONNX Runtime, in the same run, on the same weights.
 
 Full-size architectures with RANDOM weights (speed does not depend on weight values). Random weights
 keep no mask at sam2's default thresholds (stability ~0), so both pipelines run with stability and
@@ -44,7 +44,7 @@ def peak_rss_mb() -> float:
 
 
 def photo(width: int, height: int) -> np.ndarray:
-    from seglabel_client import sample_image_bytes
+    from seglabel_api import sample_image_bytes
     from seglabel_server.imaging import decode_image
 
     img = decode_image(sample_image_bytes("astronaut.jpg"))
@@ -117,14 +117,14 @@ def ours(args) -> dict:
 
 
 def reference(args, iou: float) -> dict:
-    """sam2's AMG, then one CLIP call per mask with PIL preprocessing (the seed's way)."""
+    """sam2's AMG, then one CLIP call per mask with PIL preprocessing (the original application's way)."""
     import open_clip
     import torch
     from pycocotools import mask as mask_utils
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from seglabel_export import sources
-    from seglabel_export.wrappers import resolve_path
     from seglabel_server.repository import ModelRepository
+    from seglabel_server.torch_models.build import resolve_path
     from seglabel_server.vocab import DEFAULT_VOCABULARY
 
     torch.set_num_threads(os.cpu_count() or 2)
@@ -175,20 +175,21 @@ def choose_iou_threshold(args) -> tuple[float, int]:
     number of prompts with a candidate above it (the ones our decoder upscales)."""
     from seglabel_server import amg, imaging
     from seglabel_server.backends import create_backend
+    from seglabel_server.kinds import sam2
     from seglabel_server.repository import ModelRepository
 
     image = photo(args.width, args.height)
     repo = ModelRepository.load(args.models)
-    be = create_backend("onnxruntime", repo, load_clip=False)
+    be = create_backend("onnxruntime", repo, models=repo.available_models({"sam2"}))
     s = repo.sam2["image_size"]
-    feats = be.encode_images(
-        imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
+    feats = sam2.encode(
+        be, imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
     )[0]
     pts = amg.build_point_grid(args.grid) * np.array([args.width, args.height])
     coords = amg.to_model_coords(pts, (args.height, args.width), s)[:, None]
     per_prompt = np.concatenate(
         [
-            be.decode(feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
+            sam2.decode(be, feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
             for i in range(0, len(coords), 64)
         ]
     )
@@ -199,14 +200,14 @@ def choose_iou_threshold(args) -> tuple[float, int]:
 
 def open_clip_labels(args, rles: list[dict]) -> list[tuple[str, float]]:
     """open_clip's zero-shot prediction on OUR crops of OUR masks (same crop function and settings,
-    same templates, open_clip's tokenizer): the label check of issue 3 on the full-size models."""
+    same templates, open_clip's tokenizer): the label check on the full-size models."""
     import open_clip
     import torch
     from seglabel_export import sources
-    from seglabel_export.wrappers import resolve_path
     from seglabel_server import amg, imaging
     from seglabel_server.pipeline import PipelineConfig
     from seglabel_server.repository import ModelRepository
+    from seglabel_server.torch_models.build import resolve_path
 
     repo = ModelRepository.load(args.models)
     spec = sources.ClipSpec(**repo.manifest["clip"]["spec"])

@@ -4,7 +4,7 @@
 set -euo pipefail
 VENV=${1:-.venv}; MODELS=${2:-models}; PORT=${3:-50051}; GRID=${4:-12}
 OUT=${DEMO_OUT:-demo-overlay.png}
-PHOTO=client/seglabel_client/assets/astronaut.jpg
+PHOTO=client/seglabel_api/assets/astronaut.jpg
 LOG=$(mktemp -t seglabel-server.XXXX.log)
 
 "$VENV/bin/seglabel-server" --models "$MODELS" --port "$PORT" >"$LOG" 2>&1 &

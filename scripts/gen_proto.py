@@ -1,6 +1,7 @@
-"""Generate the Python gRPC stubs from proto/ into OUT (default server/seglabel_server/pb).
+"""Generate the Python gRPC stubs from proto/ into OUT (default client/seglabel_api/pb).
 
-Imports are rewritten so the stubs live inside the seglabel_server package."""
+Imports are rewritten so the stubs live inside the seglabel_api package. Run by `make proto` and by
+client/setup.py when the client package is built."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def generate(out: Path) -> list[Path]:
         f.write_text(
             re.sub(
                 r"^from seglabel\.v1 import",
-                "from seglabel_server.pb.seglabel.v1 import",
+                "from seglabel_api.pb.seglabel.v1 import",
                 f.read_text(),
                 flags=re.M,
             )
@@ -46,4 +47,4 @@ def generate(out: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "server/seglabel_server/pb")
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "client/seglabel_api/pb")

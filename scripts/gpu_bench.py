@@ -1,6 +1,6 @@
 """Issue 5 GPU benchmark, one process: build full-size random-weight models (hiera-tiny + ViT-B-32),
 check the torch-CUDA backend's parity against torch on the CPU, then time the reference pipeline
-(sam2 AMG eager fp32 + one CLIP call per mask with PIL preprocessing, as the seed does) against our
+(sam2 AMG eager fp32 + one CLIP call per mask with PIL preprocessing, as the original application did) against our
 best GPU path (PyTorch CUDA bf16/fp16 through the batching scheduler) at grid 16 and 32, concurrency
 1/8/32, a 1024x1024 photo, ~--masks masks per image fixed by configuration (random weights: stability
 and NMS off, a predicted-IoU threshold chosen from the data). Results go to OUT as they come.
@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from seglabel_client import sample_image_bytes
-from seglabel_export.exporter import export_repository, rel_l2
+from seglabel_api import sample_image_bytes
+from seglabel_export.exporter import export_repository
+from seglabel_export.parity import rel_l2
 from seglabel_server import amg, imaging
-from seglabel_server.backends.torch_backend import TorchBackend
+from seglabel_server.backends import create_backend
 from seglabel_server.config import ServerConfig
+from seglabel_server.kinds import sam2
 from seglabel_server.repository import ModelRepository
 from seglabel_server.service import build_pipeline
 from seglabel_server.types import RequestContext, SegmentParams
@@ -70,29 +72,29 @@ def timed(fn, device: str, repeat: int = 3) -> tuple[float, object]:
 def choose_iou(backend, repo, image, grid: int, masks: int) -> float:
     s = repo.sam2["image_size"]
     x = imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
-    feats = backend.encode_images(x)[0]
+    feats = sam2.encode(backend, x)[0]
     pts = amg.build_point_grid(grid) * np.array([image.shape[1], image.shape[0]])
     coords = amg.to_model_coords(pts, image.shape[:2], s)[:, None]
-    ious = np.sort(backend.decode(feats, coords, np.ones((len(coords), 1), np.int32)).iou.ravel())[::-1]
+    ious = np.sort(sam2.decode(backend, feats, coords, np.ones((len(coords), 1), np.int32)).iou.ravel())[::-1]
     k = min(masks, len(ious) - 1)
     return float((ious[k - 1] + ious[k]) / 2)
 
 
 def parity(report: Report, repo: ModelRepository, gpu_backends: dict, image: np.ndarray) -> None:
-    cpu = TorchBackend(repo, "cpu", "fp32")
+    cpu = create_backend("torch", repo, "cpu", "fp32")
     s = repo.sam2["image_size"]
     x = imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
     rng = np.random.default_rng(0)
     coords = rng.uniform(0, s, (16, 1, 2)).astype(np.float32)
     labels = np.ones((16, 1), np.int32)
-    ref_f = cpu.encode_images(x)[0]
-    ref_d = cpu.decode(ref_f, coords, labels)
+    ref_f = sam2.encode(cpu, x)[0]
+    ref_d = sam2.decode(cpu, ref_f, coords, labels)
     crops = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
     ref_c = cpu.embed_images(crops)
     rows = {}
     for name, be in gpu_backends.items():
-        f = be.encode_images(x)[0]
-        d = be.decode(f, coords, labels)
+        f = sam2.encode(be, x)[0]
+        d = sam2.decode(be, f, coords, labels)
         rows[name] = {
             "image_embed": rel_l2(
                 f.arrays["image_embed"].float().cpu().numpy(), ref_f.arrays["image_embed"].numpy()
@@ -108,9 +110,7 @@ def parity(report: Report, repo: ModelRepository, gpu_backends: dict, image: np.
     report.put("parity", rows)
 
 
-def reference_pipeline(
-    report: Report, backend: TorchBackend, image: np.ndarray, grid: int, iou: float, device: str
-):
+def reference_pipeline(report: Report, backend, image: np.ndarray, grid: int, iou: float, device: str):
     import open_clip
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -148,9 +148,7 @@ def reference_pipeline(
 
 
 def ours(backend, repo, image: np.ndarray, grid: int, iou: float, concurrency: int, rounds: int, masks: int):
-    cfg = ServerConfig(max_batch_encoder=32, max_batch_decoder=4096, max_batch_clip=256, max_inflight=1024)
-    cfg.pipeline.points_per_batch = 1024
-    cfg.pipeline.clip_batch = 64
+    cfg = ServerConfig(max_batch={"encoder": 32, "decoder": 1024, "clip": 64}, max_inflight=1024)
     pipe = build_pipeline(backend, repo, cfg)
     params = SegmentParams(
         points_per_side=grid,
@@ -228,9 +226,9 @@ def main() -> int:
     image = imaging.decode_image(sample_image_bytes("astronaut.jpg"))
     image = np.asarray(Image.fromarray(image).resize((args.size, args.size), Image.BICUBIC))
 
-    fp32 = TorchBackend(repo, dev, "fp32")
+    fp32 = create_backend("torch", repo, dev, "fp32")
     precisions = [p for p in args.precisions.split(",") if p] if dev.startswith("cuda") else []
-    fast = {p: TorchBackend(repo, dev, p) for p in precisions}
+    fast = {p: create_backend("torch", repo, dev, p) for p in precisions}
     parity(report, repo, {"fp32": fp32, **fast}, image)
 
     grids = [int(g) for g in args.grids.split(",")]

@@ -12,6 +12,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/seglabel-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/server:$PWD/export:$PWD/client:${PYTHONPATH:-}
-test -f server/seglabel_server/pb/seglabel/v1/seglabel_pb2.py || python3 scripts/gen_proto.py
+test -f client/seglabel_api/pb/seglabel/v1/seglabel_pb2.py || python3 scripts/gen_proto.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
 python3 scripts/gpu_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_bench.log"

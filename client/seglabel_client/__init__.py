@@ -1,15 +1,11 @@
-"""Thin client for the seglabel gRPC service: sync and asyncio clients, CLI, analysis helpers, benchmark."""
+"""Thin client for the seglabel gRPC service: sync and asyncio clients, CLI, analysis helpers,
+benchmark. Depends on the generated stubs (``seglabel_api``) and grpcio, never on the server."""
 
 from __future__ import annotations
 
-from importlib import resources
+from seglabel_api import SAMPLE_IMAGES, sample_image_bytes
 
-SAMPLE_IMAGES = ("astronaut.jpg", "coffee.jpg")
-
-
-def sample_image_bytes(name: str = "astronaut.jpg") -> bytes:
-    """A bundled real photo (scikit-image's public-domain samples) for demos and tests."""
-    return resources.files("seglabel_client").joinpath("assets", name).read_bytes()
+__all__ = ["SAMPLE_IMAGES", "sample_image_bytes", "SegmenterClient", "AsyncSegmenterClient"]
 
 
 def __getattr__(name):  # keep `import seglabel_client` light: grpc stubs load on first use

@@ -1,4 +1,4 @@
-"""The seed's analysis helpers, on the labels of a SegmentResponse (or any objects with
+"""The original application's analysis helpers, on the labels of a SegmentResponse (or any objects with
 ``label``, ``confidence`` and ``mask_index``)."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglabel_client import sample_image_bytes
+from seglabel_client import SAMPLE_IMAGES, sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
 
 
@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results/seglabel-bench", help="prefix for .csv, .json and .png")
     args = ap.parse_args(argv)
     servers = [s.split("=", 1) if "=" in s else (s, s) for s in (args.server or ["server=127.0.0.1:50051"])]
-    images = [Path(p).read_bytes() for p in args.image] or [
-        sample_image_bytes(n) for n in ("astronaut.jpg", "coffee.jpg")
-    ]
+    images = [Path(p).read_bytes() for p in args.image] or [sample_image_bytes(n) for n in SAMPLE_IMAGES]
     kw = dict(
         points_per_side=args.grid,
         max_masks=args.max_masks,

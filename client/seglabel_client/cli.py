@@ -84,7 +84,7 @@ def _segment(args) -> int:
                 file=sys.stderr,
             )
         if args.stream:
-            from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
+            from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
             resp, masks, labels = None, [], []
             t0 = time.perf_counter()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
-from seglabel_server.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _PROMPTS = {"grid": pb.PROMPT_TYPE_GRID, "points": pb.PROMPT_TYPE_POINTS, "box": pb.PROMPT_TYPE_BOX}

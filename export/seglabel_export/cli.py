@@ -105,9 +105,9 @@ def _export(args) -> int:
 
 def _verify(args) -> int:
     from seglabel_server.repository import ModelRepository
+    from seglabel_server.torch_models.build import build_modules
 
-    from seglabel_export.exporter import default_photo, format_parity, parity_checks
-    from seglabel_export.wrappers import build_modules
+    from seglabel_export.parity import default_photo, format_parity, parity_checks
 
     repo = ModelRepository.load(args.dir)
     seed = args.seed if args.seed is not None else int(time.time())

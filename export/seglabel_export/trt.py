@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seglabel_server import kinds
 from seglabel_server.repository import MANIFEST_NAME, ModelRepository
 
 
@@ -43,19 +44,31 @@ def _require_tensorrt():
 
 
 def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -> dict[str, dict]:
-    """(min, opt, max) shapes per input of each model."""
-    s = manifest["sam2"]["image_size"]
-    out = {
-        "sam2_image_encoder": {"images": ((1, 3, s, s), (1, 3, s, s), (max_batch, 3, s, s))},
-        "sam2_mask_decoder": {
-            "point_coords": ((1, 1, 2), (64, 1, 2), (max_prompts, 4, 2)),
-            "point_labels": ((1, 1), (64, 1), (max_prompts, 4)),
-        },
-    }
-    if manifest.get("clip"):
-        i, t = manifest["clip"]["image_size"], manifest["clip"]["context_length"]
-        out["clip_image_encoder"] = {"pixel_values": ((1, 3, i, i), (32, 3, i, i), (max_crops, 3, i, i))}
-        out["clip_text_encoder"] = {"input_ids": ((1, t), (64, t), (max(max_crops, 256), t))}
+    """(min, opt, max) shapes per input of each model a registered kind runs, from the manifest's
+    input shapes: every named (dynamic) axis gets a range, fixed axes stay as exported."""
+    limits = {"encoder": max_batch, "clip": max_crops, "text": max(max_crops, 256)}
+    out = {}
+    for name, entry in manifest["models"].items():
+        try:
+            kind = kinds.for_model(name)
+        except KeyError:
+            continue
+        units = limits.get(kind.name, max(kind.max_batch, kind.max_batch_gpu))
+        axes = {"batch": units, "num_prompts": max_prompts, "num_points": 4}
+        shapes = {}
+        for inp in entry["inputs"]:
+            dims = inp["shape"]
+            if all(isinstance(d, int) for d in dims):
+                continue
+            hi = tuple(axes.get(d, units) if isinstance(d, str) else d for d in dims)
+            lo = tuple(1 if isinstance(d, str) else d for d in dims)
+            opt = tuple(
+                min(h, 1 if d == "num_points" else kind.default_max_batch("cuda")) if isinstance(d, str) else h
+                for d, h in zip(dims, hi)
+            )
+            shapes[inp["name"]] = (lo, opt, hi)
+        if shapes:
+            out[name] = shapes
     return out
 
 

@@ -1,61 +1,100 @@
-"""One typed config object, built once at start-up from flags (and an optional JSON file)."""
+"""One typed config object, built once at start-up from flags (and an optional JSON file).
+
+Every ``ServerConfig`` / ``PipelineConfig`` field is a flag (``--field-name``; booleans also take
+``--no-...``) and a JSON key (``"pipeline": {...}`` for the pipeline's); per-stage batch sizes are
+``--max-batch-<stage>`` / ``"max_batch": {"<stage>": n}`` for every registered model kind.
+Precedence: defaults < ``--config`` file < flags given explicitly. Unknown keys are refused by name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from seglabel_server import kinds
 from seglabel_server.pipeline import PipelineConfig
 from seglabel_server.scheduler import StageConfig
 
 
+def _opt(default, help: str, **meta):
+    """A config field with its flag's help (and optional flag name / choices)."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **meta}, **kw)
+
+
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    models: str = "models"
-    backend: str = "onnxruntime"
-    device: str = "cpu"
-    precision: str = "fp32"
-    threads: int = 0  # onnxruntime intra-op threads (0: one per core)
-    cpu_threads: int = 0  # pipeline's numpy/PIL pool (filters, upsampling, RLE, crops); 0: one per core
-    load_clip: bool = True
-    # scheduler
-    batching: bool = True
-    max_queue_delay_ms: float = 0.0
-    max_batch_encoder: int = 4
-    # 0: 32 prompts on the CPU (ONNX Runtime: the same time per prompt at 32-128, measured, while the
-    # memory it keeps grows ~45 MB per upscaled prompt), 128 on a GPU.
-    max_batch_decoder: int = 0
-    max_batch_clip: int = 64
-    max_batch_text: int = 32  # the text tower is slower per row past ~16-32 on CPU (measured)
-    max_queue: int = 256
-    max_inflight: int = 64
-    # inputs
-    max_image_bytes: int = 32 << 20
-    max_image_pixels: int = 40_000_000
-    upload_cache_mb: int = 512
-    grace_s: float = 5.0
-    metrics_port: int = 0
-    warmup: bool = True
+    host: str = _opt("127.0.0.1", "address to bind (loopback by default)")
+    port: int = _opt(50051, "gRPC port (0: an ephemeral port)")
+    models: str = _opt("models", "model repository written by seglabel-export")
+    backend: str = _opt("onnxruntime", "runtime", choices=("onnxruntime", "torch", "tensorrt"))
+    device: str = _opt("cpu", "onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
+    precision: str = _opt("fp32", "torch backend autocast on CUDA", choices=("fp32", "fp16", "bf16"))
+    threads: int = _opt(0, "onnxruntime intra-op threads (0: one per core)")
+    cpu_threads: int = _opt(0, "threads for filters, upsampling, RLE and crops (0: one per core)")
+    load_clip: bool = _opt(True, "load CLIP (--no-clip: segmentation only)", flag="clip")
+    batching: bool = _opt(True, "merge work of different requests into one batch")
+    max_queue_delay_ms: float = _opt(
+        -1.0, "wait up to this long for a batch to fill (-1: each model kind's default)"
+    )
+    max_batch: dict[str, int] = _opt(dict, "units per batch, per stage (absent or 0: the kind's default)")
+    max_queue: int = _opt(256, "items queued per stage before new work is refused")
+    max_inflight: int = _opt(64, "requests admitted at once")
+    max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
+    max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
+    upload_cache_mb: int = _opt(512, "uploads kept (least recently used dropped past this)")
+    grace_s: float = _opt(5.0, "seconds in-flight requests get to finish on shutdown")
+    metrics_port: int = _opt(0, "serve Prometheus metrics on this port (0: off)")
+    warmup: bool = _opt(True, "run one request through every model before reporting SERVING")
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
-    def decoder_batch(self) -> int:
-        return self.max_batch_decoder or (32 if self.device == "cpu" else 128)
-
     def stage_configs(self) -> dict[str, StageConfig]:
-        d, q = self.max_queue_delay_ms, self.max_queue
-        return {
-            "encoder": StageConfig(self.max_batch_encoder, d, q),
-            "decoder": StageConfig(self.decoder_batch(), d, q),
-            "clip": StageConfig(self.max_batch_clip, d, q),
-            "text": StageConfig(self.max_batch_text, d, q),
-        }
+        """One StageConfig per registered kind, in priority order."""
+        unknown = set(self.max_batch) - {k.name for k in kinds.all_kinds()}
+        if unknown:
+            raise ValueError(f"max_batch: no stage {sorted(unknown)}")
+        out = {}
+        for kind in kinds.all_kinds():
+            size = self.max_batch.get(kind.name) or kind.default_max_batch(self.device.split(":")[0])
+            delay = kind.max_queue_delay_ms if self.max_queue_delay_ms < 0 else self.max_queue_delay_ms
+            out[kind.name] = StageConfig(size, delay, self.max_queue)
+        return out
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+# ------------------------------------------------------------------------------------------ flags
+def _flag_type(tp):
+    if tp is bool:
+        return None
+    if tp in (int, float, str):
+        return tp
+    if typing.get_origin(tp) is tuple:
+        return lambda s: tuple(v.strip() for v in s.split(",") if v.strip())
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(inner[0])
+    return None
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(prefix.rstrip(".") or "server")
+    for f in fields(cls):
+        tp = hints[f.name]
+        if tp is not bool and _flag_type(tp) is None:
+            continue  # nested sections and per-stage dicts have flags of their own
+        name = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        text = f.metadata.get("help", "") + f" (default: {default})"
+        kw = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=text)
+        if tp is bool:
+            group.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            group.add_argument(
+                name, type=_flag_type(tp), choices=f.metadata.get("choices"), metavar=f.name.upper(), **kw
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,74 +102,74 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seglabel-server", description="SAM2 + CLIP segment-and-label gRPC server"
     )
     p.add_argument("--config", help="JSON file with ServerConfig fields (flags given explicitly win)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--models", help="model repository written by seglabel-export (default ./models)")
-    p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"])
-    p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend autocast on CUDA")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: one per core)")
-    p.add_argument("--cpu-threads", type=int, help="threads for post-processing and crops (0: one per core)")
-    p.add_argument(
-        "--no-clip",
-        dest="load_clip",
-        action="store_const",
-        const=False,
-        help="do not load CLIP (segmentation only)",
-    )
-    p.add_argument(
-        "--no-batching",
-        dest="batching",
-        action="store_const",
-        const=False,
-        help="never merge work of different requests into one batch",
-    )
-    p.add_argument("--max-queue-delay-ms", type=float)
-    for stage in ("encoder", "decoder", "clip", "text"):
-        p.add_argument(f"--max-batch-{stage}", type=int)
-    p.add_argument("--max-queue", type=int)
-    p.add_argument("--max-inflight", type=int)
-    p.add_argument("--max-image-bytes", type=int)
-    p.add_argument("--max-image-pixels", type=int)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
-    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
-    p.add_argument("--points-per-side", type=int)
-    p.add_argument("--points-per-batch", type=int)
-    p.add_argument("--pred-iou-thresh", type=float)
-    p.add_argument("--stability-score-thresh", type=float)
-    p.add_argument("--box-nms-thresh", type=float)
-    p.add_argument("--max-masks", type=int)
     p.add_argument("--log-level", default="INFO")
+    _add_fields(p, ServerConfig, "")
+    _add_fields(p, PipelineConfig, "pipeline.")
+    group = p.add_argument_group("stages (one per model kind)")
+    for kind in kinds.all_kinds():
+        group.add_argument(
+            f"--max-batch-{kind.name}",
+            dest=f"max_batch.{kind.name}",
+            type=int,
+            metavar="N",
+            default=argparse.SUPPRESS,
+            help=f"{kind.description or kind.model}: units per batch (default {kind.max_batch}"
+            + (f", {kind.max_batch_gpu} off the CPU)" if kind.max_batch_gpu else ")"),
+        )
     return p
+
+
+# ------------------------------------------------------------------------------------------- file
+def _coerce(cls, name: str, value, where: str):
+    tp = typing.get_type_hints(cls)[name]
+    if typing.get_origin(tp) is tuple and isinstance(value, list):
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _apply_file(cfg: ServerConfig, data: dict, where: str) -> None:
+    if not isinstance(data, dict):
+        raise SystemExit(f"{where}: expected a JSON object")
+    known = {f.name for f in fields(ServerConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SystemExit(f"{where}: unknown settings {unknown}")
+    for key, value in data.items():
+        if key == "pipeline":
+            if not isinstance(value, dict):
+                raise SystemExit(f"{where}: pipeline must be an object")
+            bad = sorted(set(value) - {f.name for f in fields(PipelineConfig)})
+            if bad:
+                raise SystemExit(f"{where}: unknown settings in pipeline {bad}")
+            for k, v in value.items():
+                setattr(cfg.pipeline, k, _coerce(PipelineConfig, k, v, where))
+        elif key == "max_batch":
+            stages = {k.name for k in kinds.all_kinds()}
+            bad = sorted(set(value) - stages) if isinstance(value, dict) else ["(not an object)"]
+            if bad:
+                raise SystemExit(f"{where}: unknown settings in max_batch {bad} (stages: {sorted(stages)})")
+            cfg.max_batch.update({k: int(v) for k, v in value.items()})
+        else:
+            setattr(cfg, key, _coerce(ServerConfig, key, value, where))
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
     args = build_parser().parse_args(argv)
     cfg = ServerConfig()
     if args.config:
-        data = json.loads(Path(args.config).read_text())
-        pipe = data.pop("pipeline", {})
-        known = {f.name for f in fields(ServerConfig)}
-        unknown = set(data) - known
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown settings {sorted(unknown)}")
-        for k, v in data.items():
-            setattr(cfg, k, v)
-        for k, v in pipe.items():
-            setattr(cfg.pipeline, k, tuple(v) if isinstance(v, list) else v)
-    for f in fields(ServerConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            setattr(cfg, f.name, v)
-    for name in (
-        "points_per_side",
-        "points_per_batch",
-        "pred_iou_thresh",
-        "stability_score_thresh",
-        "box_nms_thresh",
-        "max_masks",
-    ):
-        v = getattr(args, name)
-        if v is not None:
-            setattr(cfg.pipeline, name, v)
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{args.config}: cannot read ({exc})")
+        _apply_file(cfg, data, args.config)
+    for dest, value in vars(args).items():
+        section, _, name = dest.rpartition(".")
+        if section == "pipeline":
+            setattr(cfg.pipeline, name, value)
+        elif section == "max_batch":
+            cfg.max_batch[name] = value
+        elif dest not in ("config", "log_level"):
+            setattr(cfg, dest, value)
     return cfg, args

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
+
 from seglabel_server.errors import InvalidArgument
-from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_server.types import (
     Accepted,
     Done,
@@ -83,7 +84,7 @@ def label_to_pb(lab: LabelResult) -> pb.Label:
 def result_to_pb(r: SegmentResult, include_masks: bool = True) -> pb.SegmentResponse:
     timings = pb.Timings(**{_TIMING_FIELDS[k]: v for k, v in r.timings.items() if k in _TIMING_FIELDS})
     return pb.SegmentResponse(
-        success=True,
+        success=r.complete,
         segmented_image=r.overlay_png,
         mask_count=len(r.masks),
         labels=[label_to_pb(lab) for lab in r.labels],

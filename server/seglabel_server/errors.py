@@ -1,17 +1,27 @@
-"""Typed domain errors. Pipeline and scheduler raise these; the servicer maps them to gRPC codes
-in one place (:func:`grpc_status`)."""
+"""Typed domain errors with a transport-neutral kind. The pipeline, scheduler and service raise
+these; each transport maps the kinds to its own codes in one place (gRPC: ``interceptor.py``)."""
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class ErrorKind(enum.Enum):
+    INVALID = "invalid"  # the request is wrong: fix it before retrying
+    NOT_FOUND = "not_found"  # it names something the server does not have
+    OVER_LIMIT = "over_limit"  # a limit or a full queue: smaller, or later
+    UNAVAILABLE = "unavailable"  # not ready, or shutting down
+    DEADLINE = "deadline"  # the request's deadline passed
+    CANCELLED = "cancelled"  # the client went away
+    INTERNAL = "internal"  # the server's fault
 
 
 class SeglabelError(Exception):
-    code = grpc.StatusCode.INTERNAL
+    kind = ErrorKind.INTERNAL
 
 
 class InvalidArgument(SeglabelError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = ErrorKind.INVALID
 
 
 class InvalidImage(InvalidArgument):
@@ -19,36 +29,37 @@ class InvalidImage(InvalidArgument):
 
 
 class UnknownFile(SeglabelError):
-    code = grpc.StatusCode.NOT_FOUND
+    kind = ErrorKind.NOT_FOUND
 
 
 class Overloaded(SeglabelError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = ErrorKind.OVER_LIMIT
 
 
 class LimitExceeded(SeglabelError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = ErrorKind.OVER_LIMIT
 
 
 class DeadlineExceeded(SeglabelError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = ErrorKind.DEADLINE
 
 
 class Cancelled(SeglabelError):
-    code = grpc.StatusCode.CANCELLED
+    kind = ErrorKind.CANCELLED
 
 
 class ModelError(SeglabelError):
     """A model failed to load or run."""
 
-    code = grpc.StatusCode.INTERNAL
+    kind = ErrorKind.INTERNAL
 
 
 class Unavailable(SeglabelError):
-    code = grpc.StatusCode.UNAVAILABLE
+    kind = ErrorKind.UNAVAILABLE
 
 
-def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+def error_kind(exc: BaseException) -> tuple[ErrorKind, str]:
+    """(kind, message a client may see) for any exception; unexpected ones are INTERNAL."""
     if isinstance(exc, SeglabelError):
-        return exc.code, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        return exc.kind, str(exc)
+    return ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

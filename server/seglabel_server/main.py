@@ -10,11 +10,12 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 from seglabel_server.config import ServerConfig, config_from_args
+from seglabel_server.interceptor import ErrorInterceptor
 from seglabel_server.metrics import Metrics
-from seglabel_server.pb.seglabel.v1 import seglabel_pb2 as pb
-from seglabel_server.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 from seglabel_server.service import SeglabelService
 from seglabel_server.servicer import SegmenterServicer
 
@@ -56,10 +57,11 @@ async def create_server(cfg: ServerConfig) -> Server:
     metrics = Metrics()
     service = SeglabelService(cfg, metrics)
     server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(metrics, (SERVICE_NAME,))],
         options=[
             ("grpc.max_receive_message_length", cfg.max_image_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 256 << 20),
-        ]
+        ],
     )
     pb_grpc.add_SegmenterServicer_to_server(SegmenterServicer(service), server)
     health_servicer = health.aio.HealthServicer()

@@ -1,4 +1,6 @@
-"""Read a model repository written by ``seglabel-export`` (manifest + Triton-style folders)."""
+"""Read a model repository written by ``seglabel-export`` (manifest + Triton-style folders).
+
+Which models the repository must and may hold comes from the registered model kinds."""
 
 from __future__ import annotations
 
@@ -6,12 +8,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from seglabel_server import kinds
 from seglabel_server.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
-SAM_MODELS = ("sam2_image_encoder", "sam2_mask_decoder")
-CLIP_MODELS = ("clip_image_encoder", "clip_text_encoder")
 # 2: the decoder graph takes min_iou and upscales only the prompts that pass it.
 FORMAT_VERSION = 2
 
@@ -39,11 +40,10 @@ class ModelRepository:
                 f"{FORMAT_VERSION}); export the models again with this version (make models)"
             )
         manifest["_root"] = str(root)
-        repo = cls(root, manifest)
-        for name in SAM_MODELS:
-            if name not in manifest.get("models", {}):
-                raise ModelError(f"{path}: model {name} missing from the manifest")
-        return repo
+        for kind in kinds.all_kinds():
+            if kind.required and kind.model not in manifest.get("models", {}):
+                raise ModelError(f"{path}: model {kind.model} missing from the manifest")
+        return cls(root, manifest)
 
     @property
     def sam2(self) -> dict:
@@ -53,21 +53,40 @@ class ModelRepository:
     def clip(self) -> dict | None:
         return self.manifest.get("clip")
 
+    def has_family(self, family: str) -> bool:
+        """The manifest describes ``family`` and holds every model its kinds run."""
+        models = [k.model for k in kinds.all_kinds() if k.family == family]
+        return bool(models) and all(m in self.manifest.get("models", {}) for m in models)
+
     @property
     def has_clip(self) -> bool:
-        return bool(self.clip) and all(n in self.manifest["models"] for n in CLIP_MODELS)
+        return bool(self.clip) and self.has_family("clip")
+
+    def available_models(self, families: set[str] | None = None) -> list[str]:
+        """Models of the repository that a registered kind runs (of ``families`` when given), in
+        the kinds' priority order; a family whose models are not all present is left out whole."""
+        return [
+            k.model
+            for k in kinds.all_kinds()
+            if self.has_family(k.family) and (families is None or k.family in families)
+        ]
 
     @property
     def random_weights(self) -> bool:
         return bool(self.manifest.get("random_weights"))
 
-    def model_path(self, name: str, kind: str = "onnx") -> Path:
-        entry = self.manifest["models"].get(name)
+    def model_entry(self, name: str) -> dict:
+        entry = self.manifest.get("models", {}).get(name)
         if entry is None:
             raise ModelError(f"{self.root}: no model {name}")
-        rel = entry["path"] if kind == "onnx" else (entry.get("tensorrt") or {}).get("path")
+        return entry
+
+    def model_path(self, name: str, kind: str = "onnx") -> Path:
+        entry = self.model_entry(name)
+        rel = entry.get("path") if kind == "onnx" else (entry.get("tensorrt") or {}).get("path")
         if not rel:
-            raise ModelError(f"{self.root}: no {kind} file for {name} (run: seglabel-export trt {self.root})")
+            hint = f" (run: seglabel-export trt {self.root})" if kind == "tensorrt" else ""
+            raise ModelError(f"{self.root}: no {kind} file for {name}{hint}")
         path = self.root / rel
         if not path.is_file():
             raise ModelError(f"{path}: missing")
@@ -76,21 +95,21 @@ class ModelRepository:
     def tokenizer_path(self) -> Path:
         return self.root / self.clip["tokenizer"]
 
-    def models_info(self) -> list[dict]:
+    def models_info(self, names: list[str] | None = None) -> list[dict]:
+        """What ``GetServerInfo`` says of each model (default: every model a kind runs here): its
+        family's spec in the manifest, or the model entry's own fields."""
         out = []
-        for key, names in (("sam2", SAM_MODELS), ("clip", CLIP_MODELS)):
-            part = self.manifest.get(key)
-            if not part:
-                continue
-            spec = part["spec"]
-            for name in names:
-                out.append(
-                    {
-                        "name": name,
-                        "architecture": spec["architecture"],
-                        "source": spec["source"],
-                        "sha256": part["sha256"],
-                        "random_weights": bool(spec["random_weights"]),
-                    }
-                )
+        for name in self.available_models() if names is None else names:
+            kind = kinds.for_model(name)
+            family = self.manifest.get(kind.family) or {}
+            spec = family.get("spec") or self.model_entry(name)
+            out.append(
+                {
+                    "name": name,
+                    "architecture": str(spec.get("architecture", kind.name)),
+                    "source": str(spec.get("source", "")),
+                    "sha256": str(family.get("sha256", self.model_entry(name).get("sha256", ""))),
+                    "random_weights": bool(spec.get("random_weights", self.random_weights)),
+                }
+            )
         return out

@@ -1,11 +1,12 @@
 """When work runs and in which batch.
 
-Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue
-(encoder: images; decoder: prompt chunks of one image, from one or several requests; clip: crops;
-text: token rows).
+Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue, one
+stage per registered model kind (:mod:`seglabel_server.kinds`; e.g. encoder: images; decoder:
+prompt chunks of one image, from one or several requests; clip: crops; text: token rows).
 One inference worker thread per device repeatedly asks :func:`pick_stage` which stage is ready,
 drains it with :func:`collate_batch` (pure functions, unit-tested without models), and hands the
-batch to :class:`BatchExecutor`, which runs it on the backend and returns exactly one result per item.
+batch to :class:`BatchExecutor`, which has the stage's kind collate it, run it on the backend by
+model name and split the outputs into exactly one result per item.
 The asyncio loop only awaits futures: it never blocks on model work.
 
 Triton's semantics: a stage is ready when it holds ``max_batch_size`` units or its oldest item has
@@ -24,16 +25,13 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from seglabel_server.backends.base import Backend, DecoderOutput, ImageFeatures
+from seglabel_server import kinds
+from seglabel_server.backends.base import Backend
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
 from seglabel_server.metrics import Metrics
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
-
-STAGES = ("text", "clip", "decoder", "encoder")  # priority order: finish requests already in flight first
 
 
 @dataclass
@@ -96,9 +94,10 @@ def collate_batch(
 def pick_stage(
     queues: dict[str, deque], configs: dict[str, StageConfig], now: float
 ) -> tuple[str | None, float]:
-    """The highest-priority ready stage, or (None, seconds until one becomes ready / inf)."""
+    """The highest-priority ready stage (``configs`` is in priority order), or (None, seconds until
+    one becomes ready / inf)."""
     wait = float("inf")
-    for stage in STAGES:
+    for stage in configs:
         q = queues[stage]
         if not q:
             continue
@@ -113,52 +112,18 @@ def pick_stage(
 
 
 class BatchExecutor:
-    """Runs one batch of one stage on a backend; returns exactly one result per item."""
+    """Runs one batch of one stage on a backend through the stage's kind; exactly one result per item."""
 
     def __init__(self, backend: Backend):
         self.backend = backend
 
     def run(self, stage: str, items: Sequence[WorkItem]) -> list[Any]:
-        fn = getattr(self, f"_run_{stage}")
-        results = fn([i.payload for i in items])
-        if len(results) != len(items):
-            raise RuntimeError(f"{stage}: {len(results)} results for {len(items)} items")
-        return results
-
-    def _run_encoder(self, payloads: list[np.ndarray]) -> list[ImageFeatures]:
-        return self.backend.encode_images(np.stack(payloads))
-
-    def _run_decoder(self, payloads: list[tuple]) -> list[DecoderOutput]:
-        # payload: (features, coords [n,P,2], labels [n,P], min_iou); a batch shares one image and
-        # one min_iou (its key).
-        feats, min_iou = payloads[0][0], payloads[0][3]
-        if any(p[0] is not feats or p[3] != min_iou for p in payloads):
-            raise RuntimeError("decoder batch mixes images or min_iou")
-        out = self.backend.decode(
-            feats,
-            np.concatenate([p[1] for p in payloads]),
-            np.concatenate([p[2] for p in payloads]),
-            min_iou,
-        )
-        results, start = [], 0
-        for _, coords, _, _ in payloads:
-            results.append(out.slice(start, start + len(coords)))
-            start += len(coords)
-        return results
-
-    def _split(self, arrays: list[np.ndarray], out: np.ndarray) -> list[np.ndarray]:
-        bounds = np.cumsum([len(a) for a in arrays])[:-1]
-        return np.split(out, bounds)
-
-    def _run_clip(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
-        return self._split(payloads, self.backend.embed_images(np.concatenate(payloads)))
-
-    def _run_text(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
-        return self._split(payloads, self.backend.embed_texts(np.concatenate(payloads)))
+        return kinds.get(stage).execute(self.backend, [i.payload for i in items])
 
 
 class Scheduler:
-    """Bounded per-stage queues + one inference worker thread; async ``submit`` for the pipeline."""
+    """Bounded per-stage queues + one inference worker thread; ``await run(stage, payload, ctx)`` for
+    the pipeline. ``configs`` names the stages, in priority order."""
 
     def __init__(
         self,
@@ -171,22 +136,23 @@ class Scheduler:
         self.configs = configs
         self.metrics = metrics
         self.batching = batching
-        self.queues: dict[str, deque] = {s: deque() for s in STAGES}
+        self.queues: dict[str, deque] = {s: deque() for s in configs}
         self.cond = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="seglabel-inference", daemon=True)
         self.thread.start()
 
     # -- client side (asyncio loop) -----------------------------------------------------------------
-    def submit_nowait(
-        self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None
-    ) -> concurrent.futures.Future:
+    def submit_nowait(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
         ctx.check()
-        item = WorkItem(stage, payload, size, ctx, key=key)
+        kind = kinds.get(stage)
+        item = WorkItem(stage, payload, kind.size(payload), ctx, key=kind.key(payload))
         with self.cond:
             if self.stopping:
                 raise Overloaded("server is shutting down")
-            q = self.queues[stage]
+            q = self.queues.get(stage)
+            if q is None:
+                raise Overloaded(f"{stage}: no such stage on this server (model not loaded)")
             if len(q) >= self.configs[stage].max_queue:
                 if self.metrics:
                     self.metrics.rejected.labels(stage).inc()
@@ -197,42 +163,14 @@ class Scheduler:
             self.cond.notify()
         return item.future
 
-    async def submit(
-        self, stage: str, payload: Any, size: int, ctx: RequestContext, key: Hashable = None
-    ) -> Any:
-        fut = self.submit_nowait(stage, payload, size, ctx, key)
+    async def run(self, stage: str, payload: Any, ctx: RequestContext) -> Any:
+        """Queue ``payload`` on ``stage`` and wait for its result (batched with other items)."""
+        fut = self.submit_nowait(stage, payload, ctx)
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             fut.cancel()
             raise
-
-    async def encode(self, image: np.ndarray, ctx: RequestContext) -> ImageFeatures:
-        return await self.submit("encoder", image, 1, ctx)
-
-    async def decode(
-        self,
-        feats: ImageFeatures,
-        coords: np.ndarray,
-        labels: np.ndarray,
-        ctx: RequestContext,
-        min_iou: float = float("-inf"),
-    ) -> DecoderOutput:
-        # One image per decoder call (the graph broadcasts that image's features over the prompts):
-        # chunks batch with chunks of the same image, points per prompt and IoU threshold.
-        return await self.submit(
-            "decoder",
-            (feats, coords, labels, min_iou),
-            len(coords),
-            ctx,
-            key=(id(feats), coords.shape[1], min_iou),
-        )
-
-    async def embed_images(self, pixels: np.ndarray, ctx: RequestContext) -> np.ndarray:
-        return await self.submit("clip", pixels, len(pixels), ctx)
-
-    async def embed_texts(self, ids: np.ndarray, ctx: RequestContext) -> np.ndarray:
-        return await self.submit("text", ids, len(ids), ctx)
 
     def max_batch(self, stage: str) -> int:
         return self.configs[stage].max_batch_size

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from seglabel_server import __version__, imaging
+from seglabel_server import __version__, imaging, kinds
 from seglabel_server.backends import Backend, create_backend
 from seglabel_server.config import ServerConfig
 from seglabel_server.errors import (
@@ -35,24 +35,26 @@ log = logging.getLogger(__name__)
 
 
 class FileStore:
-    """Content-addressed uploads (sha256 of the bytes), least recently used dropped past a byte budget."""
+    """Content-addressed uploads (sha256 of the bytes) with the client's file name, least recently
+    used dropped past a byte budget."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.files: OrderedDict[str, tuple[bytes, int, int]] = OrderedDict()
+        self.files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self.total = 0
         self.lock = threading.Lock()
 
-    def put(self, data: bytes, width: int, height: int) -> str:
+    def put(self, data: bytes, filename: str = "") -> str:
         file_id = hashlib.sha256(data).hexdigest()
         with self.lock:
             if file_id in self.files:
+                self.files[file_id] = (data, filename or self.files[file_id][1])
                 self.files.move_to_end(file_id)
                 return file_id
-            self.files[file_id] = (data, width, height)
+            self.files[file_id] = (data, filename)
             self.total += len(data)
             while self.total > self.max_bytes and len(self.files) > 1:
-                _, (old, _, _) = self.files.popitem(last=False)
+                _, (old, _) = self.files.popitem(last=False)
                 self.total -= len(old)
         return file_id
 
@@ -64,6 +66,11 @@ class FileStore:
             self.files.move_to_end(file_id)
             return entry[0]
 
+    def filename(self, file_id: str) -> str:
+        with self.lock:
+            entry = self.files.get(file_id)
+            return entry[1] if entry else ""
+
 
 def build_pipeline(
     backend: Backend,
@@ -72,17 +79,21 @@ def build_pipeline(
     metrics: Metrics | None = None,
     labels_unavailable_reason: str = "",
 ) -> Pipeline:
-    """Scheduler + pipeline over a loaded backend (the server, the benchmarks and the tests use this)."""
+    """Scheduler + pipeline over a loaded backend (the server, the benchmarks and the tests use this).
+    The scheduler gets one stage per model the backend loaded."""
     tokenizer = None
     reason = labels_unavailable_reason
-    if backend.has_clip:
+    has_clip = all(k.model in backend.loaded() for k in kinds.all_kinds() if k.family == "clip")
+    if has_clip and repo.has_clip:
         try:
             tokenizer = ClipTokenizer(repo.tokenizer_path(), repo.clip["context_length"])
         except Exception as exc:
             reason = f"CLIP tokenizer failed to load: {exc}"
     elif not reason:
         reason = "CLIP models not loaded"
-    scheduler = Scheduler(backend, cfg.stage_configs(), metrics, batching=cfg.batching)
+    loaded = set(backend.loaded())
+    stages = {s: c for s, c in cfg.stage_configs().items() if kinds.get(s).model in loaded}
+    scheduler = Scheduler(backend, stages, metrics, batching=cfg.batching)
     return Pipeline(
         cfg.pipeline,
         repo.sam2,
@@ -134,24 +145,30 @@ class SeglabelService:
         cfg = self.cfg
         self.repo = ModelRepository.load(cfg.models)
         reason = ""
-        load_clip = cfg.load_clip and self.repo.has_clip
+        families = {k.family for k in kinds.all_kinds()}
         if not cfg.load_clip:
             reason = "CLIP disabled by the server's configuration (--no-clip)"
+            families.discard("clip")
         elif not self.repo.has_clip:
             reason = f"no CLIP models in {self.repo.root}"
-        try:
-            self.backend = create_backend(
-                cfg.backend, self.repo, cfg.device, cfg.precision, load_clip, cfg.threads
-            )
-        except ModelError as exc:
-            if not load_clip:
-                raise
-            # Segmentation must work without CLIP: retry without it and say why.
-            log.warning("CLIP failed to load (%s); serving masks without labels", exc)
-            reason = f"CLIP failed to load: {exc}"
-            self.backend = create_backend(
-                cfg.backend, self.repo, cfg.device, cfg.precision, False, cfg.threads
-            )
+        self.backend = create_backend(
+            cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[]
+        )
+        required = {k.family for k in kinds.all_kinds() if k.required}
+        for family in sorted(families, key=lambda f: f not in required):
+            models = self.repo.available_models({family})
+            try:
+                for model in models:
+                    self.backend.load(model)
+            except ModelError as exc:
+                if family in required:
+                    raise
+                # Segmentation works without the optional models: serve without them, say why.
+                log.warning("%s failed to load (%s); serving without it", family, exc)
+                if family == "clip":
+                    reason = f"CLIP failed to load: {exc}"
+                for model in models:
+                    self.backend.unload(model)
         self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason)
         self.scheduler = self.pipeline.scheduler
 
@@ -162,9 +179,9 @@ class SeglabelService:
         ctx = RequestContext(request_id="warmup")
         await self.pipeline.run(SegmentParams(prompt_type="points", points=[(32.0, 32.0, 1)]), image, ctx)
         if self.pipeline.has_clip:
-            await self.pipeline.text_embeddings(tuple(self.cfg.pipeline.vocabulary), ctx)
+            await self.pipeline.labels.text_embeddings(tuple(self.cfg.pipeline.vocabulary), ctx)
             s = self.repo.clip["image_size"]
-            await self.scheduler.embed_images(np.zeros((1, 3, s, s), np.float32), ctx)
+            await self.scheduler.run("clip", np.zeros((1, 3, s, s), np.float32), ctx)
 
     async def close(self) -> None:
         if self.pipeline:
@@ -173,11 +190,11 @@ class SeglabelService:
             self.backend.close()
 
     # ----------------------------------------------------------------------------------------- calls
-    def upload(self, data: bytes) -> tuple[str, int, int]:
+    def upload(self, data: bytes, filename: str = "") -> tuple[str, int, int]:
         self._check_size(data)
         image = imaging.decode_image(data, self.cfg.max_image_pixels)
         h, w = image.shape[:2]
-        return self.files.put(data, w, h), w, h
+        return self.files.put(data, filename), w, h
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.cfg.max_image_bytes:
@@ -221,7 +238,7 @@ class SeglabelService:
             "backend": backend.info.name if backend else cfg.backend,
             "device": backend.info.device if backend else cfg.device,
             "providers": list(backend.info.providers) if backend else [],
-            "models": repo.models_info() if repo else [],
+            "models": repo.models_info(backend.loaded()) if repo and backend else [],
             "random_weights": bool(repo and repo.random_weights),
             "default_vocabulary": list(cfg.pipeline.vocabulary),
             "limits": {

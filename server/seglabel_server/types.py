@@ -58,9 +58,11 @@ class SegmentResult:
     overlay_png: bytes = b""
     timings: dict[str, float] = field(default_factory=dict)
     labels_unavailable_reason: str = ""
+    # False when part of what was asked for could not be produced (labels requested, CLIP unavailable).
+    complete: bool = True
 
 
-# Events of a streamed request, in order: Accepted, MasksReady, LabelsUpdate*, Progress*, Done.
+# Events of a streamed request; their order is documented once, on SegmentEvent in the proto.
 @dataclass
 class Accepted:
     request_id: str

@@ -1,4 +1,4 @@
-"""The default vocabulary (the seed's list, "book" once) and the prompt templates CLIP text
+"""The default vocabulary (the original application's list, "book" once) and the prompt templates CLIP text
 embeddings are averaged over."""
 
 DEFAULT_VOCABULARY = (

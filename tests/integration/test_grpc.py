@@ -74,7 +74,7 @@ async def test_upload_then_segment_round_trip(make_server, photo_bytes):
 
 
 async def test_stream_events_arrive_in_order(make_server, photo_bytes):
-    server = await make_server(pipeline=PipelineConfig(clip_batch=4))
+    server = await make_server(max_batch={"clip": 4})
     async with client_for(server) as c:
         kinds, done, total, masks = [], [], None, 0
         async for ev in c.stream_segment(photo_bytes, points_per_side=6, max_masks=10, **LOOSE):
@@ -96,7 +96,7 @@ async def test_stream_events_arrive_in_order(make_server, photo_bytes):
 
 
 async def test_cancelling_a_stream_stops_the_work(make_server, photo_bytes):
-    server = await make_server(pipeline=PipelineConfig(clip_batch=1))
+    server = await make_server(max_batch={"clip": 1})
     metrics = server.service.metrics
     async with client_for(server) as c:
         call = c.stub.StreamSegment(build_request(photo_bytes, points_per_side=8, max_masks=60, **LOOSE))
@@ -232,6 +232,71 @@ async def test_no_clip_server_still_segments(make_server, photo_bytes):
     assert resp.mask_count == 2 and not resp.labels and "CLIP" in resp.labels_unavailable_reason
 
 
+async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, photo_bytes, monkeypatch):
+    """Events already sent stay sent; the error kind becomes the status (counted once, by code), and
+    an unexpected exception is INTERNAL for unary and streaming calls alike."""
+    from seglabel_server.errors import Unavailable
+
+    server = await make_server()
+    labels = server.service.pipeline.labels
+
+    async def gone(vocab, ctx):
+        raise Unavailable("text tower went away")
+
+    monkeypatch.setattr(labels, "text_embeddings", gone)
+    metrics = server.service.metrics
+    async with client_for(server) as c:
+        kinds = []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for ev in c.stream_segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE):
+                kinds.append(ev.WhichOneof("event"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "text tower" in err.value.details()
+        assert kinds[0] == "accepted" and "masks" in kinds and "summary" not in kinds
+        assert (
+            metrics.value("seglabel_request_failure_total", method="StreamSegment", code="UNAVAILABLE") == 1
+        )
+
+        async def broken(vocab, ctx):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(labels, "text_embeddings", broken)
+        code, msg = await _status(c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE))
+        assert code == grpc.StatusCode.INTERNAL and "boom" in msg
+        assert metrics.value("seglabel_request_failure_total", method="Segment", code="INTERNAL") == 1
+        ok = await c.segment(photo_bytes, points_per_side=2, max_masks=2, skip_labels=True, **LOOSE)
+        assert ok.success and ok.mask_count == 2
+        assert metrics.value("seglabel_request_success_total", method="Segment") == 1
+
+
+async def test_upload_keeps_the_filename_and_success_tells_when_labels_are_missing(make_server, photo_bytes):
+    full, no_clip = await make_server(), await make_server(load_clip=False)
+    async with client_for(full) as c:
+        up = await c.upload(photo_bytes, filename="astronaut.jpg")
+        assert up.filename == "astronaut.jpg" and full.service.files.filename(up.file_id) == "astronaut.jpg"
+        assert (await c.upload(photo_bytes)).filename == ""
+        resp = await c.segment(file_id=up.file_id, points_per_side=2, max_masks=2, **LOOSE)
+        assert resp.success and resp.labels
+        skipped = await c.segment(
+            file_id=up.file_id, points_per_side=2, max_masks=2, skip_labels=True, **LOOSE
+        )
+        assert skipped.success and not skipped.labels  # not asked for: nothing missing
+    async with client_for(no_clip) as c:
+        resp = await c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE)
+        assert not resp.success and resp.mask_count == 2 and "CLIP" in resp.labels_unavailable_reason
+
+
+async def test_progress_reports_real_fractions(make_server, photo_bytes):
+    server = await make_server(max_batch={"decoder": 16})
+    async with client_for(server) as c:
+        progress = [
+            (ev.progress.stage, round(ev.progress.fraction, 3))
+            async for ev in c.stream_segment(photo_bytes, points_per_side=6, max_masks=2, **LOOSE)
+            if ev.WhichOneof("event") == "progress"
+        ]
+    # 36 prompts in decoder batches of 16: three batches
+    assert progress == [("encoder", 1.0), ("decoder", 0.333), ("decoder", 0.667), ("decoder", 1.0)]
+
+
 async def test_reflection_lists_the_services(make_server):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -258,7 +323,7 @@ def test_generated_stubs_are_not_stale(tmp_path):
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     fresh = gen.generate(tmp_path)
-    current = root / "server" / "seglabel_server" / "pb" / "seglabel" / "v1"
+    current = root / "client" / "seglabel_api" / "pb" / "seglabel" / "v1"
     assert fresh
     for f in fresh:
         assert (current / f.name).read_text() == f.read_text(), f"{f.name} is stale: run make proto"

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-from seglabel_server.backends.torch_backend import TorchBackend
+from seglabel_server.backends import create_backend
 from seglabel_server.repository import ModelRepository
 from seglabel_server.types import SegmentParams
 from seglabel_server.vocab import TEMPLATES
@@ -23,7 +23,7 @@ def crisp_torch(tiny_repo):
     """Torch backend whose SAM2 mask/IoU heads are scaled: random weights otherwise give logits within
     +-0.3, i.e. stability 0 for every mask. Scaled, masks are crisp like a trained SAM's and survive
     real thresholds. sam2's generator below runs on this very model object."""
-    backend = TorchBackend(ModelRepository.load(tiny_repo))
+    backend = create_backend("torch", ModelRepository.load(tiny_repo))
     dec = backend.mods["sam2_image_encoder"].model.sam_mask_decoder
     with torch.no_grad():
         for mlp in dec.output_hypernetworks_mlps:
@@ -119,7 +119,7 @@ def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_b
     )
     result, pipe = run_pipeline(ort_backend, tiny_repo, params, photo)
     masks = decoded(result)
-    crops = torch.from_numpy(pipe.crops(photo, result.masks, masks))
+    crops = torch.from_numpy(pipe.labels.crops(photo, result.masks, masks))
     clip = torch_backend.mods["clip_image_encoder"].clip
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend, graph):
     """Our single-image decoder (image side broadcast through the transformer), and the reordered
     formulation the ONNX graph is exported from, compute what sam2's MaskDecoder computes with
     repeat_image=True; min_iou keeps exactly the prompts whose best multimask IoU is above it."""
-    from seglabel_export.wrappers import Sam2MaskDecoderGraph
+    from seglabel_server.torch_models.modules import Sam2MaskDecoderGraph
 
     sam = torch_backend.mods["sam2_image_encoder"].model
     wrapper = Sam2MaskDecoderGraph(sam).eval() if graph else torch_backend.mods["sam2_mask_decoder"]

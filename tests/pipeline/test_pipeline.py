@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 from seglabel_server.errors import InvalidArgument, LimitExceeded
+from seglabel_server.kinds import sam2
 from seglabel_server.repository import ModelRepository
 from seglabel_server.types import SegmentParams
 
@@ -57,18 +58,18 @@ def test_iou_filter_inside_the_decoder_changes_no_result(ort_backend, tiny_repo,
     be = ort_backend
     size = ModelRepository.load(tiny_repo).sam2["image_size"]
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    feats = be.encode_images(x)[0]
+    feats = sam2.encode(be, x)[0]
     coords = np.random.default_rng(1).uniform(0, size, (16, 1, 2)).astype(np.float32)
     labels = np.ones((16, 1), np.int32)
-    full = be.decode(feats, coords, labels)
+    full = sam2.decode(be, feats, coords, labels)
     assert full.kept.tolist() == list(range(16))
     best = np.sort(full.iou.max(axis=1))
     cut = float((best[9] + best[10]) / 2)
-    part = be.decode(feats, coords, labels, cut)
+    part = sam2.decode(be, feats, coords, labels, cut)
     assert part.kept.tolist() == np.nonzero(full.iou.max(axis=1) > cut)[0].tolist() and len(part.kept) == 6
     np.testing.assert_allclose(part.masks.numpy(), full.masks.numpy()[part.kept], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(part.stability, full.stability[part.kept])
-    none = be.decode(feats, coords, labels, float(best[-1]) + 1.0)
+    none = sam2.decode(be, feats, coords, labels, float(best[-1]) + 1.0)
     assert len(none.kept) == 0 and none.masks.numpy().shape[0] == 0 and none.iou.shape == (16, 3)
 
     grid = dict(points_per_side=6, stability_score_thresh=0.0, box_nms_thresh=1.0, max_masks=1000)

@@ -9,8 +9,10 @@ from collections import deque
 
 import numpy as np
 import pytest
-from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server import kinds
+from seglabel_server.backends.base import Backend, BackendInfo
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
+from seglabel_server.kinds.sam2 import ENCODER_OUTPUTS, DecodeRequest, ImageFeatures
 from seglabel_server.metrics import Metrics
 from seglabel_server.scheduler import (
     BatchExecutor,
@@ -82,62 +84,91 @@ def test_pick_stage_priority_and_delay():
 
 
 class FakeBackend(Backend):
-    """Deterministic arithmetic standing in for models: results depend on each input only."""
+    """Deterministic arithmetic standing in for models, run by model name like every backend: results
+    depend on each input only. The stages it serves are the registered kinds."""
 
     def __init__(self, delay: float = 0.0):
         self.info = BackendInfo("fake", "cpu")
-        self.has_clip = True
         self.delay = delay
         self.calls: list[tuple[str, int]] = []
         self.lock = threading.Lock()
+        self.fns = {
+            "sam2_image_encoder": self._encoder,
+            "sam2_mask_decoder": self._decoder,
+            "clip_image_encoder": lambda f: {
+                "image_embeds": f["pixel_values"].reshape(len(f["pixel_values"]), -1)[:, :4] * 2
+            },
+            "clip_text_encoder": lambda f: {"text_embeds": f["input_ids"][:, :4].astype(np.float32)},
+        }
 
-    def _log(self, stage, n):
+    def load(self, model):
+        pass
+
+    def unload(self, model):
+        pass
+
+    def loaded(self):
+        return list(self.fns)
+
+    def run(self, model, feeds):
+        stage = kinds.for_model(model).name
         with self.lock:
-            self.calls.append((stage, n))
+            self.calls.append((stage, len(next(v for k, v in feeds.items() if k not in DECODER_IMAGE))))
         time.sleep(self.delay)
+        return self.fns[model](feeds)
 
-    def encode_images(self, images):
-        self._log("encoder", len(images))
-        return [ImageFeatures({"v": img.mean()}) for img in images]
+    @staticmethod
+    def _encoder(f):
+        v = f["images"].reshape(len(f["images"]), -1).mean(axis=1)
+        return {name: v[:, None] for name in ENCODER_OUTPUTS}
 
-    def decode(self, features, coords, labels, min_iou=float("-inf")):
-        self._log("decoder", len(coords))
-        base = np.full(len(coords), features.arrays["v"], np.float32)
+    @staticmethod
+    def _decoder(f):
+        coords = f["point_coords"]
+        base = np.full(len(coords), f["image_embed"][0, 0], np.float32)
         iou = np.stack([base + coords[:, 0, 0], base, base], 1)
-        kept = np.nonzero(iou.max(axis=1) > min_iou)[0]
+        kept = np.nonzero(iou.max(axis=1) > f["min_iou"][0])[0]
         # Each kept prompt's mask logits hold its own index: slicing must keep rows and prompts paired.
-        masks = MaskLogits(
-            np.broadcast_to(kept[:, None, None, None], (len(kept), 3, 2, 2)).astype(np.float32)
-        )
-        return DecoderOutput(iou, kept, masks, iou[kept], masks.slice(0, len(kept)), iou[kept, :1])
+        masks = np.broadcast_to(kept[:, None, None, None], (len(kept), 3, 2, 2)).astype(np.float32)
+        return {
+            "iou_predictions": iou,
+            "kept": kept,
+            "masks": masks,
+            "stability_scores": iou[kept],
+            "single_mask": masks[:, :1],
+            "single_iou": iou[kept, :1],
+        }
 
-    def embed_images(self, pixels):
-        self._log("clip", len(pixels))
-        return pixels.reshape(len(pixels), -1)[:, :4] * 2
 
-    def embed_texts(self, ids):
-        self._log("text", len(ids))
-        return ids[:, :4].astype(np.float32)
+DECODER_IMAGE = ("image_embed", "high_res_feats_0", "high_res_feats_1", "min_iou")
+
+
+def features(v: float) -> ImageFeatures:
+    return ImageFeatures({name: np.full((1, 1), v, np.float32) for name in ENCODER_OUTPUTS})
+
+
+def prompts(x, min_iou=float("-inf"), f=None) -> DecodeRequest:
+    x = np.asarray(x, np.float32)
+    coords = np.stack([x, x], 1)[:, None, :]
+    return DecodeRequest(f or features(0.0), coords, np.ones((len(x), 1), np.int32), min_iou)
 
 
 def configs(batch=8, delay_ms=0.0, max_queue=64):
-    return {s: StageConfig(batch, delay_ms, max_queue) for s in ("text", "clip", "decoder", "encoder")}
+    return {k.name: StageConfig(batch, delay_ms, max_queue) for k in kinds.all_kinds()}
 
 
 def test_executor_returns_one_result_per_item_of_one_image():
     be = FakeBackend()
     ex = BatchExecutor(be)
-    f1 = ImageFeatures({"v": 1.0})
+    f1 = features(1.0)
     items = [item(stage="decoder") for _ in range(3)]
-    inf = float("-inf")
-    items[0].payload = (f1, np.full((2, 1, 2), 10.0, np.float32), np.ones((2, 1), np.int32), inf)
-    items[1].payload = (f1, np.full((3, 1, 2), 20.0, np.float32), np.ones((3, 1), np.int32), inf)
-    items[2].payload = (f1, np.full((1, 1, 2), 30.0, np.float32), np.ones((1, 1), np.int32), inf)
+    for it, (n, v) in zip(items, ((2, 10.0), (3, 20.0), (1, 30.0))):
+        it.payload = prompts([v] * n, f=f1)
     outs = ex.run("decoder", items)
     assert [len(o.iou) for o in outs] == [2, 3, 1] and be.calls == [("decoder", 6)]
     assert outs[0].iou[0, 0] == 11 and outs[1].iou[0, 0] == 21 and outs[2].iou[0, 0] == 31
     assert [o.kept.tolist() for o in outs] == [[0, 1], [0, 1, 2], [0]]
-    items[2].payload = (ImageFeatures({"v": 2.0}),) + items[2].payload[1:]
+    items[2].payload = prompts([30.0], f=features(2.0))
     with pytest.raises(RuntimeError, match="mixes images"):
         ex.run("decoder", items)
 
@@ -147,35 +178,41 @@ def test_executor_splits_kept_prompts_between_items():
     the mask rows that belong to them."""
     be = FakeBackend()
     ex = BatchExecutor(be)
-    f1 = ImageFeatures({"v": 0.0})
+    f1 = features(0.0)
     items = [item(stage="decoder") for _ in range(2)]
-    x0 = np.array([5, 1, 7], np.float32)  # the fake's best IoU is the x coordinate
-    x1 = np.array([9, 2, 6, 8], np.float32)
-    for it, x in zip(items, (x0, x1)):
-        coords = np.stack([x, x], 1)[:, None, :]
-        it.payload = (f1, coords, np.ones((len(x), 1), np.int32), 5.5)
+    # the fake's best IoU is the x coordinate
+    items[0].payload = prompts([5, 1, 7], 5.5, f1)
+    items[1].payload = prompts([9, 2, 6, 8], 5.5, f1)
     a, b = ex.run("decoder", items)
     assert a.kept.tolist() == [2] and b.kept.tolist() == [0, 2, 3]
     # mask rows hold the batch-wide prompt index: 2 (item a), then 3 + 0, 3 + 2, 3 + 3
     assert a.masks.numpy()[:, 0, 0, 0].tolist() == [2]
     assert b.masks.numpy()[:, 0, 0, 0].tolist() == [3, 5, 6]
     assert b.stability[:, 0].tolist() == [9, 6, 8] and len(b.iou) == 4
-    items[1].payload = items[1].payload[:3] + (0.5,)
+    items[1].payload = prompts([9, 2, 6, 8], 0.5, f1)
     with pytest.raises(RuntimeError, match="min_iou"):
         ex.run("decoder", items)
+
+
+def test_executor_checks_one_result_per_item():
+    class Short(kinds.ModelKind):
+        def split(self, outputs, payloads, to_host):
+            return [to_host(outputs["image_embeds"])]  # one result for the whole batch
+
+    short = Short("clip", "clip_image_encoder", "clip", ("pixel_values",), ("image_embeds",))
+    with pytest.raises(RuntimeError, match="1 results for 2 items"):
+        short.execute(FakeBackend(), [np.ones((1, 3, 4), np.float32)] * 2)
 
 
 async def test_decoder_chunks_batch_per_image():
     be = FakeBackend(delay=0.02)
     sched = Scheduler(be, configs(batch=64))
     try:
-        fa, fb = ImageFeatures({"v": 1.0}), ImageFeatures({"v": 2.0})
-        blocker = asyncio.ensure_future(sched.embed_texts(np.ones((1, 77), np.int32), RequestContext()))
+        fa, fb = features(1.0), features(2.0)
+        blocker = asyncio.ensure_future(sched.run("text", np.ones((1, 77), np.int32), RequestContext()))
         await asyncio.sleep(0.005)
         jobs = [
-            sched.decode(
-                f, np.full((4, 1, 2), float(i), np.float32), np.ones((4, 1), np.int32), RequestContext()
-            )
+            sched.run("decoder", prompts([float(i)] * 4, f=f), RequestContext())
             for i, f in enumerate([fa, fb, fa, fb])
         ]
         outs = await asyncio.gather(*jobs)
@@ -195,7 +232,7 @@ async def test_concurrent_requests_get_their_own_results_in_batches():
         async def one(i):
             ctx = RequestContext()
             x = np.full((2, 3, 4), float(i), np.float32)  # 2 crops, values identify the request
-            return i, await sched.embed_images(x, ctx)
+            return i, await sched.run("clip", x, ctx)
 
         results = await asyncio.gather(*[one(i) for i in range(12)])
         for i, emb in results:
@@ -211,7 +248,7 @@ async def test_batching_off_runs_one_item_per_batch():
     sched = Scheduler(be, configs(batch=16), batching=False)
     try:
         await asyncio.gather(
-            *[sched.embed_images(np.ones((1, 3, 4), np.float32), RequestContext()) for _ in range(6)]
+            *[sched.run("clip", np.ones((1, 3, 4), np.float32), RequestContext()) for _ in range(6)]
         )
         assert [n for s, n in be.calls if s == "clip"] == [1] * 6
     finally:
@@ -226,7 +263,7 @@ async def test_full_queue_is_refused_at_once():
         accepted = 0
         with pytest.raises(Overloaded, match="clip queue is full"):
             for _ in range(10):  # the worker holds at most one item, the queue two
-                sched.submit_nowait("clip", np.ones((1, 3, 4), np.float32), 1, ctx)
+                sched.submit_nowait("clip", np.ones((1, 3, 4), np.float32), ctx)
                 accepted += 1
         assert 2 <= accepted <= 3
     finally:
@@ -237,11 +274,11 @@ async def test_cancelled_or_expired_work_is_dropped_before_it_runs():
     be = FakeBackend(delay=0.15)
     sched = Scheduler(be, configs(batch=1))
     try:
-        blocker = asyncio.ensure_future(sched.embed_images(np.ones((1, 3, 4), np.float32), RequestContext()))
+        blocker = asyncio.ensure_future(sched.run("clip", np.ones((1, 3, 4), np.float32), RequestContext()))
         await asyncio.sleep(0.05)  # the worker is busy with the blocker
         gone, late = RequestContext(), RequestContext(deadline=time.monotonic() + 0.05)
-        f1 = asyncio.ensure_future(sched.embed_images(np.ones((1, 3, 4), np.float32), gone))
-        f2 = asyncio.ensure_future(sched.embed_images(np.ones((1, 3, 4), np.float32), late))
+        f1 = asyncio.ensure_future(sched.run("clip", np.ones((1, 3, 4), np.float32), gone))
+        f2 = asyncio.ensure_future(sched.run("clip", np.ones((1, 3, 4), np.float32), late))
         await asyncio.sleep(0.01)
         gone.cancel()
         await blocker
@@ -256,14 +293,16 @@ async def test_cancelled_or_expired_work_is_dropped_before_it_runs():
 
 async def test_a_failing_batch_fails_its_items_not_the_worker():
     class Broken(FakeBackend):
-        def embed_texts(self, ids):
-            raise RuntimeError("boom")
+        def run(self, model, feeds):
+            if model == "clip_text_encoder":
+                raise RuntimeError("boom")
+            return super().run(model, feeds)
 
     sched = Scheduler(Broken(), configs())
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            await sched.embed_texts(np.ones((1, 77), np.int32), RequestContext())
-        out = await sched.embed_images(np.ones((1, 3, 4), np.float32), RequestContext())
+            await sched.run("text", np.ones((1, 77), np.int32), RequestContext())
+        out = await sched.run("clip", np.ones((1, 3, 4), np.float32), RequestContext())
         assert out.shape == (1, 4)
     finally:
         sched.close()

@@ -1,9 +1,9 @@
-"""Backends behind one interface; each module imports its runtime lazily, so choosing onnxruntime
-never imports torch or tensorrt."""
+"""Backends behind one interface (load / run by model name); each module imports its runtime
+lazily, so choosing onnxruntime never imports torch or tensorrt."""
 
 from __future__ import annotations
 
-from seglabel_server.backends.base import Backend, BackendInfo, DecoderOutput, ImageFeatures, MaskLogits
+from seglabel_server.backends.base import Backend, BackendInfo
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import ModelRepository
 
@@ -15,30 +15,28 @@ def create_backend(
     repo: ModelRepository,
     device: str = "cpu",
     precision: str = "fp32",
-    load_clip: bool = True,
     threads: int = 0,
+    models: list[str] | None = None,
 ) -> Backend:
+    """A backend with ``models`` loaded (default: every model of the repository that a registered
+    kind runs)."""
     if name == "onnxruntime":
         from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(repo, device=device, threads=threads, load_clip=load_clip)
-    if name == "torch":
+        backend: Backend = OnnxRuntimeBackend(repo, device=device, threads=threads)
+    elif name == "torch":
         from seglabel_server.backends.torch_backend import TorchBackend
 
-        return TorchBackend(repo, device=device, precision=precision, load_clip=load_clip)
-    if name == "tensorrt":
+        backend = TorchBackend(repo, device=device, precision=precision)
+    elif name == "tensorrt":
         from seglabel_server.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(repo, device=device, load_clip=load_clip)
-    raise ModelError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
+        backend = TensorRTBackend(repo, device=device)
+    else:
+        raise ModelError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
+    for model in repo.available_models() if models is None else models:
+        backend.load(model)
+    return backend
 
 
-__all__ = [
-    "Backend",
-    "BackendInfo",
-    "DecoderOutput",
-    "ImageFeatures",
-    "MaskLogits",
-    "create_backend",
-    "BACKENDS",
-]
+__all__ = ["Backend", "BackendInfo", "create_backend", "BACKENDS"]

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from seglabel_server.backends.base import (
-    Backend,
-    BackendInfo,
-    DecoderOutput,
-    ImageFeatures,
-    MaskLogits,
-    split_features,
-)
+from seglabel_server.backends.base import BackendInfo
+from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import CLIP_MODELS, SAM_MODELS, ModelRepository
+from seglabel_server.repository import ModelRepository
 
 
 def _cudart():
@@ -80,7 +74,7 @@ class _Engine:
             self.buffers[name] = (ptr, cap)
         return ptr
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart = self.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self.inputs:
@@ -109,7 +103,7 @@ class _Engine:
                 cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream)
             )
         _check(cudart.cudaStreamSynchronize(self.stream))
-        return outs
+        return dict(zip(self.outputs, outs))
 
     def _dtype(self, name: str) -> np.dtype:
         return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -120,8 +114,11 @@ class _Engine:
         self.buffers.clear()
 
 
-class TensorRTBackend(Backend):
-    def __init__(self, repo: ModelRepository, device: str = "cuda", load_clip: bool = True):
+class TensorRTBackend(GraphBackend):
+    file_kind = "tensorrt"
+
+    def __init__(self, repo: ModelRepository, device: str = "cuda"):
+        super().__init__(repo)
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -136,43 +133,24 @@ class TensorRTBackend(Backend):
         if _check(cudart.cudaGetDeviceCount()) <= index:
             raise ModelError(f"tensorrt backend: no CUDA device {index}")
         _check(cudart.cudaSetDevice(index))
+        self.trt = trt
         self.cudart = cudart
         self.stream = _check(cudart.cudaStreamCreate())
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        names = list(SAM_MODELS) + (list(CLIP_MODELS) if load_clip and repo.has_clip else [])
-        self.engines = {
-            n: _Engine(trt, runtime, repo.model_path(n, "tensorrt"), cudart, self.stream) for n in names
-        }
-        self.has_clip = all(n in self.engines for n in CLIP_MODELS)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         gpu = _check(cudart.cudaGetDeviceProperties(index)).name
         gpu = gpu.decode(errors="replace").strip("\x00") if isinstance(gpu, bytes) else str(gpu)
-        precision = repo.manifest["models"]["sam2_image_encoder"].get("tensorrt", {}).get("precision", "fp32")
+        first = next(iter(repo.manifest["models"].values()), {})
+        precision = (first.get("tensorrt") or {}).get("precision", "fp32")
         self.info = BackendInfo(
             "tensorrt", f"cuda:{index} ({gpu})", [f"TensorRT {trt.__version__}"], precision
         )
 
-    def encode_images(self, images: np.ndarray) -> list[ImageFeatures]:
-        emb, f0, f1 = self.engines["sam2_image_encoder"]({"images": images.astype(np.float32)})
-        return split_features(emb, f0, f1)
+    def _open(self, model: str, path) -> _Engine:
+        return _Engine(self.trt, self.runtime, path, self.cudart, self.stream)
 
-    def decode(
-        self, features: ImageFeatures, point_coords, point_labels, min_iou=float("-inf")
-    ) -> DecoderOutput:
-        feeds = {
-            **features.arrays,
-            "point_coords": point_coords.astype(np.float32),
-            "point_labels": point_labels.astype(np.int32),
-            "min_iou": np.array([min_iou], np.float32),
-        }
-        iou, kept, masks, stab, single, single_iou = self.engines["sam2_mask_decoder"](feeds)
-        return DecoderOutput(iou, kept, MaskLogits(masks), stab, MaskLogits(single), single_iou)
-
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self.engines["clip_image_encoder"]({"pixel_values": pixels.astype(np.float32)})[0]
-
-    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.engines["clip_text_encoder"]({"input_ids": input_ids.astype(np.int32)})[0]
+    def _execute(self, graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return graph.handle(feeds)
 
     def close(self) -> None:
-        for engine in self.engines.values():
-            engine.close()
+        for graph in self.graphs.values():
+            graph.handle.close()

@@ -8,13 +8,9 @@ reference formulation (:class:`Sam2MaskDecoder`, sam2's own calls) while the gra
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from seglabel_export import sources
 
 
 class Sam2ImageEncoder(nn.Module):
@@ -22,6 +18,7 @@ class Sam2ImageEncoder(nn.Module):
     ``no_mem_embed`` added (as ``SAM2ImagePredictor.set_image``), high_res_feats_0 [B,C/8,S/4,S/4],
     high_res_feats_1 [B,C/4,S/8,S/8]."""
 
+    input_names = ["images"]
     output_names = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
 
     def __init__(self, sam2_model: nn.Module):
@@ -81,6 +78,14 @@ class Sam2MaskDecoder(nn.Module):
     Upsampling to the original image stays out of the graph: the pipeline filters first.
     """
 
+    input_names = [
+        "image_embed",
+        "high_res_feats_0",
+        "high_res_feats_1",
+        "point_coords",
+        "point_labels",
+        "min_iou",
+    ]
     output_names = ["iou_predictions", "kept", "masks", "stability_scores", "single_mask", "single_iou"]
 
     def __init__(self, sam2_model: nn.Module, mask_threshold: float = 0.0, stability_offset: float = 1.0):
@@ -288,6 +293,7 @@ def _image_to_token(att, q_in, k_in, v_in):
 class ClipImageEncoder(nn.Module):
     """pixel_values [B,3,224,224] (CLIP-normalised) -> L2-normalised image_embeds [B,D]."""
 
+    input_names = ["pixel_values"]
     output_names = ["image_embeds"]
 
     def __init__(self, clip_model: nn.Module):
@@ -301,6 +307,7 @@ class ClipImageEncoder(nn.Module):
 class ClipTextEncoder(nn.Module):
     """input_ids [B,77] int32 (CLIP BPE, <sot> ... <eot>, zero padded) -> L2-normalised text_embeds [B,D]."""
 
+    input_names = ["input_ids"]
     output_names = ["text_embeds"]
 
     def __init__(self, clip_model: nn.Module):
@@ -309,29 +316,3 @@ class ClipTextEncoder(nn.Module):
 
     def forward(self, input_ids):
         return self.clip.encode_text(input_ids.long(), normalize=True)
-
-
-def build_modules(manifest: dict, device: str = "cpu") -> dict:
-    """The trace-only modules of a repository, rebuilt from its manifest (export, verify, torch backend)."""
-    sam = manifest["sam2"]
-    spec = sources.Sam2Spec(**sam["spec"])
-    spec.checkpoint = resolve_path(manifest, spec.checkpoint)
-    sam_model = sources.build_sam2(spec, device)
-    mods = {
-        "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
-        "sam2_mask_decoder": Sam2MaskDecoder(
-            sam_model, sam["mask_threshold"], sam["stability_offset"]
-        ).eval(),
-    }
-    if manifest.get("clip"):
-        cspec = sources.ClipSpec(**manifest["clip"]["spec"])
-        cspec.checkpoint = resolve_path(manifest, cspec.checkpoint)
-        clip_model = sources.build_clip(cspec, device)
-        mods["clip_image_encoder"] = ClipImageEncoder(clip_model).eval()
-        mods["clip_text_encoder"] = ClipTextEncoder(clip_model).eval()
-    return mods
-
-
-def resolve_path(manifest: dict, path: str) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else Path(manifest["_root"]) / p)

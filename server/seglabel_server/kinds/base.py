@@ -1,0 +1,80 @@
+"""A model kind: everything the server needs to know to queue, batch, run and report one model.
+
+The scheduler's stages, per-stage settings and ``--max-batch-<stage>`` flags, metrics labels, the
+repository's checks, ``GetServerInfo``'s model list and what a backend loads all come from the
+registered kinds (:mod:`seglabel_server.kinds`). A kind is data plus three small functions:
+``collate`` (work items -> named feeds of one batch), the backend's ``run`` by model name, and
+``split`` (named outputs -> exactly one result per item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Feeds = dict[str, Any]
+
+
+@dataclass(eq=False)
+class ModelKind:
+    """One model the server can run, as a stage of the scheduler.
+
+    ``name`` is the stage (queue, metrics label, ``--max-batch-<name>``); ``model`` the manifest's
+    model name (its folder in the repository); ``family`` the manifest section holding its metadata
+    (models of one family load, or are disabled, together). ``max_batch`` is in the kind's own
+    units (``size``: images, prompts, crops, token rows); ``max_batch_gpu`` replaces it off the CPU.
+    ``priority``: lower runs first when several stages are ready (finish requests already in flight
+    first). ``torch_builder`` names the function (``"module:function"`` or a callable taking
+    ``(manifest, device, shared)``) that builds the PyTorch module for the torch backend.
+    """
+
+    name: str
+    model: str
+    family: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    max_batch: int = 8
+    max_batch_gpu: int = 0
+    max_queue_delay_ms: float = 0.0
+    priority: int = 50
+    required: bool = False
+    torch_builder: str | Callable | None = None
+    description: str = ""
+
+    # -- batching ---------------------------------------------------------------------------------
+    def size(self, payload: Any) -> int:
+        """Batch units of one work item (default: its first axis)."""
+        return len(payload)
+
+    def key(self, payload: Any) -> Hashable:
+        """Items with different keys never share a batch."""
+        return None
+
+    def collate(self, payloads: Sequence[Any]) -> Feeds:
+        """Work items -> the named inputs of one call (default: concatenated on the first axis)."""
+        return {self.inputs[0]: np.concatenate(list(payloads))}
+
+    def split(self, outputs: Feeds, payloads: Sequence[Any], to_host: Callable[[Any], np.ndarray]) -> list:
+        """Named outputs of one call -> one result per item (default: the first output, host memory,
+        cut back into each item's rows)."""
+        out = to_host(outputs[self.outputs[0]])
+        bounds = np.cumsum([self.size(p) for p in payloads])[:-1]
+        return np.split(out, bounds)
+
+    # -- running ----------------------------------------------------------------------------------
+    def execute(self, backend, payloads: Sequence[Any]) -> list:
+        """One batch on ``backend``: exactly one result per item, or an error."""
+        outputs = backend.run(self.model, self.collate(payloads))
+        missing = [n for n in self.outputs if n not in outputs]
+        if missing:
+            raise RuntimeError(f"{self.name}: {self.model} returned no {', '.join(missing)}")
+        results = self.split(outputs, payloads, backend.to_host)
+        if len(results) != len(payloads):
+            raise RuntimeError(f"{self.name}: {len(results)} results for {len(payloads)} items")
+        return results
+
+    def default_max_batch(self, device: str) -> int:
+        return self.max_batch_gpu if self.max_batch_gpu and device != "cpu" else self.max_batch

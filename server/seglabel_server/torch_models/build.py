@@ -1,0 +1,70 @@
+"""Per-model builders: the PyTorch module of one manifest model, rebuilt from the checkpoint the
+manifest records. Kinds name these builders (``ModelKind.torch_builder``); models of one family
+share one loaded network through ``shared`` (the encoder and decoder use the same SAM2 weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from seglabel_server.torch_models import checkpoints
+from seglabel_server.torch_models.modules import (
+    ClipImageEncoder,
+    ClipTextEncoder,
+    Sam2ImageEncoder,
+    Sam2MaskDecoder,
+)
+
+
+def resolve_path(manifest: dict, path: str) -> str:
+    """A manifest path (relative to the repository, or absolute) as an absolute path."""
+    p = Path(path)
+    return str(p if p.is_absolute() else Path(manifest["_root"]) / p)
+
+
+def _sam2(manifest: dict, device: str, shared: dict) -> nn.Module:
+    key = ("sam2", device)
+    if key not in shared:
+        spec = checkpoints.Sam2Spec(**manifest["sam2"]["spec"])
+        spec.checkpoint = resolve_path(manifest, spec.checkpoint)
+        shared[key] = checkpoints.build_sam2(spec, device)
+    return shared[key]
+
+
+def _clip(manifest: dict, device: str, shared: dict) -> nn.Module:
+    key = ("clip", device)
+    if key not in shared:
+        spec = checkpoints.ClipSpec(**manifest["clip"]["spec"])
+        spec.checkpoint = resolve_path(manifest, spec.checkpoint)
+        shared[key] = checkpoints.build_clip(spec, device)
+    return shared[key]
+
+
+def sam2_image_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return Sam2ImageEncoder(_sam2(manifest, device, shared)).eval()
+
+
+def sam2_mask_decoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    """The reference formulation (sam2's own calls), which the exported graph is proved against."""
+    sam = manifest["sam2"]
+    return Sam2MaskDecoder(
+        _sam2(manifest, device, shared), sam["mask_threshold"], sam["stability_offset"]
+    ).eval()
+
+
+def clip_image_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return ClipImageEncoder(_clip(manifest, device, shared)).eval()
+
+
+def clip_text_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return ClipTextEncoder(_clip(manifest, device, shared)).eval()
+
+
+def build_modules(manifest: dict, device: str = "cpu") -> dict[str, nn.Module]:
+    """Every module of a repository (SAM2, and CLIP when the manifest has it): export's verify."""
+    shared: dict = {}
+    names = ["sam2_image_encoder", "sam2_mask_decoder"]
+    if manifest.get("clip"):
+        names += ["clip_image_encoder", "clip_text_encoder"]
+    return {name: globals()[name](manifest, device, shared) for name in names}
