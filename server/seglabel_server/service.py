@@ -155,7 +155,7 @@ class SeglabelService:
             cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[]
         )
         required = {k.family for k in kinds.all_kinds() if k.required}
-        for family in sorted(families, key=lambda f: f not in required):
+        for family in sorted(families, key=lambda f: (f not in required, f)):
             models = self.repo.available_models({family})
             try:
                 for model in models:

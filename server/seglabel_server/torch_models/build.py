@@ -23,42 +23,37 @@ def resolve_path(manifest: dict, path: str) -> str:
     return str(p if p.is_absolute() else Path(manifest["_root"]) / p)
 
 
-def _sam2(manifest: dict, device: str, shared: dict) -> nn.Module:
-    key = ("sam2", device)
-    if key not in shared:
-        spec = checkpoints.Sam2Spec(**manifest["sam2"]["spec"])
+def _network(family: str, manifest: dict, device: str, shared: dict) -> nn.Module:
+    """The family's network (``sam2`` or ``clip``) from its manifest spec, built once per backend."""
+    if (family, device) not in shared:
+        spec_cls, build = {
+            "sam2": (checkpoints.Sam2Spec, checkpoints.build_sam2),
+            "clip": (checkpoints.ClipSpec, checkpoints.build_clip),
+        }[family]
+        spec = spec_cls(**manifest[family]["spec"])
         spec.checkpoint = resolve_path(manifest, spec.checkpoint)
-        shared[key] = checkpoints.build_sam2(spec, device)
-    return shared[key]
-
-
-def _clip(manifest: dict, device: str, shared: dict) -> nn.Module:
-    key = ("clip", device)
-    if key not in shared:
-        spec = checkpoints.ClipSpec(**manifest["clip"]["spec"])
-        spec.checkpoint = resolve_path(manifest, spec.checkpoint)
-        shared[key] = checkpoints.build_clip(spec, device)
-    return shared[key]
+        shared[family, device] = build(spec, device)
+    return shared[family, device]
 
 
 def sam2_image_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
-    return Sam2ImageEncoder(_sam2(manifest, device, shared)).eval()
+    return Sam2ImageEncoder(_network("sam2", manifest, device, shared)).eval()
 
 
 def sam2_mask_decoder(manifest: dict, device: str, shared: dict) -> nn.Module:
     """The reference formulation (sam2's own calls), which the exported graph is proved against."""
     sam = manifest["sam2"]
     return Sam2MaskDecoder(
-        _sam2(manifest, device, shared), sam["mask_threshold"], sam["stability_offset"]
+        _network("sam2", manifest, device, shared), sam["mask_threshold"], sam["stability_offset"]
     ).eval()
 
 
 def clip_image_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
-    return ClipImageEncoder(_clip(manifest, device, shared)).eval()
+    return ClipImageEncoder(_network("clip", manifest, device, shared)).eval()
 
 
 def clip_text_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
-    return ClipTextEncoder(_clip(manifest, device, shared)).eval()
+    return ClipTextEncoder(_network("clip", manifest, device, shared)).eval()
 
 
 def build_modules(manifest: dict, device: str = "cpu") -> dict[str, nn.Module]:

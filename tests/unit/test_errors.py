@@ -1,0 +1,31 @@
+"""Every domain error kind has one gRPC status, and each error class carries the kind its name says."""
+
+import grpc
+import pytest
+from seglabel_server import errors
+from seglabel_server.interceptor import GRPC_CODES, grpc_status
+
+
+def test_every_kind_maps_to_a_status():
+    assert set(GRPC_CODES) == set(errors.ErrorKind)
+    assert len(set(GRPC_CODES.values())) == len(GRPC_CODES)
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (errors.InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidImage("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.UnknownFile("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.LimitExceeded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
+        (errors.ModelError("x"), grpc.StatusCode.INTERNAL),
+        (KeyError("x"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_errors_map_to_their_status(exc, code):
+    got, message = grpc_status(exc)
+    assert got == code and "x" in message
