@@ -13,7 +13,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-gpu clean
+.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-gpu soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -64,6 +64,11 @@ lint: $(VENV)/.installed
 
 bench-pipeline: models
 	$(PY) scripts/bench_pipeline.py --models $(MODELS)
+
+# Abuse harness on the full-size models: mixed good / cancelled / deadline / slow / bad requests.
+SOAK_SECONDS ?= 300
+soak: models
+	$(PY) scripts/soak.py --models $(MODELS) --duration $(SOAK_SECONDS)
 
 bench: models
 	bash scripts/bench_batching.sh $(VENV) $(MODELS)

@@ -76,7 +76,7 @@ def _segment(args) -> int:
         boxes=args.boxes or (),
         multimask=args.multimask,
     )
-    with SegmenterClient(args.server, timeout=args.timeout) as client:
+    with SegmenterClient(args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token) as client:
         up = client.upload(args.image)
         if not args.json:
             print(
@@ -129,6 +129,8 @@ def _segment(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seglabel", description="seglabel gRPC client")
     parser.add_argument("--server", default=DEFAULT_TARGET)
+    parser.add_argument("--tls-ca", help="PEM CA certificate that signed the server's (enables TLS)")
+    parser.add_argument("--token", help="bearer token (default: $SEGLABEL_TOKEN)")
     parser.add_argument("--timeout", type=float, default=600.0)
     sub = parser.add_subparsers(dest="cmd", required=True)
     seg = sub.add_parser("segment", help="segment and label an image")
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "segment":
             return _segment(args)
-        with SegmenterClient(args.server, timeout=args.timeout) as client:
+        with SegmenterClient(
+            args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token
+        ) as client:
             if args.cmd == "info":
                 print(
                     json.dumps(

@@ -21,6 +21,18 @@ _CHANNEL_OPTIONS = [
 ImageLike = bytes | str | os.PathLike
 
 
+TOKEN_ENV = "SEGLABEL_TOKEN"
+
+
+def _channel_args(target: str, tls_ca: str | os.PathLike | None, token: str | None):
+    """(credentials or None, call metadata). ``tls_ca``: PEM file of the CA that signed the server's
+    certificate (TLS); ``token``: bearer token (default: $SEGLABEL_TOKEN)."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca else None
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    return creds, metadata
+
+
 def _image_bytes(image: ImageLike) -> bytes:
     return image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
 
@@ -76,8 +88,19 @@ def build_request(
 class SegmenterClient:
     """Blocking client. ``with SegmenterClient("127.0.0.1:50051") as c: c.segment("photo.jpg")``."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None):
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = None,
+        tls_ca: str | os.PathLike | None = None,
+        token: str | None = None,
+    ):
+        creds, self.metadata = _channel_args(target, tls_ca, token)
+        self.channel = (
+            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            if creds
+            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self.timeout = timeout
 
@@ -92,26 +115,36 @@ class SegmenterClient:
 
     def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
         return self.stub.Upload(
-            pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout
+            pb.UploadRequest(image=_image_bytes(image), filename=filename),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def segment(
         self, image: ImageLike | None = None, timeout: float | None = None, **kw
     ) -> pb.SegmentResponse:
-        return self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
+        return self.stub.Segment(
+            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     def stream_segment(
         self, image: ImageLike | None = None, timeout: float | None = None, **kw
     ) -> Iterator[pb.SegmentEvent]:
         """Yields events; breaking out of the loop (or ``.cancel()`` on the call) stops the server's work."""
-        return self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
+        return self.stub.StreamSegment(
+            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     def server_info(self) -> pb.ServerInfo:
-        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self.timeout)
+        return self.stub.GetServerInfo(
+            pb.GetServerInfoRequest(), timeout=self.timeout, metadata=self.metadata
+        )
 
     def health(self, service: str = "") -> str:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5)
+        resp = stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5, metadata=self.metadata
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -133,8 +166,19 @@ class SegmenterClient:
 class AsyncSegmenterClient:
     """asyncio client. ``async with AsyncSegmenterClient() as c: async for ev in c.stream_segment(...)``."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None):
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = None,
+        tls_ca: str | os.PathLike | None = None,
+        token: str | None = None,
+    ):
+        creds, self.metadata = _channel_args(target, tls_ca, token)
+        self.channel = (
+            grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            if creds
+            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self.timeout = timeout
 
@@ -149,18 +193,24 @@ class AsyncSegmenterClient:
 
     async def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
         return await self.stub.Upload(
-            pb.UploadRequest(image=_image_bytes(image), filename=filename), timeout=self.timeout
+            pb.UploadRequest(image=_image_bytes(image), filename=filename),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     async def segment(
         self, image: ImageLike | None = None, timeout: float | None = None, **kw
     ) -> pb.SegmentResponse:
-        return await self.stub.Segment(build_request(image, **kw), timeout=timeout or self.timeout)
+        return await self.stub.Segment(
+            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     async def stream_segment(
         self, image: ImageLike | None = None, timeout: float | None = None, **kw
     ) -> AsyncIterator[pb.SegmentEvent]:
-        call = self.stub.StreamSegment(build_request(image, **kw), timeout=timeout or self.timeout)
+        call = self.stub.StreamSegment(
+            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
         try:
             async for ev in call:
                 yield ev
@@ -168,9 +218,13 @@ class AsyncSegmenterClient:
             call.cancel()
 
     async def server_info(self) -> pb.ServerInfo:
-        return await self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self.timeout)
+        return await self.stub.GetServerInfo(
+            pb.GetServerInfoRequest(), timeout=self.timeout, metadata=self.metadata
+        )
 
     async def health(self, service: str = "") -> str:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5)
+        resp = await stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5, metadata=self.metadata
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -46,7 +46,19 @@ class ServerConfig:
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
     upload_cache_mb: int = _opt(512, "uploads kept (least recently used dropped past this)")
-    grace_s: float = _opt(5.0, "seconds in-flight requests get to finish on shutdown")
+    max_memory_mb: int = _opt(
+        0, "memory budget for requests in flight, each charged its peak bound (0: half the machine's memory)"
+    )
+    arena_shrinkage: bool = _opt(
+        True, "onnxruntime: give the CPU arena's unused memory back after each run (RSS stays bounded)"
+    )
+    drain_seconds: float = _opt(30.0, "on SIGTERM/SIGINT: time in-flight requests get to finish")
+    stream_stall_s: float = _opt(30.0, "end a stream whose client has read nothing for this long")
+    tls_cert: str = _opt("", "PEM certificate chain: serve TLS (with --tls-key)")
+    tls_key: str = _opt("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _opt("", "PEM CA bundle: require client certificates signed by it (mTLS)")
+    auth_token_file: str = _opt("", "file holding the bearer token every call but health must present")
+    insecure: bool = _opt(False, "allow a non-loopback address without TLS and a token (not recommended)")
     metrics_port: int = _opt(0, "serve Prometheus metrics on this port (0: off)")
     warmup: bool = _opt(True, "run one request through every model before reporting SERVING")
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -13,6 +13,7 @@ class ErrorKind(enum.Enum):
     UNAVAILABLE = "unavailable"  # not ready, or shutting down
     DEADLINE = "deadline"  # the request's deadline passed
     CANCELLED = "cancelled"  # the client went away
+    UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials
     INTERNAL = "internal"  # the server's fault
 
 
@@ -56,6 +57,16 @@ class ModelError(SeglabelError):
 
 class Unavailable(SeglabelError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class Unauthenticated(SeglabelError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+def clip_text(value: str, limit: int = 64) -> str:
+    """A client-sent string as it may appear in a message: repr'd, at most ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(value)} characters)"
 
 
 def error_kind(exc: BaseException) -> tuple[ErrorKind, str]:

@@ -8,28 +8,41 @@ import warnings
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from seglabel_server.errors import InvalidImage, LimitExceeded
+from seglabel_server.errors import InvalidImage, LimitExceeded, SeglabelError
+
+# Decoded by Pillow's own code only: no format that hands the bytes to an external program (EPS and
+# PS run Ghostscript) or is a document (PDF). Pillow tries no other plugin (Image.open's formats=).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 [H,W,3], EXIF orientation applied."""
+def decode_image(data: bytes, max_pixels: int = 40_000_000, check=None) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 [H,W,3], EXIF orientation applied. Only ALLOWED_FORMATS are
+    opened; ``check(width, height)``, when given, runs after the header is read and before the
+    pixels are decoded (admission by size). Error messages never echo library internals."""
     if not data:
         raise InvalidImage("image is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            try:
+                img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            except Image.UnidentifiedImageError:
+                raise InvalidImage(
+                    f"cannot decode image: not one of the accepted formats ({', '.join(ALLOWED_FORMATS)})"
+                ) from None
             w, h = img.size
             if w * h > max_pixels:
                 raise LimitExceeded(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+            if check is not None:
+                check(w, h)
             img = ImageOps.exif_transpose(img)
             arr = np.asarray(img.convert("RGB"))
-    except LimitExceeded:
+    except SeglabelError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise LimitExceeded(f"image too large: {exc}") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise LimitExceeded(f"image too large to decode safely (over {max_pixels} pixels)") from None
     except Exception as exc:
-        raise InvalidImage(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise InvalidImage(f"cannot decode image: truncated or corrupt data ({type(exc).__name__})") from None
     if arr.shape[0] < 8 or arr.shape[1] < 8:
         raise InvalidImage(f"image is {arr.shape[1]}x{arr.shape[0]}; at least 8x8 pixels are needed")
     return arr
@@ -100,15 +113,22 @@ def _palette(n: int) -> np.ndarray:
 
 
 def render_overlay(
-    image: np.ndarray, masks: list[np.ndarray], captions: list[str] | None = None, alpha: float = 0.45
+    image: np.ndarray,
+    masks: list[np.ndarray],
+    captions: list[str] | None = None,
+    alpha: float = 0.45,
+    check=None,
 ) -> bytes:
-    """PNG of the image with each mask filled in its colour, outlined, and captioned at its box."""
+    """PNG of the image with each mask filled in its colour, outlined, and captioned at its box.
+    ``check()`` runs between masks (it raises to stop a cancelled request's rendering)."""
     out = image.astype(np.float32).copy()
     colours = _palette(max(len(masks), 1))
     # Largest first so small masks stay visible on top.
     order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
     edges = np.zeros(image.shape[:2], bool)
     for i in order:
+        if check is not None:
+            check()
         m = masks[i]
         out[m] = (1 - alpha) * out[m] + alpha * colours[i]
         inner = m.copy()

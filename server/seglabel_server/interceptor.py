@@ -1,15 +1,19 @@
-"""Domain error kinds -> gRPC status codes, and per-method request metrics, in one place for unary
-and streaming calls alike (the shape of text-generation-inference's ``interceptor.py``)."""
+"""The gRPC edge, in one place for unary and streaming calls alike (the shape of
+text-generation-inference's ``interceptor.py``): bearer-token authentication, malformed request
+messages, domain error kinds -> status codes, per-method request metrics, and streams whose client
+stops reading."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import logging
 import time
 
 import grpc
 
-from seglabel_server.errors import ErrorKind, error_kind
+from seglabel_server.errors import ErrorKind, LimitExceeded, error_kind
 from seglabel_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -21,6 +25,7 @@ GRPC_CODES = {
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -35,25 +40,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     a domain error becomes its status, anything else INTERNAL (logged with its traceback), and
     success, failure (by code) and duration are counted per method."""
 
-    def __init__(self, metrics: Metrics, services: tuple[str, ...]):
+    def __init__(self, metrics: Metrics, services: tuple[str, ...], stall_s: float = 30.0):
         self.metrics = metrics
         self.prefixes = tuple(f"/{s}/" for s in services)
+        self.stall_s = stall_s
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self.prefixes):
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        deserializer = _lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -69,8 +76,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self.metrics.request_success.labels(method).inc()
         self.metrics.request_seconds.labels(method).observe(time.perf_counter() - t0)
 
+    async def _malformed(self, method: str, context) -> None:
+        self.metrics.request_failure.labels(method, grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request message")
+
     def _unary(self, method: str, behaviour):
         async def call(request, context):
+            if request is _MALFORMED:
+                await self._malformed(method, context)
             t0 = time.perf_counter()
             try:
                 reply = await behaviour(request, context)
@@ -85,12 +98,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _stream(self, method: str, behaviour):
+        """Replies are written with a stall limit: a client that reads nothing for ``stall_s``
+        (its flow-control window full) has its stream ended, and the work stops with it."""
+
         async def call(request, context):
+            if request is _MALFORMED:
+                await self._malformed(method, context)
             t0 = time.perf_counter()
             try:
-                async for reply in behaviour(request, context):
-                    yield reply
-            except (asyncio.CancelledError, GeneratorExit):
+                async with contextlib.aclosing(behaviour(request, context)) as replies:
+                    async for reply in replies:
+                        try:
+                            await asyncio.wait_for(context.write(reply), self.stall_s)
+                        except asyncio.TimeoutError:
+                            raise LimitExceeded(
+                                f"stream ended: the client read nothing for {self.stall_s:g} s (stream stall limit)"
+                            ) from None
+            except asyncio.CancelledError:
                 self.metrics.request_failure.labels(method, "CANCELLED").inc()
                 raise
             except Exception as exc:
@@ -98,3 +122,67 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             self._done(method, t0)
 
         return call
+
+
+_MALFORMED = object()
+
+
+def _lenient(deserializer):
+    """A request that does not parse reaches the handler as ``_MALFORMED`` (INVALID_ARGUMENT there),
+    instead of failing inside gRPC with UNKNOWN and a Python exception text."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:
+            return _MALFORMED
+
+    return parse
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but the open services (health) must carry ``authorization: Bearer <token>``;
+    compared in constant time. A refused call gets UNAUTHENTICATED and never reaches a handler."""
+
+    def __init__(
+        self, token: str, metrics: Metrics, open_services: tuple[str, ...] = ("grpc.health.v1.Health",)
+    ):
+        self.expected = f"Bearer {token}".encode()
+        self.metrics = metrics
+        self.open = tuple(f"/{s}/" for s in open_services)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(self.open):
+            return handler
+        given = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, str) else value.decode(errors="replace")
+        if hmac.compare_digest(given.encode(), self.expected):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        message = (
+            "missing or wrong bearer token" if given else "this server needs a bearer token (authorization)"
+        )
+
+        async def deny(request, context):
+            self.metrics.request_failure.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attr, make in kinds:
+            if getattr(handler, attr) is not None:
+                return make(
+                    deny,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,8 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
+from seglabel_server import memory
 from seglabel_server.config import ServerConfig, config_from_args
-from seglabel_server.interceptor import ErrorInterceptor
+from seglabel_server.interceptor import AuthInterceptor, ErrorInterceptor
 from seglabel_server.metrics import Metrics
 from seglabel_server.service import SeglabelService
 from seglabel_server.servicer import SegmenterServicer
@@ -44,20 +47,64 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def drain(self, seconds: float) -> bool:
+        """Health NOT_SERVING, new requests UNAVAILABLE, in-flight ones get ``seconds`` to finish.
+        True when they all did."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.drain()
+        try:
+            await asyncio.wait_for(self.service.idle.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def stop(self, grace: float | None = None) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.grpc.stop(grace if grace is not None else self.service.cfg.grace_s)
+        await self.grpc.stop(grace if grace is not None else self.service.cfg.drain_seconds)
         await self.service.close()
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _credentials(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, str | None]:
+    """(TLS credentials or None, bearer token or None); refuses to expose a non-loopback address
+    without both unless ``insecure`` is set."""
+    creds, token = None, None
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if cfg.tls_cert:
+        ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+    if cfg.auth_token_file:
+        token = Path(cfg.auth_token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"{cfg.auth_token_file}: the token file is empty")
+    if cfg.host not in LOOPBACK and not (creds and token) and not cfg.insecure:
+        raise ValueError(
+            f"refusing to serve {cfg.host} without TLS and a token: give --tls-cert/--tls-key and "
+            "--auth-token-file, bind 127.0.0.1, or pass --insecure"
+        )
+    return creds, token
 
 
 async def create_server(cfg: ServerConfig) -> Server:
     """Bind and start serving (health NOT_SERVING); call ``await server.load()`` to load models.
     Port 0 binds an ephemeral port (tests)."""
+    creds, token = _credentials(cfg)
     metrics = Metrics()
     service = SeglabelService(cfg, metrics)
+    interceptors = [ErrorInterceptor(metrics, (SERVICE_NAME,), cfg.stream_stall_s)]
+    if token:
+        interceptors.insert(0, AuthInterceptor(token, metrics))
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics, (SERVICE_NAME,))],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", cfg.max_image_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 256 << 20),
@@ -67,9 +114,10 @@ async def create_server(cfg: ServerConfig) -> Server:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    address = f"{cfg.host}:{cfg.port}"
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if port == 0:
-        raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port}")
+        raise RuntimeError(f"cannot bind {address}")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
@@ -77,7 +125,13 @@ async def create_server(cfg: ServerConfig) -> Server:
 
 
 async def serve(cfg: ServerConfig) -> int:
-    server = await create_server(cfg)
+    """Serve until SIGTERM/SIGINT, then drain: health NOT_SERVING, new requests UNAVAILABLE, in-flight
+    requests get ``drain_seconds``; exit 0. A second signal exits at once."""
+    try:
+        server = await create_server(cfg)
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.error("cannot serve: %s", exc)
+        return 2
     log.info("listening on %s:%d (health NOT_SERVING until models are warm)", cfg.host, server.port)
     if cfg.metrics_port:
         from prometheus_client import start_http_server
@@ -86,18 +140,30 @@ async def serve(cfg: ServerConfig) -> int:
         log.info("metrics on http://%s:%d/metrics", cfg.host, cfg.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server.service.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.load()
-    except Exception as exc:
-        log.error("cannot serve: %s", exc)
+        loop.add_signal_handler(sig, on_signal)
+    loading = asyncio.create_task(server.load())
+    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        log.error("cannot serve: %s", loading.exception())
         await server.stop(0)
         return 1
-    log.info("SERVING")
-    await stop.wait()
-    log.info("stopping (grace %.1fs)", cfg.grace_s)
-    await server.stop()
+    if not stop.is_set():
+        log.info("SERVING")
+        await stop.wait()
+    loading.cancel()
+    log.info("draining: %d requests in flight, up to %.1fs", server.service.inflight, cfg.drain_seconds)
+    finished = await server.drain(cfg.drain_seconds)
+    log.info("drained" if finished else "drain time over: ending the requests still in flight")
+    await server.stop(0)
     return 0
 
 
@@ -106,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    memory.bound_heap()
     return asyncio.run(serve(cfg))
 
 

@@ -64,6 +64,14 @@ class Metrics:
             "seglabel_dropped", "Items dropped (cancelled / deadline) or failed", ["stage"], registry=r
         )
 
+        self.inflight = Gauge("seglabel_requests_in_flight", "Requests admitted and not finished", registry=r)
+        self.budget_used = Gauge(
+            "seglabel_memory_budget_used_bytes",
+            "Peak-memory bounds charged by requests in flight",
+            registry=r,
+        )
+        self.tasks = Gauge("seglabel_asyncio_tasks", "asyncio tasks alive in the server's loop", registry=r)
+
     def value(self, name: str, **labels) -> float:
         v = self.registry.get_sample_value(name, labels)
         return 0.0 if v is None else v

@@ -7,14 +7,16 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from seglabel_server import __version__, imaging, kinds
+from seglabel_server import __version__, imaging, kinds, memory
 from seglabel_server.backends import Backend, create_backend
+from seglabel_server.budget import Charge, MemoryBudget, machine_memory_bytes, request_bytes
 from seglabel_server.config import ServerConfig
 from seglabel_server.errors import (
     InvalidArgument,
@@ -23,6 +25,7 @@ from seglabel_server.errors import (
     Overloaded,
     Unavailable,
     UnknownFile,
+    clip_text,
 )
 from seglabel_server.metrics import Metrics
 from seglabel_server.pipeline import Pipeline
@@ -32,6 +35,17 @@ from seglabel_server.tokenizer import ClipTokenizer
 from seglabel_server.types import RequestContext, SegmentParams, SegmentResult
 
 log = logging.getLogger(__name__)
+
+
+_FILE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_file_id(file_id: str) -> None:
+    """An upload id is a sha256 in lowercase hex; anything else is refused before any lookup."""
+    if not _FILE_ID.fullmatch(file_id):
+        raise InvalidArgument(
+            f"file_id must be 64 lowercase hex characters (a sha256), got {clip_text(file_id)}"
+        )
 
 
 class FileStore:
@@ -62,7 +76,9 @@ class FileStore:
         with self.lock:
             entry = self.files.get(file_id)
             if entry is None:
-                raise UnknownFile(f"unknown file_id {file_id!r} (never uploaded, or evicted: upload again)")
+                raise UnknownFile(
+                    f"unknown file_id {clip_text(file_id, 80)} (never uploaded, or evicted: upload again)"
+                )
             self.files.move_to_end(file_id)
             return entry[0]
 
@@ -118,6 +134,13 @@ class SeglabelService:
         self.ready = asyncio.Event()
         self.load_error: str = ""
         self.inflight = 0
+        self.idle = asyncio.Event()  # set whenever no request is in flight
+        self.idle.set()
+        self.draining = False
+        limit = cfg.max_memory_mb << 20 if cfg.max_memory_mb else machine_memory_bytes() // 2
+        self.budget = MemoryBudget(limit)
+        self.metrics.inflight.set_function(lambda: self.inflight)
+        self.metrics.budget_used.set_function(lambda: self.budget.used)
 
     # ------------------------------------------------------------------------------------- lifecycle
     async def load(self) -> None:
@@ -152,8 +175,9 @@ class SeglabelService:
         elif not self.repo.has_clip:
             reason = f"no CLIP models in {self.repo.root}"
         self.backend = create_backend(
-            cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[]
-        )
+            cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[],
+            arena_shrinkage=cfg.arena_shrinkage,
+        )  # fmt: skip
         required = {k.family for k in kinds.all_kinds() if k.required}
         for family in sorted(families, key=lambda f: (f not in required, f)):
             models = self.repo.available_models({family})
@@ -191,6 +215,8 @@ class SeglabelService:
 
     # ----------------------------------------------------------------------------------------- calls
     def upload(self, data: bytes, filename: str = "") -> tuple[str, int, int]:
+        if self.draining:
+            raise Unavailable("server is shutting down; retry on another replica or later")
         self._check_size(data)
         image = imaging.decode_image(data, self.cfg.max_image_pixels)
         h, w = image.shape[:2]
@@ -200,7 +226,13 @@ class SeglabelService:
         if len(data) > self.cfg.max_image_bytes:
             raise LimitExceeded(f"image of {len(data)} bytes is over the limit of {self.cfg.max_image_bytes}")
 
+    def drain(self) -> None:
+        """Refuse new requests (UNAVAILABLE); those in flight go on."""
+        self.draining = True
+
     def _require_ready(self) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down; retry on another replica or later")
         if not self.ready.is_set():
             raise Unavailable(f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}")
 
@@ -214,21 +246,41 @@ class SeglabelService:
                 f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later"
             )
         self.inflight += 1
+        self.idle.clear()
+        charge: list[Charge] = []
         try:
             t0 = time.perf_counter()
+            p = self.pipeline.resolve(params)
             if file_id:
+                check_file_id(file_id)
                 data = self.files.get(file_id)
             elif not data:
                 raise InvalidArgument("SegmentRequest needs file_id or image bytes")
             self._check_size(data)
-            image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels)
+
+            def admit(w: int, h: int) -> None:  # after the header, before the pixels are decoded
+                est = request_bytes(
+                    p, w, h, self.repo.sam2, self.repo.clip if self.pipeline.has_clip else None,
+                    self.scheduler.max_batch("decoder"), self._clip_batch(),
+                )  # fmt: skip
+                charge.append(self.budget.charge(est))
+
+            image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels, admit)
             decode_ms = (time.perf_counter() - t0) * 1000.0
-            result = await self.pipeline.run(params, image, ctx, emit)
+            result = await self.pipeline.run(p, image, ctx, emit)
             result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
             result.timings["total"] += decode_ms
             return result
         finally:
             self.inflight -= 1
+            for c in charge:
+                c.release()
+            if self.inflight == 0:
+                self.idle.set()
+                memory.trim()  # freed request memory back to the OS once the server is idle
+
+    def _clip_batch(self) -> int:
+        return self.scheduler.max_batch("clip") if "clip" in self.scheduler.configs else 0
 
     def info(self) -> dict:
         cfg = self.cfg
@@ -248,6 +300,8 @@ class SeglabelService:
                 "max_prompts": cfg.pipeline.max_prompts,
                 "max_vocabulary": cfg.pipeline.max_vocabulary,
                 "max_queue": cfg.max_queue,
+                "max_masks": cfg.pipeline.max_masks_limit,
+                "max_memory_bytes": self.budget.limit,
             },
             "labels_unavailable_reason": (
                 self.pipeline.labels_unavailable_reason

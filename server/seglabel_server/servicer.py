@@ -74,3 +74,5 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             ctx.cancel()
             if not task.done():
                 task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: an early exit (deadline, client gone) logs nothing

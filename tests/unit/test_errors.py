@@ -23,9 +23,16 @@ def test_every_kind_maps_to_a_status():
         (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
         (errors.ModelError("x"), grpc.StatusCode.INTERNAL),
+        (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
         (KeyError("x"), grpc.StatusCode.INTERNAL),
     ],
 )
 def test_errors_map_to_their_status(exc, code):
     got, message = grpc_status(exc)
     assert got == code and "x" in message
+
+
+def test_client_strings_are_clipped_in_messages():
+    assert errors.clip_text("abc") == "'abc'"
+    long = errors.clip_text("f" * 100_000)
+    assert len(long) < 100 and "100000 characters" in long

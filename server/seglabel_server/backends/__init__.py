@@ -17,13 +17,16 @@ def create_backend(
     precision: str = "fp32",
     threads: int = 0,
     models: list[str] | None = None,
+    arena_shrinkage: bool = False,
 ) -> Backend:
     """A backend with ``models`` loaded (default: every model of the repository that a registered
     kind runs)."""
     if name == "onnxruntime":
         from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
 
-        backend: Backend = OnnxRuntimeBackend(repo, device=device, threads=threads)
+        backend: Backend = OnnxRuntimeBackend(
+            repo, device=device, threads=threads, arena_shrinkage=arena_shrinkage
+        )
     elif name == "torch":
         from seglabel_server.backends.torch_backend import TorchBackend
 

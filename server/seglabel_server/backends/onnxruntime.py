@@ -20,7 +20,9 @@ PROVIDERS = {
 
 
 class OnnxRuntimeBackend(GraphBackend):
-    def __init__(self, repo: ModelRepository, device: str = "cpu", threads: int = 0):
+    def __init__(
+        self, repo: ModelRepository, device: str = "cpu", threads: int = 0, arena_shrinkage: bool = False
+    ):
         super().__init__(repo)
         if device not in PROVIDERS:
             raise ModelError(f"onnxruntime: unknown device {device!r} (cpu, cuda, tensorrt)")
@@ -36,6 +38,10 @@ class OnnxRuntimeBackend(GraphBackend):
         self.opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             self.opts.intra_op_num_threads = threads
+        # The CPU arena keeps its peak (a burst of big batches) unless asked to shrink after each run.
+        self.run_options = ort.RunOptions()
+        if arena_shrinkage:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.info = BackendInfo(name="onnxruntime", device=device, providers=[], precision="fp32")
 
     def _open(self, model: str, path) -> ort.InferenceSession:
@@ -53,4 +59,4 @@ class OnnxRuntimeBackend(GraphBackend):
         return sess
 
     def _execute(self, graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(graph.outputs, graph.handle.run(graph.outputs, feeds)))
+        return dict(zip(graph.outputs, graph.handle.run(graph.outputs, feeds, self.run_options)))

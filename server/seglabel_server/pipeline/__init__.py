@@ -87,11 +87,15 @@ class Pipeline:
     def resolve(self, p: SegmentParams) -> SegmentParams:
         return resolve(self.cfg, p)
 
-    async def finish_masks(self, cand: mask_ops.MaskData, hw) -> tuple[list[MaskResult], list[np.ndarray]]:
+    async def finish_masks(
+        self, cand: mask_ops.MaskData, hw, ctx: RequestContext | None = None
+    ) -> tuple[list[MaskResult], list[np.ndarray]]:
         """Upsample survivors to the original size, drop empty ones, RLE + exact box + area; the
-        per-mask work is spread over the CPU pool."""
+        per-mask work is spread over the CPU pool and stops once ``ctx`` is done."""
         full_masks = await self._cpu(self.finisher.upsample, cand, hw)
-        parts = await self._parallel(lambda r: self.finisher.describe(cand, r, full_masks, hw), len(cand))
+        parts = await self._parallel(
+            lambda r: self.finisher.describe(cand, r, full_masks, hw, ctx), len(cand)
+        )
         pairs = [pair for part in parts for pair in part]
         for i, (result, _) in enumerate(pairs):
             result.index = i
@@ -123,7 +127,7 @@ class Pipeline:
         mark("clip")
         step = self.scheduler.max_batch("clip")
         for i in range(0, len(masks), step):
-            pix = await self.labels.crops_parallel(image, masks[i : i + step], full[i : i + step])
+            pix = await self.labels.crops_parallel(image, masks[i : i + step], full[i : i + step], ctx)
             mark("crops")
             emb = await self.scheduler.run("clip", pix, ctx)
             chunk = self.labels.classify(emb, text, p.vocabulary, i, p.top_k, p.min_confidence)
@@ -173,7 +177,7 @@ class Pipeline:
         cand = await self._cpu(mask_ops.select, p, outs, grid, (h, w), self.sam)
         del outs
         mark("filter")
-        masks, full = await self.finish_masks(cand, (h, w))
+        masks, full = await self.finish_masks(cand, (h, w), ctx)
         mark("upsample")
         await send(MasksReady(masks))
 
@@ -191,7 +195,7 @@ class Pipeline:
             captions = [""] * len(masks)
             for lab in labels_out:
                 captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
-            overlay = await self._cpu(imaging.render_overlay, image, full, captions)
+            overlay = await self._cpu(imaging.render_overlay, image, full, captions, 0.45, ctx.check)
             mark("render")
         timings["queue"] = ctx.queue_ms
         timings["total"] = (time.perf_counter() - t_start) * 1000.0

@@ -21,6 +21,7 @@ class PipelineConfig:
     stability_score_thresh: float = _opt(0.95, "GRID: keep masks at least this stable (0: off)")
     box_nms_thresh: float = _opt(0.7, "GRID: box NMS IoU threshold (1: keep every box)")
     max_masks: int = _opt(100, "masks kept per request, best first")
+    max_masks_limit: int = _opt(1000, "limit on a request's max_masks")
     top_k: int = _opt(3, "alternative labels per mask")
     crop_context: float = _opt(0.15, "CLIP crops: context around the mask's box, per side, as a fraction")
     crop_background_keep: float = _opt(0.2, "CLIP crops: how much of the background outside the mask stays")

@@ -91,9 +91,22 @@ class Labeller:
             )
         return out
 
-    def crops(self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]) -> np.ndarray:
-        """[K,3,S,S] CLIP inputs, one per mask (its box with context, background faded)."""
+    def crops(
+        self,
+        image: np.ndarray,
+        masks: list[MaskResult],
+        full: list[np.ndarray],
+        ctx: RequestContext | None = None,
+    ) -> np.ndarray:
+        """[K,3,S,S] CLIP inputs, one per mask (its box with context, background faded); stops between
+        masks once ``ctx`` is done."""
         c = self.clip
+
+        def check():
+            if ctx is not None:
+                ctx.check()
+            return True
+
         return np.stack(
             [
                 imaging.clip_crop(
@@ -107,13 +120,14 @@ class Labeller:
                     self.cfg.crop_background_keep,
                 )
                 for m, m_full in zip(masks, full)
+                if check()
             ]
         )
 
     async def crops_parallel(
-        self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray]
+        self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray], ctx: RequestContext
     ) -> np.ndarray:
         parts = await self.parallel(
-            lambda r: self.crops(image, masks[r.start : r.stop], full[r.start : r.stop]), len(masks)
+            lambda r: self.crops(image, masks[r.start : r.stop], full[r.start : r.stop], ctx), len(masks)
         )
         return np.concatenate(parts)

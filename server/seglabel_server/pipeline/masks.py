@@ -135,7 +135,7 @@ def _prompted(p: SegmentParams, outs: list[DecoderOutput], low: int, sam: dict) 
         logits = np.concatenate([o.single_mask.numpy() for o in outs]).reshape(-1, low, low)
         iou = np.concatenate([o.single_iou for o in outs]).reshape(-1)
         stab = amg.stability_score(logits, sam["mask_threshold"], sam["stability_offset"])
-        order = np.arange(len(iou))
+        order = np.arange(min(len(iou), p.max_masks))  # one mask per prompt, in request order
     return MaskData(logits=logits, iou=iou, stability=stab, point=[None] * len(iou)).filter(order)
 
 
@@ -170,11 +170,14 @@ class MaskFinisher:
             return self.upsample_on_backend(cand["logits"], hw, self.sam["mask_threshold"])
         return None
 
-    def describe(self, cand: MaskData, idx: range, full_masks: np.ndarray | None, hw) -> list:
-        """(MaskResult without index, full-res mask) for survivors ``idx``; empty masks dropped."""
+    def describe(self, cand: MaskData, idx: range, full_masks: np.ndarray | None, hw, ctx=None) -> list:
+        """(MaskResult without index, full-res mask) for survivors ``idx``; empty masks dropped.
+        Stops (Cancelled / DeadlineExceeded) between masks once ``ctx`` is done."""
         up = self.upsampler(hw) if full_masks is None else None
         out = []
         for i in idx:
+            if ctx is not None:
+                ctx.check()
             m = up(cand["logits"][i]) if full_masks is None else full_masks[i]
             area = int(m.sum())
             if area == 0:

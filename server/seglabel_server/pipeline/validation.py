@@ -32,6 +32,8 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         raise LimitExceeded(f"at most {c.max_prompts} points and {c.max_prompts} boxes per request")
     if p.max_masks < 0 or p.top_k < 0:
         raise InvalidArgument("max_masks and top_k must not be negative")
+    if p.max_masks > c.max_masks_limit:
+        raise LimitExceeded(f"max_masks {p.max_masks} is over the limit {c.max_masks_limit}")
     vocab = tuple(p.vocabulary) or c.vocabulary
     cleaned = tuple(dict.fromkeys(v.strip() for v in vocab))
     if any(not v for v in cleaned):

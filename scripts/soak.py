@@ -1,0 +1,245 @@
+"""Soak and abuse harness: a real server (a child process on 127.0.0.1) under several clients that
+mix good requests, cancelled streams, short deadlines, slow readers and bad inputs, for a bounded
+time. Prints requests per status, p50/p99 of the good ones (and their unloaded p99), the server's
+RSS at start / peak / end, threads and asyncio tasks before and after, and its exit code on SIGTERM.
+
+    python scripts/soak.py --models models --duration 300          # make soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+import grpc
+import numpy as np
+from PIL import Image
+from seglabel_api import sample_image_bytes
+from seglabel_client.client import AsyncSegmenterClient, SegmenterClient
+
+LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "Threads"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def bad_inputs(photo: bytes) -> list[dict]:
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png, format="PNG")
+    return [
+        {"image": b"not an image"},
+        {"image": photo[: len(photo) // 3]},
+        {"image": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"},
+        {"image": png.getvalue()},
+        {"file_id": "0" * 64},
+        {"file_id": "z" * 5000},
+        {"image": photo, "points_per_side": 10_000},
+        {"image": photo, "prompt_type": "points"},
+        {"image": photo, "prompt_type": "box", "boxes": [(5, 5, 1, 1)]},
+        {"image": photo, "pred_iou_thresh": float("nan")},
+        {"image": photo, "max_masks": 10**7},
+    ]
+
+
+class Soak:
+    def __init__(self, args, port: int):
+        self.args = args
+        self.target = f"127.0.0.1:{port}"
+        self.photo = sample_image_bytes("astronaut.jpg")
+        self.good = dict(points_per_side=args.grid, max_masks=args.masks, overlay=False, **LOOSE)
+        self.bad = bad_inputs(self.photo)
+        self.statuses: Counter = Counter()
+        self.good_ms: list[float] = []
+
+    def count(self, kind: str, code: str) -> None:
+        self.statuses[(kind, code)] += 1
+
+    async def good_request(self, c) -> None:
+        t0 = time.perf_counter()
+        try:
+            await c.segment(self.photo, **self.good)
+            self.good_ms.append((time.perf_counter() - t0) * 1000)
+            self.count("good", "OK")
+        except grpc.aio.AioRpcError as exc:
+            self.count("good", exc.code().name)
+
+    async def cancelled(self, c) -> None:
+        call = c.stub.StreamSegment(c_request(self.photo, self.good), metadata=c.metadata)
+        try:
+            async for ev in call:
+                if ev.WhichOneof("event") in ("progress", "masks"):
+                    call.cancel()
+                    break
+            self.count("cancel", "CANCELLED")
+        except grpc.aio.AioRpcError as exc:
+            self.count("cancel", exc.code().name)
+
+    async def deadline(self, c) -> None:
+        try:
+            await c.segment(self.photo, timeout=random.uniform(0.05, 2.0), **self.good)
+            self.count("deadline", "OK")
+        except grpc.aio.AioRpcError as exc:
+            self.count("deadline", exc.code().name)
+
+    async def slow_reader(self, c) -> None:
+        call = c.stub.StreamSegment(c_request(self.photo, self.good), metadata=c.metadata)
+        try:
+            while await call.read() != grpc.aio.EOF:
+                await asyncio.sleep(self.args.slow_s)
+            self.count("slow", "OK")
+        except grpc.aio.AioRpcError as exc:
+            self.count("slow", exc.code().name)
+
+    async def bad_request(self, c) -> None:
+        kw = dict(random.choice(self.bad))
+        image = kw.pop("image", None)
+        try:
+            await c.segment(image, **kw)
+            self.count("bad", "OK")
+        except grpc.aio.AioRpcError as exc:
+            self.count("bad", exc.code().name)
+        except ValueError:
+            self.count("bad", "CLIENT_REFUSED")
+
+    async def client(self, until: float) -> None:
+        actions = [self.good_request, self.cancelled, self.deadline, self.slow_reader, self.bad_request]
+        weights = [40, 15, 10, 10, 25]
+        async with AsyncSegmenterClient(self.target, timeout=600) as c:
+            while time.monotonic() < until:
+                await random.choices(actions, weights)[0](c)
+
+
+def c_request(photo: bytes, kw: dict):
+    from seglabel_client.client import build_request
+
+    return build_request(photo, **kw)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def run(args, port: int, pid: int, metrics_port: int) -> dict:
+    soak = Soak(args, port)
+    async with AsyncSegmenterClient(soak.target, timeout=600) as c:
+        unloaded = []
+        for _ in range(args.unloaded):
+            t0 = time.perf_counter()
+            await c.segment(soak.photo, **soak.good)
+            unloaded.append((time.perf_counter() - t0) * 1000)
+    start = proc_status(pid)
+    tasks0 = metric(metrics_port, "seglabel_asyncio_tasks")
+    peak = start["VmRSS"]
+    until = time.monotonic() + args.duration
+    clients = [asyncio.create_task(soak.client(until)) for _ in range(args.clients)]
+    while not all(t.done() for t in clients):
+        peak = max(peak, proc_status(pid)["VmRSS"])
+        await asyncio.sleep(1.0)
+    for t in clients:
+        t.result()
+    await asyncio.sleep(args.pause)
+    end = proc_status(pid)
+    return {
+        "soak": soak,
+        "unloaded_ms": unloaded,
+        "rss_mb": (start["VmRSS"] / 1024, peak / 1024, end["VmRSS"] / 1024),
+        "threads": (start["Threads"], end["Threads"]),
+        "tasks": (tasks0, metric(metrics_port, "seglabel_asyncio_tasks")),
+        "inflight_end": metric(metrics_port, "seglabel_requests_in_flight"),
+        "budget_end": metric(metrics_port, "seglabel_memory_budget_used_bytes"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="models")
+    ap.add_argument("--duration", type=float, default=300.0, help="seconds of mixed load (at most 1800)")
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--max-inflight", type=int, default=2, help="the server's admitted concurrency")
+    ap.add_argument("--grid", type=int, default=8)
+    ap.add_argument("--masks", type=int, default=24)
+    ap.add_argument("--unloaded", type=int, default=5, help="good requests timed alone first")
+    ap.add_argument("--slow-s", type=float, default=2.0, help="a slow reader's pause between events")
+    ap.add_argument("--pause", type=float, default=10.0, help="idle seconds before the final RSS")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
+    args = ap.parse_args()
+    args.duration = min(args.duration, 1800.0)
+    random.seed(args.seed)
+    port, metrics_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "seglabel_server.main", "--models", args.models, "--port", str(port),
+           "--metrics-port", str(metrics_port), "--max-inflight", str(args.max_inflight), *args.server_args]  # fmt: skip
+    log = open(os.environ.get("SOAK_LOG", "/tmp/seglabel-soak-server.log"), "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with SegmenterClient(f"127.0.0.1:{port}") as c:
+            c.wait_ready(timeout=900)
+        t0 = time.perf_counter()
+        r = asyncio.run(run(args, port, server.pid, metrics_port))
+        wall = time.perf_counter() - t0
+        alive = server.poll() is None
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    soak: Soak = r["soak"]
+    print(f"soak: {args.duration:.0f} s of load, {args.clients} clients, server admits {args.max_inflight}; "
+          f"{wall:.0f} s in all; good request = grid {args.grid}, up to {args.masks} labelled masks")  # fmt: skip
+    kinds = sorted({k for k, _ in soak.statuses})
+    codes = sorted({c for _, c in soak.statuses})
+    print(f"{'requests':<10}" + "".join(f"{c:>20}" for c in codes))
+    for k in kinds:
+        print(f"{k:<10}" + "".join(f"{soak.statuses.get((k, c), 0):>20}" for c in codes))
+    total = Counter()
+    for (_, c), n in soak.statuses.items():
+        total[c] += n
+    print("all       " + "".join(f"{total.get(c, 0):>20}" for c in codes))
+    un99 = pct(r["unloaded_ms"], 99)
+    g50, g99 = pct(soak.good_ms, 50), pct(soak.good_ms, 99)
+    print(f"good requests: unloaded p50 {statistics.median(r['unloaded_ms']):.0f} ms p99 {un99:.0f} ms; under load "
+          f"p50 {g50:.0f} ms p99 {g99:.0f} ms ({g99 / un99:.2f}x unloaded p99), {len(soak.good_ms)} answered")  # fmt: skip
+    s, p, e = r["rss_mb"]
+    print(f"server RSS: start {s:.0f} MB, peak {p:.0f} MB, end {e:.0f} MB after {args.pause:.0f} s idle "
+          f"(end/start {e / s:.2f})")  # fmt: skip
+    print(f"threads {r['threads'][0]} -> {r['threads'][1]}; asyncio tasks {r['tasks'][0]:.0f} -> {r['tasks'][1]:.0f}; "
+          f"in flight at the end {r['inflight_end']:.0f}; memory budget charged at the end {r['budget_end']:.0f} B")  # fmt: skip
+    bad = total.get("UNKNOWN", 0) + total.get("INTERNAL", 0)
+    print(f"server alive through the run: {alive}; exit code on SIGTERM: {code}; UNKNOWN+INTERNAL: {bad}")
+    return 0 if alive and code == 0 and bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Memory as a budget: each admitted request is charged an upper bound of the memory it can hold at
+its peak, and a request that does not fit is refused before any work (RESOURCE_EXHAUSTED, saying
+which limit). The bound follows what the pipeline keeps per request; it is deliberately generous."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from seglabel_server.errors import LimitExceeded, Overloaded
+from seglabel_server.types import SegmentParams
+
+MB = 1 << 20
+
+
+def machine_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+def request_bytes(
+    p: SegmentParams,
+    width: int,
+    height: int,
+    sam: dict,
+    clip: dict | None,
+    decoder_batch: int,
+    clip_batch: int,
+) -> int:
+    """Upper bound of one request's peak memory (bytes) for resolved parameters ``p``."""
+    pixels = width * height
+    s, c, low = sam["image_size"], sam.get("embed_dim", 256), sam["low_res_size"]
+    total = 2 * pixels * 3  # decoded image (+ a conversion copy)
+    total += 2 * 3 * s * s * 4  # encoder input (+ resize)
+    total += 4 * (c * (s // 16) ** 2 + c // 8 * (s // 4) ** 2 + c // 4 * (s // 8) ** 2)  # features
+    if p.prompt_type == "grid":
+        prompts, per_prompt = p.points_per_side**2, 3
+    else:
+        prompts, per_prompt = max(len(p.boxes), 1), 3
+    # Decoder outputs are held for every prompt until filtering (3 candidates + the single mask).
+    total += prompts * (per_prompt + 1) * low * low * 4 + prompts * 64
+    kept = min(p.max_masks, prompts * per_prompt)
+    # Survivors: low-res logits, the full-resolution mask (kept for crops and the overlay), its RLE
+    # and its protobuf (at most one run per pixel row change: bounded by the mask's pixels).
+    total += kept * (low * low * 4 + pixels + pixels // 4)
+    if clip is not None and not p.skip_labels:
+        isz = clip["image_size"]
+        total += 2 * min(kept, clip_batch) * 3 * isz * isz * 4
+    if p.return_overlay:
+        total += pixels * (3 * 4 + 2 + 3)  # float canvas, edge masks, PNG
+    return total
+
+
+@dataclass
+class Charge:
+    budget: MemoryBudget
+    nbytes: int
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.budget._release(self.nbytes)
+
+
+class MemoryBudget:
+    """Bytes charged by admitted requests, never more than ``limit`` at once."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def charge(self, nbytes: int) -> Charge:
+        if nbytes > self.limit:
+            raise LimitExceeded(
+                f"request needs up to {nbytes // MB} MB, more than the server's whole memory budget "
+                f"of {self.limit // MB} MB (--max-memory-mb): use a smaller image, fewer points or max_masks"
+            )
+        with self.lock:
+            if self.used + nbytes > self.limit:
+                raise Overloaded(
+                    f"memory budget: {self.used // MB} of {self.limit // MB} MB in use, the request needs "
+                    f"up to {nbytes // MB} MB; retry later"
+                )
+            self.used += nbytes
+        return Charge(self, nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        with self.lock:
+            self.used -= nbytes

@@ -1,0 +1,45 @@
+"""Give memory back after bursts: glibc's allocator keeps freed heap by default (its mmap threshold
+grows with every large free, and each worker thread may get an arena of its own), so a server's
+RSS stays at its peak. Fixed thresholds return large blocks to the OS when they are freed."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def bound_heap(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
+    """Blocks of ``mmap_threshold`` bytes and more are mmapped (returned on free), freed heap above
+    that is trimmed, at most ``arenas`` malloc arenas. False where the C library is not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, mmap_threshold) == 1
+    ok &= libc.mallopt(M_ARENA_MAX, arenas) == 1
+    if not ok:
+        log.warning("mallopt refused a setting: memory may stay at its peak after bursts")
+    return ok
+
+
+def trim() -> None:
+    """Return freed heap to the OS now (glibc); a no-op elsewhere."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
