@@ -81,10 +81,12 @@ class Soak:
         self.good = dict(points_per_side=args.grid, max_masks=args.masks, overlay=False, **LOOSE)
         self.bad = bad_inputs(self.photo)
         self.statuses: Counter = Counter()
+        self.refused = False
         self.good_ms: list[float] = []
 
     def count(self, kind: str, code: str) -> None:
         self.statuses[(kind, code)] += 1
+        self.refused = code == "RESOURCE_EXHAUSTED"
 
     async def good_request(self, c) -> None:
         t0 = time.perf_counter()
@@ -137,8 +139,14 @@ class Soak:
         actions = [self.good_request, self.cancelled, self.deadline, self.slow_reader, self.bad_request]
         weights = [40, 15, 10, 10, 25]
         async with AsyncSegmenterClient(self.target, timeout=600) as c:
+            backoff = 0.25
             while time.monotonic() < until:
+                self.refused = False
                 await random.choices(actions, weights)[0](c)
+                # A refused request (server full) is retried later, as gRPC's retry policy would.
+                backoff = min(backoff * 2, 4.0) if self.refused else 0.25
+                if self.refused:
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * backoff)
 
 
 def c_request(photo: bytes, kw: dict):

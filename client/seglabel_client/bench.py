@@ -63,8 +63,9 @@ async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> S
         kind = ev.WhichOneof("event")
         now = time.perf_counter() - t0
         if kind == "masks":
-            first_mask = now
-            masks = len(ev.masks.masks)
+            if first_mask != first_mask:
+                first_mask = now
+            masks += len(ev.masks.masks)
         elif kind == "label_update" and first_label != first_label:
             first_label = now
         elif kind == "summary":

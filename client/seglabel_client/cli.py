@@ -91,10 +91,11 @@ def _segment(args) -> int:
             for ev in client.stream_segment(file_id=up.file_id, **kw):
                 kind = ev.WhichOneof("event")
                 if kind == "masks":
-                    masks = list(ev.masks.masks)
-                    if not args.json:
+                    first = not masks
+                    masks += list(ev.masks.masks)
+                    if first and not args.json:
                         print(
-                            f"{len(masks)} masks after {1000 * (time.perf_counter() - t0):.0f} ms",
+                            f"first {len(masks)} masks after {1000 * (time.perf_counter() - t0):.0f} ms",
                             file=sys.stderr,
                         )
                 elif kind == "label_update":

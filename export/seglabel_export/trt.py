@@ -63,7 +63,9 @@ def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -
             hi = tuple(axes.get(d, units) if isinstance(d, str) else d for d in dims)
             lo = tuple(1 if isinstance(d, str) else d for d in dims)
             opt = tuple(
-                min(h, 1 if d == "num_points" else kind.default_max_batch("cuda")) if isinstance(d, str) else h
+                min(h, 1 if d == "num_points" else kind.default_max_batch("cuda"))
+                if isinstance(d, str)
+                else h
                 for d, h in zip(dims, hi)
             )
             shapes[inp["name"]] = (lo, opt, hi)

@@ -43,9 +43,11 @@ def request_bytes(
     # Decoder outputs are held for every prompt until filtering (3 candidates + the single mask).
     total += prompts * (per_prompt + 1) * low * low * 4 + prompts * 64
     kept = min(p.max_masks, prompts * per_prompt)
-    # Survivors: low-res logits, the full-resolution mask (kept for crops and the overlay), its RLE
-    # and its protobuf (at most one run per pixel row change: bounded by the mask's pixels).
-    total += kept * (low * low * 4 + pixels + pixels // 4)
+    # Survivors: low-res logits, RLE and protobuf (bounded by a quarter of the mask's pixels); the
+    # full-resolution masks of one chunk at a time, or of every mask when the overlay needs them.
+    chunk = clip_batch if clip is not None and not p.skip_labels else 64
+    total += kept * (low * low * 4 + pixels // 4)
+    total += (kept if p.return_overlay else min(kept, chunk)) * pixels
     if clip is not None and not p.skip_labels:
         isz = clip["image_size"]
         total += 2 * min(kept, clip_batch) * 3 * isz * isz * 4

@@ -161,9 +161,11 @@ async def serve(cfg: ServerConfig) -> int:
         await stop.wait()
     loading.cancel()
     log.info("draining: %d requests in flight, up to %.1fs", server.service.inflight, cfg.drain_seconds)
+    t0 = loop.time()
     finished = await server.drain(cfg.drain_seconds)
     log.info("drained" if finished else "drain time over: ending the requests still in flight")
-    await server.stop(0)
+    # gRPC's own grace lets answers already computed reach their clients.
+    await server.stop(max(1.0, cfg.drain_seconds - (loop.time() - t0)) if finished else 0)
     return 0
 
 

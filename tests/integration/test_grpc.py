@@ -81,7 +81,7 @@ async def test_stream_events_arrive_in_order(make_server, photo_bytes):
             kind = ev.WhichOneof("event")
             kinds.append(kind)
             if kind == "masks":
-                masks = len(ev.masks.masks)
+                masks += len(ev.masks.masks)
             elif kind == "label_update":
                 done.append(ev.label_update.done)
                 total = ev.label_update.total
@@ -240,10 +240,10 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
     server = await make_server()
     labels = server.service.pipeline.labels
 
-    async def gone(vocab, ctx):
+    async def gone(image, masks, full, ctx):
         raise Unavailable("text tower went away")
 
-    monkeypatch.setattr(labels, "text_embeddings", gone)
+    monkeypatch.setattr(labels, "crops_parallel", gone)
     metrics = server.service.metrics
     async with client_for(server) as c:
         kinds = []
@@ -256,10 +256,10 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
             metrics.value("seglabel_request_failure_total", method="StreamSegment", code="UNAVAILABLE") == 1
         )
 
-        async def broken(vocab, ctx):
+        async def broken(image, masks, full, ctx):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(labels, "text_embeddings", broken)
+        monkeypatch.setattr(labels, "crops_parallel", broken)
         code, msg = await _status(c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE))
         assert code == grpc.StatusCode.INTERNAL and "boom" in msg
         assert metrics.value("seglabel_request_failure_total", method="Segment", code="INTERNAL") == 1

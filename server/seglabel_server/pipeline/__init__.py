@@ -37,6 +37,7 @@ from seglabel_server.types import (
 )
 
 Emit = Callable[[object], Awaitable[None]]
+MASK_CHUNK = 64  # masks per stream event when no labels are computed
 
 __all__ = ["Pipeline", "PipelineConfig"]
 
@@ -88,17 +89,18 @@ class Pipeline:
         return resolve(self.cfg, p)
 
     async def finish_masks(
-        self, cand: mask_ops.MaskData, hw, ctx: RequestContext | None = None
+        self, cand: mask_ops.MaskData, hw, ctx: RequestContext | None = None, idx: range | None = None
     ) -> tuple[list[MaskResult], list[np.ndarray]]:
-        """Upsample survivors to the original size, drop empty ones, RLE + exact box + area; the
-        per-mask work is spread over the CPU pool and stops once ``ctx`` is done."""
-        full_masks = await self._cpu(self.finisher.upsample, cand, hw)
-        parts = await self._parallel(
-            lambda r: self.finisher.describe(cand, r, full_masks, hw, ctx), len(cand)
+        """Survivors ``idx`` (default: all) upsampled to the original size, empty ones dropped, RLE +
+        exact box + area; the per-mask work is spread over the CPU pool and stops once ``ctx`` is
+        done. Indices are left to the caller."""
+        idx = range(len(cand)) if idx is None else idx
+        sub = mask_ops.MaskData(
+            **{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")}
         )
+        full_masks = await self._cpu(self.finisher.upsample, sub, hw)
+        parts = await self._parallel(lambda r: self.finisher.describe(sub, r, full_masks, hw, ctx), len(sub))
         pairs = [pair for part in parts for pair in part]
-        for i, (result, _) in enumerate(pairs):
-            result.index = i
         return [r for r, _ in pairs], [m for _, m in pairs]
 
     async def _decode(self, p: SegmentParams, feats, hw, ctx: RequestContext, send) -> tuple[list, object]:
@@ -121,19 +123,12 @@ class Pipeline:
 
         return await asyncio.gather(*[chunk(i) for i in starts]), grid
 
-    async def _label(self, p, image, masks, full, ctx, send, mark) -> list[LabelResult]:
-        out: list[LabelResult] = []
-        text = await self.labels.text_embeddings(p.vocabulary, ctx)
+    async def _label_chunk(self, p, image, masks, full, text, first: int, ctx, mark) -> list[LabelResult]:
+        pix = await self.labels.crops_parallel(image, masks, full, ctx)
+        mark("crops")
+        emb = await self.scheduler.run("clip", pix, ctx)
+        out = self.labels.classify(emb, text, p.vocabulary, first, p.top_k, p.min_confidence)
         mark("clip")
-        step = self.scheduler.max_batch("clip")
-        for i in range(0, len(masks), step):
-            pix = await self.labels.crops_parallel(image, masks[i : i + step], full[i : i + step], ctx)
-            mark("crops")
-            emb = await self.scheduler.run("clip", pix, ctx)
-            chunk = self.labels.classify(emb, text, p.vocabulary, i, p.top_k, p.min_confidence)
-            out += chunk
-            mark("clip")
-            await send(LabelsUpdate(chunk, len(out), len(masks)))
         return out
 
     async def run(
@@ -177,25 +172,47 @@ class Pipeline:
         cand = await self._cpu(mask_ops.select, p, outs, grid, (h, w), self.sam)
         del outs
         mark("filter")
-        masks, full = await self.finish_masks(cand, (h, w), ctx)
-        mark("upsample")
-        await send(MasksReady(masks))
-
-        labels_out: list[LabelResult] = []
-        reason, labels_missing = "", False
+        # Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
+        # its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
+        reason, labels_missing, text = "", False, None
         if p.skip_labels:
             reason = "labels skipped at the client's request (skip_labels)"
         elif not self.has_clip:
             reason, labels_missing = self.labels_unavailable_reason, True
-        elif masks:
+        elif len(cand):
             ctx.check()
-            labels_out = await self._label(p, image, masks, full, ctx, send, mark)
+            text = await self.labels.text_embeddings(p.vocabulary, ctx)
+            mark("clip")
+        step = self.scheduler.max_batch("clip") if text is not None else MASK_CHUNK
+        masks: list[MaskResult] = []
+        labels_out: list[LabelResult] = []
+        kept_full: list[np.ndarray] = []
+        for start in range(0, len(cand), step):
+            idx = range(start, min(start + step, len(cand)))
+            chunk, full = await self.finish_masks(cand, (h, w), ctx, idx)
+            for r in chunk:
+                r.index = len(masks)
+                masks.append(r)
+            mark("upsample")
+            if not chunk:
+                continue
+            await send(MasksReady(chunk))
+            if text is not None:
+                labelled = await self._label_chunk(p, image, chunk, full, text, chunk[0].index, ctx, mark)
+                labels_out += labelled
+                # total: masks labelled so far + candidates still to come (exact on the last update)
+                await send(LabelsUpdate(labelled, len(labels_out), len(masks) + len(cand) - idx.stop))
+            if p.return_overlay:
+                kept_full += full
+        if not masks:
+            await send(MasksReady([]))
+        del cand
         overlay = b""
         if p.return_overlay:
             captions = [""] * len(masks)
             for lab in labels_out:
                 captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
-            overlay = await self._cpu(imaging.render_overlay, image, full, captions, 0.45, ctx.check)
+            overlay = await self._cpu(imaging.render_overlay, image, kept_full, captions, 0.45, ctx.check)
             mark("render")
         timings["queue"] = ctx.queue_ms
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
