@@ -176,7 +176,7 @@ class SeglabelService:
             reason = f"no CLIP models in {self.repo.root}"
         self.backend = create_backend(
             cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[],
-            arena_shrinkage=cfg.arena_shrinkage,
+            arena_shrinkage=cfg.arena_shrinkage, cpu_arena=cfg.cpu_arena,
         )  # fmt: skip
         required = {k.family for k in kinds.all_kinds() if k.required}
         for family in sorted(families, key=lambda f: (f not in required, f)):

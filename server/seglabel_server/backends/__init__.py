@@ -18,6 +18,7 @@ def create_backend(
     threads: int = 0,
     models: list[str] | None = None,
     arena_shrinkage: bool = False,
+    cpu_arena: bool = True,
 ) -> Backend:
     """A backend with ``models`` loaded (default: every model of the repository that a registered
     kind runs)."""

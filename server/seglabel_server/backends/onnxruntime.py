@@ -21,7 +21,12 @@ PROVIDERS = {
 
 class OnnxRuntimeBackend(GraphBackend):
     def __init__(
-        self, repo: ModelRepository, device: str = "cpu", threads: int = 0, arena_shrinkage: bool = False
+        self,
+        repo: ModelRepository,
+        device: str = "cpu",
+        threads: int = 0,
+        arena_shrinkage: bool = False,
+        cpu_arena: bool = True,
     ):
         super().__init__(repo)
         if device not in PROVIDERS:
@@ -38,7 +43,10 @@ class OnnxRuntimeBackend(GraphBackend):
         self.opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             self.opts.intra_op_num_threads = threads
-        # The CPU arena keeps its peak (a burst of big batches) unless asked to shrink after each run.
+        # The CPU arena is ~1.5x faster than plain malloc here (grid 16: 10.3 s vs 15.5 s) but keeps its
+        # peak after a burst (in one process: 4.5 GB after two bursts of 6 requests with per-run
+        # shrinkage; 0.87 GB without the arena).
+        self.opts.enable_cpu_mem_arena = cpu_arena
         self.run_options = ort.RunOptions()
         if arena_shrinkage:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
