@@ -25,7 +25,7 @@ from PIL import Image
 from seglabel_api import sample_image_bytes
 from seglabel_export.exporter import export_repository
 from seglabel_export.parity import rel_l2
-from seglabel_server import amg, imaging
+from seglabel_server import amg, imaging, kinds
 from seglabel_server.backends import create_backend
 from seglabel_server.config import ServerConfig
 from seglabel_server.kinds import sam2
@@ -90,7 +90,7 @@ def parity(report: Report, repo: ModelRepository, gpu_backends: dict, image: np.
     ref_f = sam2.encode(cpu, x)[0]
     ref_d = sam2.decode(cpu, ref_f, coords, labels)
     crops = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
-    ref_c = cpu.embed_images(crops)
+    ref_c = kinds.get("clip").execute(cpu, [crops])[0]
     rows = {}
     for name, be in gpu_backends.items():
         f = sam2.encode(be, x)[0]
@@ -101,7 +101,7 @@ def parity(report: Report, repo: ModelRepository, gpu_backends: dict, image: np.
             ),
             "masks": rel_l2(d.masks.numpy(), ref_d.masks.numpy()),
             "iou": rel_l2(d.iou, ref_d.iou),
-            "clip": rel_l2(be.embed_images(crops), ref_c),
+            "clip": rel_l2(kinds.get("clip").execute(be, [crops])[0], ref_c),
         }
         report.say(
             f"parity {name:<10} vs torch CPU fp32: "
