@@ -114,6 +114,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                             raise LimitExceeded(
                                 f"stream ended: the client read nothing for {self.stall_s:g} s (stream stall limit)"
                             ) from None
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception:  # the client went away during the write (gRPC's batch error)
+                            self.metrics.request_failure.labels(method, "CANCELLED").inc()
+                            return
             except asyncio.CancelledError:
                 self.metrics.request_failure.labels(method, "CANCELLED").inc()
                 raise
