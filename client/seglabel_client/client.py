@@ -24,13 +24,16 @@ ImageLike = bytes | str | os.PathLike
 TOKEN_ENV = "SEGLABEL_TOKEN"
 
 
-def _channel_args(target: str, tls_ca: str | os.PathLike | None, token: str | None):
-    """(credentials or None, call metadata). ``tls_ca``: PEM file of the CA that signed the server's
-    certificate (TLS); ``token``: bearer token (default: $SEGLABEL_TOKEN)."""
+def _open_channel(grpc_api, target: str, tls_ca: str | os.PathLike | None, token: str | None):
+    """(channel from ``grpc_api``, i.e. ``grpc`` or ``grpc.aio``; call metadata). ``tls_ca``: PEM file
+    of the CA that signed the server's certificate (TLS); ``token``: bearer token (default:
+    $SEGLABEL_TOKEN)."""
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca else None
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    return creds, metadata
+    if tls_ca:
+        creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+        return grpc_api.secure_channel(target, creds, options=_CHANNEL_OPTIONS), metadata
+    return grpc_api.insecure_channel(target, options=_CHANNEL_OPTIONS), metadata
 
 
 def _image_bytes(image: ImageLike) -> bytes:
@@ -95,12 +98,7 @@ class SegmenterClient:
         tls_ca: str | os.PathLike | None = None,
         token: str | None = None,
     ):
-        creds, self.metadata = _channel_args(target, tls_ca, token)
-        self.channel = (
-            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
-            if creds
-            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        )
+        self.channel, self.metadata = _open_channel(grpc, target, tls_ca, token)
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self.timeout = timeout
 
@@ -173,12 +171,7 @@ class AsyncSegmenterClient:
         tls_ca: str | os.PathLike | None = None,
         token: str | None = None,
     ):
-        creds, self.metadata = _channel_args(target, tls_ca, token)
-        self.channel = (
-            grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
-            if creds
-            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        )
+        self.channel, self.metadata = _open_channel(grpc.aio, target, tls_ca, token)
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self.timeout = timeout
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -87,7 +88,7 @@ def _flag_type(tp):
         return tp
     if typing.get_origin(tp) is tuple:
         return lambda s: tuple(v.strip() for v in s.split(",") if v.strip())
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return _flag_type(inner[0])
     return None
