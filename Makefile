@@ -8,12 +8,15 @@ MODELS ?= models
 CHECKPOINTS ?= checkpoints
 SAM2_SIZE ?= tiny
 CLIP_MODEL ?= ViT-B-32
+# Depth Anything V2: vits (Small, the default), vitb (Base), vitl (Large).
+DEPTH_SIZE ?= vits
 PORT ?= 50051
+RAPIDOCR_VERSION ?= 1.4.4
 DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-gpu soak clean
+.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-gpu soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -23,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q grpcio-tools
 	$(MAKE) proto PY=$(PY)
-	$(PIP) install -q -e '.[export,dev,bench]'
+	$(PIP) install -q -e '.[export,dev,bench,ocr]'
+	$(PIP) install -q --no-deps rapidocr_onnxruntime==$(RAPIDOCR_VERSION)
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation sam2==1.1.0
 	touch $@
 
@@ -41,12 +45,14 @@ checkpoints:
 	  https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_$(SAM2_SIZE).pt
 	curl -fL --connect-timeout 10 --retry 2 -o $(CHECKPOINTS)/ViT-B-32.pt \
 	  https://openaipublic.azureedge.net/clip/models/40d3657159124abbd4f8ccb1d8cdd4ef1fd5bb5e4dc4d9b6c3fb41e5b0c9fe0e/ViT-B-32.pt
+	curl -fL --connect-timeout 10 --retry 2 -o $(CHECKPOINTS)/depth_anything_v2_$(DEPTH_SIZE).pth \
+	  https://huggingface.co/depth-anything/Depth-Anything-V2-$(if $(filter vits,$(DEPTH_SIZE)),Small,$(if $(filter vitb,$(DEPTH_SIZE)),Base,Large))/resolve/main/depth_anything_v2_$(DEPTH_SIZE).pth
 
 # The model repository: official checkpoints when present (or downloadable), otherwise random
 # weights of the same architectures (loudly reported by export, server and GetServerInfo). Exported
 # again when the graph definitions change (the server refuses a repository of another format).
-$(MODELS)/manifest.json: server/seglabel_server/torch_models/modules.py export/seglabel_export/exporter.py | $(VENV)/.installed
-	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE)
+$(MODELS)/manifest.json: server/seglabel_server/torch_models/modules.py export/seglabel_export/exporter.py scripts/make_models.sh | $(VENV)/.installed
+	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE) $(DEPTH_SIZE)
 models: $(MODELS)/manifest.json
 
 serve: models
@@ -64,6 +70,10 @@ lint: $(VENV)/.installed
 
 bench-pipeline: models
 	$(PY) scripts/bench_pipeline.py --models $(MODELS)
+
+# Depth and OCR latency, and what with_depth,with_text adds to a grid-16 Segment.
+bench-scene: models
+	$(PY) scripts/bench_scene.py --models $(MODELS)
 
 # Abuse harness on the full-size models: mixed good / cancelled / deadline / slow / bad requests.
 SOAK_SECONDS ?= 300

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: start the server on the embedded default (ONNX Runtime, CPU), run the client on a
-# bundled real photo with streaming, print the labels, write the overlay, stop the server.
+# bundled real photo with streaming (with depth and OCR when the repository has them), print the
+# labels and the scene summary, write the overlay, stop the server.
 set -euo pipefail
 VENV=${1:-.venv}; MODELS=${2:-models}; PORT=${3:-50051}; GRID=${4:-12}
 OUT=${DEMO_OUT:-demo-overlay.png}
@@ -33,5 +34,19 @@ then
   EXTRA=(--pred-iou-thresh 0 --stability-score-thresh 0 --box-nms-thresh 1 --max-masks 24)
 fi
 
-time "$VENV/bin/seglabel" --server "127.0.0.1:$PORT" segment "$PHOTO" --stream --grid "$GRID" --out "$OUT" "${EXTRA[@]}"
+# Depth and OCR ride along when the server has them (GetServerInfo says why when it does not).
+SCENE=$("$VENV/bin/python" - "$PORT" <<'PY'
+import sys
+from seglabel_client.client import SegmenterClient
+with SegmenterClient(f"127.0.0.1:{sys.argv[1]}") as c:
+    info = c.server_info()
+    flags = [f for f, why in (("--with-depth", info.depth_unavailable_reason), ("--with-text", info.text_unavailable_reason)) if not why]
+    for what, why in (("depth", info.depth_unavailable_reason), ("text", info.text_unavailable_reason)):
+        if why:
+            print(f"({what} unavailable: {why})", file=sys.stderr)
+    print(" ".join(flags))
+PY
+)
+# shellcheck disable=SC2086
+time "$VENV/bin/seglabel" --server "127.0.0.1:$PORT" segment "$PHOTO" --stream --grid "$GRID" --out "$OUT" "${EXTRA[@]}" $SCENE
 echo "overlay: $OUT"

@@ -155,6 +155,18 @@ def c_request(photo: bytes, kw: dict):
     return build_request(photo, **kw)
 
 
+def dump_smaps(args, pid: int, when: str) -> None:
+    """With --smaps DIR: the server's /proc/PID/smaps at the start and the end, to see which
+    mappings keep memory (heap, anonymous arenas, model files)."""
+    if args.smaps:
+        os.makedirs(args.smaps, exist_ok=True)
+        with (
+            open(f"/proc/{pid}/smaps") as src,
+            open(os.path.join(args.smaps, f"smaps-{when}.txt"), "w") as dst,
+        ):
+            dst.write(src.read())
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -167,7 +179,14 @@ async def run(args, port: int, pid: int, metrics_port: int) -> dict:
             t0 = time.perf_counter()
             await c.segment(soak.photo, **soak.good)
             unloaded.append((time.perf_counter() - t0) * 1000)
+        sequential = proc_status(pid)
+        # Warm-up at the admitted concurrency: the working set the server keeps for the load it
+        # admits (per-request buffers of max_inflight requests at once) is reached here, so "start"
+        # is the warmed-up steady state that the end is compared with.
+        for _ in range(args.warmup_rounds):
+            await asyncio.gather(*[c.segment(soak.photo, **soak.good) for _ in range(args.max_inflight)])
     start = proc_status(pid)
+    dump_smaps(args, pid, "start")
     tasks0 = metric(metrics_port, "seglabel_asyncio_tasks")
     peak = start["VmRSS"]
     until = time.monotonic() + args.duration
@@ -179,10 +198,12 @@ async def run(args, port: int, pid: int, metrics_port: int) -> dict:
         t.result()
     await asyncio.sleep(args.pause)
     end = proc_status(pid)
+    dump_smaps(args, pid, "end")
     return {
         "soak": soak,
         "unloaded_ms": unloaded,
         "rss_mb": (start["VmRSS"] / 1024, peak / 1024, end["VmRSS"] / 1024),
+        "rss_sequential_mb": sequential["VmRSS"] / 1024,
         "threads": (start["Threads"], end["Threads"]),
         "tasks": (tasks0, metric(metrics_port, "seglabel_asyncio_tasks")),
         "inflight_end": metric(metrics_port, "seglabel_requests_in_flight"),
@@ -199,9 +220,13 @@ def main() -> int:
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--masks", type=int, default=24)
     ap.add_argument("--unloaded", type=int, default=5, help="good requests timed alone first")
+    ap.add_argument(
+        "--warmup-rounds", type=int, default=2, help="then rounds of max-inflight concurrent good requests"
+    )
     ap.add_argument("--slow-s", type=float, default=2.0, help="a slow reader's pause between events")
     ap.add_argument("--pause", type=float, default=10.0, help="idle seconds before the final RSS")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smaps", default="", help="folder for the server's smaps at start and end")
     ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
     args = ap.parse_args()
     args.duration = min(args.duration, 1800.0)
@@ -240,8 +265,10 @@ def main() -> int:
     print(f"good requests: unloaded p50 {statistics.median(r['unloaded_ms']):.0f} ms p99 {un99:.0f} ms; under load "
           f"p50 {g50:.0f} ms p99 {g99:.0f} ms ({g99 / un99:.2f}x unloaded p99), {len(soak.good_ms)} answered")  # fmt: skip
     s, p, e = r["rss_mb"]
-    print(f"server RSS: start {s:.0f} MB, peak {p:.0f} MB, end {e:.0f} MB after {args.pause:.0f} s idle "
-          f"(end/start {e / s:.2f})")  # fmt: skip
+    q = r["rss_sequential_mb"]
+    print(f"server RSS: after {args.unloaded} sequential requests {q:.0f} MB; start (after {args.warmup_rounds} "
+          f"rounds of {args.max_inflight} concurrent) {s:.0f} MB, peak {p:.0f} MB, end {e:.0f} MB after "
+          f"{args.pause:.0f} s idle (end/start {e / s:.2f}, end/sequential {e / q:.2f})")  # fmt: skip
     print(f"threads {r['threads'][0]} -> {r['threads'][1]}; asyncio tasks {r['tasks'][0]:.0f} -> {r['tasks'][1]:.0f}; "
           f"in flight at the end {r['inflight_end']:.0f}; memory budget charged at the end {r['budget_end']:.0f} B")  # fmt: skip
     bad = total.get("UNKNOWN", 0) + total.get("INTERNAL", 0)

@@ -22,6 +22,16 @@ def tiny_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def scene_repo(tmp_path_factory) -> Path:
+    """The tiny repository plus Depth Anything V2 (tiny config) and rapidocr's real PP-OCR graphs."""
+    from seglabel_export.exporter import export_repository
+
+    out = tmp_path_factory.mktemp("models") / "scene"
+    export_repository(out, "tiny", "tiny", depth_source="tiny", ocr=True, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_repo_no_clip(tiny_repo, tmp_path_factory) -> Path:
     """The same SAM2 graphs, no CLIP in the manifest (labelling unavailable)."""
     out = tmp_path_factory.mktemp("models") / "noclip"

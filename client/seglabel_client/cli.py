@@ -1,6 +1,8 @@
 """``seglabel``: command-line client.
 
-seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json]
+seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json] [--with-depth] [--with-text]
+seglabel depth IMAGE [--out depth.png] [--raw depth.npy]
+seglabel text IMAGE [--json]
 seglabel info | seglabel health
 """
 
@@ -14,8 +16,8 @@ import time
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from seglabel_client.analysis import group_by_label, most_common_labels
-from seglabel_client.client import DEFAULT_TARGET, SegmenterClient
+from seglabel_client.analysis import group_by_label, most_common_labels, scene_summary
+from seglabel_client.client import DEFAULT_TARGET, SegmenterClient, depth_array
 
 
 def _pairs(text: str, n: int) -> list[tuple[float, ...]]:
@@ -75,6 +77,8 @@ def _segment(args) -> int:
         points=args.points or (),
         boxes=args.boxes or (),
         multimask=args.multimask,
+        with_depth=args.with_depth,
+        with_text=args.with_text,
     )
     with SegmenterClient(args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token) as client:
         up = client.upload(args.image)
@@ -86,7 +90,7 @@ def _segment(args) -> int:
         if args.stream:
             from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
-            resp, masks, labels = None, [], []
+            resp, masks, labels, extras = None, [], [], {}
             t0 = time.perf_counter()
             for ev in client.stream_segment(file_id=up.file_id, **kw):
                 kind = ev.WhichOneof("event")
@@ -102,6 +106,10 @@ def _segment(args) -> int:
                     labels += list(ev.label_update.labels)
                     if not args.json:
                         _progress(ev.label_update.done, ev.label_update.total)
+                elif kind == "depth":
+                    extras["depth"] = ev.depth
+                elif kind == "text":
+                    extras["text"] = ev.text
                 elif kind == "summary":
                     resp = ev.summary
             if not args.json and labels:
@@ -110,6 +118,12 @@ def _segment(args) -> int:
             final.CopyFrom(resp)
             del final.masks[:]
             final.masks.extend(masks)
+            if "depth" in extras:
+                final.depth.CopyFrom(extras["depth"].depth)
+                final.mask_depth.extend(extras["depth"].mask_depth)
+            if "text" in extras:
+                final.text.CopyFrom(extras["text"].text)
+                final.mask_text.extend(extras["text"].mask_text)
             resp = final
         else:
             resp = client.segment(file_id=up.file_id, **kw)
@@ -119,11 +133,45 @@ def _segment(args) -> int:
     if args.json:
         data = MessageToDict(resp, preserving_proto_field_name=True)
         data.pop("segmented_image", None)
+        data.get("depth", {}).pop("data", None)  # the raw map: `seglabel depth --raw` writes it
+        data.get("depth", {}).pop("colorized_png", None)
         print(json.dumps(data, indent=2))
     else:
         print(format_table(resp))
+        if args.with_depth or args.with_text:
+            print(scene_summary(resp))
         if args.out:
             print(f"overlay written to {args.out}")
+    return 0
+
+
+def _depth(args, client) -> int:
+    resp = client.estimate_depth(args.image)
+    d = resp.depth
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(d.colorized_png)
+    if args.raw:
+        import numpy as np
+
+        np.save(args.raw, depth_array(d))
+    print(
+        f"depth {d.width}x{d.height}: relative inverse depth (larger is nearer) from {d.min:.4g} to {d.max:.4g}, "
+        f"{resp.timings.total_ms:.0f} ms" + (f"; coloured map written to {args.out}" if args.out else "")
+        + (f"; float32 array written to {args.raw}" if args.raw else "")
+    )  # fmt: skip
+    return 0
+
+
+def _text(args, client) -> int:
+    resp = client.extract_text(args.image)
+    if args.json:
+        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=2))
+        return 0
+    print(f"{len(resp.text.lines)} lines ({resp.width}x{resp.height}, {resp.timings.total_ms:.0f} ms)")
+    for ln in resp.text.lines:
+        x0, y0 = min(v.x for v in ln.box), min(v.y for v in ln.box)
+        print(f"  {ln.confidence:5.3f}  ({x0:5.0f},{y0:5.0f})  {ln.text}")
     return 0
 
 
@@ -155,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--pred-iou-thresh", type=float, default=None)
     seg.add_argument("--stability-score-thresh", type=float, default=None)
     seg.add_argument("--box-nms-thresh", type=float, default=None)
+    seg.add_argument("--with-depth", action="store_true", help="also depth: per-object depth, front to back")
+    seg.add_argument("--with-text", action="store_true", help="also OCR: the text on each object")
+    dep = sub.add_parser("depth", help="estimate relative depth")
+    dep.add_argument("image")
+    dep.add_argument("--out", help="write the coloured depth PNG here")
+    dep.add_argument("--raw", help="write the depth values as a float32 .npy here")
+    txt = sub.add_parser("text", help="read the text in an image (OCR)")
+    txt.add_argument("image")
+    txt.add_argument("--json", action="store_true")
     sub.add_parser("info", help="print GetServerInfo")
     sub.add_parser("health", help="print the health status")
     args = parser.parse_args(argv)
@@ -164,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         with SegmenterClient(
             args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token
         ) as client:
+            if args.cmd == "depth":
+                return _depth(args, client)
+            if args.cmd == "text":
+                return _text(args, client)
             if args.cmd == "info":
                 print(
                     json.dumps(

@@ -58,9 +58,14 @@ def build_request(
     pred_iou_thresh: float | None = None,
     stability_score_thresh: float | None = None,
     box_nms_thresh: float | None = None,
+    with_depth: bool = False,
+    with_text: bool = False,
+    text_box_thresh: float | None = None,
+    text_min_confidence: float | None = None,
 ) -> pb.SegmentRequest:
     """A SegmentRequest. ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels.
-    Thresholds left at None take the server's defaults."""
+    Thresholds left at None take the server's defaults. ``with_depth`` / ``with_text``: also the
+    depth map with per-mask depth, and the text lines with the lines inside each mask."""
     if (image is None) == (file_id is None):
         raise ValueError("give exactly one of image or file_id")
     if prompt_type not in _PROMPTS:
@@ -80,12 +85,50 @@ def build_request(
         box_nms_thresh=box_nms_thresh,
         points=[pb.Point(x=p[0], y=p[1], positive=bool(p[2]) if len(p) > 2 else True) for p in points],
         boxes=[pb.Box(x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for b in boxes],
+        with_depth=with_depth,
+        with_text=with_text,
+        text_options=text_options(text_box_thresh, text_min_confidence),
     )
+    _set_image(req, image, file_id)
+    return req
+
+
+def text_options(box_thresh: float | None = None, min_confidence: float | None = None) -> pb.TextOptions:
+    return pb.TextOptions(box_thresh=box_thresh, min_confidence=min_confidence)
+
+
+def _set_image(req, image: ImageLike | None, file_id: str | None):
+    if (image is None) == (file_id is None):
+        raise ValueError("give exactly one of image or file_id")
     if file_id is not None:
         req.file_id = file_id
     else:
         req.image = _image_bytes(image)
     return req
+
+
+def depth_request(image: ImageLike | None = None, *, file_id: str | None = None) -> pb.EstimateDepthRequest:
+    return _set_image(pb.EstimateDepthRequest(), image, file_id)
+
+
+def text_request(
+    image: ImageLike | None = None,
+    *,
+    file_id: str | None = None,
+    box_thresh: float | None = None,
+    min_confidence: float | None = None,
+) -> pb.ExtractTextRequest:
+    return _set_image(pb.ExtractTextRequest(options=text_options(box_thresh, min_confidence)), image, file_id)
+
+
+def depth_array(depth: pb.DepthMap):
+    """A DepthMap's values as a float32 numpy array [height, width] (relative inverse depth:
+    larger is nearer), decoded as the proto documents."""
+    import numpy as np
+
+    q = np.frombuffer(depth.data, dtype="<u2").reshape(depth.height, depth.width)
+    lo, hi = np.float32(depth.min), np.float32(depth.max)
+    return lo + q.astype(np.float32) * np.float32((hi - lo) / np.float32(65535))
 
 
 class SegmenterClient:
@@ -131,6 +174,20 @@ class SegmenterClient:
         """Yields events; breaking out of the loop (or ``.cancel()`` on the call) stops the server's work."""
         return self.stub.StreamSegment(
             build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
+
+    def estimate_depth(
+        self, image: ImageLike | None = None, *, file_id: str | None = None, timeout: float | None = None
+    ) -> pb.EstimateDepthResponse:
+        return self.stub.EstimateDepth(
+            depth_request(image, file_id=file_id), timeout=timeout or self.timeout, metadata=self.metadata
+        )
+
+    def extract_text(
+        self, image: ImageLike | None = None, *, timeout: float | None = None, **kw
+    ) -> pb.ExtractTextResponse:
+        return self.stub.ExtractText(
+            text_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
         )
 
     def server_info(self) -> pb.ServerInfo:
@@ -209,6 +266,20 @@ class AsyncSegmenterClient:
                 yield ev
         finally:
             call.cancel()
+
+    async def estimate_depth(
+        self, image: ImageLike | None = None, *, file_id: str | None = None, timeout: float | None = None
+    ) -> pb.EstimateDepthResponse:
+        return await self.stub.EstimateDepth(
+            depth_request(image, file_id=file_id), timeout=timeout or self.timeout, metadata=self.metadata
+        )
+
+    async def extract_text(
+        self, image: ImageLike | None = None, *, timeout: float | None = None, **kw
+    ) -> pb.ExtractTextResponse:
+        return await self.stub.ExtractText(
+            text_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     async def server_info(self) -> pb.ServerInfo:
         return await self.stub.GetServerInfo(

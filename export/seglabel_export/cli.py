@@ -1,6 +1,6 @@
 """``seglabel-export``: export / verify / trt.
 
-seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none]   # write the model repository
+seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none] [--depth SOURCE] [--ocr yes|no]
 seglabel-export verify DIR                                      # parity again, fresh inputs
 seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
 """
@@ -43,6 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument(
         "--clip-model", default="ViT-B-32", help="open_clip model name of an open_clip checkpoint"
     )
+    ex.add_argument(
+        "--depth",
+        default="none",
+        help="Depth Anything V2: official checkpoint file (depth_anything_v2_vits.pth), a Hugging Face "
+        "model folder, random:<vits|vitb|vitl>, tiny, or none",
+    )
+    ex.add_argument(
+        "--ocr",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="copy rapidocr's PP-OCR graphs into the repository (auto: when rapidocr_onnxruntime is installed)",
+    )
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--seed", type=int, default=0, help="seed for random weights and parity inputs")
     ex.add_argument("--decoder-n", type=_ints, default=(1, 7, 256), help="prompt counts checked for parity")
@@ -75,8 +87,18 @@ def _export(args) -> int:
     from seglabel_export.sources import CheckpointError
 
     t0 = time.perf_counter()
+    from seglabel_export.ocr_models import OcrUnavailable, rapidocr_config
+
     clip = None if args.clip.lower() == "none" else args.clip
-    print(f"exporting to {args.out}: sam2={args.sam2} clip={clip}", flush=True)
+    depth = None if args.depth.lower() == "none" else args.depth
+    ocr = args.ocr == "yes"
+    if args.ocr == "auto":
+        try:
+            rapidocr_config()
+            ocr = True
+        except OcrUnavailable as exc:
+            print(f"OCR left out: {exc}", flush=True)
+    print(f"exporting to {args.out}: sam2={args.sam2} clip={clip} depth={depth} ocr={ocr}", flush=True)
     try:
         manifest = export_repository(
             args.out,
@@ -89,8 +111,10 @@ def _export(args) -> int:
             decoder_ns=args.decoder_n,
             decoder_ps=args.decoder_p,
             log=lambda m: print(m, flush=True),
+            depth_source=depth,
+            ocr=ocr,
         )
-    except CheckpointError as exc:
+    except (CheckpointError, OcrUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_parity(manifest["parity"]))

@@ -27,15 +27,17 @@ from pathlib import Path
 
 import torch
 from seglabel_server.repository import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_FILE
+from seglabel_server.torch_models.depth import DEPTH_MEAN, DEPTH_STD
 from seglabel_server.torch_models.modules import (
     ClipImageEncoder,
     ClipTextEncoder,
+    DepthEstimator,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
     Sam2MaskDecoderGraph,
 )
 
-from seglabel_export import sources
+from seglabel_export import ocr_models, sources
 from seglabel_export.parity import (
     DECODER_NS,
     DECODER_PS,
@@ -142,8 +144,11 @@ def export_repository(
     decoder_ps=DECODER_PS,
     log: Log = print,
     write_onnx: bool = True,
+    depth_source: str | None = None,
+    ocr: bool = False,
 ) -> dict:
-    """Export SAM2 (+ CLIP unless ``clip_source`` is None) into ``out_dir``; returns the manifest.
+    """Export SAM2 (+ CLIP unless ``clip_source`` is None, + Depth Anything V2 from ``depth_source``,
+    + rapidocr's PP-OCR graphs with ``ocr``) into ``out_dir``; returns the manifest.
     ``write_onnx=False`` writes only checkpoints + manifest (enough for the torch backend, e.g. on a GPU
     machine where the ONNX graphs are not needed)."""
     out = Path(out_dir).resolve()
@@ -163,6 +168,8 @@ def export_repository(
             decoder_ps,
             log,
             write_onnx,
+            depth_source,
+            ocr,
         )
         failed = [r for r in manifest["parity"] if not r["ok"]]
         if failed:
@@ -193,6 +200,8 @@ def _export_into(
     decoder_ps,
     log: Log,
     write_onnx: bool = True,
+    depth_source: str | None = None,
+    ocr: bool = False,
 ) -> dict:
     import onnx
     import sam2
@@ -201,6 +210,7 @@ def _export_into(
     t0 = time.perf_counter()
     sam_spec = sources.resolve_sam2(sam2_source, ckpt_dir, sam2_config, seed)
     clip_spec = sources.resolve_clip(clip_source, ckpt_dir, clip_model, seed) if clip_source else None
+    depth_spec = sources.resolve_depth(depth_source, ckpt_dir, seed) if depth_source else None
 
     def rel(p: str) -> str:  # checkpoints we wrote travel with the repository
         return (
@@ -217,7 +227,9 @@ def _export_into(
             "sam2": getattr(sam2, "__version__", "1.x"),
             "onnx": onnx.__version__,
         },
-        "random_weights": sam_spec.random_weights or bool(clip_spec and clip_spec.random_weights),
+        "random_weights": sam_spec.random_weights
+        or bool(clip_spec and clip_spec.random_weights)
+        or bool(depth_spec and depth_spec.random_weights),
         "_root": str(repo),
     }
     sam_model = sources.build_sam2(sam_spec)
@@ -300,9 +312,32 @@ def _export_into(
         ]
     else:
         manifest["clip"] = None
+    manifest["depth"] = None
+    if depth_spec:
+        ds = depth_spec.image_size
+        manifest["depth"] = {
+            "spec": {**asdict(depth_spec), "checkpoint": rel(depth_spec.checkpoint)},
+            "sha256": sources.sha256_file(depth_spec.checkpoint),
+            "image_size": ds,
+            "mean": list(DEPTH_MEAN),
+            "std": list(DEPTH_STD),
+            "output": "relative inverse depth: larger is nearer",
+        }
+        modules["depth_estimator"] = DepthEstimator(sources.build_depth(depth_spec)).eval()
+        graphs.append(
+            (
+                "depth_estimator",
+                {"images": torch.zeros(1, 3, ds, ds)},
+                {"images": {0: "batch"}, "depth": {0: "batch"}},
+            )
+        )
+    manifest["ocr"] = ocr_models.copy_into(repo) if ocr else None
+    if manifest["ocr"]:
+        manifest["models"].update(manifest["ocr"].pop("models"))
     log(
-        f"  sources ready in {time.perf_counter() - t0:.1f}s "
-        f"(sam2 {sam_spec.architecture}, clip {clip_spec.architecture if clip_spec else 'none'})"
+        f"  sources ready in {time.perf_counter() - t0:.1f}s (sam2 {sam_spec.architecture}, "
+        f"clip {clip_spec.architecture if clip_spec else 'none'}, "
+        f"depth {depth_spec.architecture if depth_spec else 'none'}, ocr {'rapidocr' if ocr else 'none'})"
     )
 
     if not write_onnx:
@@ -337,7 +372,8 @@ def _export_into(
     manifest["parity"] = rows
     for name in manifest["models"]:
         mine = [r for r in rows if r["model"] == name]
-        manifest["models"][name]["parity_worst_rel_l2"] = max(r["rel_l2"] for r in mine)
+        if mine:  # (rapidocr's graphs are copied as shipped, not exported: nothing to compare)
+            manifest["models"][name]["parity_worst_rel_l2"] = max(r["rel_l2"] for r in mine)
     write_manifest(repo, manifest)
     return manifest
 

@@ -14,6 +14,7 @@ from seglabel_server.tokenizer import ClipTokenizer
 from seglabel_server.torch_models.modules import (
     ClipImageEncoder,
     ClipTextEncoder,
+    DepthEstimator,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
 )
@@ -198,6 +199,27 @@ def parity_checks(
                 _torch_run(modules["clip_text_encoder"], feeds),
             )
         log("  parity clip: done")
+
+    if "depth_estimator" in models:
+        from seglabel_api import SAMPLE_IMAGES, sample_image_bytes
+
+        d = manifest["depth"]
+        s = d["image_size"]
+        depth_ort = _Ort(repo / models["depth_estimator"]["path"])
+        cases = [("random-b2", rng.standard_normal((2, 3, s, s)).astype(np.float32))]
+        for name in SAMPLE_IMAGES:  # every bundled photo
+            img = imaging.decode_image(sample_image_bytes(name))
+            cases.append((f"photo {name}", imaging.depth_preprocess(img, s, d["mean"], d["std"])[None]))
+        for case, x in cases:
+            feeds = {"images": x}
+            rows += _compare(
+                "depth_estimator",
+                case,
+                DepthEstimator.output_names,
+                depth_ort(feeds),
+                _torch_run(modules["depth_estimator"], feeds),
+            )
+        log("  parity depth: done")
     return rows
 
 

@@ -1,11 +1,15 @@
-"""Build SAM2.1 and CLIP torch modules from official checkpoints, seeded random weights or tiny configs.
+"""Build SAM2.1, CLIP and Depth Anything V2 torch modules from official checkpoints, seeded random
+weights or tiny configs.
 
-Source strings (``--sam2`` / ``--clip``):
+Source strings (``--sam2`` / ``--clip`` / ``--depth``):
 
 * a path to an official checkpoint file (``sam2.1_hiera_tiny.pt``; OpenAI ``ViT-B-32.pt``;
   an open_clip ``open_clip_pytorch_model.bin``/``.pt``/``.safetensors`` is not supported: torch files only),
 * ``random:<size>``: the real architecture with seeded random weights
-  (SAM2: ``tiny|small|base_plus|large``; CLIP: an open_clip model name such as ``ViT-B-32``),
+  (SAM2: ``tiny|small|base_plus|large``; CLIP: an open_clip model name such as ``ViT-B-32``;
+  depth: ``vits|vitb|vitl``),
+* depth only: a Hugging Face-format folder (``config.json`` + weights, transformers'
+  ``DepthAnythingForDepthEstimation``),
 * ``tiny``: a much smaller configuration of the same classes, for tests.
 
 Every source ends in the same place: a checkpoint file in the official format, loaded with
@@ -28,6 +32,16 @@ from seglabel_server.torch_models.checkpoints import (
     build_clip,
     build_sam2,
     read_clip_state_dict,
+)
+from seglabel_server.torch_models.depth import (
+    DEPTH_IMAGE_SIZE,
+    DEPTH_SIZES,
+    DEPTH_TINY_IMAGE_SIZE,
+    DepthSpec,
+    build_depth,
+    hf_to_official,
+    read_official,
+    size_from_state_dict,
 )
 
 SAM2_CONFIGS = {
@@ -80,10 +94,16 @@ SAM2_STD = (0.229, 0.224, 0.225)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a model folder's files (names and bytes, in name order)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -208,3 +228,65 @@ def bpe_vocab_path() -> str:
     from open_clip.tokenizer import default_bpe
 
     return default_bpe()
+
+
+# -------------------------------------------------------------------------------------------- depth
+
+
+def resolve_depth(source: str, workdir: Path, seed: int = 0) -> DepthSpec:
+    """Turn a ``--depth`` source into a spec whose checkpoint exists. Random and tiny sources are
+    written as official-format files (``DepthAnythingV2.state_dict()`` keys) and read back through
+    the same loader as a downloaded ``depth_anything_v2_vits.pth``."""
+    if source == "tiny" or source.startswith("random:"):
+        size = "tiny" if source == "tiny" else source.split(":", 1)[1]
+        if size not in DEPTH_SIZES or (size == "tiny" and source != "tiny"):
+            raise CheckpointError(
+                f"{source}: unknown Depth Anything V2 size {size!r} (one of vits, vitb, vitl)"
+            )
+        tiny = size == "tiny"
+        spec = DepthSpec(
+            source=source,
+            architecture="depth-anything-v2-tiny(tests)" if tiny else f"depth-anything-v2-{size}",
+            size=size,
+            image_size=DEPTH_TINY_IMAGE_SIZE if tiny else DEPTH_IMAGE_SIZE,
+            random_weights=True,
+        )
+        torch.manual_seed(seed)
+        model = build_depth(spec)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"depth_anything_v2_{size}_random.pth"
+        torch.save(hf_to_official(model.state_dict(), DEPTH_SIZES[size]["layers"]), path)
+        spec.checkpoint = str(path)
+        return spec
+    path = Path(source)
+    if path.is_dir():
+        import json
+
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model folder)")
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("model_type") != "depth_anything":
+            raise CheckpointError(f"{cfg_file}: model_type {cfg.get('model_type')!r}, not depth_anything")
+        backbone = cfg.get("backbone_config") or {}
+        hidden = backbone.get("hidden_size")
+        size = next((s for s, d in DEPTH_SIZES.items() if d["hidden"] == hidden), f"hidden{hidden}")
+        return DepthSpec(
+            source=source,
+            architecture=f"depth-anything-v2-{size}(hf)",
+            size=size,
+            checkpoint=str(path.resolve()),
+            checkpoint_format="hf",
+            image_size=int(backbone.get("image_size", DEPTH_IMAGE_SIZE)),
+        )
+    sd = read_official(path)
+    size = size_from_state_dict(sd, path)
+    # The input size the position embedding was trained at (37 x 37 patches of 14: 518).
+    grid = round((sd["pretrained.pos_embed"].shape[1] - 1) ** 0.5)
+    return DepthSpec(
+        source=source,
+        architecture=f"depth-anything-v2-{size}",
+        size=size,
+        checkpoint=str(path),
+        image_size=grid * 14,
+    )

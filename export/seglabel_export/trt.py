@@ -54,7 +54,10 @@ def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -
         except KeyError:
             continue
         units = limits.get(kind.name, max(kind.max_batch, kind.max_batch_gpu))
-        axes = {"batch": units, "num_prompts": max_prompts, "num_points": 4}
+        # OCR's spatial axes: rapidocr resizes a detection input to at most 2000 px (multiples of
+        # 32) and recognition crops to height 48, width 48 x the line's aspect ratio.
+        axes = {"batch": units, "num_prompts": max_prompts, "num_points": 4, "height": 2048, "width": 3200}
+        typical = {"num_points": 1, "height": 736, "width": 736}
         shapes = {}
         for inp in entry["inputs"]:
             dims = inp["shape"]
@@ -63,9 +66,7 @@ def profiles(manifest: dict, max_batch: int, max_prompts: int, max_crops: int) -
             hi = tuple(axes.get(d, units) if isinstance(d, str) else d for d in dims)
             lo = tuple(1 if isinstance(d, str) else d for d in dims)
             opt = tuple(
-                min(h, 1 if d == "num_points" else kind.default_max_batch("cuda"))
-                if isinstance(d, str)
-                else h
+                min(h, typical.get(d, kind.default_max_batch("cuda"))) if isinstance(d, str) else h
                 for d, h in zip(dims, hi)
             )
             shapes[inp["name"]] = (lo, opt, hi)

@@ -56,6 +56,24 @@ def request_bytes(
     return total
 
 
+def depth_bytes(width: int, height: int, depth: dict) -> int:
+    """Depth: model input and output, the map at the image's size (float32, float16 for the
+    answer), the colour index, RGB and PNG."""
+    s = depth["image_size"]
+    return 2 * 3 * s * s * 4 + s * s * 4 + width * height * (4 + 2 + 1 + 3 + 3)
+
+
+# rapidocr scales an image to at most 2000 px on its long side (and its short side up to 736).
+_OCR_SIDE = 2000
+
+
+def text_bytes(width: int, height: int) -> int:
+    """OCR: the BGR copy, and rapidocr's detection input (float32, with its normalisation copies),
+    probability map and dilated mask at its working size; line crops are small next to these."""
+    work = _OCR_SIDE * _OCR_SIDE
+    return width * height * 3 * 2 + work * (3 * 4 * 3 + 4 + 2)
+
+
 @dataclass
 class Charge:
     budget: MemoryBudget

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_argument_group("stages (one per model kind)")
     for kind in kinds.all_kinds():
         group.add_argument(
-            f"--max-batch-{kind.name}",
+            f"--max-batch-{kind.name.replace('_', '-')}",
             dest=f"max_batch.{kind.name}",
             type=int,
             metavar="N",

@@ -7,6 +7,8 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_server.errors import InvalidArgument
 from seglabel_server.types import (
     Accepted,
+    DepthReady,
+    DepthResult,
     Done,
     LabelResult,
     LabelsUpdate,
@@ -15,6 +17,9 @@ from seglabel_server.types import (
     Progress,
     SegmentParams,
     SegmentResult,
+    TextOptions,
+    TextReady,
+    TextResult,
 )
 
 _PROMPTS = {
@@ -34,6 +39,8 @@ _TIMING_FIELDS = {
     "clip": "clip_ms",
     "render": "render_ms",
     "total": "total_ms",
+    "depth": "depth_ms",
+    "text": "text_ms",
 }
 
 
@@ -55,6 +62,63 @@ def params_from_pb(req: pb.SegmentRequest) -> SegmentParams:
         pred_iou_thresh=req.pred_iou_thresh if req.HasField("pred_iou_thresh") else None,
         stability_score_thresh=req.stability_score_thresh if req.HasField("stability_score_thresh") else None,
         box_nms_thresh=req.box_nms_thresh if req.HasField("box_nms_thresh") else None,
+        with_depth=req.with_depth,
+        with_text=req.with_text,
+        text_options=text_options_from_pb(req.text_options),
+    )
+
+
+def text_options_from_pb(o: pb.TextOptions) -> TextOptions:
+    return TextOptions(
+        box_thresh=o.box_thresh if o.HasField("box_thresh") else None,
+        min_confidence=o.min_confidence if o.HasField("min_confidence") else None,
+    )
+
+
+def timings_to_pb(timings: dict[str, float]) -> pb.Timings:
+    return pb.Timings(**{_TIMING_FIELDS[k]: v for k, v in timings.items() if k in _TIMING_FIELDS})
+
+
+def depth_to_pb(d: DepthResult) -> pb.DepthMap:
+    h, w = d.values.shape
+    return pb.DepthMap(
+        width=w,
+        height=h,
+        data=d.codes.astype("<u2").tobytes(),
+        min=d.min,
+        max=d.max,
+        colorized_png=d.colorized_png,
+    )
+
+
+def text_to_pb(t: TextResult) -> pb.TextResult:
+    return pb.TextResult(
+        lines=[
+            pb.TextLine(text=ln.text, confidence=ln.confidence, box=[pb.Vertex(x=x, y=y) for x, y in ln.box])
+            for ln in t.lines
+        ],
+        full_text=t.full_text,
+    )
+
+
+def mask_depth_to_pb(stats) -> list[pb.MaskDepth]:
+    return [
+        pb.MaskDepth(mask_index=m.mask_index, median=m.median, min=m.min, max=m.max, rank=m.rank)
+        for m in stats
+    ]
+
+
+def mask_text_to_pb(items) -> list[pb.MaskText]:
+    return [pb.MaskText(mask_index=m.mask_index, line_indices=m.line_indices, text=m.text) for m in items]
+
+
+def depth_response_to_pb(d: DepthResult, timings: dict[str, float]) -> pb.EstimateDepthResponse:
+    return pb.EstimateDepthResponse(depth=depth_to_pb(d), timings=timings_to_pb(timings))
+
+
+def text_response_to_pb(t: TextResult, width: int, height: int, timings) -> pb.ExtractTextResponse:
+    return pb.ExtractTextResponse(
+        text=text_to_pb(t), width=width, height=height, timings=timings_to_pb(timings)
     )
 
 
@@ -82,8 +146,10 @@ def label_to_pb(lab: LabelResult) -> pb.Label:
 
 
 def result_to_pb(r: SegmentResult, include_masks: bool = True) -> pb.SegmentResponse:
-    timings = pb.Timings(**{_TIMING_FIELDS[k]: v for k, v in r.timings.items() if k in _TIMING_FIELDS})
-    return pb.SegmentResponse(
+    """The whole answer; ``include_masks=False`` (a stream's summary) leaves out what the stream sent
+    before: masks, the depth map and the text."""
+    timings = timings_to_pb(r.timings)
+    out = pb.SegmentResponse(
         success=r.complete,
         segmented_image=r.overlay_png,
         mask_count=len(r.masks),
@@ -93,7 +159,17 @@ def result_to_pb(r: SegmentResult, include_masks: bool = True) -> pb.SegmentResp
         width=r.width,
         height=r.height,
         labels_unavailable_reason=r.labels_unavailable_reason,
+        depth_unavailable_reason=r.depth_unavailable_reason,
+        text_unavailable_reason=r.text_unavailable_reason,
     )
+    if include_masks:
+        if r.depth is not None:
+            out.depth.CopyFrom(depth_to_pb(r.depth))
+            out.mask_depth.extend(mask_depth_to_pb(r.mask_depth))
+        if r.text is not None:
+            out.text.CopyFrom(text_to_pb(r.text))
+            out.mask_text.extend(mask_text_to_pb(r.mask_text))
+    return out
 
 
 def event_to_pb(ev) -> pb.SegmentEvent:
@@ -111,6 +187,16 @@ def event_to_pb(ev) -> pb.SegmentEvent:
         )
     if isinstance(ev, Progress):
         return pb.SegmentEvent(progress=pb.SegmentEvent.Progress(stage=ev.stage, fraction=ev.fraction))
+    if isinstance(ev, DepthReady):
+        return pb.SegmentEvent(
+            depth=pb.SegmentEvent.DepthEvent(
+                depth=depth_to_pb(ev.depth), mask_depth=mask_depth_to_pb(ev.mask_depth)
+            )
+        )
+    if isinstance(ev, TextReady):
+        return pb.SegmentEvent(
+            text=pb.SegmentEvent.TextEvent(text=text_to_pb(ev.text), mask_text=mask_text_to_pb(ev.mask_text))
+        )
     if isinstance(ev, Done):
         return pb.SegmentEvent(summary=result_to_pb(ev.result, include_masks=False))
     raise TypeError(f"unknown event {type(ev).__name__}")
@@ -127,4 +213,6 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         default_vocabulary=list(info["default_vocabulary"]),
         limits=pb.Limits(**info["limits"]),
         labels_unavailable_reason=info["labels_unavailable_reason"],
+        depth_unavailable_reason=info["depth_unavailable_reason"],
+        text_unavailable_reason=info["text_unavailable_reason"],
     )

@@ -14,6 +14,7 @@ class ErrorKind(enum.Enum):
     DEADLINE = "deadline"  # the request's deadline passed
     CANCELLED = "cancelled"  # the client went away
     UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials
+    NOT_SERVED = "not_served"  # a capability this server does not have (its model is absent)
     INTERNAL = "internal"  # the server's fault
 
 
@@ -57,6 +58,12 @@ class ModelError(SeglabelError):
 
 class Unavailable(SeglabelError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class CapabilityUnavailable(SeglabelError):
+    """Depth, OCR...: the model is not in the repository or failed to load; the message says which and why."""
+
+    kind = ErrorKind.NOT_SERVED
 
 
 class Unauthenticated(SeglabelError):

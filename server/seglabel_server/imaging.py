@@ -56,6 +56,55 @@ def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def depth_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """RGB uint8 [H,W,3] -> float32 [3,size,size] for Depth Anything: square bicubic resize (as
+    transformers' conversion check), [0,1], ImageNet normalisation."""
+    resized = Image.fromarray(image).resize((size, size), Image.BICUBIC)
+    x = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def resize_map(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A float32 [h,w] map resized (bilinear) to [height,width]."""
+    if values.shape == (height, width):
+        return values.astype(np.float32, copy=False)
+    img = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+# A perceptually ordered ramp (dark violet -> orange -> pale yellow, like matplotlib's "inferno"),
+# 9 anchors interpolated to 256 colours.
+_RAMP = np.array(
+    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+     [245, 125, 21], [250, 193, 39], [245, 251, 161], [252, 255, 164]], np.float32,
+)  # fmt: skip
+_LUT = np.stack(
+    [np.interp(np.linspace(0, len(_RAMP) - 1, 256), np.arange(len(_RAMP)), _RAMP[:, c]) for c in range(3)], 1
+).astype(np.uint8)
+
+
+def quantize16(values: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """(uint16 codes, min, max, the values they stand for): ``min + q * ((max - min) / 65535)`` in
+    float32, as a client decodes them (min/max as float32, the proto's type)."""
+    lo, hi = np.float32(values.min()), np.float32(values.max())
+    step = np.float32((hi - lo) / np.float32(65535))
+    if step > 0:
+        q = np.clip(np.rint((values - lo) / step), 0, 65535).astype(np.uint16)
+    else:
+        q = np.zeros(values.shape, np.uint16)
+    return q, float(lo), float(hi), lo + q.astype(np.float32) * step
+
+
+def colorize(values: np.ndarray, lo: float, hi: float) -> bytes:
+    """PNG of a map coloured from ``lo`` (dark) to ``hi`` (bright): for depth, near is bright."""
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    idx = np.clip((values - lo) * scale, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(_LUT[idx]).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def clip_crop(
     image: np.ndarray,
     mask: np.ndarray | None,

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,7 +165,15 @@ class Scheduler:
 
     async def run(self, stage: str, payload: Any, ctx: RequestContext) -> Any:
         """Queue ``payload`` on ``stage`` and wait for its result (batched with other items)."""
-        fut = self.submit_nowait(stage, payload, ctx)
+        return await self.enqueue(stage, payload, ctx)
+
+    def enqueue(self, stage: str, payload: Any, ctx: RequestContext) -> Awaitable[Any]:
+        """``run`` in two steps: queued now (its place in the queue is taken before the caller
+        starts anything else), the result awaited later."""
+        return self._wait(self.submit_nowait(stage, payload, ctx))
+
+    @staticmethod
+    async def _wait(fut: concurrent.futures.Future) -> Any:
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:

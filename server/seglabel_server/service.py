@@ -4,6 +4,7 @@ and the per-image feature cache. Raises typed errors; knows nothing of protobuf.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -16,9 +17,17 @@ import numpy as np
 
 from seglabel_server import __version__, imaging, kinds, memory
 from seglabel_server.backends import Backend, create_backend
-from seglabel_server.budget import Charge, MemoryBudget, machine_memory_bytes, request_bytes
+from seglabel_server.budget import (
+    Charge,
+    MemoryBudget,
+    depth_bytes,
+    machine_memory_bytes,
+    request_bytes,
+    text_bytes,
+)
 from seglabel_server.config import ServerConfig
 from seglabel_server.errors import (
+    CapabilityUnavailable,
     InvalidArgument,
     LimitExceeded,
     ModelError,
@@ -28,7 +37,9 @@ from seglabel_server.errors import (
     clip_text,
 )
 from seglabel_server.metrics import Metrics
+from seglabel_server.ocr import OcrEngine
 from seglabel_server.pipeline import Pipeline
+from seglabel_server.pipeline.validation import resolve_text
 from seglabel_server.repository import ModelRepository
 from seglabel_server.scheduler import Scheduler
 from seglabel_server.tokenizer import ClipTokenizer
@@ -88,15 +99,25 @@ class FileStore:
             return entry[1] if entry else ""
 
 
+FAMILY_HINTS = {
+    "clip": "export with --clip",
+    "depth": "export with --depth (make models does)",
+    "ocr": "pip install rapidocr_onnxruntime, then export (--ocr yes)",
+}
+
+
 def build_pipeline(
     backend: Backend,
     repo: ModelRepository,
     cfg: ServerConfig,
     metrics: Metrics | None = None,
     labels_unavailable_reason: str = "",
+    unavailable: dict[str, str] | None = None,
 ) -> Pipeline:
     """Scheduler + pipeline over a loaded backend (the server, the benchmarks and the tests use this).
-    The scheduler gets one stage per model the backend loaded."""
+    The scheduler gets one stage per model the backend loaded. ``unavailable``: why an optional
+    family (depth, ocr) is not served, when the caller knows."""
+    unavailable = dict(unavailable or {})
     tokenizer = None
     reason = labels_unavailable_reason
     has_clip = all(k.model in backend.loaded() for k in kinds.all_kinds() if k.family == "clip")
@@ -110,6 +131,16 @@ def build_pipeline(
     loaded = set(backend.loaded())
     stages = {s: c for s, c in cfg.stage_configs().items() if kinds.get(s).model in loaded}
     scheduler = Scheduler(backend, stages, metrics, batching=cfg.batching)
+    for family in ("depth", "ocr"):
+        has = all(k.model in loaded for k in kinds.all_kinds() if k.family == family)
+        if not has and family not in unavailable:
+            unavailable[family] = f"no {family} models in {repo.root} ({FAMILY_HINTS[family]})"
+    ocr_engine = None
+    if "ocr" not in unavailable:
+        try:
+            ocr_engine = OcrEngine(repo, scheduler)
+        except Exception as exc:  # rapidocr missing or incompatible: serve without OCR, say why
+            unavailable["ocr"] = f"OCR failed to start: {exc}"
     return Pipeline(
         cfg.pipeline,
         repo.sam2,
@@ -119,6 +150,11 @@ def build_pipeline(
         "" if tokenizer is not None else reason,
         cpu_threads=cfg.cpu_threads or (os.cpu_count() or 2),
         upsample_on_backend=backend.upsample_masks,
+        depth_meta=repo.manifest.get("depth"),
+        depth_unavailable_reason=unavailable.get("depth", ""),
+        ocr_engine=ocr_engine,
+        text_unavailable_reason=unavailable.get("ocr", ""),
+        ocr_threads=max(2, cfg.max_inflight),
     )
 
 
@@ -168,6 +204,7 @@ class SeglabelService:
         cfg = self.cfg
         self.repo = ModelRepository.load(cfg.models)
         reason = ""
+        unavailable: dict[str, str] = {}
         families = {k.family for k in kinds.all_kinds()}
         if not cfg.load_clip:
             reason = "CLIP disabled by the server's configuration (--no-clip)"
@@ -191,9 +228,16 @@ class SeglabelService:
                 log.warning("%s failed to load (%s); serving without it", family, exc)
                 if family == "clip":
                     reason = f"CLIP failed to load: {exc}"
+                unavailable[family] = f"{family} models failed to load: {exc}"
                 for model in models:
                     self.backend.unload(model)
-        self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason)
+        self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason, unavailable)
+        for family, why in (
+            ("depth", self.pipeline.depth_unavailable_reason),
+            ("ocr", self.pipeline.text_unavailable_reason),
+        ):
+            if why:
+                log.warning("serving without %s: %s", family, why)
         self.scheduler = self.pipeline.scheduler
 
     async def _warmup(self) -> None:
@@ -206,6 +250,10 @@ class SeglabelService:
             await self.pipeline.labels.text_embeddings(tuple(self.cfg.pipeline.vocabulary), ctx)
             s = self.repo.clip["image_size"]
             await self.scheduler.run("clip", np.zeros((1, 3, s, s), np.float32), ctx)
+        if self.pipeline.depth_meta is not None:
+            await self.pipeline.estimate_depth(image, ctx)
+        if self.pipeline.ocr is not None:
+            await self.pipeline.extract_text(image, ctx)
 
     async def close(self) -> None:
         if self.pipeline:
@@ -236,9 +284,10 @@ class SeglabelService:
         if not self.ready.is_set():
             raise Unavailable(f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}")
 
-    async def segment(
-        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
-    ) -> SegmentResult:
+    @contextlib.asynccontextmanager
+    async def _admitted(self):
+        """One admitted request: counted against --max-inflight, its memory charges (appended to
+        the yielded list) released and the heap trimmed when the server goes idle, whatever the exit."""
         self._require_ready()
         if self.inflight >= self.cfg.max_inflight:
             self.metrics.rejected.labels("admission").inc()
@@ -247,37 +296,104 @@ class SeglabelService:
             )
         self.inflight += 1
         self.idle.clear()
-        charge: list[Charge] = []
+        charges: list[Charge] = []
         try:
-            t0 = time.perf_counter()
-            p = self.pipeline.resolve(params)
-            if file_id:
-                check_file_id(file_id)
-                data = self.files.get(file_id)
-            elif not data:
-                raise InvalidArgument("SegmentRequest needs file_id or image bytes")
-            self._check_size(data)
-
-            def admit(w: int, h: int) -> None:  # after the header, before the pixels are decoded
-                est = request_bytes(
-                    p, w, h, self.repo.sam2, self.repo.clip if self.pipeline.has_clip else None,
-                    self.scheduler.max_batch("decoder"), self._clip_batch(),
-                )  # fmt: skip
-                charge.append(self.budget.charge(est))
-
-            image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels, admit)
-            decode_ms = (time.perf_counter() - t0) * 1000.0
-            result = await self.pipeline.run(p, image, ctx, emit)
-            result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
-            result.timings["total"] += decode_ms
-            return result
+            yield charges
         finally:
             self.inflight -= 1
-            for c in charge:
+            for c in charges:
                 c.release()
             if self.inflight == 0:
                 self.idle.set()
                 memory.trim()  # freed request memory back to the OS once the server is idle
+
+    async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str):
+        """The request's image, decoded once; ``estimate(w, h)`` (bytes) is charged after the header
+        is read and before the pixels are decoded. Returns (RGB array, milliseconds)."""
+        t0 = time.perf_counter()
+        if file_id:
+            check_file_id(file_id)
+            data = self.files.get(file_id)
+        elif not data:
+            raise InvalidArgument(f"{what} needs file_id or image bytes")
+        self._check_size(data)
+
+        def admit(w: int, h: int) -> None:
+            charges.append(self.budget.charge(estimate(w, h)))
+
+        image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels, admit)
+        return image, (time.perf_counter() - t0) * 1000.0
+
+    async def segment(
+        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
+    ) -> SegmentResult:
+        async with self._admitted() as charges:
+            p = self.pipeline.resolve(params)
+            pipe = self.pipeline
+
+            def estimate(w: int, h: int) -> int:
+                n = request_bytes(
+                    p, w, h, self.repo.sam2, self.repo.clip if pipe.has_clip else None,
+                    self.scheduler.max_batch("decoder"), self._clip_batch(),
+                )  # fmt: skip
+                if p.with_depth and pipe.depth_meta is not None:
+                    n += depth_bytes(w, h, pipe.depth_meta)
+                if p.with_text and pipe.ocr is not None:
+                    n += text_bytes(w, h)
+                return n
+
+            image, decode_ms = await self._image(file_id, data, charges, estimate, "SegmentRequest")
+            result = await pipe.run(p, image, ctx, emit)
+            result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
+            result.timings["total"] += decode_ms
+            return result
+
+    async def estimate_depth(self, file_id: str | None, data: bytes | None, ctx: RequestContext):
+        """(DepthResult, timings in ms)."""
+        self._require_ready()
+        pipe = self.pipeline
+        if pipe.depth_meta is None:
+            raise CapabilityUnavailable(
+                f"depth is not available on this server: {pipe.depth_unavailable_reason}"
+            )
+        async with self._admitted() as charges:
+            t0 = time.perf_counter()
+            image, decode_ms = await self._image(
+                file_id, data, charges, lambda w, h: 2 * w * h * 3 + depth_bytes(w, h, pipe.depth_meta),
+                "EstimateDepthRequest",
+            )  # fmt: skip
+            depth = await pipe.estimate_depth(image, ctx)
+            total = (time.perf_counter() - t0) * 1000.0
+            return depth, {
+                "decode_image": decode_ms,
+                "depth": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
+
+    async def extract_text(self, file_id: str | None, data: bytes | None, options, ctx: RequestContext):
+        """(TextResult, (width, height), timings in ms)."""
+        self._require_ready()
+        pipe = self.pipeline
+        if pipe.ocr is None:
+            raise CapabilityUnavailable(
+                f"text extraction is not available on this server: {pipe.text_unavailable_reason}"
+            )
+        options = resolve_text(self.cfg.pipeline, options)  # bad thresholds: refused before any work
+        async with self._admitted() as charges:
+            t0 = time.perf_counter()
+            image, decode_ms = await self._image(
+                file_id, data, charges, lambda w, h: 2 * w * h * 3 + text_bytes(w, h), "ExtractTextRequest"
+            )
+            text = await pipe.extract_text(image, ctx, options)
+            total = (time.perf_counter() - t0) * 1000.0
+            timings = {
+                "decode_image": decode_ms,
+                "text": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
+            return text, (image.shape[1], image.shape[0]), timings
 
     def _clip_batch(self) -> int:
         return self.scheduler.max_batch("clip") if "clip" in self.scheduler.configs else 0
@@ -308,4 +424,6 @@ class SeglabelService:
                 if self.pipeline and not self.pipeline.has_clip
                 else ""
             ),
+            "depth_unavailable_reason": self.pipeline.depth_unavailable_reason if self.pipeline else "",
+            "text_unavailable_reason": self.pipeline.text_unavailable_reason if self.pipeline else "",
         }

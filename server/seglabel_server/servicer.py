@@ -41,6 +41,29 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             ctx.cancel()  # anything of this request still queued is dropped
         return convert.result_to_pb(result)
 
+    async def EstimateDepth(self, request: pb.EstimateDepthRequest, context) -> pb.EstimateDepthResponse:
+        ctx = _context_for(context)
+        try:
+            depth, timings = await self.service.estimate_depth(
+                request.file_id or None, request.image or None, ctx
+            )
+        finally:
+            ctx.cancel()
+        return convert.depth_response_to_pb(depth, timings)
+
+    async def ExtractText(self, request: pb.ExtractTextRequest, context) -> pb.ExtractTextResponse:
+        ctx = _context_for(context)
+        try:
+            text, (w, h), timings = await self.service.extract_text(
+                request.file_id or None,
+                request.image or None,
+                convert.text_options_from_pb(request.options),
+                ctx,
+            )
+        finally:
+            ctx.cancel()
+        return convert.text_response_to_pb(text, w, h, timings)
+
     async def GetServerInfo(self, request, context) -> pb.ServerInfo:
         return convert.info_to_pb(self.service.info())
 

@@ -7,6 +7,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from seglabel_server.errors import Cancelled, DeadlineExceeded
 
 
@@ -28,6 +30,52 @@ class SegmentParams:
     pred_iou_thresh: float | None = None  # None: server default
     stability_score_thresh: float | None = None
     box_nms_thresh: float | None = None
+    with_depth: bool = False
+    with_text: bool = False
+    text_options: TextOptions = field(default_factory=lambda: TextOptions())
+
+
+@dataclass
+class TextOptions:
+    box_thresh: float | None = None  # None: server default
+    min_confidence: float | None = None
+
+
+@dataclass
+class DepthResult:
+    """Relative inverse depth at the image's size (larger is nearer), as sent: uint16 codes over
+    [min, max] and the float32 values they decode to (what every statistic is computed on)."""
+
+    codes: np.ndarray  # uint16 [H,W]
+    values: np.ndarray  # float32 [H,W]
+    min: float
+    max: float
+    colorized_png: bytes = b""
+
+
+@dataclass
+class MaskDepth:
+    mask_index: int
+    median: float
+    min: float
+    max: float
+    rank: int = -1  # 0: nearest
+
+
+@dataclass
+class TextResult:
+    lines: list  # ocr.TextLine, reading order
+
+    @property
+    def full_text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+@dataclass
+class MaskText:
+    mask_index: int
+    line_indices: list[int]
+    text: str
 
 
 @dataclass
@@ -60,6 +108,12 @@ class SegmentResult:
     labels_unavailable_reason: str = ""
     # False when part of what was asked for could not be produced (labels requested, CLIP unavailable).
     complete: bool = True
+    depth: DepthResult | None = None
+    mask_depth: list[MaskDepth] = field(default_factory=list)
+    text: TextResult | None = None
+    mask_text: list[MaskText] = field(default_factory=list)
+    depth_unavailable_reason: str = ""
+    text_unavailable_reason: str = ""
 
 
 # Events of a streamed request; their order is documented once, on SegmentEvent in the proto.
@@ -86,6 +140,18 @@ class LabelsUpdate:
 class Progress:
     stage: str
     fraction: float
+
+
+@dataclass
+class DepthReady:
+    depth: DepthResult
+    mask_depth: list[MaskDepth]
+
+
+@dataclass
+class TextReady:
+    text: TextResult
+    mask_text: list[MaskText]
 
 
 @dataclass

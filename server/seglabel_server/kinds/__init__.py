@@ -1,5 +1,5 @@
 """The registry of model kinds. The built-in kinds (SAM2 encoder and decoder, CLIP image and text
-towers) register on import; another kind is one :func:`register` call (see ``kinds/base.py``)."""
+towers, Depth Anything V2, rapidocr's detection / orientation / recognition) register on import; another kind is one :func:`register` call (see ``kinds/base.py``)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def for_model(model: str) -> ModelKind:
 
 
 def _register_builtin() -> None:
-    from seglabel_server.kinds import clip, sam2
+    from seglabel_server.kinds import clip, depth, ocr, sam2
 
-    for kind in (*sam2.KINDS, *clip.KINDS):
+    for kind in (*sam2.KINDS, *clip.KINDS, *depth.KINDS, *ocr.KINDS):
         register(kind)
 
 

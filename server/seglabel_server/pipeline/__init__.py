@@ -1,5 +1,6 @@
 """What runs for a request: prompts -> encoder -> decoder batches -> filters on low-res logits ->
-upsample survivors -> RLE -> CLIP crops -> labels -> overlay.
+upsample survivors -> RLE -> CLIP crops -> labels -> overlay; with_depth / with_text: the depth
+model and OCR alongside, from the same decoded image, joined with the masks (``scene``).
 
 ``validation`` checks and completes the parameters, ``masks`` turns decoder outputs into mask
 results, ``labels`` classifies them; :meth:`Pipeline.run` orchestrates. Model calls go through the
@@ -17,14 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from seglabel_server import imaging
+from seglabel_server.errors import CapabilityUnavailable
 from seglabel_server.kinds.sam2 import DecodeRequest
 from seglabel_server.pipeline import masks as mask_ops
+from seglabel_server.pipeline import scene
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.pipeline.labels import Labeller
-from seglabel_server.pipeline.validation import check_prompts_inside, resolve
+from seglabel_server.pipeline.validation import check_prompts_inside, resolve, resolve_text
 from seglabel_server.tokenizer import ClipTokenizer
 from seglabel_server.types import (
     Accepted,
+    DepthResult,
     Done,
     LabelResult,
     LabelsUpdate,
@@ -34,6 +38,8 @@ from seglabel_server.types import (
     RequestContext,
     SegmentParams,
     SegmentResult,
+    TextOptions,
+    TextResult,
 )
 
 Emit = Callable[[object], Awaitable[None]]
@@ -53,6 +59,11 @@ class Pipeline:
         labels_unavailable_reason: str = "",
         cpu_threads: int = 2,
         upsample_on_backend=None,
+        depth_meta: dict | None = None,
+        depth_unavailable_reason: str = "",
+        ocr_engine=None,
+        text_unavailable_reason: str = "",
+        ocr_threads: int = 4,
     ):
         self.cfg = cfg
         self.sam = sam2_meta
@@ -64,6 +75,15 @@ class Pipeline:
         self.labels_unavailable_reason = (
             "" if has_clip else (labels_unavailable_reason or "CLIP models not loaded")
         )
+        self.depth_meta = depth_meta if not depth_unavailable_reason else None
+        self.depth_unavailable_reason = (
+            "" if self.depth_meta else (depth_unavailable_reason or "no depth model loaded")
+        )
+        self.ocr = ocr_engine if not text_unavailable_reason else None
+        self.text_unavailable_reason = "" if self.ocr else (text_unavailable_reason or "no OCR models loaded")
+        # OCR threads wait on the scheduler between rapidocr's steps: a pool of their own, so that
+        # they never hold the CPU threads of the mask pipeline.
+        self.ocr_pool = ThreadPoolExecutor(max_workers=ocr_threads, thread_name_prefix="seglabel-ocr")
 
     @property
     def has_clip(self) -> bool:
@@ -72,6 +92,39 @@ class Pipeline:
     def close(self) -> None:
         self.scheduler.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.ocr_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- depth and text ---------------------------------------------------------------------------
+    async def estimate_depth(self, image: np.ndarray, ctx: RequestContext) -> DepthResult:
+        """Relative inverse depth at the image's size, its range and a coloured PNG."""
+        if self.depth_meta is None:
+            raise CapabilityUnavailable(
+                f"depth is not available on this server: {self.depth_unavailable_reason}"
+            )
+        d = self.depth_meta
+        x = await self._cpu(imaging.depth_preprocess, image, d["image_size"], d["mean"], d["std"])
+        out = await self.scheduler.run("depth", x, ctx)
+        h, w = image.shape[:2]
+
+        def finish() -> DepthResult:
+            codes, lo, hi, values = imaging.quantize16(imaging.resize_map(out, w, h))
+            return DepthResult(codes, values, lo, hi, imaging.colorize(values, lo, hi))
+
+        return await self._cpu(finish)
+
+    async def extract_text(
+        self, image: np.ndarray, ctx: RequestContext, options: TextOptions | None = None
+    ) -> TextResult:
+        if self.ocr is None:
+            raise CapabilityUnavailable(
+                f"text extraction is not available on this server: {self.text_unavailable_reason}"
+            )
+        opts = resolve_text(self.cfg, options)
+        box, score = opts.box_thresh, opts.min_confidence
+        lines = await asyncio.get_running_loop().run_in_executor(
+            self.ocr_pool, self.ocr.read, image, ctx, box, score
+        )
+        return TextResult(lines)
 
     async def _cpu(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -153,78 +206,92 @@ class Pipeline:
             last[0] = now
 
         await send(Accepted(ctx.request_id, w, h))
-        last[0] = time.perf_counter()
-        x = await self._cpu(
-            imaging.sam_preprocess,
-            image,
-            self.sam["image_size"],
-            self.sam["pixel_mean"],
-            self.sam["pixel_std"],
-        )
-        mark("decode_image")
-        feats = await self.scheduler.run("encoder", x, ctx)
-        mark("encoder")
-        await send(Progress("encoder", 1.0))
-        outs, grid = await self._decode(p, feats, (h, w), ctx, send)
-        del feats
-        mark("decoder")
-        ctx.check()
-        cand = await self._cpu(mask_ops.select, p, outs, grid, (h, w), self.sam)
-        del outs
-        mark("filter")
-        # Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
-        # its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
-        reason, labels_missing, text = "", False, None
-        if p.skip_labels:
-            reason = "labels skipped at the client's request (skip_labels)"
-        elif not self.has_clip:
-            reason, labels_missing = self.labels_unavailable_reason, True
-        elif len(cand):
+        extras = scene.SceneExtras(self, p, image, timings)
+        try:
+            last[0] = time.perf_counter()
+            x = await self._cpu(
+                imaging.sam_preprocess,
+                image,
+                self.sam["image_size"],
+                self.sam["pixel_mean"],
+                self.sam["pixel_std"],
+            )
+            mark("decode_image")
+            encoded = self.scheduler.enqueue("encoder", x, ctx)
+            extras.start(ctx)
+            feats = await encoded
+            mark("encoder")
+            await send(Progress("encoder", 1.0))
+            outs, grid = await self._decode(p, feats, (h, w), ctx, send)
+            del feats
+            mark("decoder")
             ctx.check()
-            text = await self.labels.text_embeddings(p.vocabulary, ctx)
-            mark("clip")
-        step = self.scheduler.max_batch("clip") if text is not None else MASK_CHUNK
-        masks: list[MaskResult] = []
-        labels_out: list[LabelResult] = []
-        kept_full: list[np.ndarray] = []
-        for start in range(0, len(cand), step):
-            idx = range(start, min(start + step, len(cand)))
-            chunk, full = await self.finish_masks(cand, (h, w), ctx, idx)
-            for r in chunk:
-                r.index = len(masks)
-                masks.append(r)
-            mark("upsample")
-            if not chunk:
-                continue
-            await send(MasksReady(chunk))
-            if text is not None:
-                labelled = await self._label_chunk(p, image, chunk, full, text, chunk[0].index, ctx, mark)
-                labels_out += labelled
-                # total: masks labelled so far + candidates still to come (exact on the last update)
-                await send(LabelsUpdate(labelled, len(labels_out), len(masks) + len(cand) - idx.stop))
+            cand = await self._cpu(mask_ops.select, p, outs, grid, (h, w), self.sam)
+            del outs
+            mark("filter")
+            # Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
+            # its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
+            reason, labels_missing, text = "", False, None
+            if p.skip_labels:
+                reason = "labels skipped at the client's request (skip_labels)"
+            elif not self.has_clip:
+                reason, labels_missing = self.labels_unavailable_reason, True
+            elif len(cand):
+                ctx.check()
+                text = await self.labels.text_embeddings(p.vocabulary, ctx)
+                mark("clip")
+            step = self.scheduler.max_batch("clip") if text is not None else MASK_CHUNK
+            masks: list[MaskResult] = []
+            labels_out: list[LabelResult] = []
+            kept_full: list[np.ndarray] = []
+            for start in range(0, len(cand), step):
+                idx = range(start, min(start + step, len(cand)))
+                chunk, full = await self.finish_masks(cand, (h, w), ctx, idx)
+                for r in chunk:
+                    r.index = len(masks)
+                    masks.append(r)
+                mark("upsample")
+                if not chunk:
+                    continue
+                await send(MasksReady(chunk))
+                if text is not None:
+                    labelled = await self._label_chunk(p, image, chunk, full, text, chunk[0].index, ctx, mark)
+                    labels_out += labelled
+                    # total: masks labelled so far + candidates still to come (exact on the last update)
+                    await send(LabelsUpdate(labelled, len(labels_out), len(masks) + len(cand) - idx.stop))
+                await extras.add_chunk(chunk, full, ctx)
+                if p.return_overlay:
+                    kept_full += full
+            if not masks:
+                await send(MasksReady([]))
+            del cand
+            depth, mask_depth, text, mask_text = await extras.finish(masks, send, ctx)
+            overlay = b""
             if p.return_overlay:
-                kept_full += full
-        if not masks:
-            await send(MasksReady([]))
-        del cand
-        overlay = b""
-        if p.return_overlay:
-            captions = [""] * len(masks)
-            for lab in labels_out:
-                captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
-            overlay = await self._cpu(imaging.render_overlay, image, kept_full, captions, 0.45, ctx.check)
-            mark("render")
-        timings["queue"] = ctx.queue_ms
-        timings["total"] = (time.perf_counter() - t_start) * 1000.0
-        result = SegmentResult(
-            width=w,
-            height=h,
-            masks=masks,
-            labels=labels_out,
-            overlay_png=overlay,
-            timings=timings,
-            labels_unavailable_reason=reason,
-            complete=not labels_missing,
-        )
-        await send(Done(result))
-        return result
+                captions = [""] * len(masks)
+                for lab in labels_out:
+                    captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
+                overlay = await self._cpu(imaging.render_overlay, image, kept_full, captions, 0.45, ctx.check)
+                mark("render")
+            timings["queue"] = ctx.queue_ms
+            timings["total"] = (time.perf_counter() - t_start) * 1000.0
+            result = SegmentResult(
+                width=w,
+                height=h,
+                masks=masks,
+                labels=labels_out,
+                overlay_png=overlay,
+                timings=timings,
+                labels_unavailable_reason=reason,
+                complete=not labels_missing and extras.complete,
+                depth=depth,
+                mask_depth=mask_depth,
+                text=text,
+                mask_text=mask_text,
+                depth_unavailable_reason=extras.depth_reason,
+                text_unavailable_reason=extras.text_reason,
+            )
+            await send(Done(result))
+            return result
+        finally:
+            await extras.cancel()

@@ -32,3 +32,9 @@ class PipelineConfig:
     max_vocabulary: int = _opt(1000, "limit on a request's vocabulary size")
     max_label_chars: int = _opt(100, "limit on one label's length")
     text_cache_size: int = _opt(32, "vocabularies whose text embeddings are kept")
+    # rapidocr's default box threshold is 0.5; on scikit-image's page photo it dropped 2 of the 7
+    # lines, which 0.3 keeps (each with recognition confidence > 0.9).
+    text_box_thresh: float = _opt(
+        0.3, "OCR: keep a detected text box whose mean probability is at least this"
+    )
+    text_min_confidence: float = _opt(0.5, "OCR: keep a line recognised with at least this confidence")

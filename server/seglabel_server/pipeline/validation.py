@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.pipeline.config import PipelineConfig
-from seglabel_server.types import SegmentParams
+from seglabel_server.types import SegmentParams, TextOptions
 
 
 def _unit(name: str, v: float | None, default: float) -> float:
@@ -59,6 +59,17 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
             "stability_score_thresh", p.stability_score_thresh, c.stability_score_thresh
         ),
         box_nms_thresh=_unit("box_nms_thresh", p.box_nms_thresh, c.box_nms_thresh),
+        with_depth=p.with_depth,
+        with_text=p.with_text,
+        text_options=resolve_text(c, p.text_options),
+    )
+
+
+def resolve_text(c: PipelineConfig, o: TextOptions | None) -> TextOptions:
+    o = o or TextOptions()
+    return TextOptions(
+        box_thresh=_unit("text box_thresh", o.box_thresh, c.text_box_thresh),
+        min_confidence=_unit("text min_confidence", o.min_confidence, c.text_min_confidence),
     )
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from torch import nn
 
-from seglabel_server.torch_models import checkpoints
+from seglabel_server.torch_models import checkpoints, depth
 from seglabel_server.torch_models.modules import (
     ClipImageEncoder,
     ClipTextEncoder,
+    DepthEstimator,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
 )
@@ -24,11 +25,12 @@ def resolve_path(manifest: dict, path: str) -> str:
 
 
 def _network(family: str, manifest: dict, device: str, shared: dict) -> nn.Module:
-    """The family's network (``sam2`` or ``clip``) from its manifest spec, built once per backend."""
+    """The family's network (``sam2``, ``clip`` or ``depth``) from its manifest spec, built once per backend."""
     if (family, device) not in shared:
         spec_cls, build = {
             "sam2": (checkpoints.Sam2Spec, checkpoints.build_sam2),
             "clip": (checkpoints.ClipSpec, checkpoints.build_clip),
+            "depth": (depth.DepthSpec, depth.build_depth),
         }[family]
         spec = spec_cls(**manifest[family]["spec"])
         spec.checkpoint = resolve_path(manifest, spec.checkpoint)
@@ -56,10 +58,16 @@ def clip_text_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
     return ClipTextEncoder(_network("clip", manifest, device, shared)).eval()
 
 
+def depth_estimator(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return DepthEstimator(_network("depth", manifest, device, shared)).eval()
+
+
 def build_modules(manifest: dict, device: str = "cpu") -> dict[str, nn.Module]:
-    """Every module of a repository (SAM2, and CLIP when the manifest has it): export's verify."""
+    """Every module of a repository (SAM2, and CLIP / depth when the manifest has them): export's verify."""
     shared: dict = {}
     names = ["sam2_image_encoder", "sam2_mask_decoder"]
     if manifest.get("clip"):
         names += ["clip_image_encoder", "clip_text_encoder"]
+    if manifest.get("depth"):
+        names.append("depth_estimator")
     return {name: globals()[name](manifest, device, shared) for name in names}

@@ -316,3 +316,18 @@ class ClipTextEncoder(nn.Module):
 
     def forward(self, input_ids):
         return self.clip.encode_text(input_ids.long(), normalize=True)
+
+
+class DepthEstimator(nn.Module):
+    """images [B,3,S,S] (resized to S, ImageNet-normalised) -> depth [B,S,S]: Depth Anything V2's
+    relative inverse depth (larger is nearer), transformers' ``predicted_depth``."""
+
+    input_names = ["images"]
+    output_names = ["depth"]
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=images).predicted_depth
