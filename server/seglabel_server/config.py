@@ -55,7 +55,11 @@ class ServerConfig:
         "onnxruntime: CPU memory arena (about 1.5x faster per request than without it, measured; it "
         "keeps its peak after bursts)",
     )
-    arena_shrinkage: bool = _opt(False, "onnxruntime: ask the CPU arena to free unused chunks after each run")
+    arena_shrinkage: bool = _opt(
+        False,
+        "onnxruntime: free the CPU arena's unused chunks after each run (bounds RSS after bursts: 1.04x of warm "
+        "in a 5-min soak, vs 1.40x without; costs ~20-25%% per request on 2 cores)",
+    )
     drain_seconds: float = _opt(30.0, "on SIGTERM/SIGINT: time in-flight requests get to finish")
     stream_stall_s: float = _opt(30.0, "end a stream whose client has read nothing for this long")
     tls_cert: str = _opt("", "PEM certificate chain: serve TLS (with --tls-key)")

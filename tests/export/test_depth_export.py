@@ -48,7 +48,9 @@ def test_depth_parity_rows_in_the_manifest(scene_repo):
     assert {r["case"] for r in rows} == {"random-b2", "photo astronaut.jpg", "photo coffee.jpg"}
     assert all(r["ok"] and r["rel_l2"] <= 1e-4 for r in rows)
     d = manifest["depth"]
-    assert d["image_size"] == 56 and d["spec"]["checkpoint_format"] == "official" and d["spec"]["random_weights"]
+    assert (
+        d["image_size"] == 56 and d["spec"]["checkpoint_format"] == "official" and d["spec"]["random_weights"]
+    )
     entry = manifest["models"]["depth_estimator"]
     assert entry["inputs"][0] == {"name": "images", "shape": ["batch", 3, 56, 56], "dtype": "float32"}
     assert entry["outputs"][0]["shape"] == ["batch", 56, 56]

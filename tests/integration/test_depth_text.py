@@ -69,7 +69,9 @@ def char_accuracy(got: str, want: str) -> float:
 def font(size: int) -> ImageFont.FreeTypeFont:
     import matplotlib
 
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    return ImageFont.truetype(
+        str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size
+    )
 
 
 def png(img: np.ndarray | Image.Image) -> bytes:
@@ -234,7 +236,9 @@ async def test_without_depth_or_ocr_models_the_server_says_why(make_server, tiny
     server = await make_server(tiny_repo)
     async with client_for(server) as c:
         info = await c.server_info()
-        assert "no depth models" in info.depth_unavailable_reason and "--depth" in info.depth_unavailable_reason
+        assert (
+            "no depth models" in info.depth_unavailable_reason and "--depth" in info.depth_unavailable_reason
+        )
         assert "no ocr models" in info.text_unavailable_reason
         for call in (c.estimate_depth(photo_bytes), c.extract_text(photo_bytes)):
             with pytest.raises(grpc.aio.AioRpcError) as err:

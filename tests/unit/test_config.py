@@ -38,7 +38,10 @@ def test_decoder_batch_defaults_by_device_and_can_be_set():
     cfg, _ = config_from_args(["--max-batch-decoder", "64"])
     assert cfg.stage_configs()["decoder"].max_batch_size == 64
     cfg, _ = config_from_args(["--max-batch-ocr-rec", "8", "--max-batch-depth", "3"])  # flags use hyphens
-    assert cfg.stage_configs()["ocr_rec"].max_batch_size == 8 and cfg.stage_configs()["depth"].max_batch_size == 3
+    assert (
+        cfg.stage_configs()["ocr_rec"].max_batch_size == 8
+        and cfg.stage_configs()["depth"].max_batch_size == 3
+    )
 
 
 def test_repository_of_another_format_is_refused_with_the_way_out(tmp_path):
