@@ -16,7 +16,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-gpu soak clean
+.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-clicks bench-gpu soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -74,6 +74,10 @@ bench-pipeline: models
 # Depth and OCR latency, and what with_depth,with_text adds to a grid-16 Segment.
 bench-scene: models
 	$(PY) scripts/bench_scene.py --models $(MODELS)
+
+# Clicks on an already-segmented upload (image embedding cached) vs on a fresh upload.
+bench-clicks: models
+	$(PY) scripts/bench_clicks.py --models $(MODELS)
 
 # Abuse harness on the full-size models: mixed good / cancelled / deadline / slow / bad requests.
 # The server runs with --arena-shrinkage: the configuration that keeps RSS bounded after bursts

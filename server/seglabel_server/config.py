@@ -47,6 +47,11 @@ class ServerConfig:
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
     upload_cache_mb: int = _opt(512, "uploads kept (least recently used dropped past this)")
+    embedding_cache_mb: int = _opt(
+        256,
+        "image embeddings (SAM2 encoder outputs, 16 MB per image for hiera at 1024 px) kept by image sha256, "
+        "least recently used dropped past this; clicks on a seen image skip the encoder (0: off)",
+    )
     max_memory_mb: int = _opt(
         0, "memory budget for requests in flight, each charged its peak bound (0: half the machine's memory)"
     )

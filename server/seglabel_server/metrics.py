@@ -71,6 +71,17 @@ class Metrics:
             registry=r,
         )
         self.tasks = Gauge("seglabel_asyncio_tasks", "asyncio tasks alive in the server's loop", registry=r)
+        self.embedding_hits = Counter(
+            "seglabel_embedding_cache_hits",
+            "Requests whose image embedding was cached (encoder skipped)",
+            registry=r,
+        )
+        self.embedding_misses = Counter(
+            "seglabel_embedding_cache_misses", "Requests whose image went through the encoder", registry=r
+        )
+        self.embedding_bytes = Gauge(
+            "seglabel_embedding_cache_bytes", "Bytes of cached image embeddings", registry=r
+        )
 
     def value(self, name: str, **labels) -> float:
         v = self.registry.get_sample_value(name, labels)

@@ -26,6 +26,7 @@ from seglabel_server.budget import (
     text_bytes,
 )
 from seglabel_server.config import ServerConfig
+from seglabel_server.embedding_cache import EmbeddingCache
 from seglabel_server.errors import (
     CapabilityUnavailable,
     InvalidArgument,
@@ -155,6 +156,9 @@ def build_pipeline(
         ocr_engine=ocr_engine,
         text_unavailable_reason=unavailable.get("ocr", ""),
         ocr_threads=max(2, cfg.max_inflight),
+        embeddings=EmbeddingCache(cfg.embedding_cache_mb << 20, metrics)
+        if cfg.embedding_cache_mb > 0
+        else None,
     )
 
 
@@ -232,6 +236,8 @@ class SeglabelService:
                 for model in models:
                     self.backend.unload(model)
         self.pipeline = build_pipeline(self.backend, self.repo, cfg, self.metrics, reason, unavailable)
+        cache = self.pipeline.embeddings
+        self.metrics.embedding_bytes.set_function(lambda: cache.bytes if cache is not None else 0)
         for family, why in (
             ("depth", self.pipeline.depth_unavailable_reason),
             ("ocr", self.pipeline.text_unavailable_reason),
@@ -309,7 +315,8 @@ class SeglabelService:
 
     async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str):
         """The request's image, decoded once; ``estimate(w, h)`` (bytes) is charged after the header
-        is read and before the pixels are decoded. Returns (RGB array, milliseconds)."""
+        is read and before the pixels are decoded. Returns (RGB array, milliseconds, sha256 of the
+        bytes: the upload's file_id, or computed for inline bytes)."""
         t0 = time.perf_counter()
         if file_id:
             check_file_id(file_id)
@@ -321,8 +328,12 @@ class SeglabelService:
         def admit(w: int, h: int) -> None:
             charges.append(self.budget.charge(estimate(w, h)))
 
-        image = await asyncio.to_thread(imaging.decode_image, data, self.cfg.max_image_pixels, admit)
-        return image, (time.perf_counter() - t0) * 1000.0
+        def decode():
+            key = file_id or hashlib.sha256(data).hexdigest()
+            return imaging.decode_image(data, self.cfg.max_image_pixels, admit), key
+
+        image, key = await asyncio.to_thread(decode)
+        return image, (time.perf_counter() - t0) * 1000.0, key
 
     async def segment(
         self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
@@ -342,8 +353,8 @@ class SeglabelService:
                     n += text_bytes(w, h)
                 return n
 
-            image, decode_ms = await self._image(file_id, data, charges, estimate, "SegmentRequest")
-            result = await pipe.run(p, image, ctx, emit)
+            image, decode_ms, key = await self._image(file_id, data, charges, estimate, "SegmentRequest")
+            result = await pipe.run(p, image, ctx, emit, image_key=key)
             result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
             result.timings["total"] += decode_ms
             return result
@@ -358,7 +369,7 @@ class SeglabelService:
             )
         async with self._admitted() as charges:
             t0 = time.perf_counter()
-            image, decode_ms = await self._image(
+            image, decode_ms, _ = await self._image(
                 file_id, data, charges, lambda w, h: 2 * w * h * 3 + depth_bytes(w, h, pipe.depth_meta),
                 "EstimateDepthRequest",
             )  # fmt: skip
@@ -382,7 +393,7 @@ class SeglabelService:
         options = resolve_text(self.cfg.pipeline, options)  # bad thresholds: refused before any work
         async with self._admitted() as charges:
             t0 = time.perf_counter()
-            image, decode_ms = await self._image(
+            image, decode_ms, _ = await self._image(
                 file_id, data, charges, lambda w, h: 2 * w * h * 3 + text_bytes(w, h), "ExtractTextRequest"
             )
             text = await pipe.extract_text(image, ctx, options)
@@ -418,6 +429,7 @@ class SeglabelService:
                 "max_queue": cfg.max_queue,
                 "max_masks": cfg.pipeline.max_masks_limit,
                 "max_memory_bytes": self.budget.limit,
+                "embedding_cache_bytes": cfg.embedding_cache_mb << 20,
             },
             "labels_unavailable_reason": (
                 self.pipeline.labels_unavailable_reason

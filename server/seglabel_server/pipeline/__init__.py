@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from seglabel_server import imaging
+from seglabel_server.embedding_cache import EmbeddingCache
 from seglabel_server.errors import CapabilityUnavailable
 from seglabel_server.kinds.sam2 import DecodeRequest
 from seglabel_server.pipeline import masks as mask_ops
@@ -64,8 +65,10 @@ class Pipeline:
         ocr_engine=None,
         text_unavailable_reason: str = "",
         ocr_threads: int = 4,
+        embeddings: EmbeddingCache | None = None,
     ):
         self.cfg = cfg
+        self.embeddings = embeddings
         self.sam = sam2_meta
         self.scheduler = scheduler
         self.pool = ThreadPoolExecutor(max_workers=cpu_threads, thread_name_prefix="seglabel-cpu")
@@ -185,10 +188,16 @@ class Pipeline:
         return out
 
     async def run(
-        self, params: SegmentParams, image: np.ndarray, ctx: RequestContext, emit: Emit | None = None
+        self,
+        params: SegmentParams,
+        image: np.ndarray,
+        ctx: RequestContext,
+        emit: Emit | None = None,
+        image_key: str | None = None,
     ) -> SegmentResult:
         """The whole request. ``emit`` (streaming) receives the events in the order the proto's
-        ``SegmentEvent`` documents."""
+        ``SegmentEvent`` documents. ``image_key`` (the sha256 of the image's bytes) finds and keeps
+        the image's embedding in the cache."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         h, w = image.shape[:2]
@@ -209,17 +218,24 @@ class Pipeline:
         extras = scene.SceneExtras(self, p, image, timings)
         try:
             last[0] = time.perf_counter()
-            x = await self._cpu(
-                imaging.sam_preprocess,
-                image,
-                self.sam["image_size"],
-                self.sam["pixel_mean"],
-                self.sam["pixel_std"],
-            )
-            mark("decode_image")
-            encoded = self.scheduler.enqueue("encoder", x, ctx)
-            extras.start(ctx)
-            feats = await encoded
+            cache = self.embeddings if image_key else None
+            feats = cache.get(image_key) if cache is not None else None
+            if feats is None:
+                x = await self._cpu(
+                    imaging.sam_preprocess,
+                    image,
+                    self.sam["image_size"],
+                    self.sam["pixel_mean"],
+                    self.sam["pixel_std"],
+                )
+                mark("decode_image")
+                encoded = self.scheduler.enqueue("encoder", x, ctx)
+                extras.start(ctx)
+                feats = await encoded
+                if cache is not None:
+                    cache.put(image_key, feats)
+            else:
+                extras.start(ctx)
             mark("encoder")
             await send(Progress("encoder", 1.0))
             outs, grid = await self._decode(p, feats, (h, w), ctx, send)
