@@ -8,7 +8,8 @@ OUT=${DEMO_OUT:-demo-overlay.png}
 PHOTO=client/seglabel_api/assets/astronaut.jpg
 LOG=$(mktemp -t seglabel-server.XXXX.log)
 
-"$VENV/bin/seglabel-server" --models "$MODELS" --port "$PORT" >"$LOG" 2>&1 &
+HTTP_PORT=${HTTP_PORT:-5000}
+"$VENV/bin/seglabel-server" --models "$MODELS" --port "$PORT" --http-port "$HTTP_PORT" >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 echo "server pid $SERVER on 127.0.0.1:$PORT (log: $LOG); waiting for SERVING..."
@@ -20,6 +21,7 @@ with SegmenterClient(f"127.0.0.1:{sys.argv[1]}") as c:
     info = c.server_info()
     print(f"SERVING: {info.backend} on {info.device} {list(info.providers)}")
 PY
+echo "HTTP/JSON gateway: http://127.0.0.1:$HTTP_PORT (POST /upload, /segment; docs at /docs)"
 
 EXTRA=()
 if "$VENV/bin/python" - "$PORT" <<'PY'

@@ -30,6 +30,9 @@ def _opt(default, help: str, **meta):
 class ServerConfig:
     host: str = _opt("127.0.0.1", "address to bind (loopback by default)")
     port: int = _opt(50051, "gRPC port (0: an ephemeral port)")
+    http_port: int = _opt(
+        0, "HTTP/JSON gateway port, same host, TLS and token as gRPC (0: off; make demo uses 5000)"
+    )
     models: str = _opt("models", "model repository written by seglabel-export")
     backend: str = _opt("onnxruntime", "runtime", choices=("onnxruntime", "torch", "tensorrt"))
     device: str = _opt("cpu", "onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")

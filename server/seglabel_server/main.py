@@ -40,6 +40,8 @@ class Server:
         self.port = port
         self.service = service
         self.health = health_servicer
+        self.http = None  # the HTTP gateway's uvicorn server, when --http-port is given
+        self.http_task: asyncio.Task | None = None
 
     async def load(self) -> None:
         """Load and warm up the models, then report SERVING."""
@@ -62,6 +64,9 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http is not None:
+            self.http.should_exit = True
+            await asyncio.wait([self.http_task], timeout=10)
         await self.grpc.stop(grace if grace is not None else self.service.cfg.drain_seconds)
         await self.service.close()
 
@@ -121,7 +126,39 @@ async def create_server(cfg: ServerConfig) -> Server:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    return Server(server, port, service, health_servicer)
+    out = Server(server, port, service, health_servicer)
+    if cfg.http_port:
+        await _start_http(out, cfg, token)
+    return out
+
+
+async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> None:
+    """The HTTP/JSON gateway on the same loop and service (uvicorn, without its signal handling:
+    SIGTERM drains both)."""
+    import uvicorn
+
+    from seglabel_server.http_gateway import create_app
+
+    class _Uvicorn(uvicorn.Server):
+        def capture_signals(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    asgi, _ = create_app(server.service, token)
+    config = uvicorn.Config(
+        asgi, host=cfg.host, port=cfg.http_port, log_level="warning", lifespan="off",
+        ssl_certfile=cfg.tls_cert or None, ssl_keyfile=cfg.tls_key or None,
+    )  # fmt: skip
+    server.http = _Uvicorn(config)
+    server.http_task = asyncio.create_task(server.http.serve())
+    for _ in range(200):
+        if server.http.started or server.http_task.done():
+            break
+        await asyncio.sleep(0.025)
+    if not server.http.started:
+        await server.stop(0)
+        raise RuntimeError(f"cannot serve HTTP on {cfg.host}:{cfg.http_port}")
 
 
 async def serve(cfg: ServerConfig) -> int:
@@ -133,6 +170,13 @@ async def serve(cfg: ServerConfig) -> int:
         log.error("cannot serve: %s", exc)
         return 2
     log.info("listening on %s:%d (health NOT_SERVING until models are warm)", cfg.host, server.port)
+    if cfg.http_port:
+        log.info(
+            "HTTP/JSON gateway on http%s://%s:%d (docs: /docs)",
+            "s" if cfg.tls_cert else "",
+            cfg.host,
+            cfg.http_port,
+        )
     if cfg.metrics_port:
         from prometheus_client import start_http_server
 
