@@ -12,6 +12,7 @@ CLIP_MODEL ?= ViT-B-32
 DEPTH_SIZE ?= vits
 PORT ?= 50051
 RAPIDOCR_VERSION ?= 1.4.4
+TRITONCLIENT_VERSION ?= 2.73.0
 DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
@@ -28,6 +29,9 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) proto PY=$(PY)
 	$(PIP) install -q -e '.[export,dev,bench,ocr]'
 	$(PIP) install -q --no-deps rapidocr_onnxruntime==$(RAPIDOCR_VERSION)
+	# Triton's ModelConfig message, to validate the config.pbtxt files export writes (its gRPC client's
+	# dependencies would pin an older protobuf; only the generated message is used).
+	$(PIP) install -q --no-deps tritonclient==$(TRITONCLIENT_VERSION)
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation sam2==1.1.0
 	touch $@
 

@@ -2,6 +2,7 @@
 
 seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none] [--depth SOURCE] [--ocr yes|no]
 seglabel-export verify DIR                                      # parity again, fresh inputs
+seglabel-export triton DIR                                      # (re)write + validate config.pbtxt
 seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
 """
 
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ve.add_argument("--decoder-n", type=_ints, default=(1, 7, 256))
     ve.add_argument("--decoder-p", type=_ints, default=(1, 2, 3))
 
+    tc = sub.add_parser("triton", help="write config.pbtxt for every ONNX model and validate it")
+    tc.add_argument("dir")
+
     tr = sub.add_parser("trt", help="build TensorRT engines for every model of a repository")
     tr.add_argument("dir")
     tr.add_argument("--fp16", action="store_true")
@@ -79,7 +83,32 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.cmd == "verify":
         return _verify(args)
+    if args.cmd == "triton":
+        return _triton(args)
     return _trt(args)
+
+
+def _triton(args) -> int:
+    """config.pbtxt for every ONNX model, then each parsed into Triton's ModelConfig (tritonclient)
+    and checked against its graph."""
+    from seglabel_server.repository import ModelRepository
+
+    from seglabel_export.triton import validate, write_configs
+
+    repo = ModelRepository.load(args.dir)
+    names = write_configs(repo.root, repo.manifest)
+    try:
+        problems = [p for name in names for p in validate(repo.root, name)]
+    except ImportError as exc:
+        print(
+            f"wrote config.pbtxt for {', '.join(names)}; not validated: tritonclient is not installed ({exc})"
+        )
+        return 0
+    for p in problems:
+        print(f"INVALID {p}", file=sys.stderr)
+    print(f"config.pbtxt for {len(names)} models ({', '.join(names)}): "
+          f"{'valid against ModelConfig and the graphs' if not problems else f'{len(problems)} problems'}")  # fmt: skip
+    return 1 if problems else 0
 
 
 def _export(args) -> int:

@@ -37,7 +37,7 @@ from seglabel_server.torch_models.modules import (
     Sam2MaskDecoderGraph,
 )
 
-from seglabel_export import ocr_models, sources
+from seglabel_export import ocr_models, sources, triton
 from seglabel_export.parity import (
     DECODER_NS,
     DECODER_PS,
@@ -375,6 +375,7 @@ def _export_into(
         if mine:  # (rapidocr's graphs are copied as shipped, not exported: nothing to compare)
             manifest["models"][name]["parity_worst_rel_l2"] = max(r["rel_l2"] for r in mine)
     write_manifest(repo, manifest)
+    triton.write_configs(repo, manifest)  # config.pbtxt per model: the folder serves in Triton as is
     return manifest
 
 
