@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -13,9 +14,32 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _PROMPTS = {"grid": pb.PROMPT_TYPE_GRID, "points": pb.PROMPT_TYPE_POINTS, "box": pb.PROMPT_TYPE_BOX}
+# gRPC's own retry policy: calls answered UNAVAILABLE (a replica starting, draining or gone) are
+# tried again with exponential backoff, at most 4 attempts, honouring the server's
+# grpc-retry-pushback-ms; throttled when more than about 1 in 10 calls fail (a bounded retry
+# budget). A stream is retried only before its first event arrived (gRPC commits it then).
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "seglabel.v1.Segmenter"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+)
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
 ]
 
 ImageLike = bytes | str | os.PathLike

@@ -57,7 +57,14 @@ class ModelError(SeglabelError):
 
 
 class Unavailable(SeglabelError):
+    """Not ready or shutting down. ``retry_after_ms``: when the client should try again (gRPC:
+    the ``grpc-retry-pushback-ms`` trailer, which gRPC's retry policy honours)."""
+
     kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class CapabilityUnavailable(SeglabelError):

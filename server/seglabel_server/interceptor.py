@@ -71,7 +71,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if code == grpc.StatusCode.INTERNAL:
             log.error("%s failed", method, exc_info=exc)
         self.metrics.request_failure.labels(method, code.name).inc()
-        await context.abort(code, message)
+        retry_ms = getattr(exc, "retry_after_ms", None)
+        pushback = (("grpc-retry-pushback-ms", str(retry_ms)),) if retry_ms is not None else ()
+        await context.abort(code, message, trailing_metadata=pushback)
 
     def _done(self, method: str, t0: float) -> None:
         self.metrics.request_success.labels(method).inc()

@@ -288,7 +288,10 @@ class SeglabelService:
         if self.draining:
             raise Unavailable("server is shutting down; retry on another replica or later")
         if not self.ready.is_set():
-            raise Unavailable(f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}")
+            raise Unavailable(
+                f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}",
+                retry_after_ms=None if self.load_error else 1000,
+            )
 
     @contextlib.asynccontextmanager
     async def _admitted(self):

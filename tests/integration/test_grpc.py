@@ -327,3 +327,18 @@ def test_generated_stubs_are_not_stale(tmp_path):
     assert fresh
     for f in fresh:
         assert (current / f.name).read_text() == f.read_text(), f"{f.name} is stale: run make proto"
+
+
+async def test_client_retries_unavailable_with_the_servers_pushback(make_server, photo_bytes):
+    """A replica still loading answers UNAVAILABLE with grpc-retry-pushback-ms; the client's retry
+    policy (gRPC's own) tries again and the call succeeds once the models are warm."""
+    server = await make_server(load=False)
+    loading = asyncio.create_task(server.load())
+    async with client_for(server) as c:
+        resp = await c.segment(photo_bytes, points_per_side=2)
+    await loading
+    assert resp.width > 0
+    refused = server.service.metrics.value(
+        "seglabel_request_failure_total", method="Segment", code="UNAVAILABLE"
+    )
+    assert refused >= 1  # answered UNAVAILABLE at least once, then retried
