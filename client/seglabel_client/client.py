@@ -90,8 +90,6 @@ def build_request(
     """A SegmentRequest. ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels.
     Thresholds left at None take the server's defaults. ``with_depth`` / ``with_text``: also the
     depth map with per-mask depth, and the text lines with the lines inside each mask."""
-    if (image is None) == (file_id is None):
-        raise ValueError("give exactly one of image or file_id")
     if prompt_type not in _PROMPTS:
         raise ValueError(f"prompt_type must be one of {sorted(_PROMPTS)}")
     req = pb.SegmentRequest(

@@ -17,6 +17,7 @@ request bodies are counted while they arrive and refused with 413 past the image
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -27,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from seglabel_server.errors import ErrorKind, LimitExceeded, SeglabelError, error_kind
+from seglabel_server.errors import ErrorKind, InvalidArgument, LimitExceeded, SeglabelError, error_kind
 from seglabel_server.types import (
     Accepted,
     DepthReady,
@@ -134,11 +135,7 @@ class SegmentBody(BaseModel):
         try:
             return base64.b64decode(self.image.split(",", 1)[-1], validate=True)
         except ValueError as exc:
-            raise _Invalid("image must be base64 (optionally a data: URL)") from exc
-
-
-class _Invalid(SeglabelError):
-    kind = ErrorKind.INVALID
+            raise InvalidArgument("image must be base64 (optionally a data: URL)") from exc
 
 
 # ------------------------------------------------------------------------------------- answers
@@ -325,10 +322,10 @@ def create_app(service, token: str | None = None) -> FastAPI:
         form = await request.form()
         image = form.get("image")
         if image is None or not hasattr(image, "read"):
-            raise _Invalid("multipart field 'image' (a file) is required")
+            raise InvalidArgument("multipart field 'image' (a file) is required")
         data = await image.read()
         filename = form.get("filename") or getattr(image, "filename", "") or ""
-        file_id, w, h = await _thread(service.upload, data, str(filename))
+        file_id, w, h = await asyncio.to_thread(service.upload, data, str(filename))
         return {"file_id": file_id, "width": w, "height": h, "filename": str(filename)}
 
     @app.post("/segment")
@@ -344,8 +341,6 @@ def create_app(service, token: str | None = None) -> FastAPI:
     async def segment_stream(body: SegmentBody):
         """Server-Sent Events: ``event: accepted|progress|masks|label_update|depth|text|summary|error``,
         ``data:`` the event as JSON, in StreamSegment's order."""
-        import asyncio
-
         params, data = body.params(), body.image_bytes()
         ctx = RequestContext()
         events: asyncio.Queue = asyncio.Queue()
@@ -399,9 +394,3 @@ def create_app(service, token: str | None = None) -> FastAPI:
         }
 
     return BodyLimit(app, service.cfg.max_image_bytes * 4 // 3 + (1 << 20)), app
-
-
-async def _thread(fn, *args):
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)

@@ -319,7 +319,7 @@ class SeglabelService:
     async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str):
         """The request's image, decoded once; ``estimate(w, h)`` (bytes) is charged after the header
         is read and before the pixels are decoded. Returns (RGB array, milliseconds, sha256 of the
-        bytes: the upload's file_id, or computed for inline bytes)."""
+        bytes: the upload's file_id, or computed for inline bytes when the embedding cache needs it)."""
         t0 = time.perf_counter()
         if file_id:
             check_file_id(file_id)
@@ -332,7 +332,9 @@ class SeglabelService:
             charges.append(self.budget.charge(estimate(w, h)))
 
         def decode():
-            key = file_id or hashlib.sha256(data).hexdigest()
+            key = file_id or (
+                hashlib.sha256(data).hexdigest() if self.pipeline.embeddings is not None else None
+            )
             return imaging.decode_image(data, self.cfg.max_image_pixels, admit), key
 
         image, key = await asyncio.to_thread(decode)

@@ -15,8 +15,6 @@ from PIL import Image, ImageDraw, ImageFont
 from seglabel_client import sample_image_bytes
 from seglabel_client.analysis import scene_summary
 from seglabel_client.client import AsyncSegmenterClient, depth_array, text_request
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
@@ -31,21 +29,6 @@ PAGE_LINES = [
     ">>> markers = np.zeros_like(coins)",
 ]
 RENDERED_LINES = ["Invoice 2026-11 total 348.50", "Ship to: Harbour Road 17", "Fragile, keep upright"]
-
-
-@pytest.fixture
-async def make_server():
-    servers = []
-
-    async def make(repo, **overrides):
-        server = await create_server(ServerConfig(port=0, models=str(repo), **overrides))
-        servers.append(server)
-        await server.load()
-        return server
-
-    yield make
-    for server in servers:
-        await server.stop(0)
 
 
 def client_for(server) -> AsyncSegmenterClient:
@@ -131,7 +114,7 @@ def polygon_fraction(mask: np.ndarray, box) -> float:
 
 
 async def test_estimate_depth_returns_the_map_its_range_and_a_png(make_server, scene_repo, photo_bytes):
-    server = await make_server(scene_repo)
+    server = await make_server(repo=scene_repo)
     async with client_for(server) as c:
         info = await c.server_info()
         assert {"depth_estimator", "ocr_det", "ocr_cls", "ocr_rec"} <= {m.name for m in info.models}
@@ -155,7 +138,7 @@ async def test_estimate_depth_returns_the_map_its_range_and_a_png(make_server, s
 async def test_ocr_reads_rendered_text_and_a_real_photo(make_server, scene_repo):
     import skimage.data
 
-    server = await make_server(scene_repo)
+    server = await make_server(repo=scene_repo)
     image, ink = rendered_text_image()
     async with client_for(server) as c:
         rendered = await c.extract_text(image)
@@ -178,7 +161,7 @@ async def test_ocr_reads_rendered_text_and_a_real_photo(make_server, scene_repo)
 async def test_segment_with_depth_and_text_statistics_recomputed(make_server, scene_repo):
     """Per-mask depth statistics and text lines, recomputed here from the returned depth map, the
     masks' RLE and the OCR boxes."""
-    server = await make_server(scene_repo)
+    server = await make_server(repo=scene_repo)
     photo = np.asarray(Image.open(io.BytesIO(sample_image_bytes("coffee.jpg"))).convert("RGB")).copy()
     text, _ = rendered_text_image()
     banner = np.asarray(Image.open(io.BytesIO(text)).resize((360, 150)))
@@ -216,7 +199,7 @@ async def test_segment_with_depth_and_text_statistics_recomputed(make_server, sc
 
 
 async def test_stream_sends_depth_and_text_after_the_masks(make_server, scene_repo, photo_bytes):
-    server = await make_server(scene_repo)
+    server = await make_server(repo=scene_repo)
     async with client_for(server) as c:
         events = [ev async for ev in c.stream_segment(photo_bytes, points_per_side=4, with_depth=True,
                                                        with_text=True, overlay=False, **LOOSE)]  # fmt: skip
@@ -233,7 +216,7 @@ async def test_stream_sends_depth_and_text_after_the_masks(make_server, scene_re
 
 
 async def test_without_depth_or_ocr_models_the_server_says_why(make_server, tiny_repo, photo_bytes):
-    server = await make_server(tiny_repo)
+    server = await make_server(repo=tiny_repo)
     async with client_for(server) as c:
         info = await c.server_info()
         assert (
@@ -252,7 +235,7 @@ async def test_without_depth_or_ocr_models_the_server_says_why(make_server, tiny
 
 
 async def test_depth_and_text_share_the_uploads_limits_and_statuses(make_server, scene_repo, photo_bytes):
-    server = await make_server(scene_repo, max_memory_mb=1)
+    server = await make_server(repo=scene_repo, max_memory_mb=1)
     async with client_for(server) as c:
         cases = [
             (c.estimate_depth(file_id="0" * 64), grpc.StatusCode.NOT_FOUND),
@@ -268,7 +251,7 @@ async def test_depth_and_text_share_the_uploads_limits_and_statuses(make_server,
 
 
 async def test_cancelled_ocr_stops_and_metrics_cover_the_new_stages(make_server, scene_repo):
-    server = await make_server(scene_repo)
+    server = await make_server(repo=scene_repo)
     image, _ = rendered_text_image()
     big = png(np.asarray(Image.open(io.BytesIO(image)).resize((2160, 900))))
     metrics = server.service.metrics

@@ -4,27 +4,9 @@ a server without the cache gives; bounded by bytes, counted in metrics, listed i
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from seglabel_client.client import AsyncSegmenterClient
-from seglabel_server.config import ServerConfig
 from seglabel_server.embedding_cache import EmbeddingCache
 from seglabel_server.kinds.sam2 import ImageFeatures
-from seglabel_server.main import create_server
-
-
-@pytest.fixture
-async def make_server(tiny_repo):
-    servers = []
-
-    async def make(**overrides):
-        server = await create_server(ServerConfig(port=0, models=str(tiny_repo), **overrides))
-        servers.append(server)
-        await server.load()
-        return server
-
-    yield make
-    for server in servers:
-        await server.stop(0)
 
 
 def _masks(resp):

@@ -11,33 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from seglabel_client.client import AsyncSegmenterClient, build_request
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
-from seglabel_server.pipeline import PipelineConfig
 from seglabel_server.vocab import DEFAULT_VOCABULARY
 
 from ..conftest import distinct_images
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-
-
-@pytest.fixture
-async def make_server(tiny_repo):
-    servers = []
-
-    async def make(load: bool = True, pipeline: PipelineConfig | None = None, **overrides):
-        cfg = ServerConfig(port=0, models=str(tiny_repo), **overrides)
-        if pipeline is not None:
-            cfg.pipeline = pipeline
-        server = await create_server(cfg)
-        servers.append(server)
-        if load:
-            await server.load()
-        return server
-
-    yield make
-    for server in servers:
-        await server.stop(0)
 
 
 def client_for(server) -> AsyncSegmenterClient:

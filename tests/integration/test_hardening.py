@@ -20,21 +20,6 @@ from seglabel_server.main import create_server
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
 
-@pytest.fixture
-async def make_server(tiny_repo):
-    servers = []
-
-    async def make(**overrides):
-        server = await create_server(ServerConfig(port=0, models=str(tiny_repo), **overrides))
-        servers.append(server)
-        await server.load()
-        return server
-
-    yield make
-    for server in servers:
-        await server.stop(0)
-
-
 def client_for(server, **kw) -> AsyncSegmenterClient:
     return AsyncSegmenterClient(f"127.0.0.1:{server.port}", timeout=120, **kw)
 

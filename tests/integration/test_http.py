@@ -14,8 +14,6 @@ import pytest
 import requests
 from PIL import Image
 from seglabel_client import sample_image_bytes
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
 
 LOOSE = {"pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 1}
 
@@ -27,21 +25,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def gateway(scene_repo):
-    servers = []
+def gateway(make_server, scene_repo):
+    """A server on the scene repository with the HTTP gateway on a free port; returns its base URL."""
 
     async def make(**overrides):
         port = free_port()
-        server = await create_server(
-            ServerConfig(port=0, models=str(scene_repo), http_port=port, **overrides)
-        )
-        servers.append(server)
-        await server.load()
+        await make_server(repo=scene_repo, http_port=port, **overrides)
         return f"http://127.0.0.1:{port}"
 
-    yield make
-    for server in servers:
-        await server.stop(0)
+    return make
 
 
 def seed_session(base: str, image_path) -> dict:

@@ -60,9 +60,12 @@ class ModelKind:
     def split(self, outputs: Feeds, payloads: Sequence[Any], to_host: Callable[[Any], np.ndarray]) -> list:
         """Named outputs of one call -> one result per item (default: the first output, host memory,
         cut back into each item's rows)."""
-        out = to_host(outputs[self.outputs[0]])
+        return self.rows(outputs[self.outputs[0]], payloads, to_host)
+
+    def rows(self, output, payloads: Sequence[Any], to_host: Callable[[Any], np.ndarray]) -> list:
+        """One output in host memory, cut back into each item's rows (``size`` of them each)."""
         bounds = np.cumsum([self.size(p) for p in payloads])[:-1]
-        return np.split(out, bounds)
+        return np.split(to_host(output), bounds)
 
     # -- running ----------------------------------------------------------------------------------
     def execute(self, backend, payloads: Sequence[Any]) -> list:

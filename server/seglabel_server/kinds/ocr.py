@@ -11,7 +11,7 @@ recognition before detection, so that OCR already under way finishes first.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -22,16 +22,11 @@ class OcrKind(ModelKind):
     def key(self, payload: np.ndarray) -> Hashable:
         return tuple(payload.shape[1:])
 
-    def collate(self, payloads: Sequence[np.ndarray]) -> Feeds:
-        return {"x": np.concatenate(list(payloads))}
-
-    def execute(self, backend, payloads: Sequence[np.ndarray]) -> list:
-        outputs = backend.run(self.model, self.collate(payloads))
+    def split(self, outputs: Feeds, payloads, to_host) -> list:
+        """The graph's one output (whatever rapidocr's export named it), cut back into each call's rows."""
         if len(outputs) != 1:
             raise RuntimeError(f"{self.name}: {self.model} returned {len(outputs)} outputs, expected 1")
-        out = np.asarray(backend.to_host(next(iter(outputs.values()))))
-        bounds = np.cumsum([len(p) for p in payloads])[:-1]
-        return np.split(out, bounds)
+        return self.rows(next(iter(outputs.values())), payloads, to_host)
 
 
 _COMMON = dict(family="ocr", inputs=("x",), outputs=())

@@ -1,0 +1,29 @@
+"""The integration tests' server factory: a real server on 127.0.0.1 (ephemeral gRPC port), stopped
+after the test."""
+
+from __future__ import annotations
+
+import pytest
+from seglabel_server.config import ServerConfig
+from seglabel_server.main import create_server
+
+
+@pytest.fixture
+async def make_server(tiny_repo):
+    """``await make_server(load=True, pipeline=None, repo=None, **ServerConfig fields)``; ``repo``
+    defaults to the tiny repository."""
+    servers = []
+
+    async def make(load: bool = True, pipeline=None, repo=None, **overrides):
+        cfg = ServerConfig(port=0, models=str(repo or tiny_repo), **overrides)
+        if pipeline is not None:
+            cfg.pipeline = pipeline
+        server = await create_server(cfg)
+        servers.append(server)
+        if load:
+            await server.load()
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop(0)
