@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-clicks bench-gpu soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-clicks bench-gpu soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -66,7 +66,21 @@ serve: models
 demo: models
 	bash scripts/demo.sh $(VENV) $(MODELS) $(PORT) $(DEMO_GRID)
 
-test: $(VENV)/.installed proto
+# System packages some tests use: the distribution's Chromium (the web page's browser test, driven by
+# Playwright; no browser is downloaded) and redis-server. Installed with apt when running as root
+# (CI, containers); otherwise the command is printed and those tests skip, saying why.
+SYSTEM_PACKAGES := chromium redis-server
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing (apt)"; \
+	  (apt-get install -y -q --no-install-recommends $$missing || \
+	   (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)) >/dev/null; \
+	else echo "NOTE: not installed:$$missing (sudo apt-get install$$missing); the tests that need them will skip"; fi
+
+test: $(VENV)/.installed proto system-deps
 	$(VENV)/bin/python -m pytest -q -rs tests
 
 lint: $(VENV)/.installed

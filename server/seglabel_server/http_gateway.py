@@ -10,6 +10,7 @@ service object as gRPC (no second pipeline, no gRPC hop).
     GET  /depth/{file_id}           relative depth: coloured PNG (data URL), 16-bit codes, min/max
     POST /extract_text/{file_id}    {"text": full text, "lines": [...]}
     GET  /info, GET /healthz
+    GET  /                          the web page (static files shipped in the package, under /static)
 
 Errors: the domain's error kinds mapped once to HTTP statuses with ``{"error": {"code", "message"}}``;
 request bodies are counted while they arrive and refused with 413 past the image limit.
@@ -21,14 +22,23 @@ import asyncio
 import base64
 import hmac
 import json
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from seglabel_server.errors import ErrorKind, InvalidArgument, LimitExceeded, SeglabelError, error_kind
+from seglabel_server.errors import (
+    Cancelled,
+    ErrorKind,
+    InvalidArgument,
+    LimitExceeded,
+    SeglabelError,
+    error_kind,
+)
 from seglabel_server.types import (
     Accepted,
     DepthReady,
@@ -44,6 +54,9 @@ from seglabel_server.types import (
     TextReady,
     TextResult,
 )
+
+WEB = Path(__file__).with_name("web")
+PUBLIC = ("/healthz", "/")  # no token needed: health and the page (with its files under /static/)
 
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,
@@ -272,6 +285,56 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+async def until_disconnected(request: Request, ctx: RequestContext, work, poll_s: float = 0.2):
+    """Await ``work`` (a service call on ``ctx``); if the HTTP client goes away first, cancel the
+    request's work (queued batches, CPU stages) as a cancelled gRPC call does. ``ctx`` is cancelled
+    when this returns either way (it owns nothing after the answer)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise Cancelled("the HTTP client disconnected")
+    finally:
+        ctx.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class HttpMetrics:
+    """ASGI middleware: counts every answered request by its route's template (file ids folded)
+    and status in ``seglabel_http_requests``."""
+
+    def __init__(self, app, fastapi_app: FastAPI, metrics):
+        self.app, self.routes, self.metrics = app, fastapi_app.routes, metrics
+
+    def route(self, scope) -> str:
+        from starlette.routing import Match
+
+        for r in self.routes:
+            if r.matches(scope)[0] == Match.FULL:
+                return getattr(r, "path", scope["path"])
+        return "(unrouted)"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [0]
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.http_requests.labels(self.route(scope), str(status[0] or 499)).inc()
+
+
 def create_app(service, token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="seglabel",
@@ -299,7 +362,8 @@ def create_app(service, token: str | None = None) -> FastAPI:
 
         @app.middleware("http")
         async def _auth(request: Request, call_next):
-            if request.url.path != "/healthz":
+            path = request.url.path
+            if not (path in PUBLIC or path.startswith("/static/")):
                 sent = request.headers.get("authorization", "")
                 if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
                     return JSONResponse(
@@ -307,6 +371,13 @@ def create_app(service, token: str | None = None) -> FastAPI:
                         401,
                     )
             return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        """The web page: upload, grid segmentation with streamed labels, click to segment, COCO JSON."""
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
 
     @app.get("/healthz")
     async def healthz():
@@ -329,12 +400,10 @@ def create_app(service, token: str | None = None) -> FastAPI:
         return {"file_id": file_id, "width": w, "height": h, "filename": str(filename)}
 
     @app.post("/segment")
-    async def segment(body: SegmentBody):
+    async def segment(body: SegmentBody, request: Request):
         ctx = RequestContext()
-        try:
-            result = await service.segment(body.params(), body.file_id, body.image_bytes(), ctx)
-        finally:
-            ctx.cancel()
+        params, data = body.params(), body.image_bytes()
+        result = await until_disconnected(request, ctx, service.segment(params, body.file_id, data, ctx))
         return result_json(result)
 
     @app.post("/segment/stream")
@@ -368,24 +437,17 @@ def create_app(service, token: str | None = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     @app.get("/depth/{file_id}")
-    async def depth(file_id: str):
+    async def depth(file_id: str, request: Request):
         ctx = RequestContext()
-        try:
-            result, timings = await service.estimate_depth(file_id, None, ctx)
-        finally:
-            ctx.cancel()
+        result, timings = await until_disconnected(request, ctx, service.estimate_depth(file_id, None, ctx))
         return {**depth_json(result), "timings": {f"{k}_ms": v for k, v in timings.items()}}
 
     @app.post("/extract_text/{file_id}")
-    async def extract_text(file_id: str, options: TextOptionsIn | None = None):
+    async def extract_text(file_id: str, request: Request, options: TextOptionsIn | None = None):
         ctx = RequestContext()
         o = options or TextOptionsIn()
-        try:
-            result, (w, h), timings = await service.extract_text(
-                file_id, None, TextOptions(o.box_thresh, o.min_confidence), ctx
-            )
-        finally:
-            ctx.cancel()
+        work = service.extract_text(file_id, None, TextOptions(o.box_thresh, o.min_confidence), ctx)
+        result, (w, h), timings = await until_disconnected(request, ctx, work)
         return {
             **text_json(result),
             "width": w,
@@ -393,4 +455,5 @@ def create_app(service, token: str | None = None) -> FastAPI:
             "timings": {f"{k}_ms": v for k, v in timings.items()},
         }
 
-    return BodyLimit(app, service.cfg.max_image_bytes * 4 // 3 + (1 << 20)), app
+    limited = BodyLimit(app, service.cfg.max_image_bytes * 4 // 3 + (1 << 20))
+    return HttpMetrics(limited, app, service.metrics), app

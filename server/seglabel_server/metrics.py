@@ -64,6 +64,12 @@ class Metrics:
             "seglabel_dropped", "Items dropped (cancelled / deadline) or failed", ["stage"], registry=r
         )
 
+        self.http_requests = Counter(
+            "seglabel_http_requests",
+            "HTTP gateway requests by route and status (499: the client went away first)",
+            ["route", "status"],
+            registry=r,
+        )
         self.inflight = Gauge("seglabel_requests_in_flight", "Requests admitted and not finished", registry=r)
         self.budget_used = Gauge(
             "seglabel_memory_budget_used_bytes",

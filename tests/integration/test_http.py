@@ -148,7 +148,7 @@ async def test_stream_carries_the_grpc_events_and_openapi_lists_every_route(gate
     assert names.index("depth") > max(i for i, n in enumerate(names) if n == "masks")
     assert sum(len(d["masks"]) for n, d in events if n == "masks") == 3
     assert set(openapi["paths"]) == {
-        "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz"
+        "/", "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz"
     }  # fmt: skip
 
 
@@ -165,3 +165,37 @@ async def test_the_gateway_asks_for_the_same_token(gateway, tmp_path):
         )
 
     assert await asyncio.to_thread(calls) == (200, 401, 401, 200)
+
+
+async def test_a_client_that_goes_away_cancels_its_unary_request(make_server, scene_repo, photo):
+    """A unary POST /segment whose client disconnects stops its work (counted 499, leaves the
+    in-flight count) instead of running to the end for nobody; the metric proves which happened,
+    since a request that ran to the end would be counted 200."""
+    port = free_port()
+    server = await make_server(repo=scene_repo, http_port=port, cpu_threads=2)
+    base, metrics = f"http://127.0.0.1:{port}", server.service.metrics
+    buf = io.BytesIO()
+    Image.fromarray(photo).resize((1500, 1500)).save(buf, format="JPEG", quality=90)
+    heavy = {"image": base64.b64encode(buf.getvalue()).decode(), "points_per_side": 12, "max_masks": 400,
+             "skip_labels": True, "return_overlay": False, **LOOSE}  # fmt: skip
+
+    def give_up():
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(f"{base}/segment", json=heavy, timeout=(5, 0.5))
+
+    await asyncio.to_thread(give_up)
+    for _ in range(300):
+        if metrics.value("seglabel_http_requests_total", route="/segment", status="499") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.value("seglabel_http_requests_total", route="/segment", status="499") == 1
+    assert metrics.value("seglabel_http_requests_total", route="/segment", status="200") == 0
+    for _ in range(100):
+        if server.service.inflight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.service.inflight == 0
+    # and the server answers the next request normally
+    ok = await asyncio.to_thread(requests.get, f"{base}/depth/{'0' * 64}")
+    assert ok.status_code == 404
+    assert metrics.value("seglabel_http_requests_total", route="/depth/{file_id}", status="404") == 1

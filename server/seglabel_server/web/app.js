@@ -1,0 +1,507 @@
+// seglabel's web page: upload or drop an image, grid segmentation with labels streamed over
+// Server-Sent Events, an overlay drawn here from the masks' COCO RLE, hover to highlight, click to
+// segment one object (the server's embedding cache answers clicks on a seen image without the
+// encoder), and a COCO-style JSON download. Plain browser JavaScript, no build step, no CDN.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const overlay = $("overlay");
+  const state = {
+    fileId: null, filename: "", width: 0, height: 0, info: null,
+    objects: [],      // {key, source: "grid"|"click", index, rle, bbox, area, pixels, centroid, rgb, label, ...}
+    current: null,    // the click object being refined
+    hover: null,      // key of the highlighted object
+    topAt: null,      // Int32Array: per pixel, position in state.objects of the topmost mask (-1: none)
+    streaming: null,  // AbortController of the running stream
+    serving: false,   // health said SERVING
+    clickBusy: false, clickDirty: false, nextKey: 1,
+  };
+
+  // --------------------------------------------------------------------------------- helpers
+  function setStatus(text, kind = "busy") {
+    const el = $("status");
+    el.textContent = text;
+    el.dataset.state = kind;
+    el.classList.toggle("error", kind === "error");
+  }
+
+  function headers(json) {
+    const h = {};
+    const token = $("token").value.trim();
+    if (token) h.Authorization = "Bearer " + token;
+    if (json) h["Content-Type"] = "application/json";
+    return h;
+  }
+
+  async function api(path, options = {}) {
+    const r = await fetch(path, options);
+    if (!r.ok) {
+      let message = `${r.status} ${r.statusText}`;
+      try {
+        const body = await r.json();
+        if (body.error) message = `${r.status} ${body.error.code}: ${body.error.message}`;
+      } catch (_) { /* not JSON */ }
+      throw new Error(message);
+    }
+    return r;
+  }
+
+  function optNumber(id) {
+    const v = $(id).value.trim();
+    return v === "" ? null : Number(v);
+  }
+
+  function vocabulary() {
+    return $("vocabulary").value.split(/[,\n]/).map((s) => s.trim()).filter(Boolean);
+  }
+
+  function commonBody() {
+    const body = { file_id: state.fileId, vocabulary: vocabulary(), top_k: optNumber("top-k") || 0,
+                   return_overlay: false };
+    const filters = { pred_iou_thresh: optNumber("pred-iou"), stability_score_thresh: optNumber("stability"),
+                      box_nms_thresh: optNumber("nms") };
+    for (const [k, v] of Object.entries(filters)) if (v !== null) body[k] = v;
+    return body;
+  }
+
+  // Golden-angle hues: neighbouring masks get distinct colours.
+  function colour(n) {
+    const h = (n * 137.508) % 360, s = 0.75, l = 0.5;
+    const f = (k) => {
+      const a = s * Math.min(l, 1 - l), t = (k + h / 30) % 12;
+      return Math.round(255 * (l - a * Math.max(-1, Math.min(t - 3, 9 - t, 1))));
+    };
+    return [f(0), f(8), f(4)];
+  }
+
+  // ------------------------------------------------------------------------------- COCO RLE
+  // pycocotools' compressed counts string (maskApi.c rleFrString), column-major runs, 0s first.
+  function rleCounts(s) {
+    const counts = [];
+    let p = 0;
+    while (p < s.length) {
+      let x = 0, k = 0, more = 1;
+      while (more) {
+        const c = s.charCodeAt(p) - 48;
+        x |= (c & 0x1f) << (5 * k);
+        more = c & 0x20;
+        p++; k++;
+        if (!more && (c & 0x10)) x |= -1 << (5 * k);
+      }
+      if (counts.length > 2) x += counts[counts.length - 2];
+      counts.push(x);
+    }
+    return counts;
+  }
+
+  // Row-major indices of the mask's pixels, and its centroid.
+  function decodeRle(rle) {
+    const [h, w] = rle.size;
+    const counts = rleCounts(rle.counts);
+    let total = 0;
+    for (let i = 1; i < counts.length; i += 2) total += counts[i];
+    const pixels = new Uint32Array(total);
+    let pos = 0, n = 0, sx = 0, sy = 0;
+    for (let i = 0; i < counts.length; i++) {
+      if (i % 2 === 1) {
+        for (let q = pos; q < pos + counts[i]; q++) {
+          const x = (q / h) | 0, y = q - x * h;
+          pixels[n++] = y * w + x;
+          sx += x; sy += y;
+        }
+      }
+      pos += counts[i];
+    }
+    return { pixels, centroid: n ? [sx / n, sy / n] : [0, 0] };
+  }
+
+  // -------------------------------------------------------------------------------- objects
+  function addObject(source, mask, extra = {}) {
+    const key = state.nextKey++;
+    const obj = { key, source, label: null, confidence: null, top_k: [], points: [], rgb: colour(key), ...extra };
+    if (mask) setMask(obj, mask);
+    state.objects.push(obj);
+    return obj;
+  }
+
+  function setMask(obj, m) {
+    const { pixels, centroid } = decodeRle(m.rle);
+    Object.assign(obj, { index: m.index, rle: m.rle, bbox: m.bbox, area: m.area, predicted_iou: m.predicted_iou,
+                         stability_score: m.stability_score, pixels, centroid });
+  }
+
+  function setLabel(obj, lab) {
+    Object.assign(obj, { label: lab.label, confidence: lab.confidence, top_k: lab.top_k || [] });
+  }
+
+  // ------------------------------------------------------------------------------ rendering
+  function render() {
+    const w = state.width, h = state.height;
+    if (!w) return;
+    if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
+    const ctx = overlay.getContext("2d");
+    const image = ctx.createImageData(w, h);
+    const d = image.data;
+    const top = new Int32Array(w * h).fill(-1);
+    // Largest first, so that small masks stay visible on top of the ones that contain them.
+    const order = state.objects.map((o, i) => i).filter((i) => state.objects[i].pixels)
+      .sort((a, b) => state.objects[b].area - state.objects[a].area);
+    for (const i of order) {
+      const o = state.objects[i];
+      const alpha = state.hover === null ? 115 : (o.key === state.hover ? 200 : 30);
+      const [r, g, b] = o.rgb;
+      for (const p of o.pixels) {
+        const j = p * 4;
+        d[j] = r; d[j + 1] = g; d[j + 2] = b; d[j + 3] = alpha;
+        top[p] = i;
+      }
+    }
+    ctx.putImageData(image, 0, 0);
+    state.topAt = top;
+    const font = Math.max(11, Math.round(Math.max(w, h) / 55));
+    ctx.font = `600 ${font}px system-ui, sans-serif`;
+    ctx.textBaseline = "middle";
+    for (const o of state.objects) {
+      if (!o.pixels) continue;
+      if (o.key === state.hover) {
+        ctx.lineWidth = Math.max(2, font / 6);
+        ctx.strokeStyle = "#fff";
+        ctx.strokeRect(o.bbox[0], o.bbox[1], o.bbox[2], o.bbox[3]);
+      }
+      if (o.label && (state.hover === null || o.key === state.hover)) {
+        const text = `${o.label} ${(o.confidence * 100).toFixed(0)}%`;
+        const tw = ctx.measureText(text).width;
+        const [cx, cy] = o.centroid;
+        ctx.fillStyle = "rgba(0,0,0,0.6)";
+        ctx.fillRect(cx - tw / 2 - 3, cy - font * 0.65, tw + 6, font * 1.3);
+        ctx.fillStyle = "#fff";
+        ctx.fillText(text, cx - tw / 2, cy);
+      }
+    }
+    for (const o of state.objects) {
+      for (const pt of o.points) {
+        ctx.beginPath();
+        ctx.arc(pt.x, pt.y, Math.max(4, font / 2.5), 0, 2 * Math.PI);
+        ctx.fillStyle = pt.positive ? "#1db954" : "#e03131";
+        ctx.fill();
+        ctx.lineWidth = 2;
+        ctx.strokeStyle = "#fff";
+        ctx.stroke();
+      }
+    }
+  }
+
+  function renderTable() {
+    const body = $("labels").tBodies[0];
+    body.replaceChildren();
+    for (const o of state.objects) {
+      const tr = document.createElement("tr");
+      tr.dataset.key = o.key;
+      tr.dataset.source = o.source;
+      if (!o.pixels || (o.label === null && !$("labels").dataset.nolabels)) tr.classList.add("pending");
+      if (o.key === state.hover) tr.classList.add("hl");
+      const cells = [
+        `<span style="background: rgb(${o.rgb.join(",")})"></span>`,
+        o.source === "grid" ? String(o.index) : `click ${o.points.length}`,
+        o.label ?? (o.pixels ? "…" : "segmenting…"),
+        o.confidence === null ? "" : o.confidence.toFixed(3),
+        o.area === undefined ? "" : String(o.area),
+        o.source,
+      ];
+      cells.forEach((html, i) => {
+        const td = document.createElement("td");
+        if (i === 0) { td.className = "swatch"; td.innerHTML = html; } else td.textContent = html;
+        if (i === 3 || i === 4) td.classList.add("num");
+        if (i === 2 && o.top_k.length > 1) td.title = o.top_k.map((t) => `${t.label} ${t.confidence.toFixed(3)}`).join("\n");
+        tr.appendChild(td);
+      });
+      tr.addEventListener("mouseenter", () => highlight(o.key));
+      tr.addEventListener("mouseleave", () => highlight(null));
+      body.appendChild(tr);
+    }
+    $("download").disabled = !state.objects.some((o) => o.pixels);
+    $("clear").disabled = state.objects.length === 0;
+    $("new-object").disabled = state.current === null;
+  }
+
+  function highlight(key) {
+    if (state.hover === key) return;
+    state.hover = key;
+    for (const tr of $("labels").tBodies[0].rows) tr.classList.toggle("hl", Number(tr.dataset.key) === key);
+    render();
+  }
+
+  function imagePoint(e) {
+    const r = overlay.getBoundingClientRect();
+    return { x: ((e.clientX - r.left) * state.width) / r.width, y: ((e.clientY - r.top) * state.height) / r.height };
+  }
+
+  // --------------------------------------------------------------------------------- upload
+  async function upload(file) {
+    if (!file) return;
+    if (state.streaming) state.streaming.abort();
+    setStatus(`uploading ${file.name}…`);
+    const form = new FormData();
+    form.append("image", file, file.name);
+    try {
+      const r = await (await api("upload", { method: "POST", body: form, headers: headers(false) })).json();
+      Object.assign(state, { fileId: r.file_id, filename: file.name, width: r.width, height: r.height,
+                             objects: [], current: null, hover: null });
+      const photo = $("photo");
+      if (photo.src) URL.revokeObjectURL(photo.src);
+      photo.src = URL.createObjectURL(file);
+      $("stage").hidden = false;
+      $("drop-hint").hidden = true;
+      $("segment").disabled = !state.serving;
+      render();
+      renderTable();
+      setStatus(`uploaded ${file.name} (${r.width}×${r.height}); press Segment, or click the image`, "ready");
+    } catch (err) {
+      setStatus(`upload failed: ${err.message}`, "error");
+    }
+  }
+
+  // ------------------------------------------------------------------------ grid, streamed
+  async function segmentGrid() {
+    if (!state.fileId) return;
+    if (state.streaming) state.streaming.abort();
+    const controller = new AbortController();
+    state.streaming = controller;
+    state.objects = state.objects.filter((o) => o.source !== "grid");
+    render();
+    renderTable();
+    const body = { ...commonBody(), prompt_type: "grid", points_per_side: optNumber("grid") || 0,
+                   max_masks: optNumber("max-masks") || 0 };
+    const byIndex = new Map();
+    const progress = $("progress");
+    progress.hidden = false;
+    progress.value = 0;
+    setStatus("segmenting…", "busy");
+    const t0 = performance.now();
+    try {
+      const r = await api("segment/stream", { method: "POST", headers: headers(true), body: JSON.stringify(body),
+                                              signal: controller.signal });
+      const reader = r.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "", finished = false;
+      while (!finished) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let name = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) name = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          finished = onEvent(name, data ? JSON.parse(data) : {}, byIndex, t0) || finished;
+        }
+      }
+      if (!finished) throw new Error("the stream ended before its summary");
+    } catch (err) {
+      if (err.name !== "AbortError") setStatus(`segmentation failed: ${err.message}`, "error");
+    } finally {
+      if (state.streaming === controller) state.streaming = null;
+      progress.hidden = true;
+    }
+  }
+
+  function onEvent(name, ev, byIndex, t0) {
+    if (name === "accepted") {
+      setStatus(`accepted (${ev.width}×${ev.height}), encoding…`, "busy");
+    } else if (name === "progress") {
+      $("progress").value = ev.fraction;
+      setStatus(`${ev.stage}…`, "busy");
+    } else if (name === "masks") {
+      for (const m of ev.masks) byIndex.set(m.index, addObject("grid", m));
+      render();
+      renderTable();
+    } else if (name === "label_update") {
+      for (const lab of ev.labels) {
+        const o = byIndex.get(lab.mask_index);
+        if (o) setLabel(o, lab);
+      }
+      if (ev.total) $("progress").value = ev.done / ev.total;
+      setStatus(`labels ${ev.done} / ${ev.total}`, "busy");
+      render();
+      renderTable();
+    } else if (name === "summary") {
+      $("labels").dataset.nolabels = ev.labels_unavailable_reason ? "1" : "";
+      const ms = Math.round(performance.now() - t0);
+      const why = ev.labels_unavailable_reason ? ` (no labels: ${ev.labels_unavailable_reason})` : "";
+      setStatus(`${ev.mask_count} masks, ${ev.labels.length} labels in ${ms} ms${why}`, "done");
+      renderTable();
+      return true;
+    } else if (name === "error") {
+      throw new Error(`${ev.code}: ${ev.message}`);
+    }
+    return false;
+  }
+
+  // -------------------------------------------------------------------------------- clicks
+  async function click(e) {
+    if (!state.fileId || !state.serving) return;
+    const pt = { ...imagePoint(e), positive: !e.shiftKey };
+    if (!state.current) state.current = addObject("click", null);
+    state.current.points.push(pt);
+    render();
+    renderTable();
+    if (state.clickBusy) { state.clickDirty = true; return; }
+    state.clickBusy = true;
+    try {
+      do {
+        state.clickDirty = false;
+        await segmentObject(state.current);
+      } while (state.clickDirty && state.current);
+    } finally {
+      state.clickBusy = false;
+    }
+  }
+
+  async function segmentObject(obj) {
+    if (!obj) return;
+    const points = obj.points.map((p) => ({ x: p.x, y: p.y, positive: p.positive }));
+    setStatus(`segmenting the object at ${points.length} point(s)…`, "busy");
+    const t0 = performance.now();
+    try {
+      const body = { ...commonBody(), prompt_type: "points", points, multimask: false };
+      const r = await (await api("segment", { method: "POST", headers: headers(true), body: JSON.stringify(body) })).json();
+      const ms = Math.round(performance.now() - t0);
+      if (!state.objects.includes(obj)) return;  // cleared meanwhile
+      if (!r.masks.length) {
+        setStatus(`no mask for this point (${ms} ms)`, "done");
+        return;
+      }
+      const best = r.masks.reduce((a, b) => (b.predicted_iou > a.predicted_iou ? b : a));
+      setMask(obj, best);
+      const lab = r.labels.find((l) => l.mask_index === best.index);
+      if (lab) setLabel(obj, lab);
+      const enc = r.timings.encoder_ms;
+      const cached = enc === undefined ? "" : ` · encoder ${enc.toFixed(1)} ms`;
+      setStatus(`object: ${obj.label ?? "(no label)"} in ${ms} ms${cached}`, "done");
+    } catch (err) {
+      setStatus(`click failed: ${err.message}`, "error");
+    } finally {
+      render();
+      renderTable();
+    }
+  }
+
+  function newObject() {
+    state.current = null;
+    renderTable();
+  }
+
+  // ------------------------------------------------------------------------------ download
+  function cocoJson() {
+    const done = state.objects.filter((o) => o.pixels);
+    const names = [...new Set(done.map((o) => o.label ?? "unlabelled"))];
+    return {
+      info: { description: "seglabel annotations", date_created: new Date().toISOString(),
+              server_version: state.info?.version ?? "", random_weights: !!state.info?.random_weights },
+      images: [{ id: 1, file_name: state.filename, width: state.width, height: state.height,
+                 seglabel_file_id: state.fileId }],
+      categories: names.map((name, i) => ({ id: i + 1, name })),
+      annotations: done.map((o, i) => ({
+        id: i + 1, image_id: 1, category_id: names.indexOf(o.label ?? "unlabelled") + 1,
+        segmentation: { size: o.rle.size, counts: o.rle.counts }, area: o.area, bbox: o.bbox, iscrowd: 0,
+        score: o.confidence, predicted_iou: o.predicted_iou, stability_score: o.stability_score,
+        top_k: o.top_k, source: o.source, points: o.points,
+      })),
+    };
+  }
+
+  function download() {
+    const blob = new Blob([JSON.stringify(cocoJson(), null, 1)], { type: "application/json" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = (state.filename.replace(/\.[^.]*$/, "") || "image") + ".coco.json";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  // ---------------------------------------------------------------------------------- wiring
+  // Until health says SERVING (models loading or warming up) the page waits, and says so.
+  async function waitServing() {
+    for (;;) {
+      let health = "unreachable";
+      try {
+        health = (await (await fetch("healthz")).json()).status;
+      } catch (_) { /* server not up */ }
+      state.serving = health === "SERVING";
+      $("segment").disabled = !(state.serving && state.fileId);
+      if (state.serving) return;
+      $("server-info").textContent = `server ${health === "NOT_SERVING" ? "loading models" : "unreachable"}, waiting…`;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
+  async function loadInfo() {
+    await waitServing();
+    try {
+      const info = await (await api("info", { headers: headers(false) })).json();
+      state.info = info;
+      const labels = info.labels_unavailable_reason ? "no labels" : "labels";
+      $("server-info").textContent = `${info.backend} on ${info.device} · seglabel ${info.version} · ${labels}`;
+      $("vocabulary").placeholder = info.default_vocabulary.slice(0, 12).join(", ") + ", … (server default)";
+      if (info.random_weights) {
+        $("random-warning").hidden = false;
+        // As make demo does: random weights keep no mask under the default filters.
+        if ($("pred-iou").value === "") $("pred-iou").value = "0";
+        if ($("stability").value === "") $("stability").value = "0";
+        if ($("nms").value === "") $("nms").value = "1";
+        if ($("max-masks").value === "0") $("max-masks").value = "24";
+        $("filters").open = true;
+      }
+    } catch (err) {
+      $("server-info").textContent = `server info: ${err.message}`;
+    }
+  }
+
+  $("token").value = localStorage.getItem("seglabel-token") || "";
+  $("token").addEventListener("change", () => { localStorage.setItem("seglabel-token", $("token").value); loadInfo(); });
+  $("file").addEventListener("change", (e) => upload(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    upload(e.dataTransfer.files[0]);
+  });
+  $("controls").addEventListener("submit", (e) => { e.preventDefault(); segmentGrid(); });
+  $("new-object").addEventListener("click", newObject);
+  $("clear").addEventListener("click", () => {
+    if (state.streaming) state.streaming.abort();
+    Object.assign(state, { objects: [], current: null, hover: null });
+    render();
+    renderTable();
+  });
+  $("download").addEventListener("click", download);
+  overlay.addEventListener("click", click);
+  overlay.addEventListener("mousemove", (e) => {
+    if (!state.topAt) return;
+    const { x, y } = imagePoint(e);
+    const i = state.topAt[Math.floor(y) * state.width + Math.floor(x)];
+    highlight(i >= 0 && state.objects[i] ? state.objects[i].key : null);
+  });
+  overlay.addEventListener("mouseleave", () => highlight(null));
+  document.addEventListener("keydown", (e) => {
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement) return;
+    if (e.key === "n" || e.key === "N") newObject();
+    if (e.key === "Escape" && state.current) {
+      state.objects = state.objects.filter((o) => o !== state.current);
+      state.current = null;
+      render();
+      renderTable();
+    }
+  });
+  window.seglabel = state;  // for the console (and the browser test)
+  setStatus("drop or choose an image", "idle");
+  loadInfo();
+})();

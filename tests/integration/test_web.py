@@ -1,0 +1,150 @@
+"""The web page at ``/`` in a real browser: the distribution's headless Chromium driven by Playwright
+against a live server (tiny models, random weights: the page lowers the filters itself, as it says).
+A screenshot is left in test-output/web/."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from seglabel_client import sample_image_bytes
+
+from tests.system import chromium, need, output_dir
+
+PHOTO = "astronaut.jpg"  # 512 x 512
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def browser():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError as exc:
+        need("browser", f"playwright is not installed ({exc})")
+    path, problem = chromium()
+    need("browser", problem)
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=path, headless=True, args=["--disable-dev-shm-usage"])
+        yield b
+        await b.close()
+
+
+async def coloured_pixels(page) -> int:
+    return await page.evaluate(
+        """() => { const c = document.getElementById('overlay');
+                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+
+
+async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server, browser, tmp_path):
+    port = free_port()
+    await make_server(http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    photo = tmp_path / PHOTO
+    photo.write_bytes(sample_image_bytes(PHOTO))
+    out = output_dir("web")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    errors, requests_seen = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests_seen.append((r.method, r.url.removeprefix(base))))
+    await page.goto(base + "/")
+    # /info said random weights: the warning shows and the filters are lowered so that masks appear.
+    await page.wait_for_function("document.getElementById('pred-iou').value === '0'")
+    assert await page.is_visible("#random-warning")
+
+    await page.set_input_files("#file", str(photo))
+    await page.wait_for_selector("#status[data-state=ready]")
+    await page.fill("#grid", "4")
+    await page.fill("#max-masks", "6")
+    await page.fill("#vocabulary", "person, rocket, flag, sky, helmet")
+    await page.click("#segment")
+    await page.wait_for_selector("#status[data-state=done], #status[data-state=error]", timeout=60_000)
+    status = await page.text_content("#status")
+    assert status.startswith("6 masks, 6 labels"), status
+    assert ("POST", "/segment/stream") in requests_seen  # labels arrived over Server-Sent Events
+
+    grid_rows = page.locator("#labels tbody tr[data-source=grid]")
+    assert await grid_rows.count() == 6  # mask_count rows
+    labels = [await grid_rows.nth(i).locator("td").nth(2).text_content() for i in range(6)]
+    assert set(labels) <= {"person", "rocket", "flag", "sky", "helmet"}, labels
+    # The overlay is shown, at the image's size, and painted from the masks' RLE.
+    assert await page.is_visible("#overlay")
+    size = await page.evaluate("[document.getElementById('overlay').width, document.getElementById('overlay').height]")
+    assert size == [512, 512]
+    painted = await coloured_pixels(page)
+    assert painted > 0
+
+    # The page decodes COCO RLE exactly as pycocotools does.
+    objs = await page.evaluate(
+        "window.seglabel.objects.map(o => ({rle: o.rle, area: o.area, pixels: Array.from(o.pixels)}))"
+    )
+    for o in objs:
+        ref = mask_utils.decode({"size": o["rle"]["size"], "counts": o["rle"]["counts"].encode()})
+        assert sorted(o["pixels"]) == np.flatnonzero(ref.reshape(-1)).tolist()
+        assert len(o["pixels"]) == o["area"]
+
+    # Hovering a row highlights its mask (and only its row).
+    await grid_rows.nth(0).hover()
+    assert await page.locator("#labels tbody tr.hl").count() == 1
+    assert await page.evaluate("window.seglabel.hover") == int(await grid_rows.nth(0).get_attribute("data-key"))
+
+    # A click segments one object: a new row with its mask and label; shift-click refines it.
+    before = await page.evaluate("document.getElementById('overlay').toDataURL()")
+    box = await page.locator("#overlay").bounding_box()
+    await page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.3)
+    clicked = page.locator("#labels tbody tr[data-source=click]")
+    await page.wait_for_function(
+        "window.seglabel.objects.some(o => o.source === 'click' && o.pixels && o.label)", timeout=30_000
+    )
+    assert await clicked.count() == 1 and await grid_rows.count() == 6
+    assert (await clicked.locator("td").nth(2).text_content()) in {"person", "rocket", "flag", "sky", "helmet"}
+    assert await page.evaluate("document.getElementById('overlay').toDataURL()") != before
+    await page.keyboard.down("Shift")
+    await page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
+    await page.keyboard.up("Shift")
+    await page.wait_for_function("window.seglabel.objects.at(-1).points.length === 2")
+    await page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+    point = await page.evaluate("window.seglabel.objects.at(-1).points.map(p => p.positive)")
+    assert point == [True, False]
+    assert await clicked.count() == 1  # the same object, refined
+
+    async with page.expect_download() as dl:
+        await page.click("#download")
+    saved = out / "astronaut.coco.json"
+    await (await dl.value).save_as(saved)
+    coco = json.loads(saved.read_text())
+    assert coco["images"][0]["width"] == 512 and coco["info"]["random_weights"] is True
+    anns = coco["annotations"]
+    assert len(anns) == 7 and [a["source"] for a in anns].count("click") == 1
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for a in anns:
+        m = mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
+        assert m.shape == (512, 512) and int(m.sum()) == a["area"]
+        assert names[a["category_id"]] in {"person", "rocket", "flag", "sky", "helmet"} and len(a["bbox"]) == 4
+
+    await page.screenshot(path=str(out / "page.png"), full_page=True)
+    assert (out / "page.png").stat().st_size > 10_000
+    assert errors == []
+
+
+async def test_the_page_and_its_files_need_no_token_but_the_api_does(make_server, browser, tmp_path):
+    port = free_port()
+    (tmp_path / "token").write_text("s3cret\n")
+    await make_server(http_port=port, auth_token_file=str(tmp_path / "token"))
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{port}/")
+    await page.wait_for_function("document.getElementById('server-info').textContent.includes('401')")
+    await page.fill("#token", "s3cret")
+    await page.dispatch_event("#token", "change")
+    await page.wait_for_function("document.getElementById('server-info').textContent.includes('seglabel')")
+    assert "401" not in await page.text_content("#server-info")
