@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve test lint bench bench-pipeline bench-scene bench-clicks bench-gpu soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q grpcio-tools
 	$(MAKE) proto PY=$(PY)
-	$(PIP) install -q -e '.[export,dev,bench,ocr]'
+	$(PIP) install -q -e '.[export,dev,bench,ocr,ray]'
 	$(PIP) install -q --no-deps rapidocr_onnxruntime==$(RAPIDOCR_VERSION)
 	# Triton's ModelConfig message, to validate the config.pbtxt files export writes (its gRPC client's
 	# dependencies would pin an older protobuf; only the generated message is used).
@@ -61,6 +61,23 @@ models: $(MODELS)/manifest.json
 
 serve: models
 	$(VENV)/bin/seglabel-server --models $(MODELS) --port $(PORT)
+
+# Redis for the shared upload store (Debian's redis-server; make system-deps installs it): in the
+# background on 127.0.0.1:$(REDIS_PORT), no persistence, least recently used dropped past REDIS_MAXMEMORY.
+REDIS_PORT ?= 6379
+REDIS_MAXMEMORY ?= 2gb
+redis: system-deps
+	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && echo "redis already on :$(REDIS_PORT)" || \
+	  redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+	    --maxmemory $(REDIS_MAXMEMORY) --maxmemory-policy allkeys-lru --logfile /tmp/seglabel-redis.log
+
+# The service on Ray Serve (local cluster on this machine): replicas behind Ray's gRPC proxy on
+# :$(RAY_GRPC_PORT), uploads in Redis. Ctrl-C stops it.
+RAY_REPLICAS ?= 2
+RAY_GRPC_PORT ?= 9000
+ray-serve: models redis
+	$(VENV)/bin/seglabel-ray --models $(MODELS) --replicas $(RAY_REPLICAS) --grpc-port $(RAY_GRPC_PORT) \
+	  --upload-store redis://127.0.0.1:$(REDIS_PORT)/0
 
 # Main job: server on the embedded default (ONNX Runtime, CPU) + the client on a bundled photo.
 demo: models
@@ -96,6 +113,10 @@ bench-scene: models
 # Clicks on an already-segmented upload (image embedding cached) vs on a fresh upload.
 bench-clicks: models
 	$(PY) scripts/bench_clicks.py --models $(MODELS)
+
+# Ray Serve scaling: 1 replica x 1 CPU vs 2 replicas x 1 CPU, same load, same run.
+bench-ray: models
+	$(PY) scripts/bench_ray.py --models $(MODELS)
 
 # Abuse harness on the full-size models: mixed good / cancelled / deadline / slow / bad requests.
 # The server runs with --arena-shrinkage: the configuration that keeps RSS bounded after bursts

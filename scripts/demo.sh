@@ -21,7 +21,7 @@ with SegmenterClient(f"127.0.0.1:{sys.argv[1]}") as c:
     info = c.server_info()
     print(f"SERVING: {info.backend} on {info.device} {list(info.providers)}")
 PY
-echo "HTTP/JSON gateway: http://127.0.0.1:$HTTP_PORT (POST /upload, /segment; docs at /docs)"
+echo "HTTP/JSON gateway: http://127.0.0.1:$HTTP_PORT (web page at /, POST /upload, /segment; docs at /docs)"
 
 EXTRA=()
 if "$VENV/bin/python" - "$PORT" <<'PY'
@@ -52,3 +52,8 @@ PY
 # shellcheck disable=SC2086
 time "$VENV/bin/seglabel" --server "127.0.0.1:$PORT" segment "$PHOTO" --stream --grid "$GRID" --out "$OUT" "${EXTRA[@]}" $SCENE
 echo "overlay: $OUT"
+# DEMO_KEEP=1 make demo: keep the server up afterwards (the web page at http://127.0.0.1:$HTTP_PORT/)
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+  echo "server still running (web page: http://127.0.0.1:$HTTP_PORT/); Ctrl-C stops it"
+  wait $SERVER
+fi

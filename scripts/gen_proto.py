@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from proto/ into OUT (default client/seglabel_api/pb).
 
-Imports are rewritten so the stubs live inside the seglabel_api package. Run by `make proto` and by
+Imports (and the messages' module name) are rewritten so the stubs live inside the seglabel_api package. Run by `make proto` and by
 client/setup.py when the client package is built."""
 
 from __future__ import annotations
@@ -33,14 +33,11 @@ def generate(out: Path) -> list[Path]:
         raise SystemExit(f"protoc failed ({rc})")
     files = sorted((out / "seglabel" / "v1").glob("*.py*"))
     for f in files:
-        f.write_text(
-            re.sub(
-                r"^from seglabel\.v1 import",
-                "from seglabel_api.pb.seglabel.v1 import",
-                f.read_text(),
-                flags=re.M,
-            )
-        )
+        text = re.sub(r"^from seglabel\.v1 import", "from seglabel_api.pb.seglabel.v1 import", f.read_text(), flags=re.M)
+        # The messages' __module__ is where they really live, so that they pickle (Ray Serve sends
+        # requests to its replicas pickled).
+        text = text.replace("'seglabel.v1.seglabel_pb2'", "'seglabel_api.pb.seglabel.v1.seglabel_pb2'")
+        f.write_text(text)
     for d in (out, out / "seglabel", out / "seglabel" / "v1"):
         (d / "__init__.py").touch()
     return files

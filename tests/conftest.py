@@ -72,3 +72,19 @@ def distinct_images(n: int, size=(96, 128)) -> list[bytes]:
         Image.fromarray(img[y : y + size[0], x : x + size[1]]).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A redis-server of this test session (skipped, with the reason, where none is installed)."""
+    from tests.system import RedisProcess, need, redis_server_path
+
+    path, problem = redis_server_path()
+    need("redis", problem)
+    try:
+        import redis  # noqa: F401
+    except ImportError as exc:
+        need("redis", f"the redis client is not installed ({exc})")
+    server = RedisProcess(path)
+    yield server.url
+    server.stop()

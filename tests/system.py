@@ -43,3 +43,46 @@ def output_dir(name: str):
     out = out / name
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def redis_server_path() -> tuple[str | None, str | None]:
+    path = shutil.which("redis-server")
+    return (path, None) if path else (None, "no redis-server executable on PATH")
+
+
+class RedisProcess:
+    """A throw-away redis-server on 127.0.0.1 (no persistence, LRU under a memory cap), as
+    ``make redis`` starts one; ``url`` to connect, ``stop()`` when done."""
+
+    def __init__(self, executable: str, maxmemory: str = "256mb"):
+        import socket
+        import subprocess
+        import time
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxmemory", maxmemory, "--maxmemory-policy", "allkeys-lru"],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError("redis-server did not answer PING within 5 s")
+        client.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

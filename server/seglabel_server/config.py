@@ -49,7 +49,13 @@ class ServerConfig:
     max_inflight: int = _opt(64, "requests admitted at once")
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
-    upload_cache_mb: int = _opt(512, "uploads kept (least recently used dropped past this)")
+    upload_store: str = _opt(
+        "memory",
+        "where uploads live: memory (this process), disk:PATH (survives restarts; several processes "
+        "may share it) or redis://host:port/db (shared by replicas)",
+    )
+    upload_cache_mb: int = _opt(512, "uploads kept in memory / on disk (least recently used dropped past this)")
+    upload_ttl_s: int = _opt(86400, "redis upload store: an upload expires this long after its last use")
     embedding_cache_mb: int = _opt(
         256,
         "image embeddings (SAM2 encoder outputs, 16 MB per image for hiera at 1024 px) kept by image sha256, "

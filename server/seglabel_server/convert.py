@@ -215,4 +215,6 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         labels_unavailable_reason=info["labels_unavailable_reason"],
         depth_unavailable_reason=info["depth_unavailable_reason"],
         text_unavailable_reason=info["text_unavailable_reason"],
+        served_by=info["served_by"],
+        upload_store=info["upload_store"],
     )

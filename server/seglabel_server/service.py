@@ -9,13 +9,12 @@ import hashlib
 import logging
 import os
 import re
-import threading
+import socket
 import time
-from collections import OrderedDict
 
 import numpy as np
 
-from seglabel_server import __version__, imaging, kinds, memory
+from seglabel_server import __version__, imaging, kinds, memory, uploads
 from seglabel_server.backends import Backend, create_backend
 from seglabel_server.budget import (
     Charge,
@@ -34,7 +33,6 @@ from seglabel_server.errors import (
     ModelError,
     Overloaded,
     Unavailable,
-    UnknownFile,
     clip_text,
 )
 from seglabel_server.metrics import Metrics
@@ -58,46 +56,6 @@ def check_file_id(file_id: str) -> None:
         raise InvalidArgument(
             f"file_id must be 64 lowercase hex characters (a sha256), got {clip_text(file_id)}"
         )
-
-
-class FileStore:
-    """Content-addressed uploads (sha256 of the bytes) with the client's file name, least recently
-    used dropped past a byte budget."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self.total = 0
-        self.lock = threading.Lock()
-
-    def put(self, data: bytes, filename: str = "") -> str:
-        file_id = hashlib.sha256(data).hexdigest()
-        with self.lock:
-            if file_id in self.files:
-                self.files[file_id] = (data, filename or self.files[file_id][1])
-                self.files.move_to_end(file_id)
-                return file_id
-            self.files[file_id] = (data, filename)
-            self.total += len(data)
-            while self.total > self.max_bytes and len(self.files) > 1:
-                _, (old, _) = self.files.popitem(last=False)
-                self.total -= len(old)
-        return file_id
-
-    def get(self, file_id: str) -> bytes:
-        with self.lock:
-            entry = self.files.get(file_id)
-            if entry is None:
-                raise UnknownFile(
-                    f"unknown file_id {clip_text(file_id, 80)} (never uploaded, or evicted: upload again)"
-                )
-            self.files.move_to_end(file_id)
-            return entry[0]
-
-    def filename(self, file_id: str) -> str:
-        with self.lock:
-            entry = self.files.get(file_id)
-            return entry[1] if entry else ""
 
 
 FAMILY_HINTS = {
@@ -166,7 +124,9 @@ class SeglabelService:
     def __init__(self, cfg: ServerConfig, metrics: Metrics | None = None):
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self.files = FileStore(cfg.upload_cache_mb << 20)
+        # who answers: the Ray Serve replica sets its replica id here
+        self.served_by = f"{socket.gethostname()}:{os.getpid()}"
+        self.files = uploads.open_store(cfg.upload_store, cfg.upload_cache_mb << 20, cfg.upload_ttl_s)
         self.repo: ModelRepository | None = None
         self.backend: Backend | None = None
         self.scheduler: Scheduler | None = None
@@ -266,6 +226,7 @@ class SeglabelService:
             await asyncio.to_thread(self.pipeline.close)
         if self.backend:
             self.backend.close()
+        self.files.close()
 
     # ----------------------------------------------------------------------------------------- calls
     def upload(self, data: bytes, filename: str = "") -> tuple[str, int, int]:
@@ -323,15 +284,17 @@ class SeglabelService:
         t0 = time.perf_counter()
         if file_id:
             check_file_id(file_id)
-            data = self.files.get(file_id)
         elif not data:
             raise InvalidArgument(f"{what} needs file_id or image bytes")
-        self._check_size(data)
 
         def admit(w: int, h: int) -> None:
             charges.append(self.budget.charge(estimate(w, h)))
 
         def decode():
+            nonlocal data
+            if file_id:
+                data = self.files.get(file_id)  # disk or network: off the event loop
+            self._check_size(data)
             key = file_id or (
                 hashlib.sha256(data).hexdigest() if self.pipeline.embeddings is not None else None
             )
@@ -443,4 +406,6 @@ class SeglabelService:
             ),
             "depth_unavailable_reason": self.pipeline.depth_unavailable_reason if self.pipeline else "",
             "text_unavailable_reason": self.pipeline.text_unavailable_reason if self.pipeline else "",
+            "served_by": self.served_by,
+            "upload_store": self.files.describe(),
         }

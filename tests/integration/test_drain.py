@@ -42,16 +42,26 @@ def start(tiny_repo, port: int) -> subprocess.Popen:
 
 
 def in_flight(client: SegmenterClient, image: bytes) -> tuple[threading.Thread, dict]:
+    """A heavy request, streamed so that the caller knows when the server has admitted it (its
+    ``accepted`` event); ``out["resp"]`` is the final summary."""
     out: dict = {}
+    admitted = threading.Event()
 
     def run():
         try:
-            out["resp"] = client.segment(image, **HEAVY)
+            for ev in client.stream_segment(image, **HEAVY):
+                admitted.set()
+                if ev.WhichOneof("event") == "summary":
+                    out["resp"] = ev.summary
         except grpc.RpcError as exc:
             out["error"] = exc
+        finally:
+            admitted.set()
 
     th = threading.Thread(target=run)
     th.start()
+    assert admitted.wait(60), "the heavy request was never admitted"
+    time.sleep(0.3)  # and is being served
     return th, out
 
 
@@ -62,7 +72,6 @@ def test_sigterm_drains_then_exits_zero(tiny_repo, heavy_image, photo_bytes):
         with SegmenterClient(f"127.0.0.1:{port}", timeout=120) as c:
             c.wait_ready(timeout=180)
             th, out = in_flight(c, heavy_image)
-            time.sleep(0.5)  # the heavy request is being served
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(grpc.RpcError) as err:
@@ -86,7 +95,6 @@ def test_a_second_signal_exits_at_once(tiny_repo, heavy_image):
         with SegmenterClient(f"127.0.0.1:{port}", timeout=120) as c:
             c.wait_ready(timeout=180)
             th, _ = in_flight(c, heavy_image)
-            time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             t0 = time.perf_counter()

@@ -1,0 +1,183 @@
+"""The service on Ray Serve: a real local Ray cluster (2 CPUs), 2 replicas of 1 CPU each, uploads in
+Redis, called through Ray's gRPC proxy with the project's unchanged client; a replica killed in the
+middle of a run."""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from seglabel_client import sample_image_bytes
+from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request
+from seglabel_server.uploads import RedisStore
+
+from tests.system import need, output_dir
+
+LOOSE = dict(pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1)
+REQUEST = dict(points_per_side=4, max_masks=6, labels=["person", "rocket", "flag", "sky"], **LOOSE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_pids() -> list[int]:
+    """Processes of the pipeline's replicas (Ray names them ``ray::ServeReplica:<app>:<deployment>``)."""
+    pids = []
+    for f in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = f.read_bytes().split(b"\0")[0].decode(errors="replace").strip()
+        except OSError:
+            continue
+        if title == "ray::ServeReplica:seglabel:Seglabel":
+            pids.append(int(f.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_serve(tiny_repo, redis_url):
+    try:
+        import ray
+        from ray import serve
+        from seglabel_server import ray_app
+    except ImportError as exc:
+        need("ray", f"ray[serve] is not installed ({exc}); pip install 'seglabel[ray]'")
+    port = free_port()
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING")
+    try:
+        args = {"server": {"models": str(tiny_repo), "upload_store": redis_url}, "num_replicas": 2, "num_cpus": 1}
+        ray_app.start(args, grpc_port=port, http_port=free_port())
+        yield f"127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def segment_with_replica(c: SegmenterClient, file_id: str):
+    resp, call = c.stub.Segment.with_call(build_request(None, file_id=file_id, **REQUEST), metadata=c.metadata)
+    return resp, dict(call.trailing_metadata())["seglabel-replica"]
+
+
+def signature(resp):
+    return [m.rle.counts for m in resp.masks], [(lab.mask_index, lab.label) for lab in resp.labels]
+
+
+async def test_two_replicas_share_uploads_and_answer_as_one_process(ray_serve, make_server, photo_bytes):
+    with SegmenterClient(ray_serve) as uploader:
+        uploader.wait_ready(timeout=60)
+        info = uploader.server_info()
+        file_id = uploader.upload(photo_bytes, filename="astronaut.jpg").file_id
+    assert "redis" in info.upload_store and info.served_by
+    served, answers = set(), []
+    with SegmenterClient(ray_serve) as other:  # another connection
+        for _ in range(30):
+            resp, replica = segment_with_replica(other, file_id)
+            served.add(replica)
+            answers.append(signature(resp))
+            if len(served) == 2:
+                break
+        streamed = [ev.WhichOneof("event") for ev in other.stream_segment(file_id=file_id, **REQUEST)]
+    assert len(served) == 2, served  # both replicas answered for the one upload
+    single = await make_server()
+    async with AsyncSegmenterClient(f"127.0.0.1:{single.port}") as c:
+        reference = signature(await c.segment(photo_bytes, **REQUEST))
+    assert len(reference[0]) == 6 and all(a == reference for a in answers)
+    assert streamed[0] == "accepted" and streamed[-1] == "summary" and "label_update" in streamed
+
+
+def variant(i: int) -> bytes:
+    img = np.asarray(Image.open(io.BytesIO(sample_image_bytes("coffee.jpg"))).convert("RGB")).copy()
+    img[0, 0] = (i, 255 - i, i // 2)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_replica_killed_mid_run_loses_no_request_and_comes_back(ray_serve, redis_url):
+    """50 requests (upload + segment by file_id) from 8 clients; one replica is SIGKILLed once
+    requests are flowing. Each request succeeds (a lost replica's calls are retried on the other) or
+    fails UNAVAILABLE; none hangs; every upload can still be read; Ray starts a new replica, which
+    serves again."""
+    before = replica_pids()
+    assert len(before) == 2
+    todo, lock = list(range(50)), threading.Lock()
+    outcomes: collections.Counter = collections.Counter()
+    uploaded, replicas_seen, done = {}, set(), threading.Event()
+
+    def client():
+        with SegmenterClient(ray_serve, timeout=120) as c:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop()
+                try:
+                    fid = c.upload(variant(i)).file_id
+                    with lock:
+                        uploaded[i] = fid
+                    _, replica = segment_with_replica(c, fid)
+                    outcome = "ok"
+                    with lock:
+                        replicas_seen.add(replica)
+                except grpc.RpcError as exc:
+                    outcome = exc.code().name
+                with lock:
+                    outcomes[outcome] += 1
+                    if sum(outcomes.values()) >= 6:
+                        done.set()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    assert done.wait(120)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic() - t0
+    for t in threads:
+        t.join(180)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    report = (f"replica {victim} SIGKILLed at {killed_at:.1f}s; outcomes {dict(outcomes)} "
+              f"in {time.monotonic() - t0:.1f}s; replicas that answered: {len(replicas_seen)}")  # fmt: skip
+    print("\n" + report)
+    (output_dir("ray") / "fault.txt").write_text(report + "\n")
+    assert sum(outcomes.values()) == 50 and set(outcomes) <= {"OK", "ok", "UNAVAILABLE"}, outcomes
+    assert outcomes["ok"] >= 40
+
+    # no upload lost: every upload answered during the run is in the store, and segments
+    store = RedisStore(redis_url, ttl_s=3600)
+    assert len(uploaded) >= outcomes["ok"] and all(store.get(fid) == variant(i) for i, fid in uploaded.items())
+    with SegmenterClient(ray_serve, timeout=120) as c:
+        for fid in list(uploaded.values())[::10]:
+            segment_with_replica(c, fid)
+
+    # Ray replaces the replica; the new one serves
+    for _ in range(120):
+        now = replica_pids()
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.5)
+    assert len(now) == 2 and victim not in now, now
+    (replacement,) = set(now) - set(before)
+    answered = set()
+    with SegmenterClient(ray_serve, timeout=120) as c:
+        c.wait_ready(timeout=60)
+        fid = c.upload(variant(99)).file_id
+        for _ in range(40):
+            answered.add(segment_with_replica(c, fid)[1].rsplit(":", 1)[1])
+            if str(replacement) in answered:
+                break
+    assert str(replacement) in answered and str(victim) not in answered, (replacement, answered)
