@@ -86,3 +86,12 @@ class RedisProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

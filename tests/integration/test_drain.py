@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,14 +15,11 @@ import pytest
 from PIL import Image
 from seglabel_client.client import SegmenterClient
 
+from tests.system import free_port
+
 HEAVY = dict(points_per_side=12, max_masks=400, skip_labels=True, overlay=False, pred_iou_thresh=0,
              stability_score_thresh=0, box_nms_thresh=1)  # fmt: skip
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

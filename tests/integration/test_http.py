@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 from collections import defaultdict
 
 import pytest
@@ -15,13 +14,10 @@ import requests
 from PIL import Image
 from seglabel_client import sample_image_bytes
 
+from tests.system import free_port
+
 LOOSE = {"pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 1}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import collections
 import io
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,16 +20,11 @@ from seglabel_client import sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request
 from seglabel_server.uploads import RedisStore
 
-from tests.system import need, output_dir
+from tests.system import free_port, need, output_dir
 
 LOOSE = dict(pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1)
 REQUEST = dict(points_per_side=4, max_masks=6, labels=["person", "rocket", "flag", "sky"], **LOOSE)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replica_pids() -> list[int]:

@@ -5,22 +5,16 @@ A screenshot is left in test-output/web/."""
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from seglabel_client import sample_image_bytes
 
-from tests.system import chromium, need, output_dir
+from tests.system import chromium, free_port, need, output_dir
 
 PHOTO = "astronaut.jpg"  # 512 x 512
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
