@@ -1,7 +1,9 @@
 """Image embeddings kept between requests: the SAM2 encoder's outputs for an image, keyed by the
 sha256 of its bytes (an upload's file_id), least recently used dropped past a byte budget. A POINTS
 or BOX click, or a re-segmentation, of an image already seen skips the encoder. The arrays stay where
-the backend left them (host memory for ONNX Runtime, the GPU for torch)."""
+the backend left them (host memory for ONNX Runtime, the GPU for torch). The decoded image is kept
+beside them (read-only, in the same byte budget) when it is at most an eighth of the budget, so a
+click does not decode the file again either."""
 
 from __future__ import annotations
 
@@ -32,33 +34,51 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int, metrics=None):
         self.max_bytes = max_bytes
         self.metrics = metrics
-        self.items: OrderedDict[str, tuple[ImageFeatures, int]] = OrderedDict()
+        # (key, "features" | "image") -> (value, bytes); one LRU order and one budget for both
+        self.items: OrderedDict[tuple[str, str], tuple[object, int]] = OrderedDict()
         self.bytes = 0
         self.lock = threading.Lock()
 
-    def get(self, key: str) -> ImageFeatures | None:
+    def _get(self, key: tuple[str, str]):
         with self.lock:
             entry = self.items.get(key)
             if entry is not None:
                 self.items.move_to_end(key)
-        if self.metrics is not None:
-            (self.metrics.embedding_hits if entry is not None else self.metrics.embedding_misses).inc()
         return entry[0] if entry is not None else None
 
-    def put(self, key: str, features: ImageFeatures) -> None:
-        owned = ImageFeatures({k: _own(v) for k, v in features.arrays.items()})
-        size = sum(nbytes(v) for v in owned.arrays.values())
+    def _put(self, key: tuple[str, str], value, size: int) -> None:
         if size > self.max_bytes:
             return
         with self.lock:
             old = self.items.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
-            self.items[key] = (owned, size)
+            self.items[key] = (value, size)
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, (_, n) = self.items.popitem(last=False)
                 self.bytes -= n
+
+    def get(self, key: str) -> ImageFeatures | None:
+        features = self._get((key, "features"))
+        if self.metrics is not None:
+            (self.metrics.embedding_hits if features is not None else self.metrics.embedding_misses).inc()
+        return features
+
+    def put(self, key: str, features: ImageFeatures) -> None:
+        owned = ImageFeatures({k: _own(v) for k, v in features.arrays.items()})
+        self._put((key, "features"), owned, sum(nbytes(v) for v in owned.arrays.values()))
+
+    def image(self, key: str) -> np.ndarray | None:
+        """The decoded image of ``key`` (read-only), when kept."""
+        return self._get((key, "image"))
+
+    def put_image(self, key: str, image: np.ndarray) -> None:
+        if image.nbytes * 8 > self.max_bytes:
+            return
+        kept = image.copy() if image.base is not None else image
+        kept.flags.writeable = False
+        self._put((key, "image"), kept, kept.nbytes)
 
     def clear(self) -> None:
         with self.lock:

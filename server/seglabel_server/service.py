@@ -295,10 +295,16 @@ class SeglabelService:
             if file_id:
                 data = self.files.get(file_id)  # disk or network: off the event loop
             self._check_size(data)
-            key = file_id or (
-                hashlib.sha256(data).hexdigest() if self.pipeline.embeddings is not None else None
-            )
-            return imaging.decode_image(data, self.cfg.max_image_pixels, admit), key
+            cache = self.pipeline.embeddings
+            key = file_id or (hashlib.sha256(data).hexdigest() if cache is not None else None)
+            image = cache.image(key) if cache is not None and key else None
+            if image is not None:  # seen before: decoded already
+                admit(image.shape[1], image.shape[0])
+                return image, key
+            image = imaging.decode_image(data, self.cfg.max_image_pixels, admit)
+            if cache is not None and key:
+                cache.put_image(key, image)
+            return image, key
 
         image, key = await asyncio.to_thread(decode)
         return image, (time.perf_counter() - t0) * 1000.0, key

@@ -4,6 +4,7 @@ a server without the cache gives; bounded by bytes, counted in metrics, listed i
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from seglabel_client.client import AsyncSegmenterClient
 from seglabel_server.embedding_cache import EmbeddingCache
 from seglabel_server.kinds.sam2 import ImageFeatures
@@ -48,6 +49,18 @@ def test_cached_features_do_not_hold_the_rest_of_their_batch():
     assert kept.base is None and kept.nbytes == batch.nbytes // 4 and cache.bytes == kept.nbytes
     cache.put("b", ImageFeatures({"image_embed": np.zeros((1, 1 << 20), np.float32)}))  # 4 MB
     cache.put("c", ImageFeatures({"image_embed": np.zeros((1, 2 << 20), np.float32)}))  # 8 MB: evicts a, b
-    assert list(cache.items) == ["c"] and cache.bytes == 8 << 20
+    assert list(cache.items) == [("c", "features")] and cache.bytes == 8 << 20
     cache.put("huge", ImageFeatures({"image_embed": np.zeros((1, 4 << 20), np.float32)}))  # over: not kept
-    assert cache.get("huge") is None and list(cache.items) == ["c"]
+    assert cache.get("huge") is None and list(cache.items) == [("c", "features")]
+
+
+def test_the_decoded_image_is_kept_read_only_beside_its_features():
+    cache = EmbeddingCache(8 << 20)
+    rgb = np.arange(512 * 512 * 3, dtype=np.uint8).reshape(512, 512, 3)  # 768 KB: <= 1/8 of the budget
+    cache.put_image("a", rgb[:, :, :])
+    kept = cache.image("a")
+    assert np.array_equal(kept, rgb) and not kept.flags.writeable and cache.bytes == rgb.nbytes
+    with pytest.raises(ValueError):
+        kept[0, 0, 0] = 1  # a request can never alter what the next one reads
+    cache.put_image("big", np.zeros((1024, 1024, 3), np.uint8))  # 3 MB: over 1/8 of the budget, not kept
+    assert cache.image("big") is None and cache.image("nothing") is None
