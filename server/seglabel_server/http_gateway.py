@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.routing import Match
 
 from seglabel_server.errors import (
     Cancelled,
@@ -312,8 +313,6 @@ class HttpMetrics:
         self.app, self.routes, self.metrics = app, fastapi_app.routes, metrics
 
     def route(self, scope) -> str:
-        from starlette.routing import Match
-
         for r in self.routes:
             if r.matches(scope)[0] == Match.FULL:
                 return getattr(r, "path", scope["path"])

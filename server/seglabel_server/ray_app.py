@@ -31,6 +31,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
 
 from seglabel_server.config import ServerConfig, _apply_file
 from seglabel_server.interceptor import grpc_status
@@ -101,6 +102,11 @@ def pin_to_cpus(local_rank: int, n: int) -> list[int]:
     return chosen
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """What a replica raised, out of the RayTaskError the handle wraps it in."""
+    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
 UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo")
 # A replica that dies (crash, OOM kill, node lost) or cannot be reached: the call is retried on
 # another one, and if none answers, UNAVAILABLE (which the client retries too).
@@ -129,21 +135,13 @@ class SeglabelIngress:
     def _raise(self, exc: BaseException, grpc_context):
         """A replica's exception as the client's status: domain errors by kind, a lost replica
         UNAVAILABLE, anything else INTERNAL."""
-        from ray.exceptions import RayActorError, RayTaskError
-
-        cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+        cause = _cause(exc)
         if isinstance(cause, RayActorError):
             self._fail(grpc_context, grpc.StatusCode.UNAVAILABLE, f"replica lost ({type(cause).__name__}); retry")
         else:
             code, details = grpc_status(cause)
             self._fail(grpc_context, code, details, getattr(cause, "retry_after_ms", None))
         raise cause from None
-
-    @staticmethod
-    def _lost(exc: BaseException) -> bool:
-        from ray.exceptions import RayActorError, RayTaskError
-
-        return isinstance(exc, RayActorError) or (isinstance(exc, RayTaskError) and isinstance(exc.cause, RayActorError))
 
     async def _unary(self, method: str, request, grpc_context):
         for attempt in range(ATTEMPTS):
@@ -153,7 +151,7 @@ class SeglabelIngress:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._lost(exc) and attempt + 1 < ATTEMPTS:
+                if isinstance(_cause(exc), RayActorError) and attempt + 1 < ATTEMPTS:
                     log.warning("%s: replica lost (%s), retrying on another", method, type(exc).__name__)
                     continue
                 self._raise(exc, grpc_context)
@@ -191,7 +189,7 @@ class SeglabelIngress:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._lost(exc) and sent == 0 and attempt + 1 < ATTEMPTS:
+                if isinstance(_cause(exc), RayActorError) and sent == 0 and attempt + 1 < ATTEMPTS:
                     log.warning("StreamSegment: replica lost (%s) before the first event, retrying", type(exc).__name__)
                     continue
                 self._raise(exc, grpc_context)
