@@ -131,7 +131,7 @@ bench: models
 	bash scripts/bench_batching.sh $(VENV) $(MODELS)
 
 bench-gpu:
-	bash scripts/gpu_bench.sh
+	bash scripts/gpu_bench.sh $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(PB_OUT) .pytest_cache

@@ -3,7 +3,8 @@
 For each server (``--server LABEL=HOST:PORT``, several allowed, measured one after another) and each
 concurrency level: warm-up requests (excluded), then ``--requests`` StreamSegment calls from
 ``concurrency`` concurrent clients. Reports p50/p90/p95/p99 latency, throughput, time to first mask and
-first label, and the server's own queue vs compute time (from the response timings). Writes a terminal
+first label, and the server's own queue vs compute time and per-stage times (from the response
+timings). Writes a terminal
 table, CSV and JSON, and a PNG plot of latency and throughput vs concurrency.
 
     seglabel-bench --server on=127.0.0.1:50051 --server off=127.0.0.1:50052 --concurrency 1,4,16
@@ -34,6 +35,10 @@ class Sample:
     queue_ms: float
     total_ms: float
     masks: int
+    stages: dict  # the server's per-stage times for this request (ms)
+
+
+STAGES = ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "render")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Row:
     server_queue_p50_ms: float
     server_compute_p50_ms: float
     masks_per_request: float
+    server_stages_p50_ms: dict
 
 
 async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> Sample:
@@ -71,7 +77,9 @@ async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> S
         elif kind == "summary":
             summary = ev.summary
     latency = time.perf_counter() - t0
-    return Sample(latency, first_mask, first_label, summary.timings.queue_ms, summary.timings.total_ms, masks)
+    t = summary.timings
+    stages = {name: getattr(t, f"{name}_ms") for name in STAGES}
+    return Sample(latency, first_mask, first_label, t.queue_ms, t.total_ms, masks, stages)
 
 
 async def run_level(
@@ -119,6 +127,7 @@ def summarize(server: str, concurrency: int, samples: list[Sample], errors: int,
         pct([s.queue_ms for s in samples], 50),
         pct([s.total_ms - s.queue_ms for s in samples], 50),
         float(np.mean([s.masks for s in samples])) if samples else 0.0,
+        {name: pct([s.stages[name] for s in samples], 50) for name in STAGES},
     )
 
 

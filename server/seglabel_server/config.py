@@ -38,6 +38,38 @@ class ServerConfig:
     device: str = _opt("cpu", "onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
     precision: str = _opt("fp32", "torch backend autocast on CUDA", choices=("fp32", "fp16", "bf16"))
     threads: int = _opt(0, "onnxruntime intra-op threads (0: one per core)")
+    torch_compile: str = _opt(
+        "none",
+        "torch backend: compile every model (torch.compile; reduce-overhead adds CUDA graphs), batches "
+        "padded to power-of-two buckets, all compiled before SERVING (the time is logged)",
+        choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
+    ort_io_binding: str = _opt(
+        "auto",
+        "onnxruntime: bind inputs and outputs to the provider's memory (outputs stay on the GPU and feed "
+        "the next graph by pointer); auto: on off the CPU",
+        choices=("auto", "on", "off"),
+    )
+    mask_path: str = _opt(
+        "auto",
+        "torch backend: where per-mask work runs (filters, upsampling, RLE runs, CLIP crops): device keeps "
+        "masks in the backend's memory until they are answers; host is the numpy path (auto: device on "
+        "CUDA, host on the CPU, where it is faster)",
+        choices=("auto", "device", "host"),
+    )
+    decoder_layout: str = _opt(
+        "auto",
+        "torch backend: decoder calls hold prompts of one image (per-image) or of several "
+        "(multi-image: requests share decoder batches); auto: multi-image on CUDA, per-image on the CPU",
+        choices=("auto", "per-image", "multi-image"),
+    )
+    stage_workers: str = _opt(
+        "auto",
+        "inference worker threads, as groups of stages separated by '|' (e.g. "
+        "'encoder|decoder,clip,text'; stages not named join the last group, or follow a single group "
+        "as a second); one: a single worker; auto: encoder|rest for torch on CUDA (each worker its own "
+        "CUDA stream, so the next batch's encoder overlaps this one's decoder and CLIP), else one",
+    )
     cpu_threads: int = _opt(0, "threads for filters, upsampling, RLE and crops (0: one per core)")
     load_clip: bool = _opt(True, "load CLIP (--no-clip: segmentation only)", flag="clip")
     batching: bool = _opt(True, "merge work of different requests into one batch")
@@ -54,7 +86,9 @@ class ServerConfig:
         "where uploads live: memory (this process), disk:PATH (survives restarts; several processes "
         "may share it) or redis://host:port/db (shared by replicas)",
     )
-    upload_cache_mb: int = _opt(512, "uploads kept in memory / on disk (least recently used dropped past this)")
+    upload_cache_mb: int = _opt(
+        512, "uploads kept in memory / on disk (least recently used dropped past this)"
+    )
     upload_ttl_s: int = _opt(86400, "redis upload store: an upload expires this long after its last use")
     embedding_cache_mb: int = _opt(
         256,
@@ -96,6 +130,30 @@ class ServerConfig:
             delay = kind.max_queue_delay_ms if self.max_queue_delay_ms < 0 else self.max_queue_delay_ms
             out[kind.name] = StageConfig(size, delay, self.max_queue)
         return out
+
+    def worker_groups(self, stages: list[str]) -> list[list[str]]:
+        """``stage_workers`` resolved against the stages this server runs (see the flag's help)."""
+        spec = self.stage_workers
+        if spec == "auto":
+            # The torch backend gives each worker thread its own CUDA stream; CUDA graphs (compiled
+            # reduce-overhead / max-autotune) are recorded per thread, so with them: one worker.
+            graphs = self.torch_compile in ("reduce-overhead", "max-autotune")
+            torch_gpu = self.backend == "torch" and self.device.startswith("cuda")
+            spec = "encoder" if torch_gpu and not graphs else "one"
+        if spec == "one":
+            return [list(stages)]
+        groups = [[s.strip() for s in g.split(",") if s.strip()] for g in spec.split("|")]
+        unknown = {s for g in groups for s in g} - {k.name for k in kinds.all_kinds()}
+        if unknown:
+            raise ValueError(f"stage_workers: no stage {sorted(unknown)}")
+        named = {s for g in groups for s in g}
+        groups = [[s for s in g if s in stages] for g in groups]
+        rest = [s for s in stages if s not in named]
+        if rest and len(groups) == 1:  # "encoder": the encoder alone, everything else together
+            groups.append(rest)
+        elif rest:
+            groups[-1].extend(rest)
+        return [g for g in groups if g]
 
 
 # ------------------------------------------------------------------------------------------ flags

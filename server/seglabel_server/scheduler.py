@@ -3,7 +3,9 @@
 Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue, one
 stage per registered model kind (:mod:`seglabel_server.kinds`; e.g. encoder: images; decoder:
 prompt chunks of one image, from one or several requests; clip: crops; text: token rows).
-One inference worker thread per device repeatedly asks :func:`pick_stage` which stage is ready,
+An inference worker thread (one per group of stages: by default one; on a GPU the encoder has its own,
+so the next batch's encoder overlaps the decoder and CLIP of this one) repeatedly asks
+:func:`pick_stage` which of its stages is ready,
 drains it with :func:`collate_batch` (pure functions, unit-tested without models), and hands the
 batch to :class:`BatchExecutor`, which has the stage's kind collate it, run it on the backend by
 model name and split the outputs into exactly one result per item.
@@ -122,8 +124,9 @@ class BatchExecutor:
 
 
 class Scheduler:
-    """Bounded per-stage queues + one inference worker thread; ``await run(stage, payload, ctx)`` for
-    the pipeline. ``configs`` names the stages, in priority order."""
+    """Bounded per-stage queues + inference worker threads; ``await run(stage, payload, ctx)`` for
+    the pipeline. ``configs`` names the stages, in priority order; ``workers`` groups them, one
+    thread per group (default: one thread for all)."""
 
     def __init__(
         self,
@@ -131,6 +134,7 @@ class Scheduler:
         configs: dict[str, StageConfig],
         metrics: Metrics | None = None,
         batching: bool = True,
+        workers: list[list[str]] | None = None,
     ):
         self.executor = BatchExecutor(backend)
         self.configs = configs
@@ -139,8 +143,17 @@ class Scheduler:
         self.queues: dict[str, deque] = {s: deque() for s in configs}
         self.cond = threading.Condition()
         self.stopping = False
-        self.thread = threading.Thread(target=self._loop, name="seglabel-inference", daemon=True)
-        self.thread.start()
+        groups = workers or [list(configs)]
+        missing = set(configs) - {s for g in groups for s in g}
+        if missing:
+            raise ValueError(f"stages without a worker: {sorted(missing)}")
+        self.threads = []
+        for group in groups:
+            own = {s: c for s, c in configs.items() if s in group}  # keeps the priority order
+            name = "seglabel-inference" + (f"-{'-'.join(own)}" if len(groups) > 1 else "")
+            t = threading.Thread(target=self._loop, args=(own,), name=name, daemon=True)
+            t.start()
+            self.threads.append(t)
 
     # -- client side (asyncio loop) -----------------------------------------------------------------
     def submit_nowait(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
@@ -160,7 +173,7 @@ class Scheduler:
             q.append(item)
             if self.metrics:
                 self.metrics.queue_depth.labels(stage).set(len(q))
-            self.cond.notify()
+            self.cond.notify_all()  # the workers wait on different stages
         return item.future
 
     async def run(self, stage: str, payload: Any, ctx: RequestContext) -> Any:
@@ -187,20 +200,21 @@ class Scheduler:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
-        self.thread.join(timeout=30)
+        for t in self.threads:
+            t.join(timeout=30)
         for q in self.queues.values():
             for item in q:
                 item.future.set_exception(Cancelled("server stopped"))
             q.clear()
 
     # -- worker side --------------------------------------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self, configs: dict[str, StageConfig]) -> None:
         while True:
             with self.cond:
                 while True:
                     if self.stopping:
                         return
-                    stage, wait = pick_stage(self.queues, self.configs, time.monotonic())
+                    stage, wait = pick_stage(self.queues, configs, time.monotonic())
                     if stage is not None:
                         break
                     self.cond.wait(timeout=None if wait == float("inf") else wait)

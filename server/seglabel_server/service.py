@@ -89,7 +89,9 @@ def build_pipeline(
         reason = "CLIP models not loaded"
     loaded = set(backend.loaded())
     stages = {s: c for s, c in cfg.stage_configs().items() if kinds.get(s).model in loaded}
-    scheduler = Scheduler(backend, stages, metrics, batching=cfg.batching)
+    scheduler = Scheduler(
+        backend, stages, metrics, batching=cfg.batching, workers=cfg.worker_groups(list(stages))
+    )
     for family in ("depth", "ocr"):
         has = all(k.model in loaded for k in kinds.all_kinds() if k.family == family)
         if not has and family not in unavailable:
@@ -109,6 +111,8 @@ def build_pipeline(
         "" if tokenizer is not None else reason,
         cpu_threads=cfg.cpu_threads or (os.cpu_count() or 2),
         upsample_on_backend=backend.upsample_masks,
+        device_ops=backend.device_ops(),
+        multi_image="multi_image" in backend.capabilities,
         depth_meta=repo.manifest.get("depth"),
         depth_unavailable_reason=unavailable.get("depth", ""),
         ocr_engine=ocr_engine,
@@ -148,6 +152,9 @@ class SeglabelService:
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._load_models)
+            graphs, seconds = await asyncio.to_thread(self.backend.warm_up)
+            if graphs:
+                log.info("compiled engines: %d bucket graphs compiled and run in %.1fs", graphs, seconds)
             if self.cfg.warmup:
                 await self._warmup()
         except Exception as exc:
@@ -178,6 +185,10 @@ class SeglabelService:
         self.backend = create_backend(
             cfg.backend, self.repo, cfg.device, cfg.precision, cfg.threads, models=[],
             arena_shrinkage=cfg.arena_shrinkage, cpu_arena=cfg.cpu_arena,
+            mask_path=cfg.mask_path, decoder_layout=cfg.decoder_layout,
+            io_binding={"auto": None, "on": True, "off": False}[cfg.ort_io_binding],
+            compile_mode=cfg.torch_compile,
+            max_batches={kinds.get(s).model: c.max_batch_size for s, c in cfg.stage_configs().items()},
         )  # fmt: skip
         required = {k.family for k in kinds.all_kinds() if k.required}
         for family in sorted(families, key=lambda f: (f not in required, f)):

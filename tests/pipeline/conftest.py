@@ -37,6 +37,20 @@ def pair_ious(ours: list, ref: list) -> np.ndarray:
     return np.asarray(iou).max(axis=1)
 
 
+def crisp(backend):
+    """Scale the SAM2 mask/IoU heads of a torch backend: random weights otherwise give logits within
+    +-0.3, i.e. stability 0 for every mask. Scaled, masks are crisp like a trained SAM's and survive
+    real thresholds."""
+    import torch
+
+    dec = backend.mods["sam2_image_encoder"].model.sam_mask_decoder
+    with torch.no_grad():
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 1000
+        dec.iou_prediction_head.layers[-1].weight *= 20
+    return backend
+
+
 def decoded(result) -> list[np.ndarray]:
     return [amg.decode_rle(m.rle) for m in result.masks]
 
@@ -56,4 +70,5 @@ def ort_backend(tiny_repo):
 def torch_backend(tiny_repo):
     from seglabel_server.backends import create_backend
 
-    return create_backend("torch", ModelRepository.load(tiny_repo))
+    # The host mask path: these tests compare runtimes (test_device_path.py compares the paths).
+    return create_backend("torch", ModelRepository.load(tiny_repo), mask_path="host")

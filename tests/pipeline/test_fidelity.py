@@ -13,23 +13,16 @@ from seglabel_server.repository import ModelRepository
 from seglabel_server.types import SegmentParams
 from seglabel_server.vocab import TEMPLATES
 
-from .conftest import decoded, pair_ious, rles, run_pipeline
+from .conftest import crisp, decoded, pair_ious, rles, run_pipeline
 
 GRID = 8
 
 
 @pytest.fixture(scope="module")
 def crisp_torch(tiny_repo):
-    """Torch backend whose SAM2 mask/IoU heads are scaled: random weights otherwise give logits within
-    +-0.3, i.e. stability 0 for every mask. Scaled, masks are crisp like a trained SAM's and survive
-    real thresholds. sam2's generator below runs on this very model object."""
-    backend = create_backend("torch", ModelRepository.load(tiny_repo))
-    dec = backend.mods["sam2_image_encoder"].model.sam_mask_decoder
-    with torch.no_grad():
-        for mlp in dec.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 1000
-        dec.iou_prediction_head.layers[-1].weight *= 20
-    return backend
+    """Torch backend with crisp masks (conftest.crisp); sam2's generator below runs on this very
+    model object."""
+    return crisp(create_backend("torch", ModelRepository.load(tiny_repo)))
 
 
 def reference(backend, image, iou, stab, nms):

@@ -91,6 +91,7 @@ class FakeBackend(Backend):
         self.info = BackendInfo("fake", "cpu")
         self.delay = delay
         self.calls: list[tuple[str, int]] = []
+        self.gates: dict[str, threading.Event] = {}  # stage -> run waits until it is set
         self.lock = threading.Lock()
         self.fns = {
             "sam2_image_encoder": self._encoder,
@@ -115,6 +116,9 @@ class FakeBackend(Backend):
         with self.lock:
             self.calls.append((stage, len(next(v for k, v in feeds.items() if k not in DECODER_IMAGE))))
         time.sleep(self.delay)
+        gate = self.gates.get(stage)
+        if gate is not None:
+            assert gate.wait(10), f"{stage} gate never opened"
         return self.fns[model](feeds)
 
     @staticmethod
@@ -125,7 +129,8 @@ class FakeBackend(Backend):
     @staticmethod
     def _decoder(f):
         coords = f["point_coords"]
-        base = np.full(len(coords), f["image_embed"][0, 0], np.float32)
+        image = f.get("image_index", np.zeros(len(coords), np.int64))  # multi-image batches
+        base = f["image_embed"][image, 0].astype(np.float32)
         iou = np.stack([base + coords[:, 0, 0], base, base], 1)
         kept = np.nonzero(iou.max(axis=1) > f["min_iou"][0])[0]
         # Each kept prompt's mask logits hold its own index: slicing must keep rows and prompts paired.
@@ -147,10 +152,10 @@ def features(v: float) -> ImageFeatures:
     return ImageFeatures({name: np.full((1, 1), v, np.float32) for name in ENCODER_OUTPUTS})
 
 
-def prompts(x, min_iou=float("-inf"), f=None) -> DecodeRequest:
+def prompts(x, min_iou=float("-inf"), f=None, multi_image=False) -> DecodeRequest:
     x = np.asarray(x, np.float32)
     coords = np.stack([x, x], 1)[:, None, :]
-    return DecodeRequest(f or features(0.0), coords, np.ones((len(x), 1), np.int32), min_iou)
+    return DecodeRequest(f or features(0.0), coords, np.ones((len(x), 1), np.int32), min_iou, multi_image)
 
 
 def configs(batch=8, delay_ms=0.0, max_queue=64):
@@ -221,6 +226,71 @@ async def test_decoder_chunks_batch_per_image():
         assert sorted(n for s, n in be.calls if s == "decoder") == [8, 8]  # two images, two batches
     finally:
         sched.close()
+
+
+async def test_multi_image_decoder_batches_mix_images():
+    """A backend whose decoder takes several images (multi_image) gets one batch for prompts of
+    different images, and each request still gets its own image's results."""
+    be = FakeBackend(delay=0.02)
+    sched = Scheduler(be, configs(batch=64))
+    try:
+        fa, fb = features(1.0), features(2.0)
+        blocker = asyncio.ensure_future(sched.run("text", np.ones((1, 77), np.int32), RequestContext()))
+        await asyncio.sleep(0.005)
+        jobs = [
+            sched.run("decoder", prompts([float(i)] * 4, f=f, multi_image=True), RequestContext())
+            for i, f in enumerate([fa, fb, fa, fb])
+        ]
+        outs = await asyncio.gather(*jobs)
+        await blocker
+        assert [o.iou[0, 0] for o in outs] == [1.0, 3.0, 3.0, 5.0]
+        assert [o.iou[0, 1] for o in outs] == [1.0, 2.0, 1.0, 2.0]  # each prompt's own image
+        assert [n for s, n in be.calls if s == "decoder"] == [16]  # one batch for both images
+    finally:
+        sched.close()
+
+
+async def test_stage_workers_run_the_encoder_while_the_decoder_is_busy():
+    """Two workers (encoder | the rest): an encoder batch completes while a decoder batch is still
+    running; with one worker it would wait behind it."""
+    be = FakeBackend()
+    gate = be.gates["decoder"] = threading.Event()
+    stages = configs(batch=8)
+    groups = [["encoder"], [s for s in stages if s != "encoder"]]
+    sched = Scheduler(be, stages, workers=groups)
+    try:
+        assert [t.name for t in sched.threads][0] == "seglabel-inference-encoder" and len(sched.threads) == 2
+        decoding = asyncio.ensure_future(sched.run("decoder", prompts([1.0]), RequestContext()))
+        await asyncio.sleep(0.05)
+        assert not decoding.done()
+        feats = await asyncio.wait_for(
+            sched.run("encoder", np.ones((3, 4, 4), np.float32), RequestContext()), timeout=5
+        )
+        assert not decoding.done() and float(feats.arrays["image_embed"][0, 0]) == 1.0
+        gate.set()
+        out = await asyncio.wait_for(decoding, timeout=5)
+        assert out.iou[0, 0] == 1.0
+    finally:
+        gate.set()
+        sched.close()
+
+
+def test_stage_worker_groups_from_the_config():
+    from seglabel_server.config import ServerConfig
+
+    stages = ["text", "clip", "decoder", "encoder"]
+    assert ServerConfig().worker_groups(stages) == [stages]  # auto on the CPU: one worker
+    gpu = ServerConfig(backend="torch", device="cuda")
+    assert gpu.worker_groups(stages) == [["encoder"], ["text", "clip", "decoder"]]
+    assert ServerConfig(device="cuda").worker_groups(stages) == [stages]  # onnxruntime: one
+    graphs = ServerConfig(backend="torch", device="cuda", torch_compile="reduce-overhead")
+    assert graphs.worker_groups(stages) == [stages]
+    cfg = ServerConfig(stage_workers="encoder|decoder|clip")
+    assert cfg.worker_groups(stages) == [["encoder"], ["decoder"], ["clip", "text"]]
+    with pytest.raises(ValueError, match="no stage"):
+        ServerConfig(stage_workers="encoder|bogus").worker_groups(stages)
+    with pytest.raises(ValueError, match="without a worker"):
+        Scheduler(FakeBackend(), configs(), workers=[["encoder"]])
 
 
 async def test_concurrent_requests_get_their_own_results_in_batches():

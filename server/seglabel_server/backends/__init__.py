@@ -19,19 +19,37 @@ def create_backend(
     models: list[str] | None = None,
     arena_shrinkage: bool = False,
     cpu_arena: bool = True,
+    mask_path: str = "auto",
+    decoder_layout: str = "auto",
+    io_binding: bool | None = None,
+    compile_mode: str = "none",
+    max_batches: dict[str, int] | None = None,
 ) -> Backend:
     """A backend with ``models`` loaded (default: every model of the repository that a registered
-    kind runs)."""
+    kind runs). ``mask_path`` and ``decoder_layout``: the torch backend's (see ServerConfig)."""
     if name == "onnxruntime":
         from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
 
         backend: Backend = OnnxRuntimeBackend(
-            repo, device=device, threads=threads, arena_shrinkage=arena_shrinkage
+            repo,
+            device=device,
+            threads=threads,
+            arena_shrinkage=arena_shrinkage,
+            cpu_arena=cpu_arena,
+            io_binding=io_binding,
         )
     elif name == "torch":
         from seglabel_server.backends.torch_backend import TorchBackend
 
-        backend = TorchBackend(repo, device=device, precision=precision)
+        backend = TorchBackend(
+            repo,
+            device=device,
+            precision=precision,
+            decoder_layout=decoder_layout,
+            mask_path=mask_path,
+            compile_mode=compile_mode,
+            max_batches=max_batches,
+        )
     elif name == "tensorrt":
         from seglabel_server.backends.tensorrt import TensorRTBackend
 

@@ -27,6 +27,9 @@ class Backend(ABC):
     """Runs exported models. Implementations: onnxruntime (default), torch (reference), tensorrt."""
 
     info: BackendInfo
+    # What this backend offers beyond load/run: "device_masks" (device_ops), "multi_image"
+    # (decoder calls mixing images).
+    capabilities: frozenset[str] = frozenset()
 
     @abstractmethod
     def load(self, model: str) -> None:
@@ -51,6 +54,16 @@ class Backend(ABC):
     def upsample_masks(self, logits: np.ndarray, hw: tuple[int, int], threshold: float) -> np.ndarray | None:
         """Optional: [K,L,L] logits -> [K,H,W] bool (bilinear, align_corners=False, > threshold) on the
         backend's device. None: the pipeline upsamples on the CPU."""
+        return None
+
+    def warm_up(self) -> tuple[int, float]:
+        """Prepare what a first request would otherwise pay for (compiled engines: every bucket).
+        Returns (graphs run, seconds)."""
+        return 0, 0.0
+
+    def device_ops(self):
+        """Device twins of the pipeline's per-mask work (select, finish, crops), or None: the
+        pipeline then does that work on the host."""
         return None
 
     def close(self) -> None:  # pragma: no cover - trivial

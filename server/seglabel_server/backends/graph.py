@@ -56,5 +56,17 @@ class GraphBackend(Backend):
         missing = [n for n in graph.inputs if n not in feeds]
         if missing:
             raise ModelError(f"{model}: missing inputs {', '.join(missing)}")
-        arrays = {n: np.ascontiguousarray(feeds[n], dtype=dt) for n, dt in graph.inputs.items()}
+        arrays = {}
+        for n, dt in graph.inputs.items():
+            x = feeds[n]
+            if self._passes(x):  # already in the runtime's memory (an earlier output)
+                if x.dtype != dt:
+                    raise ModelError(f"{model}: input {n} is {x.dtype} in device memory, {dt} expected")
+                arrays[n] = x
+            else:
+                arrays[n] = np.ascontiguousarray(x, dtype=dt)
         return self._execute(graph, arrays)
+
+    def _passes(self, x) -> bool:
+        """Whether ``x`` is this runtime's own device array, fed as it is."""
+        return False

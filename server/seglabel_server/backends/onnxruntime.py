@@ -1,6 +1,14 @@
 """ONNX Runtime backend: the embedded default (CPU), CUDA / TensorRT execution providers with
 onnxruntime-gpu. Reports the providers each session actually got: a silent CPU fallback is an error
-unless the CPU was asked for."""
+unless the CPU was asked for.
+
+With IO binding (on by default off the CPU; ``--ort-io-binding``) every output is left where the
+provider put it (an :class:`OrtDeviceArray` over an OrtValue in GPU memory) and fed to the next
+graph by pointer: the encoder's features go from the encoder to the decoder without a host round
+trip; a slice (one image of an encoder batch, a request's prompts) is a view, not a copy. Host
+memory is reached only through ``to_host`` (``np.asarray``). CUDA graph capture is not used: the
+decoder's outputs have data-dependent shapes (the kept prompts), which ONNX Runtime's CUDA graphs
+cannot hold."""
 
 from __future__ import annotations
 
@@ -11,6 +19,56 @@ from seglabel_server.backends.base import BackendInfo
 from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import ModelRepository
+
+_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OrtDeviceArray:
+    """An output of an IO-bound run, left in the provider's memory: the OrtValue, and a view of it
+    (element offset + shape) so slicing on the first axis copies nothing."""
+
+    def __init__(self, value: ort.OrtValue, offset: int = 0, shape: tuple[int, ...] | None = None):
+        self.value = value
+        self.offset = offset
+        self.shape = tuple(value.shape()) if shape is None else shape
+        self.dtype = np.dtype(_NUMPY[value.data_type()])
+        self.device = value.device_name().lower()
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def data_ptr(self) -> int:
+        return self.value.data_ptr() + self.offset * self.dtype.itemsize
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            stop = max(start, stop)
+            row = int(np.prod(self.shape[1:], dtype=np.int64))
+            return OrtDeviceArray(self.value, self.offset + start * row, (stop - start, *self.shape[1:]))
+        return np.asarray(self)[key]  # anything else (a gather of survivors): on the host
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self.value.numpy().reshape(-1)
+        out = whole[self.offset : self.offset + self.size].reshape(self.shape)
+        return out if dtype is None else out.astype(dtype)
+
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -27,6 +85,7 @@ class OnnxRuntimeBackend(GraphBackend):
         threads: int = 0,
         arena_shrinkage: bool = False,
         cpu_arena: bool = True,
+        io_binding: bool | None = None,
     ):
         super().__init__(repo)
         if device not in PROVIDERS:
@@ -56,6 +115,8 @@ class OnnxRuntimeBackend(GraphBackend):
         self.run_options = ort.RunOptions()
         if arena_shrinkage:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.io_binding = device != "cpu" if io_binding is None else io_binding
+        self.bind_device = "cpu" if device == "cpu" else "cuda"
         self.info = BackendInfo(name="onnxruntime", device=device, providers=[], precision="fp32")
 
     def _open(self, model: str, path) -> ort.InferenceSession:
@@ -72,5 +133,23 @@ class OnnxRuntimeBackend(GraphBackend):
             self.info.providers.append(got)
         return sess
 
-    def _execute(self, graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(graph.outputs, graph.handle.run(graph.outputs, feeds, self.run_options)))
+    def _execute(self, graph: Graph, feeds: dict) -> dict:
+        if not self.io_binding:
+            return dict(zip(graph.outputs, graph.handle.run(graph.outputs, feeds, self.run_options)))
+        binding = graph.handle.io_binding()
+        for name, x in feeds.items():
+            if isinstance(x, OrtDeviceArray):
+                dev = "cpu" if x.device == "cpu" else "cuda"
+                binding.bind_input(name, dev, 0, x.dtype.type, list(x.shape), x.data_ptr())
+            else:
+                binding.bind_cpu_input(name, x)
+        for name in graph.outputs:
+            binding.bind_output(name, self.bind_device, 0)
+        graph.handle.run_with_iobinding(binding, self.run_options)
+        return {name: OrtDeviceArray(v) for name, v in zip(graph.outputs, binding.get_outputs())}
+
+    def _passes(self, x) -> bool:
+        return isinstance(x, OrtDeviceArray)
+
+    def to_host(self, x) -> np.ndarray:
+        return np.asarray(x)

@@ -10,12 +10,31 @@ registered kinds (:mod:`seglabel_server.kinds`). A kind is data plus three small
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 Feeds = dict[str, Any]
+
+
+def concat(items: Sequence[Any]):
+    """Arrays joined on the first axis: numpy on the host, or the backend's own tensors (the torch
+    device path hands the kinds device tensors; torch is only imported when it is already in use)."""
+    if all(isinstance(x, np.ndarray) for x in items):
+        return np.concatenate(list(items))
+    import torch
+
+    return torch.cat([torch.as_tensor(x) for x in items])
+
+
+def stack(items: Sequence[Any]):
+    """Arrays stacked on a new first axis (numpy, or the backend's tensors as :func:`concat`)."""
+    if all(isinstance(x, np.ndarray) for x in items):
+        return np.stack(list(items))
+    import torch
+
+    return torch.stack([torch.as_tensor(x) for x in items])
 
 
 @dataclass(eq=False)
@@ -28,7 +47,8 @@ class ModelKind:
     units (``size``: images, prompts, crops, token rows); ``max_batch_gpu`` replaces it off the CPU.
     ``priority``: lower runs first when several stages are ready (finish requests already in flight
     first). ``torch_builder`` names the function (``"module:function"`` or a callable taking
-    ``(manifest, device, shared)``) that builds the PyTorch module for the torch backend.
+    ``(manifest, device, shared)``) that builds the PyTorch module for the torch backend;
+    ``torch_variants`` other builders of the same model, chosen by a backend capability.
     """
 
     name: str
@@ -42,6 +62,9 @@ class ModelKind:
     priority: int = 50
     required: bool = False
     torch_builder: str | Callable | None = None
+    # Other torch modules of the same model, by backend capability (e.g. "multi_image": a decoder
+    # taking prompts of several images); a torch backend with that capability builds that one.
+    torch_variants: dict[str, str | Callable] = field(default_factory=dict)
     description: str = ""
 
     # -- batching ---------------------------------------------------------------------------------
@@ -55,7 +78,7 @@ class ModelKind:
 
     def collate(self, payloads: Sequence[Any]) -> Feeds:
         """Work items -> the named inputs of one call (default: concatenated on the first axis)."""
-        return {self.inputs[0]: np.concatenate(list(payloads))}
+        return {self.inputs[0]: concat(payloads)}
 
     def split(self, outputs: Feeds, payloads: Sequence[Any], to_host: Callable[[Any], np.ndarray]) -> list:
         """Named outputs of one call -> one result per item (default: the first output, host memory,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seglabel_server.kinds.base import Feeds, ModelKind
+from seglabel_server.kinds.base import Feeds, ModelKind, stack
 
 
 class DepthKind(ModelKind):
@@ -17,7 +17,7 @@ class DepthKind(ModelKind):
         return 1
 
     def collate(self, payloads: Sequence[np.ndarray]) -> Feeds:
-        return {"images": np.stack(list(payloads))}
+        return {"images": stack(payloads)}
 
     def split(self, outputs: Feeds, payloads, to_host) -> list[np.ndarray]:
         out = np.asarray(to_host(outputs["depth"]), np.float32)

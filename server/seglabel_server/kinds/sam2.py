@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from seglabel_server.kinds.base import Feeds, ModelKind
+from seglabel_server.kinds.base import Feeds, ModelKind, concat, stack
 
 ENCODER_OUTPUTS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 
@@ -53,10 +53,22 @@ class DecoderOutput:
     stability: np.ndarray  # [M,3], on the low-res logits
     single_mask: MaskLogits  # [M,1,L,L]
     single_iou: np.ndarray  # [M,1]
+    # The same outputs left in the backend's memory (iou, kept, stability, single_iou), when the
+    # backend keeps them off the host: the device mask path filters there.
+    dev: dict[str, Any] | None = None
 
     def slice(self, start: int, stop: int) -> DecoderOutput:
         """Prompts [start, stop) of this call, re-indexed from 0."""
         a, b = (int(i) for i in np.searchsorted(self.kept, [start, stop]))
+        dev = None
+        if self.dev is not None:
+            d = self.dev
+            dev = {
+                "iou": d["iou"][start:stop],
+                "kept": d["kept"][a:b] - start,
+                "stability": d["stability"][a:b],
+                "single_iou": d["single_iou"][a:b],
+            }
         return DecoderOutput(
             self.iou[start:stop],
             self.kept[a:b] - start,
@@ -64,6 +76,7 @@ class DecoderOutput:
             self.stability[a:b],
             self.single_mask.slice(a, b),
             self.single_iou[a:b],
+            dev,
         )
 
 
@@ -77,6 +90,9 @@ class DecodeRequest:
     coords: np.ndarray
     labels: np.ndarray
     min_iou: float = float("-inf")
+    # The backend's decoder takes prompts of several images in one call (features stacked, one
+    # image index per prompt): requests on different images then share decoder batches.
+    multi_image: bool = False
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -84,7 +100,7 @@ class DecodeRequest:
 
 class EncoderKind(ModelKind):
     def collate(self, payloads: Sequence[np.ndarray]) -> Feeds:
-        return {"images": np.stack(list(payloads))}
+        return {"images": stack(payloads)}
 
     def size(self, payload) -> int:
         return 1
@@ -95,22 +111,44 @@ class EncoderKind(ModelKind):
         return [ImageFeatures({k: outputs[k][i : i + 1] for k in ENCODER_OUTPUTS}) for i in range(n)]
 
 
+_DEVICE_OUTPUTS = {
+    "iou": "iou_predictions",
+    "kept": "kept",
+    "stability": "stability_scores",
+    "single_iou": "single_iou",
+}
+
+
 class DecoderKind(ModelKind):
     def key(self, payload: DecodeRequest) -> Hashable:
-        # The graph broadcasts one image's features over the prompts: a batch shares the image,
-        # the points per prompt and the IoU threshold.
+        # A batch shares the points per prompt and the IoU threshold; the graph broadcasts one
+        # image's features over the prompts, so it also shares the image unless the backend's
+        # decoder takes several (``multi_image``).
+        if payload.multi_image:
+            return ("multi", payload.coords.shape[1], payload.min_iou)
         return (id(payload.features), payload.coords.shape[1], payload.min_iou)
 
     def collate(self, payloads: Sequence[DecodeRequest]) -> Feeds:
         first = payloads[0]
-        if any(p.features is not first.features or p.min_iou != first.min_iou for p in payloads):
-            raise RuntimeError("decoder batch mixes images or min_iou")
-        return {
-            **first.features.arrays,
+        if any(p.min_iou != first.min_iou or p.multi_image != first.multi_image for p in payloads):
+            raise RuntimeError("decoder batch mixes min_iou or layouts")
+        feeds = {
             "point_coords": np.concatenate([p.coords for p in payloads]),
             "point_labels": np.concatenate([p.labels for p in payloads]),
             "min_iou": np.array([first.min_iou], np.float32),
         }
+        if not first.multi_image:
+            if any(p.features is not first.features for p in payloads):
+                raise RuntimeError("decoder batch mixes images")
+            return {**first.features.arrays, **feeds}
+        images: dict[int, int] = {}  # id(features) -> row of the stacked features
+        index = []
+        for p in payloads:
+            row = images.setdefault(id(p.features), len(images))
+            index.append(np.full(len(p), row, np.int64))
+        unique = {id(p.features): p.features for p in payloads}
+        arrays = {k: concat([f.arrays[k] for f in unique.values()]) for k in ENCODER_OUTPUTS}
+        return {**arrays, **feeds, "image_index": np.concatenate(index)}
 
     def split(self, outputs: Feeds, payloads, to_host) -> list[DecoderOutput]:
         whole = DecoderOutput(
@@ -121,6 +159,8 @@ class DecoderKind(ModelKind):
             single_mask=MaskLogits(outputs["single_mask"], to_host),
             single_iou=np.asarray(to_host(outputs["single_iou"]), np.float32),
         )
+        if hasattr(outputs["masks"], "is_cuda"):  # torch tensors: the device mask path filters on them
+            whole.dev = {k: outputs[n] for k, n in _DEVICE_OUTPUTS.items()}
         results, start = [], 0
         for p in payloads:
             results.append(whole.slice(start, start + len(p)))
@@ -154,6 +194,7 @@ DECODER = DecoderKind(
     priority=30,
     required=True,
     torch_builder="seglabel_server.torch_models.build:sam2_mask_decoder",
+    torch_variants={"multi_image": "seglabel_server.torch_models.build:sam2_mask_decoder_multi_image"},
     description="SAM2.1 prompt encoder + mask decoder: N prompts against one image",
 )
 

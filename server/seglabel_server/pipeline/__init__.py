@@ -3,7 +3,11 @@ upsample survivors -> RLE -> CLIP crops -> labels -> overlay; with_depth / with_
 model and OCR alongside, from the same decoded image, joined with the masks (``scene``).
 
 ``validation`` checks and completes the parameters, ``masks`` turns decoder outputs into mask
-results, ``labels`` classifies them; :meth:`Pipeline.run` orchestrates. Model calls go through the
+results, ``labels`` classifies them; :meth:`Pipeline.run` orchestrates. When the backend offers
+device twins of the per-mask work (``Backend.device_ops``: the torch backend), the image is
+uploaded once and resized there, and filters, upsampling, RLE runs and CLIP crops run in the
+backend's memory: no full-size mask reaches the host (the overlay and the depth/text joins decode
+the RLE answers instead). Model calls go through the
 scheduler (``await scheduler.run(stage, payload, ctx)``); numpy work runs in a small thread pool so
 the asyncio loop stays free.
 """
@@ -17,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from seglabel_server import imaging
+from seglabel_server import amg, imaging
 from seglabel_server.embedding_cache import EmbeddingCache
 from seglabel_server.errors import CapabilityUnavailable
 from seglabel_server.kinds.sam2 import DecodeRequest
@@ -66,8 +70,12 @@ class Pipeline:
         text_unavailable_reason: str = "",
         ocr_threads: int = 4,
         embeddings: EmbeddingCache | None = None,
+        device_ops=None,
+        multi_image: bool = False,
     ):
         self.cfg = cfg
+        self.device_ops = device_ops
+        self.multi_image = multi_image
         self.embeddings = embeddings
         self.sam = sam2_meta
         self.scheduler = scheduler
@@ -154,6 +162,10 @@ class Pipeline:
         sub = mask_ops.MaskData(
             **{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")}
         )
+        if self.device_ops is not None:  # full masks stay on the device
+            if ctx is not None:
+                ctx.check()
+            return await self._cpu(self.device_ops.finish, sub, hw, self.sam["mask_threshold"])
         full_masks = await self._cpu(self.finisher.upsample, sub, hw)
         parts = await self._parallel(lambda r: self.finisher.describe(sub, r, full_masks, hw, ctx), len(sub))
         pairs = [pair for part in parts for pair in part]
@@ -171,7 +183,9 @@ class Pipeline:
         async def chunk(i: int):
             nonlocal done
             out = await self.scheduler.run(
-                "decoder", DecodeRequest(feats, coords[i : i + step], labels[i : i + step], min_iou), ctx
+                "decoder",
+                DecodeRequest(feats, coords[i : i + step], labels[i : i + step], min_iou, self.multi_image),
+                ctx,
             )
             done += 1
             await send(Progress("decoder", done / len(starts)))
@@ -180,7 +194,10 @@ class Pipeline:
         return await asyncio.gather(*[chunk(i) for i in starts]), grid
 
     async def _label_chunk(self, p, image, masks, full, text, first: int, ctx, mark) -> list[LabelResult]:
-        pix = await self.labels.crops_parallel(image, masks, full, ctx)
+        if self.device_ops is not None:
+            pix = await self._cpu(self.labels.crops_on_device, self.device_ops, await image(), masks, full)
+        else:
+            pix = await self.labels.crops_parallel(image, masks, full, ctx)
         mark("crops")
         emb = await self.scheduler.run("clip", pix, ctx)
         out = self.labels.classify(emb, text, p.vocabulary, first, p.top_k, p.min_confidence)
@@ -220,14 +237,22 @@ class Pipeline:
             last[0] = time.perf_counter()
             cache = self.embeddings if image_key else None
             feats = cache.get(image_key) if cache is not None else None
+            dops = self.device_ops
+            image_dev = None
+
+            async def on_device():
+                """The image in the backend's memory, uploaded once (for the encoder or the crops)."""
+                nonlocal image_dev
+                if image_dev is None:
+                    image_dev = await self._cpu(dops.upload, image)
+                return image_dev
+
             if feats is None:
-                x = await self._cpu(
-                    imaging.sam_preprocess,
-                    image,
-                    self.sam["image_size"],
-                    self.sam["pixel_mean"],
-                    self.sam["pixel_std"],
-                )
+                s, mean, std = self.sam["image_size"], self.sam["pixel_mean"], self.sam["pixel_std"]
+                if dops is not None:
+                    x = await self._cpu(dops.sam_preprocess, await on_device(), s, mean, std)
+                else:
+                    x = await self._cpu(imaging.sam_preprocess, image, s, mean, std)
                 mark("decode_image")
                 encoded = self.scheduler.enqueue("encoder", x, ctx)
                 extras.start(ctx)
@@ -242,7 +267,8 @@ class Pipeline:
             del feats
             mark("decoder")
             ctx.check()
-            cand = await self._cpu(mask_ops.select, p, outs, grid, (h, w), self.sam)
+            select = dops.select if dops is not None else mask_ops.select
+            cand = await self._cpu(select, p, outs, grid, (h, w), self.sam)
             del outs
             mark("filter")
             # Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
@@ -271,13 +297,15 @@ class Pipeline:
                     continue
                 await send(MasksReady(chunk))
                 if text is not None:
-                    labelled = await self._label_chunk(p, image, chunk, full, text, chunk[0].index, ctx, mark)
+                    src = on_device if dops is not None else image
+                    labelled = await self._label_chunk(p, src, chunk, full, text, chunk[0].index, ctx, mark)
                     labels_out += labelled
                     # total: masks labelled so far + candidates still to come (exact on the last update)
                     await send(LabelsUpdate(labelled, len(labels_out), len(masks) + len(cand) - idx.stop))
-                await extras.add_chunk(chunk, full, ctx)
-                if p.return_overlay:
-                    kept_full += full
+                if dops is None:  # device masks: depth/text joins and the overlay decode the RLEs
+                    await extras.add_chunk(chunk, full, ctx)
+                    if p.return_overlay:
+                        kept_full += full
             if not masks:
                 await send(MasksReady([]))
             del cand
@@ -287,6 +315,8 @@ class Pipeline:
                 captions = [""] * len(masks)
                 for lab in labels_out:
                     captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
+                if dops is not None:
+                    kept_full = await self._cpu(lambda: [amg.decode_rle(m.rle) for m in masks])
                 overlay = await self._cpu(imaging.render_overlay, image, kept_full, captions, 0.45, ctx.check)
                 mark("render")
             timings["queue"] = ctx.queue_ms

@@ -124,6 +124,21 @@ class Labeller:
             ]
         )
 
+    def crops_on_device(self, ops, image, masks: list[MaskResult], full):
+        """[K,3,S,S] CLIP inputs cut in the backend's memory (``ops``: Backend.device_ops) from the
+        uploaded image and the full masks there; the host twin is :meth:`crops`."""
+        c = self.clip
+        return ops.crops(
+            image,
+            full,
+            [m.bbox for m in masks],
+            c["image_size"],
+            c["mean"],
+            c["std"],
+            self.cfg.crop_context,
+            self.cfg.crop_background_keep,
+        )
+
     async def crops_parallel(
         self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray], ctx: RequestContext
     ) -> np.ndarray:

@@ -15,6 +15,7 @@ from seglabel_server.torch_models.modules import (
     DepthEstimator,
     Sam2ImageEncoder,
     Sam2MaskDecoder,
+    Sam2MaskDecoderMultiImage,
 )
 
 
@@ -46,6 +47,14 @@ def sam2_mask_decoder(manifest: dict, device: str, shared: dict) -> nn.Module:
     """The reference formulation (sam2's own calls), which the exported graph is proved against."""
     sam = manifest["sam2"]
     return Sam2MaskDecoder(
+        _network("sam2", manifest, device, shared), sam["mask_threshold"], sam["stability_offset"]
+    ).eval()
+
+
+def sam2_mask_decoder_multi_image(manifest: dict, device: str, shared: dict) -> nn.Module:
+    """The exported formulation over prompts of several images per call (the GPU's layout)."""
+    sam = manifest["sam2"]
+    return Sam2MaskDecoderMultiImage(
         _network("sam2", manifest, device, shared), sam["mask_threshold"], sam["stability_offset"]
     ).eval()
 

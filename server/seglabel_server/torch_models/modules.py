@@ -174,10 +174,21 @@ class Sam2MaskDecoderGraph(Sam2MaskDecoder):
     """
 
     def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, min_iou):
+        all_iou, hyper_in, keys = self.attend(image_embed, point_coords, point_labels)
+        kept = self.kept(all_iou, min_iou)
+        masks = self.upscale_masks(keys[kept], hyper_in[kept], high_res_feats_0, high_res_feats_1)
+        return self.outputs(all_iou, kept, masks, all_iou[kept])
+
+    def attend(self, image_embed, point_coords, point_labels, image_index=None):
+        """Prompt tokens through the two-way transformer: (all predicted IoUs [N,4], hypernetwork
+        weights [N,4,C/8], image tokens [N,HW,C]). ``image_index`` [N]: each prompt's image in a
+        batch of B images (None: one image broadcast over the prompts)."""
         pe, dec = self.prompt_encoder, self.decoder
         tr = dec.transformer
         tokens, s = self.tokens(point_coords, point_labels)
         keys = (image_embed + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)).flatten(2).transpose(1, 2)
+        if image_index is not None:
+            keys = keys[image_index]
         pos = pe.get_dense_pe().flatten(2).transpose(1, 2)  # [1, HW, C]
         queries = tokens
         for layer in tr.layers:
@@ -196,9 +207,7 @@ class Sam2MaskDecoderGraph(Sam2MaskDecoder):
         attn = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys + pos, keys)
         hs = tr.norm_final_attn(queries + attn)
         all_iou, hyper_in = self.heads(hs, s)
-        kept = self.kept(all_iou, min_iou)
-        masks = self.upscale_masks(keys[kept], hyper_in[kept], high_res_feats_0, high_res_feats_1)
-        return self.outputs(all_iou, kept, masks, all_iou[kept])
+        return all_iou, hyper_in, keys
 
     def outputs(self, all_iou, kept, kept_masks, kept_iou):
         """:meth:`Sam2MaskDecoder.outputs` with sam2's ``_dynamic_multimask_via_stability`` written
@@ -217,8 +226,9 @@ class Sam2MaskDecoderGraph(Sam2MaskDecoder):
         single_iou = torch.where(stable, kept_iou[:, :1], torch.gather(iou, 1, best))
         return all_iou[:, 1:], kept, masks, self.stability(masks), single_mask, single_iou
 
-    def upscale_masks(self, keys, hyper_in, feat_s0, feat_s1):
-        """keys [M,HW,C] (row-major h x w), hyper_in [M,K,C2] -> mask logits [M,K,4h,4w].
+    def upscale_masks(self, keys, hyper_in, feat_s0, feat_s1, image_index=None):
+        """keys [M,HW,C] (row-major h x w), hyper_in [M,K,C2] -> mask logits [M,K,4h,4w]; the
+        high-res features are one image's (batch 1), or B images' with ``image_index`` [M].
 
         Every size but M is a Python int from the model's configuration, so that each reshape has
         at most one unknown dimension, M (ONNX Runtime then copies it, which also works for M=0)."""
@@ -232,14 +242,19 @@ class Sam2MaskDecoderGraph(Sam2MaskDecoder):
         # Kernel 2 / stride 2: out[o, 2y+i, 2x+j] = sum_c in[c, y, x] W[c, o, i, j] + b[o], i.e. one
         # matmul to columns (i, j, o) per input pixel. Rows stay (y, x), then (y, x, i, j).
         w1 = dc1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
-        f1 = feat_s1.reshape(c1, -1).t().reshape(h, 2, w, 2 * c1).transpose(1, 2)  # [y, x, i, (j, o)]
-        f1 = f1.reshape(1, hw, 4 * c1) + dc1.bias.repeat(4)
+        b = 1 if image_index is None else feat_s1.shape[0]
+        f1 = feat_s1.reshape(b, c1, -1).transpose(1, 2).reshape(b, h, 2, w, 2 * c1).transpose(2, 3)
+        f1 = f1.reshape(b, hw, 4 * c1) + dc1.bias.repeat(4)  # rows (y, x), columns (i, j, o)
+        if image_index is not None:
+            f1 = f1[image_index]
         up = (keys @ w1 + f1).reshape(m, hw * 4, c1)
         up = act1(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
         w2 = dc2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # columns (k, l, p)
         # feat_s0[p, 4y+2i+k, 4x+2j+l] -> rows (y, x, i, j), columns (k, l, p)
-        f0 = feat_s0.reshape(c2, -1).t().reshape(h, 2, 2, w, 2, 2 * c2)  # [y, i, k, x, j, (l, p)]
-        f0 = f0.permute(0, 3, 1, 4, 2, 5).reshape(1, hw * 4, 4 * c2) + dc2.bias.repeat(4)
+        f0 = feat_s0.reshape(b, c2, -1).transpose(1, 2).reshape(b, h, 2, 2, w, 2, 2 * c2)  # y,i,k,x,j,(l,p)
+        f0 = f0.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hw * 4, 4 * c2) + dc2.bias.repeat(4)
+        if image_index is not None:
+            f0 = f0[image_index]
         up = act2(up @ w2 + f0).reshape(m, hw * 16, c2)
         logits = (up @ hyper_in.transpose(1, 2)).transpose(1, 2)  # [M, K, rows (y, x, i, j, k, l)]
         # Pixel shuffle on the K logits: (y, x, i, j, k, l) -> (y, i, k, x, j, l), in two moves of
@@ -247,6 +262,38 @@ class Sam2MaskDecoderGraph(Sam2MaskDecoder):
         logits = logits.reshape(m, k, h, w, 2, 8).transpose(3, 4)  # [M, K, y, i, x, (j, k, l)]
         logits = logits.reshape(m, k, 2 * h, w, 2, 2, 2).permute(0, 1, 2, 5, 3, 4, 6)  # (y,i), k, x, j, l
         return logits.reshape(m, k, 4 * h, 4 * w)
+
+
+class Sam2MaskDecoderMultiImage(Sam2MaskDecoderGraph):
+    """:class:`Sam2MaskDecoderGraph` over prompts of several images in one call: the three feature
+    inputs hold B images, ``image_index`` [N] int64 names each prompt's image. With B = 1 it is the
+    graph's broadcast formulation; with B > 1 the first layer projects per-prompt image tokens
+    (folded into the few tokens where that is cheaper), so requests on different images share one
+    decoder call instead of queueing behind each other's (a GPU's layout; the CPU keeps one image
+    per call, see DecoderKind)."""
+
+    optional_inputs = ["image_index"]
+
+    def forward(
+        self,
+        image_embed,
+        high_res_feats_0,
+        high_res_feats_1,
+        point_coords,
+        point_labels,
+        min_iou,
+        image_index=None,
+    ):
+        if image_index is None or image_embed.shape[0] == 1:
+            return super().forward(
+                image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, min_iou
+            )
+        all_iou, hyper_in, keys = self.attend(image_embed, point_coords, point_labels, image_index)
+        kept = self.kept(all_iou, min_iou)
+        masks = self.upscale_masks(
+            keys[kept], hyper_in[kept], high_res_feats_0, high_res_feats_1, image_index[kept]
+        )
+        return self.outputs(all_iou, kept, masks, all_iou[kept])
 
 
 def _token_to_image(att, q_in, k_in, v_in):

@@ -1,0 +1,283 @@
+"""The device mask-and-label path of the torch backend: everything per mask stays in the backend's
+memory (the GPU, or CPU torch) until it is an answer.
+
+The pipeline asks for it with :meth:`TorchBackend.device_ops`; each method is the device twin of a
+host function and is tested equal to it:
+
+- :meth:`sam_preprocess` <- :func:`imaging.sam_preprocess` (Pillow's two-pass antialiased bilinear,
+  rounded to 8 bits between and after the passes, as Pillow does);
+- :meth:`select` <- :func:`pipeline.masks.select` (predicted IoU, stability, box NMS with
+  torchvision, max_masks, all on low-res logits);
+- :meth:`finish` <- :meth:`pipeline.masks.MaskFinisher.describe` (upsample the survivors, boxes,
+  areas, COCO RLE from run starts found on the device: one device-to-host copy of run positions,
+  then pycocotools writes the compressed string);
+- :meth:`crops` <- :func:`imaging.clip_crop` (every mask's box + context cut, background faded and
+  resized to the CLIP size in one ``roi_align`` over the image and one over the masks).
+
+Only answers cross to the host: RLE run positions, boxes, areas, scores, prompt indices. Full-size
+masks are copied only when the request needs them there (the overlay PNG, depth/text joins).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from torchvision.ops import nms as tv_nms
+from torchvision.ops import roi_align
+
+from seglabel_server.imaging import crop_region
+from seglabel_server.pipeline.masks import MaskData
+from seglabel_server.types import MaskResult
+
+
+class TorchDeviceOps:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def _ready(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` finished on this thread's stream before another thread's stream (an inference
+        worker's) reads it."""
+        if t.device.type == "cuda":
+            torch.cuda.current_stream(t.device).synchronize()
+        return t
+
+    # -- images ------------------------------------------------------------------------------------
+    def upload(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [H,W,3] -> uint8 [3,H,W] on the device (the one copy of the image)."""
+        with warnings.catch_warnings():  # a read-only (cached) image: only read, then copied
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return self._ready(t.permute(2, 0, 1).contiguous())
+
+    def sam_preprocess(self, image: torch.Tensor, size: int, mean, std) -> torch.Tensor:
+        """uint8 [3,H,W] -> float32 [3,S,S]: Pillow's BILINEAR resize (a triangle filter widened by
+        the scale when shrinking: torch's antialiased bilinear), horizontal pass first, each pass
+        rounded to 8 bits as Pillow's, then [0,1] and normalised."""
+        x = image[None].float()
+        h, w = x.shape[-2:]
+        # Pillow rounds half up (fixed point + half, shifted); torch.round would round half to even.
+        if w != size:
+            x = F.interpolate(x, size=(h, size), mode="bilinear", align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0, 255)
+        if h != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0, 255)
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        return self._ready(((x[0] * (1.0 / 255.0)) - m) / s)
+
+    # -- candidates on low-res logits ----------------------------------------------------------------
+    def select(self, p, outs: list, grid_points: np.ndarray | None, hw, sam: dict) -> MaskData:
+        """:func:`pipeline.masks.select` on the device. Columns: logits [K,L,L] (device), iou,
+        stability (host, answers), point."""
+        low, thr = sam["low_res_size"], sam["mask_threshold"]
+        if p.prompt_type != "grid":
+            return self._prompted(p, outs, low, sam)
+        logits, iou, stab, prompt, offset = [], [], [], [], 0
+        for o in outs:
+            dev = o.dev
+            m = len(o.kept)
+            if m:
+                i = dev["iou"][dev["kept"]].reshape(-1).float()
+                s = dev["stability"].reshape(-1).float()
+                keep = torch.ones_like(i, dtype=torch.bool)
+                if p.pred_iou_thresh > 0:
+                    keep &= i > p.pred_iou_thresh
+                if p.stability_score_thresh > 0:
+                    keep &= s >= p.stability_score_thresh
+                idx = torch.nonzero(keep).reshape(-1)
+                logits.append(o.masks.data.reshape(-1, low, low)[idx])
+                iou.append(i[idx])
+                stab.append(s[idx])
+                prompt.append(dev["kept"].repeat_interleave(3)[idx] + offset)
+            offset += len(o.iou)
+        if not logits:
+            return _empty(low, self.device)
+        logits, iou, stab, prompt = (torch.cat(c) for c in (logits, iou, stab, prompt))
+        if len(iou) == 0:
+            return _empty(low, self.device)
+        boxes_low = masks_to_boxes(logits > thr)
+        h, w = hw
+        sx, sy = w / low, h / low
+        boxes = torch.stack(
+            [
+                boxes_low[:, 0] * sx,
+                boxes_low[:, 1] * sy,
+                (boxes_low[:, 2] + 1) * sx - 1,
+                (boxes_low[:, 3] + 1) * sy - 1,
+            ],
+            dim=1,
+        )
+        nonempty = (logits > thr).flatten(1).any(dim=1)
+        scores = torch.where(nonempty, iou, torch.full_like(iou, -math.inf))
+        if p.box_nms_thresh >= 1.0:
+            order = torch.sort(scores, descending=True, stable=True).indices
+        else:
+            order = tv_nms(boxes.float(), scores.float(), p.box_nms_thresh)
+        order = order[nonempty[order]][: p.max_masks]
+        # The survivors' scalars are answers: one copy.
+        host = torch.stack([iou[order].double(), stab[order].double(), prompt[order].double()]).cpu().numpy()
+        pts = [tuple(float(v) for v in grid_points[int(i)]) for i in host[2]]
+        return MaskData(logits=logits[order], iou=host[0], stability=host[1], point=pts)
+
+    def _prompted(self, p, outs: list, low: int, sam: dict) -> MaskData:
+        if p.multimask:
+            logits = torch.cat([o.masks.data.reshape(-1, low, low) for o in outs])
+            iou = torch.cat([o.dev["iou"][o.dev["kept"]].reshape(-1) for o in outs]).float()
+            stab = torch.cat([o.dev["stability"].reshape(-1) for o in outs]).float()
+            order = torch.sort(iou, descending=True, stable=True).indices[: p.max_masks]
+        else:
+            logits = torch.cat([o.single_mask.data.reshape(-1, low, low) for o in outs])
+            iou = torch.cat([o.dev["single_iou"].reshape(-1) for o in outs]).float()
+            stab = stability_score(logits, sam["mask_threshold"], sam["stability_offset"])
+            order = torch.arange(min(len(iou), p.max_masks), device=logits.device)
+        host = torch.stack([iou[order].double(), stab[order].double()]).cpu().numpy()
+        return MaskData(logits=logits[order], iou=host[0], stability=host[1], point=[None] * len(order))
+
+    # -- survivors -> answers --------------------------------------------------------------------------
+    def finish(self, cand: MaskData, hw, threshold: float) -> tuple[list[MaskResult], torch.Tensor]:
+        """Survivors upsampled to the image, empty ones dropped: (MaskResults without index, full
+        masks [K,H,W] bool on the device). One device-to-host copy: run positions, areas, boxes."""
+        h, w = hw
+        logits = cand["logits"]
+        if len(logits) == 0:
+            return [], torch.zeros((0, h, w), dtype=torch.bool, device=self.device)
+        full = F.interpolate(logits[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+        full = full[:, 0] > threshold
+        k, n = len(full), h * w
+        area = full.flatten(1).sum(dim=1)
+        boxes = masks_to_boxes(full)
+        flat = full.transpose(1, 2).reshape(k, n)  # COCO RLE runs in column-major order
+        mask_i, pos = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)
+        per_mask = torch.bincount(mask_i, minlength=k)
+        # The answers' numbers in one int32 copy (positions < H*W): area, first pixel, box, number
+        # of run changes per mask, then every change position.
+        head = torch.cat([area, flat[:, 0].long(), boxes.long().flatten(), per_mask])
+        host = torch.cat([head.int(), pos.int()]).cpu().numpy()
+        area_h, first = host[:k], host[k : 2 * k]
+        boxes_h = host[2 * k : 6 * k].reshape(k, 4)
+        pos = host[7 * k :].astype(np.int64)
+        splits = np.cumsum(host[6 * k : 7 * k])[:-1]
+        results, keep = [], []
+        for i, p_i in enumerate(np.split(pos, splits)):
+            if area_h[i] == 0:
+                continue
+            bounds = np.concatenate([[0], p_i + 1, [n]])
+            counts = np.diff(bounds)
+            if first[i]:
+                counts = np.concatenate([[0], counts])
+            rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+            x0, y0, x1, y1 = (float(v) for v in boxes_h[i])
+            results.append(
+                MaskResult(
+                    index=-1,
+                    rle={"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    bbox=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+                    area=int(area_h[i]),
+                    predicted_iou=float(cand["iou"][i]),
+                    stability_score=float(cand["stability"][i]),
+                    point=cand["point"][i],
+                )
+            )
+            keep.append(i)
+        if len(keep) < k:
+            full = full[torch.as_tensor(keep, dtype=torch.long, device=full.device)]
+        return results, full
+
+    @staticmethod
+    def masks_to_host(full: torch.Tensor) -> list[np.ndarray]:
+        """Full-size masks in host memory: only for work that needs them there (the overlay PNG,
+        depth and text joins)."""
+        return list(full.cpu().numpy())
+
+    # -- CLIP crops -------------------------------------------------------------------------------------
+    def crops(
+        self,
+        image: torch.Tensor,
+        full: torch.Tensor,
+        boxes_xywh: list,
+        size: int,
+        mean,
+        std,
+        context: float,
+        background_keep: float,
+    ) -> torch.Tensor:
+        """[K,3,S,S] CLIP inputs as :func:`imaging.clip_crop`: each box grown by ``context``, the
+        region centred on a square of CLIP's mean grey, resized (every output pixel the average of
+        bilinear samples over its footprint: ``roi_align`` with adaptive sampling), pixels outside
+        the mask faded to grey, normalised. Two batched ops, no host round trip."""
+        _, h, w = image.shape
+        rois, inside = _crop_geometry(boxes_xywh, w, h, size, context)
+        dev = image.device
+        rois_t = torch.from_numpy(rois).to(dev)
+        img = image[None].float()
+        region = roi_align(img, rois_t, (size, size), 1.0, -1, aligned=True)  # [K,3,S,S]
+        mrois = rois_t.clone()
+        mrois[:, 0] = torch.arange(len(rois), device=dev, dtype=mrois.dtype)
+        keep = roi_align(full[:, None].float(), mrois, (size, size), 1.0, -1, aligned=True)  # [K,1,S,S]
+        # Pillow resizes 8-bit images: its crops and mask weights come back rounded to 8 bits.
+        region = region.round_()
+        keep = (keep * 255.0).round_() * (1.0 / 255.0)
+        grey = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1) * 255.0
+        region = grey + (keep + background_keep * (1.0 - keep)) * (region - grey)
+        ins = torch.from_numpy(inside).to(dev)  # [K,4] oy, oy+th, ox, ox+tw
+        ys = torch.arange(size, device=dev)
+        rows = (ys[None] >= ins[:, :1]) & (ys[None] < ins[:, 1:2])
+        cols = (ys[None] >= ins[:, 2:3]) & (ys[None] < ins[:, 3:4])
+        inside_t = (rows[:, :, None] & cols[:, None, :])[:, None]
+        canvas = torch.where(inside_t, region, grey)
+        m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        return self._ready((canvas * (1.0 / 255.0) - m) / s)
+
+
+def _crop_geometry(boxes_xywh, w: int, h: int, size: int, context: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per box, as :func:`imaging.clip_crop`: the ROI [K,5] (batch index, x0, y0, x1, y1 in image
+    coordinates) whose S x S sampling grid puts the crop region at its place on the square canvas,
+    and the region's place on the canvas [K,4] (oy, oy+th, ox, ox+tw)."""
+    rois = np.zeros((len(boxes_xywh), 5), np.float32)
+    inside = np.zeros((len(boxes_xywh), 4), np.int64)
+    for i, box in enumerate(boxes_xywh):
+        x0, y0, x1, y1, th, tw = crop_region(box, w, h, size, context)
+        ch, cw = y1 - y0, x1 - x0
+        oy, ox = (size - th) // 2, (size - tw) // 2
+        sy, sx = ch / th, cw / tw  # image pixels per canvas pixel
+        rois[i] = (0, x0 - ox * sx, y0 - oy * sy, x0 + (size - ox) * sx, y0 + (size - oy) * sy)
+        inside[i] = (oy, oy + th, ox, ox + tw)
+    return rois, inside
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """[N,H,W] bool -> [N,4] (x0, y0, x1, y1) inclusive bounds, as :func:`amg.masks_to_boxes`."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    has = rows.any(dim=1)
+    zero = torch.zeros(n, dtype=torch.long, device=masks.device)
+    x0 = torch.where(has, cols.byte().argmax(dim=1), zero)
+    y0 = torch.where(has, rows.byte().argmax(dim=1), zero)
+    x1 = torch.where(has, w - 1 - cols.flip(1).byte().argmax(dim=1), zero)
+    y1 = torch.where(has, h - 1 - rows.flip(1).byte().argmax(dim=1), zero)
+    return torch.stack([x0, y0, x1, y1], dim=1).float()
+
+
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    hi = (logits > threshold + offset).flatten(1).sum(dim=1)
+    lo = (logits > threshold - offset).flatten(1).sum(dim=1)
+    return torch.where(
+        lo > 0, hi.double() / lo.clamp(min=1).double(), torch.zeros_like(lo, dtype=torch.double)
+    )
+
+
+def _empty(low: int, device) -> MaskData:
+    return MaskData(
+        logits=torch.zeros((0, low, low), device=device), iou=np.zeros(0), stability=np.zeros(0), point=[]
+    )

@@ -1,0 +1,34 @@
+"""make bench-gpu's script, end to end on the CPU with tiny models (its dry run): it builds the
+models, checks parity, runs the reference, starts live servers (CPU torch, ONNX Runtime with IO
+binding) and measures them over gRPC with seglabel-bench's functions. The GPU rows are not run
+here (no GPU); this proves the script that produces them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--device", "cpu", "--sam2", "tiny", "--clip", "tiny",
+        "--large", "", "--grids", "4", "--concurrency", "1,2", "--requests", "4", "--engines", "torch-fp32,ort-cpu",
+        "--size", "256", "--masks", "8", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "gpu_bench.json").read_text())
+    rows = data["results"]
+    served = [r for r in rows if r["engine"] in ("torch-fp32", "ort-cpu")]
+    assert {r["engine"] for r in served} == {"torch-fp32", "ort-cpu"}
+    assert all(r["errors"] == 0 and r["requests"] == 4 and r["masks"] == 8 for r in served)
+    assert all(r["stages_p50_ms"]["decoder"] > 0 and r["cold_start_s"] > 0 for r in served)
+    assert any(r["engine"].startswith("reference") for r in rows)
+    assert data["answers_parity"]["torch fp32"]["miou"] == 1.0
+    table = (out / "gpu_bench.txt").read_text()
+    assert "RANDOM weights" in table and "Targets (H100" in table

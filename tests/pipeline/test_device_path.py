@@ -1,0 +1,242 @@
+"""The torch backend's device mask-and-label path (backends/torch_ops.py) against the host path,
+on CPU torch: same masks, boxes, areas, scores and labels for grid, points and box prompts on both
+bundled photos; no full-size mask array in host memory; the multi-image decoder against one call
+per image."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from seglabel_client import sample_image_bytes
+from seglabel_export.parity import rel_l2
+from seglabel_server import amg, imaging
+from seglabel_server.backends import create_backend
+from seglabel_server.config import ServerConfig
+from seglabel_server.kinds import sam2
+from seglabel_server.repository import ModelRepository
+from seglabel_server.service import build_pipeline
+from seglabel_server.types import RequestContext, SegmentParams
+
+from .conftest import crisp, pair_ious, rles
+
+PHOTOS = ("astronaut.jpg", "coffee.jpg")
+PARAMS = {
+    "grid-all": SegmentParams(
+        points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=192
+    ),
+    "grid-filtered": SegmentParams(
+        points_per_side=8, pred_iou_thresh=0.6, stability_score_thresh=0.9, box_nms_thresh=0.7, max_masks=100
+    ),
+    "points-multimask": SegmentParams(
+        prompt_type="points", points=[(100, 100, 1), (200, 220, 0)], multimask=True
+    ),
+    "points": SegmentParams(prompt_type="points", points=[(300, 150, 1)]),
+    "boxes": SegmentParams(prompt_type="box", boxes=[(50, 60, 300, 400), (10, 10, 200, 200)]),
+}
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_repo):
+    repo = ModelRepository.load(tiny_repo)
+    out = {}
+    for path in ("host", "device"):
+        be = crisp(create_backend("torch", repo, mask_path=path))
+        assert (be.device_ops() is not None) == (path == "device")
+        out[path] = build_pipeline(be, repo, ServerConfig())
+    yield out
+    for p in out.values():
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {name: imaging.decode_image(sample_image_bytes(name)) for name in PHOTOS}
+
+
+def run(pipe, params, image):
+    return asyncio.run(pipe.run(params, image, RequestContext()))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+@pytest.mark.parametrize("case", list(PARAMS))
+def test_device_path_equals_host_path(pipes, images, name, case):
+    image, params = images[name], PARAMS[case]
+    host, dev = run(pipes["host"], params, image), run(pipes["device"], params, image)
+    assert len(host.masks) == len(dev.masks) > 0
+    # mask for mask, in order: RLE equal, or IoU >= 0.999 where the resize arithmetic differs
+    # (Pillow's fixed-point weights vs torch's float ones on coffee.jpg's 600 -> 256: 0.1% of the
+    # input pixels one level apart)
+    ious = np.array([pair_ious([a], [b])[0] for a, b in zip(rles(dev), rles(host))])
+    exact = sum(a.rle == b.rle for a, b in zip(dev.masks, host.masks))
+    print(f"{name} {case}: {len(dev.masks)} masks, {exact} RLE-equal, min IoU {ious.min():.5f}")
+    assert ious.min() >= 0.999
+    same_input = name == "astronaut.jpg"  # 512 -> 256 by two: the same encoder input pixels
+    if same_input:
+        assert exact == len(dev.masks)
+    tol = 1e-4 if same_input else 1e-2
+    for a, b in zip(dev.masks, host.masks):
+        assert np.allclose(a.bbox, b.bbox, atol=1.0) and abs(a.area - b.area) <= 0.002 * b.area + 2
+        assert a.predicted_iou == pytest.approx(b.predicted_iou, abs=tol)
+        assert a.stability_score == pytest.approx(b.stability_score, abs=tol)
+        assert a.point == b.point
+    assert [lab.label for lab in dev.labels] == [lab.label for lab in host.labels]
+    np.testing.assert_allclose(
+        [lab.confidence for lab in dev.labels], [lab.confidence for lab in host.labels], atol=0.01
+    )
+
+
+def test_device_crops_match_host_crops(pipes, images):
+    """The crops themselves: mean absolute difference in 8-bit levels, reported; labels (above)
+    do not change."""
+    clip = pipes["host"].labels.clip
+    for name, image in images.items():
+        result = run(pipes["host"], PARAMS["grid-all"], image)
+        masks = result.masks[:32]
+        full = [amg.decode_rle(m.rle) for m in masks]
+        host = pipes["host"].labels.crops(image, masks, full)
+        ops = pipes["device"].device_ops
+        dev = pipes["device"].labels.crops_on_device(
+            ops, ops.upload(image), masks, torch.from_numpy(np.stack(full))
+        )
+        levels = np.abs(host - dev.numpy()) * np.asarray(clip["std"]).reshape(1, 3, 1, 1) * 255
+        print(
+            f"{name}: CLIP crops mean |diff| {levels.mean():.2f} levels (max {levels.max():.1f}) over {len(masks)}"
+        )
+        assert dev.shape == host.shape and levels.mean() < 2.0
+
+
+def test_overlay_from_device_masks_equals_the_host_overlay(pipes, images):
+    params = SegmentParams(
+        points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, max_masks=8, return_overlay=True
+    )
+    host = run(pipes["host"], params, images["astronaut.jpg"])
+    dev = run(pipes["device"], params, images["astronaut.jpg"])
+    assert len(dev.masks) > 0 and dev.overlay_png == host.overlay_png
+
+
+def test_no_full_size_mask_reaches_the_host(pipes, images, monkeypatch):
+    """Every tensor the device path brings to host memory (Tensor.numpy, which np.asarray and
+    .cpu().numpy() go through on CPU torch, and Tensor.tolist) is recorded: none is shaped like an
+    image, and all of them together are the RLE answers' run boundaries (these random-weight masks
+    are ragged: many runs per column) plus a few numbers per mask (area, box, scores, embedding)."""
+    seen: list[tuple[int, ...]] = []
+    numpy, tolist = torch.Tensor.numpy, torch.Tensor.tolist
+
+    def rec_numpy(self, *a, **k):
+        seen.append(tuple(self.shape))
+        return numpy(self, *a, **k)
+
+    def rec_tolist(self):
+        seen.append(tuple(self.shape))
+        return tolist(self)
+
+    image = images["coffee.jpg"]
+    h, w = image.shape[:2]
+    run(pipes["device"], PARAMS["points"], image)  # the vocabulary's text embeddings, cached
+    monkeypatch.setattr(torch.Tensor, "numpy", rec_numpy)
+    monkeypatch.setattr(torch.Tensor, "tolist", rec_tolist)
+    result = run(pipes["device"], PARAMS["grid-all"], image)
+    monkeypatch.undo()
+    k = len(result.masks)
+    sizes = [int(np.prod(s)) for s in seen]
+    # run boundaries of the answers: changes along each mask's column-major pixels
+    changes = sum(
+        int(np.count_nonzero(np.diff(amg.decode_rle(m.rle).T.reshape(-1).astype(np.int8))))
+        for m in result.masks
+    )
+    print(
+        f"{k} masks of {w}x{h}: {len(seen)} copies to the host, {sum(sizes)} elements in all, "
+        f"{changes} of them the answers' run boundaries (largest copy {max(sizes)})"
+    )
+    assert k > 100 and seen and len(result.labels) == k
+    assert not any((h in s and w in s) or h * w in s for s in seen)
+    assert changes <= sum(sizes) <= changes + 64 * k
+
+
+def test_multi_image_decoder_equals_one_call_per_image(tiny_repo, images):
+    repo = ModelRepository.load(tiny_repo)
+    per_image = create_backend(
+        "torch", repo, decoder_layout="per-image", models=["sam2_image_encoder", "sam2_mask_decoder"]
+    )
+    multi = create_backend(
+        "torch", repo, decoder_layout="multi-image", models=["sam2_image_encoder", "sam2_mask_decoder"]
+    )
+    assert "multi_image" in multi.capabilities and "multi_image" not in per_image.capabilities
+    s, meta = repo.sam2["image_size"], repo.sam2
+    feats = [
+        sam2.encode(per_image, imaging.sam_preprocess(img, s, meta["pixel_mean"], meta["pixel_std"])[None])[0]
+        for img in images.values()
+    ]
+    rng = np.random.default_rng(0)
+    reqs = [
+        sam2.DecodeRequest(
+            f, rng.uniform(0, s, (n, 2, 2)).astype(np.float32), np.ones((n, 2), np.int32), cut, True
+        )
+        for f, n in zip(feats + feats[:1], (5, 7, 3))
+        for cut in [float("-inf")]
+    ]
+    assert len({sam2.DECODER.key(r) for r in reqs}) == 1  # one batch for both images
+    mixed = sam2.DECODER.execute(multi, reqs)
+    for r, got in zip(reqs, mixed):
+        ref = sam2.decode(per_image, r.features, r.coords, r.labels)
+        assert got.kept.tolist() == ref.kept.tolist()
+        assert rel_l2(got.iou, ref.iou) < 1e-4 and rel_l2(got.masks.numpy(), ref.masks.numpy()) < 1e-4
+        assert rel_l2(got.single_mask.numpy(), ref.single_mask.numpy()) < 1e-4
+    # min_iou inside the decoder: the kept prompts, per image, as one call per image keeps them
+    best = np.sort(np.concatenate([o.iou.max(axis=1) for o in mixed]))
+    cut = float((best[5] + best[6]) / 2)
+    cut_reqs = [sam2.DecodeRequest(r.features, r.coords, r.labels, cut, True) for r in reqs]
+    for r, got in zip(cut_reqs, sam2.DECODER.execute(multi, cut_reqs)):
+        ref = sam2.decode(per_image, r.features, r.coords, r.labels, cut)
+        assert got.kept.tolist() == ref.kept.tolist()
+        assert rel_l2(got.masks.numpy(), ref.masks.numpy()) < 1e-4 if len(ref.kept) else len(got.kept) == 0
+
+
+def test_onnxruntime_io_binding_equals_plain_runs(tiny_repo, images, monkeypatch):
+    """ONNX Runtime with IO binding (the CUDA provider's path, exercised here on the CPU provider):
+    the encoder's features stay OrtValues and reach the decoder by pointer, a one-image slice of an
+    encoder batch is a view; results equal plain runs."""
+    from seglabel_server.backends.onnxruntime import OrtDeviceArray
+
+    repo = ModelRepository.load(tiny_repo)
+    plain, bound = create_backend("onnxruntime", repo), create_backend("onnxruntime", repo, io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    s, meta = repo.sam2["image_size"], repo.sam2
+    x = np.stack(
+        [imaging.sam_preprocess(im, s, meta["pixel_mean"], meta["pixel_std"]) for im in images.values()]
+    )
+    fa, fb = sam2.encode(plain, x), sam2.encode(bound, x)
+    assert all(isinstance(v, OrtDeviceArray) for f in fb for v in f.arrays.values())
+    assert fb[1].arrays["image_embed"].data_ptr() > fb[0].arrays["image_embed"].data_ptr()  # a view
+    copies = []
+    to_numpy = OrtDeviceArray.__array__
+    monkeypatch.setattr(
+        OrtDeviceArray,
+        "__array__",
+        lambda self, *a, **k: copies.append(self.shape) or to_numpy(self, *a, **k),
+    )
+    coords = np.random.default_rng(0).uniform(0, s, (6, 1, 2)).astype(np.float32)
+    labels = np.ones((6, 1), np.int32)
+    for i in range(2):
+        a, b = sam2.decode(plain, fa[i], coords, labels), sam2.decode(bound, fb[i], coords, labels)
+        np.testing.assert_array_equal(a.kept, b.kept)
+        assert rel_l2(b.masks.numpy(), a.masks.numpy()) < 1e-6 and rel_l2(b.iou, a.iou) < 1e-6
+    feature_shapes = {tuple(v.shape) for v in fb[0].arrays.values()}
+    assert copies and not feature_shapes & set(copies)  # decoder outputs came to the host, features never
+    monkeypatch.undo()
+    params = SegmentParams(
+        points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=40
+    )
+    results = []
+    for be in (plain, bound):
+        pipe = build_pipeline(be, repo, ServerConfig())
+        try:
+            results.append(run(pipe, params, images["coffee.jpg"]))
+        finally:
+            pipe.close()
+    ra, rb = results
+    assert len(ra.masks) == len(rb.masks) == 40 and [m.rle for m in ra.masks] == [m.rle for m in rb.masks]
+    assert [lab.label for lab in ra.labels] == [lab.label for lab in rb.labels]
