@@ -62,3 +62,89 @@ def test_tensorrt_engines_match_onnxruntime(tiny_repo, tmp_path, photo):
     assert a.kept.tolist() == b.kept.tolist() and len(b.kept) == 4
     assert rel_l2(a.masks.numpy(), b.masks.numpy()) < 1e-3
     assert ours.info.name == "tensorrt" and "TensorRT" in ours.info.providers[0]
+
+
+ort_cuda = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None
+    or "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="ONNX Runtime's CUDA provider needs onnxruntime-gpu (this onnxruntime has none)",
+)
+
+
+def _answers(backend, repo, image, cfg=None, concurrent: int = 1):
+    import asyncio
+
+    from seglabel_server.config import ServerConfig
+    from seglabel_server.service import build_pipeline
+    from seglabel_server.types import RequestContext, SegmentParams
+
+    params = SegmentParams(
+        points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=40
+    )
+    pipe = build_pipeline(backend, repo, cfg or ServerConfig())
+
+    async def many():
+        return await asyncio.gather(*[pipe.run(params, image, RequestContext()) for _ in range(concurrent)])
+
+    try:
+        return asyncio.run(many())
+    finally:
+        pipe.close()
+
+
+def _same_answers(ours, ref):
+    from pycocotools import mask as mask_utils
+
+    def rles(r):
+        return [{"size": m.rle["size"], "counts": m.rle["counts"].encode("ascii")} for m in r.masks]
+
+    assert len(ours.masks) == len(ref.masks) > 0
+    iou = np.asarray(mask_utils.iou(rles(ours), rles(ref), [0] * len(ref.masks)))
+    assert iou.max(axis=1).mean() >= 0.99
+    assert [lab.label for lab in ours.labels] == [lab.label for lab in ref.labels]
+
+
+@cuda
+@pytest.mark.parametrize("layout", ["per-image", "multi-image"])
+def test_cuda_device_mask_path_matches_the_cpu_host_path(tiny_repo, photo, layout):
+    """The device path on the GPU (fp32), with stage workers on their own CUDA streams and 4
+    concurrent requests, gives the CPU host path's masks and labels."""
+    from seglabel_server.backends import create_backend
+    from seglabel_server.config import ServerConfig
+
+    repo = ModelRepository.load(tiny_repo)
+    gpu = create_backend("torch", repo, "cuda", decoder_layout=layout)
+    assert "device_masks" in gpu.capabilities
+    cfg = ServerConfig(backend="torch", device="cuda")
+    assert len(cfg.worker_groups(["encoder", "decoder", "clip", "text"])) == 2
+    (ref,) = _answers(create_backend("torch", repo, "cpu", mask_path="host"), repo, photo)
+    for ours in _answers(gpu, repo, photo, cfg, concurrent=4):
+        _same_answers(ours, ref)
+
+
+@cuda
+def test_compiled_cuda_graph_engines_match_eager(tiny_repo, photo):
+    from seglabel_server.backends import create_backend
+
+    repo = ModelRepository.load(tiny_repo)
+    compiled = create_backend(
+        "torch", repo, "cuda", compile_mode="reduce-overhead", max_batches={"sam2_mask_decoder": 64}
+    )
+    graphs, seconds = compiled.warm_up()
+    print(f"reduce-overhead: {graphs} bucket graphs in {seconds:.1f}s")
+    assert graphs > 0
+    (ref,) = _answers(create_backend("torch", repo, "cuda"), repo, photo)
+    (ours,) = _answers(compiled, repo, photo)
+    _same_answers(ours, ref)
+
+
+@ort_cuda
+def test_onnxruntime_cuda_with_io_binding_matches_the_cpu(tiny_repo, photo):
+    from seglabel_server.backends import create_backend
+
+    repo = ModelRepository.load(tiny_repo)
+    gpu = create_backend("onnxruntime", repo, "cuda")
+    assert gpu.io_binding and gpu.info.providers == ["CUDAExecutionProvider"]
+    (ref,) = _answers(create_backend("onnxruntime", repo), repo, photo)
+    (ours,) = _answers(gpu, repo, photo)
+    _same_answers(ours, ref)

@@ -91,8 +91,12 @@ class CompiledBatchFirst(nn.Module):
         return outs if len(outs) > 1 else outs[0]
 
     def warm_up(self, example: Callable[[int], tuple]) -> int:
-        """Compile every bucket; ``example(b)`` gives inputs of batch b. Returns the buckets run."""
+        """Compile every bucket; ``example(b)`` gives inputs of batch b. Returns the buckets run.
+        Twice each: sam2's position encoding fills a Python cache on its first call, which changes
+        a guard, so the second call compiles once more (seen with TORCH_LOGS=recompiles); after
+        that the graphs are stable."""
         for b in self.sizes:
+            self(*example(b))
             self(*example(b))
         return len(self.sizes)
 
