@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -132,6 +132,10 @@ bench: models
 
 bench-gpu:
 	bash scripts/gpu_bench.sh $(GPU_BENCH_ARGS)
+
+# The wheels a GPU machine without network lacks, into .whl/ (onnxruntime-gpu in parts): see gpu_wheels.sh.
+gpu-wheels: $(VENV)/.installed
+	PIP=$(PIP) bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf $(PB_OUT) .pytest_cache
