@@ -255,8 +255,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gpu_memory_mib(pid: int) -> float:
-    """The server process's GPU memory (nvidia-smi), or nan where that cannot be read."""
+def gpu_used_mib() -> float:
+    """Memory in use on GPU 0, all processes (nan without CUDA)."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    free, total = torch.cuda.mem_get_info(0)
+    return (total - free) / 2**20
+
+
+def gpu_memory_mib(pid: int, baseline_mib: float) -> float:
+    """The server process's GPU memory: nvidia-smi's figure for its pid, or (where a container hides
+    pids) the device's memory in use minus what was in use before the server started."""
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
@@ -264,11 +273,12 @@ def gpu_memory_mib(pid: int) -> float:
             text=True,
             timeout=20,
         ).stdout
-        return sum(
-            float(m) for p, m in (line.split(",") for line in out.strip().splitlines()) if int(p) == pid
-        )
+        mine = [float(m) for p, m in (line.split(",") for line in out.strip().splitlines()) if int(p) == pid]
+        if mine:
+            return sum(mine)
     except Exception:
-        return float("nan")
+        pass
+    return gpu_used_mib() - baseline_mib
 
 
 class Server:
@@ -287,6 +297,7 @@ class Server:
         ]
         cmd += flags + ["--device", device, "--max-inflight", "256", "--max-batch-decoder", "256"]
         self.log = open(log, "w")
+        self.baseline_mib = gpu_used_mib()
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
         try:
@@ -327,7 +338,7 @@ def measure(
     image = image_file.read_bytes()
     rows = []
     for c in conc:
-        n = requests or max(16, 4 * c)
+        n = requests or max(16, 2 * c)
         samples, errors, wall = asyncio.run(run_level(f"127.0.0.1:{server.port}", [image], c, n, 2, kw))
         r = summarize("", c, samples, errors, wall)
         rows.append(
@@ -339,7 +350,7 @@ def measure(
                 "p99_ms": r.p99_ms,
                 "images_per_s": r.throughput_rps,
                 "masks": r.masks_per_request,
-                "gpu_mib": gpu_memory_mib(server.proc.pid),
+                "gpu_mib": gpu_memory_mib(server.proc.pid, server.baseline_mib),
                 "stages_p50_ms": r.server_stages_p50_ms,
                 "queue_p50_ms": r.server_queue_p50_ms,
             }
@@ -359,7 +370,7 @@ def main() -> int:
     )
     ap.add_argument("--grids", default="16,32")
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 4 x concurrency))")
+    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 2 x concurrency))")
     ap.add_argument("--masks", type=int, default=50)
     ap.add_argument(
         "--engines",
