@@ -53,6 +53,21 @@ def _pad(x: torch.Tensor, n: int, value=0) -> torch.Tensor:
     return torch.cat([x, pad])
 
 
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
+def _step(graphs: bool) -> None:
+    """With CUDA graphs: a new step begins (outputs of earlier replays are the caller's clones)."""
+    if graphs:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def _own(x: torch.Tensor, graphs: bool) -> torch.Tensor:
+    """A CUDA graph's output lives in the graph's memory pool and is overwritten by its next replay:
+    whatever outlives the call (cached features, mask logits read later) is cloned."""
+    return x.clone() if graphs else x
+
+
 def _compile(fn: Callable, mode: str) -> Callable:
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
 
@@ -80,14 +95,16 @@ class CompiledBatchFirst(nn.Module):
         self.input_names = list(module.input_names)
         self.output_names = list(module.output_names)
         self.sizes = sizes
+        self.graphs = mode in GRAPH_MODES
         self.compiled = _compile(module.forward, mode)
 
     def forward(self, *inputs):
         n = inputs[0].shape[0]
         b = bucket_for(n, self.sizes)
+        _step(self.graphs)
         outs = self.compiled(*[_pad(x, b) for x in inputs])
         outs = outs if isinstance(outs, tuple) else (outs,)
-        outs = tuple(o[:n] for o in outs)
+        outs = tuple(_own(o[:n], self.graphs) for o in outs)
         return outs if len(outs) > 1 else outs[0]
 
     def warm_up(self, example: Callable[[int], tuple]) -> int:
@@ -113,6 +130,7 @@ class CompiledDecoder(nn.Module):
         self.output_names = list(module.output_names)
         self.sizes = sizes
         self.image_sizes = image_sizes
+        self.graphs = mode in GRAPH_MODES
         self.attend = _compile(module.attend, mode)
         self.upscale = _compile(module.upscale_masks, mode)
 
@@ -136,15 +154,16 @@ class CompiledDecoder(nn.Module):
             ib = bucket_for(image_embed.shape[0], self.image_sizes)
             feats = tuple(_pad(f, ib) for f in feats)
             index = _pad(image_index, nb, 0)
+        _step(self.graphs)
         all_iou, hyper_in, keys = self.attend(feats[0], coords, labels, index)
-        all_iou = all_iou[:n]
+        all_iou = _own(all_iou[:n], self.graphs)
         kept = self.module.kept(all_iou, min_iou)
         m = int(kept.shape[0])
         mb = bucket_for(max(m, 1), self.sizes)
         rows = _pad(kept, mb, 0)
         sub = None if index is None else index[rows]
         masks = self.upscale(keys[rows], hyper_in[rows], feats[1], feats[2], sub)
-        return self.module.outputs(all_iou, kept, masks[:m], all_iou[kept])
+        return self.module.outputs(all_iou, kept, _own(masks[:m], self.graphs), all_iou[kept])
 
     def warm_up(self, feats: tuple, multi_image: bool) -> int:
         """Compile every (prompt bucket) for one image, and for a multi-image batch when used: with
