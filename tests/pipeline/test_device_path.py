@@ -230,13 +230,15 @@ def test_onnxruntime_io_binding_equals_plain_runs(tiny_repo, images, monkeypatch
     params = SegmentParams(
         points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=40
     )
-    results = []
-    for be in (plain, bound):
-        pipe = build_pipeline(be, repo, ServerConfig())
-        try:
-            results.append(run(pipe, params, images["coffee.jpg"]))
-        finally:
-            pipe.close()
-    ra, rb = results
-    assert len(ra.masks) == len(rb.masks) == 40 and [m.rle for m in ra.masks] == [m.rle for m in rb.masks]
-    assert [lab.label for lab in ra.labels] == [lab.label for lab in rb.labels]
+    for name, image in images.items():
+        results = []
+        for be in (plain, bound):
+            pipe = build_pipeline(be, repo, ServerConfig())
+            try:
+                results.append(run(pipe, params, image))
+            finally:
+                pipe.close()
+        ra, rb = results
+        assert len(ra.masks) == len(rb.masks) == 40, name
+        assert [m.rle for m in ra.masks] == [m.rle for m in rb.masks]
+        assert [lab.label for lab in ra.labels] == [lab.label for lab in rb.labels]
