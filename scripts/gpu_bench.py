@@ -16,8 +16,8 @@ A 1024x1024 photo, ~--masks masks per image fixed by configuration (random weigh
 off, a predicted-IoU threshold chosen from the data). Results go to OUT as they come.
 
     python scripts/gpu_bench.py --out $OUT                                     # on a CUDA machine
-    python scripts/gpu_bench.py --device cpu --sam2 tiny --clip tiny --large "" --grids 4 \\
-        --concurrency 1,2 --engines torch-fp32 --size 256                    # dry run on a CPU
+    python scripts/gpu_bench.py --device cpu --sam2 tiny --clip tiny --large tiny --large-grid 4 \\
+        --grids 4 --concurrency 1,2 --engines torch-fp32,ort-cpu --size 256   # dry run on a CPU
 """
 
 from __future__ import annotations
@@ -369,6 +369,9 @@ def main() -> int:
         "--large", default="random:large", help='hiera-large source for the reference workload ("": skip)'
     )
     ap.add_argument("--grids", default="16,32")
+    ap.add_argument(
+        "--large-grid", type=int, default=32, help="grid of the hiera-large rows (the reference workload)"
+    )
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 2 x concurrency))")
     ap.add_argument("--masks", type=int, default=50)
@@ -498,24 +501,25 @@ def main() -> int:
         lrepo = ModelRepository(Path(lm["_root"]), lm)
         lfp32 = create_backend("torch", lrepo, dev, "fp32")
         report.say(
-            f"hiera-large built in {time.perf_counter() - t0:.1f}s ({lm['sam2']['spec']['architecture']})"
+            f"large model built in {time.perf_counter() - t0:.1f}s ({lm['sam2']['spec']['architecture']})"
         )
-        iou32 = choose_iou(lfp32, lrepo, image, 32, args.masks)
-        t_amg, t_clip, n_ref = reference_pipeline(lfp32, image, 32, iou32, dev)
+        lg = args.large_grid
+        iou_l = choose_iou(lfp32, lrepo, image, lg, args.masks)
+        t_amg, t_clip, n_ref = reference_pipeline(lfp32, image, lg, iou_l, dev)
         report.say(
-            f"hiera-large grid 32: reference {1000 * (t_amg + t_clip):.0f} ms per image ({n_ref} masks)"
+            f"hiera-large grid {lg}: reference {1000 * (t_amg + t_clip):.0f} ms per image ({n_ref} masks)"
         )
         results.append(
-            {"model": "hiera-large", "grid": 32, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
+            {"model": "hiera-large", "grid": lg, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
              "p50_ms": 1000 * (t_amg + t_clip), "p99_ms": float("nan"), "images_per_s": 1 / (t_amg + t_clip),
              "masks": n_ref, "ref_s": t_amg + t_clip}
         )  # fmt: skip
         del lfp32
         large_engines = [e for e in engines if e in ("torch-bf16", "torch-bf16-compiled", "torch-fp32")]
         for engine in large_engines:
-            if dev == "cpu" and engine != "torch-fp32":
+            if (dev == "cpu") != (engine == "torch-fp32"):
                 continue
-            serve_and_measure("hiera-large", large_dir, engine, [32], {32: (iou32, t_amg + t_clip)}, [1, 8])
+            serve_and_measure("hiera-large", large_dir, engine, [lg], {lg: (iou_l, t_amg + t_clip)}, conc[:2])
 
     report.say()
     head = f"{'model':<11} {'grid':>4} {'engine':<38} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>7} {'vs ref':>7} {'masks':>5} {'GPU MiB':>8} {'cold s':>6}"

@@ -1,7 +1,8 @@
 """make bench-gpu's script, end to end on the CPU with tiny models (its dry run): it builds the
 models, checks parity, runs the reference, starts live servers (CPU torch, ONNX Runtime with IO
-binding) and measures them over gRPC with seglabel-bench's functions. The GPU rows are not run
-here (no GPU); this proves the script that produces them."""
+binding) and measures them over gRPC with seglabel-bench's functions, then the large-model rows
+(the tiny config standing in for hiera-large). The GPU rows are not run here (no GPU); this proves
+the script that produces them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "gpu"
     cmd = [
         sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--device", "cpu", "--sam2", "tiny", "--clip", "tiny",
-        "--large", "", "--grids", "4", "--concurrency", "1,2", "--requests", "4", "--engines", "torch-fp32,ort-cpu",
+        "--large", "tiny", "--large-grid", "4", "--grids", "4", "--concurrency", "1,2", "--requests", "4", "--engines", "torch-fp32,ort-cpu",
         "--size", "256", "--masks", "8", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -29,6 +30,10 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     assert all(r["errors"] == 0 and r["requests"] == 4 and r["masks"] == 8 for r in served)
     assert all(r["stages_p50_ms"]["decoder"] > 0 and r["cold_start_s"] > 0 for r in served)
     assert any(r["engine"].startswith("reference") for r in rows)
+    # the hiera-large rows' code path, with the tiny config standing in for hiera-large
+    large = [r for r in rows if r["model"] == "hiera-large"]
+    assert any(r["engine"].startswith("reference") for r in large)
+    assert [r["concurrency"] for r in large if r["engine"] == "torch-fp32"] == [1, 2]
     assert data["answers_parity"]["torch fp32"]["miou"] == 1.0
     table = (out / "gpu_bench.txt").read_text()
     assert "RANDOM weights" in table and "Targets (H100" in table
