@@ -12,6 +12,8 @@ cannot hold."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnxruntime as ort
 
@@ -19,6 +21,8 @@ from seglabel_server.backends.base import BackendInfo
 from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
 from seglabel_server.repository import ModelRepository
+
+log = logging.getLogger(__name__)
 
 _NUMPY = {
     "tensor(float)": np.float32,
@@ -91,6 +95,13 @@ class OnnxRuntimeBackend(GraphBackend):
         if device not in PROVIDERS:
             raise ModelError(f"onnxruntime: unknown device {device!r} (cpu, cuda, tensorrt)")
         self.wanted = PROVIDERS[device]
+        if device != "cpu" and hasattr(ort, "preload_dlls"):
+            # The serving path never imports torch, which would otherwise have loaded the CUDA and
+            # cuDNN libraries from NVIDIA's pip packages; without them the CUDA provider cannot load.
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # reported by the provider check below if it matters
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
         available = ort.get_available_providers()
         if self.wanted[0] not in available:
             raise ModelError(
