@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import inspect
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -79,9 +80,9 @@ class TorchBackend(Backend):
         # is cheaper (the first layer's image projections run once for all of its prompts).
         if decoder_layout == "multi-image" or (decoder_layout == "auto" and on_gpu):
             caps.add("multi_image")
-        # On the CPU the numpy path is faster (tiny models, grid 8, one request each: 0.29 s host vs
-        # 0.42 s device; in gpu_bench's CPU dry run the crops stage took 139 ms through roi_align vs
-        # 36 ms on the host): device is the GPU's default.
+        # On the CPU the numpy path is faster (full-size hiera-tiny + ViT-B-32, 1024 px, grid 16, 50
+        # labels: 25.7-39.5 s host vs 29.8-41.0 s device per request, the crops 0.29-0.43 s vs
+        # 2.1-3.5 s through roi_align): device is the GPU's default.
         if mask_path == "device" or (mask_path == "auto" and on_gpu):
             caps.add("device_masks")
         self.capabilities = frozenset(caps)
@@ -119,7 +120,7 @@ class TorchBackend(Backend):
         if self.compile_mode != "none":
             from seglabel_server.backends.torch_compile import compile_module
 
-            mod = compile_module(model, mod, self.compile_mode, self.max_batches.get(model, kind.max_batch))
+            mod = compile_module(mod, self.compile_mode, self.max_batches.get(model, kind.max_batch))
         self.mods[model] = mod
         self._inputs[model] = list(
             getattr(mod, "input_names", None) or inspect.signature(mod.forward).parameters
@@ -130,7 +131,7 @@ class TorchBackend(Backend):
         Returns (graphs run, seconds); (0, 0.0) when nothing is compiled."""
         if self.compile_mode == "none":
             return 0, 0.0
-        from seglabel_server.backends.torch_compile import CompiledDecoder, timed_warm_up
+        from seglabel_server.backends.torch_compile import CompiledDecoder
 
         def example(model: str):
             entry = self.repo.model_entry(model)
@@ -161,7 +162,8 @@ class TorchBackend(Backend):
                         runs += mod.warm_up(example(model))
             return runs
 
-        return timed_warm_up(run_all)
+        t0 = time.perf_counter()
+        return run_all(), time.perf_counter() - t0
 
     def unload(self, model: str) -> None:
         self.mods.pop(model, None)
@@ -200,8 +202,8 @@ class TorchBackend(Backend):
         missing = [n for n in self._inputs[model] if n not in feeds]
         if missing:
             raise ModelError(f"{model}: missing inputs {', '.join(missing)}")
-        optional = {n: self._tensor(feeds[n]) for n in getattr(mod, "optional_inputs", ()) if n in feeds}
-        with self._ctx():
+        with self._ctx():  # inputs copied on this thread's stream, then run there
+            optional = {n: self._tensor(feeds[n]) for n in getattr(mod, "optional_inputs", ()) if n in feeds}
             outs = mod(*[self._tensor(feeds[n]) for n in self._inputs[model]], **optional)
         stream = self._stream()
         if stream is not None:

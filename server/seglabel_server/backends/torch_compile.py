@@ -7,14 +7,13 @@ recompiling. :meth:`warm_up` compiles every bucket before the server reports SER
   axis 0; padded rows are zeros and are cut off the outputs.
 - The SAM2 decoder: its ``kept`` output has a data-dependent size, which no static graph holds, so
   it runs as two compiled parts around one eager ``nonzero``: the prompt transformer over N prompts
-  (padded with "not a point" prompts), then the upscaling of the M kept prompts (padded by
-  repeating the first); the outputs are sliced back to N and M. The images of a multi-image batch
+  (padded with "not a point" prompts), then the upscaling of the M kept prompts (padded with
+  prompt 0's rows); the outputs are sliced back to N and M. The images of a multi-image batch
   are padded to a bucket too (zero images no prompt points at).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -185,15 +184,9 @@ class CompiledDecoder(nn.Module):
         return runs
 
 
-def compile_module(model: str, module: nn.Module, mode: str, max_batch: int) -> nn.Module:
+def compile_module(module: nn.Module, mode: str, max_batch: int) -> nn.Module:
     """The compiled form of one model's module (the decoder must be the graph formulation)."""
     allow_recompiles()
     if isinstance(module, Sam2MaskDecoderGraph):
         return CompiledDecoder(module, mode, buckets(max_batch, 16), [2, 4, 8])
     return CompiledBatchFirst(module, mode, buckets(max_batch))
-
-
-def timed_warm_up(fn: Callable[[], int]) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    n = fn()
-    return n, time.perf_counter() - t0

@@ -15,7 +15,7 @@ host function and is tested equal to it:
   resized to the CLIP size in one ``roi_align`` over the image and one over the masks).
 
 Only answers cross to the host: RLE run positions, boxes, areas, scores, prompt indices. Full-size
-masks are copied only when the request needs them there (the overlay PNG, depth/text joins).
+masks never do: the overlay PNG and the depth/text joins decode the RLE answers on the host.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torchvision.ops import roi_align
 
 from seglabel_server.imaging import crop_region
 from seglabel_server.pipeline.masks import MaskData
+from seglabel_server.torch_models.modules import stability_score
 from seglabel_server.types import MaskResult
 
 
@@ -103,7 +104,8 @@ class TorchDeviceOps:
         logits, iou, stab, prompt = (torch.cat(c) for c in (logits, iou, stab, prompt))
         if len(iou) == 0:
             return _empty(low, self.device)
-        boxes_low = masks_to_boxes(logits > thr)
+        binary = logits > thr
+        boxes_low = masks_to_boxes(binary)
         h, w = hw
         sx, sy = w / low, h / low
         boxes = torch.stack(
@@ -115,7 +117,7 @@ class TorchDeviceOps:
             ],
             dim=1,
         )
-        nonempty = (logits > thr).flatten(1).any(dim=1)
+        nonempty = binary.flatten(1).any(dim=1)
         scores = torch.where(nonempty, iou, torch.full_like(iou, -math.inf))
         if p.box_nms_thresh >= 1.0:
             order = torch.sort(scores, descending=True, stable=True).indices
@@ -191,12 +193,6 @@ class TorchDeviceOps:
             full = full[torch.as_tensor(keep, dtype=torch.long, device=full.device)]
         return results, full
 
-    @staticmethod
-    def masks_to_host(full: torch.Tensor) -> list[np.ndarray]:
-        """Full-size masks in host memory: only for work that needs them there (the overlay PNG,
-        depth and text joins)."""
-        return list(full.cpu().numpy())
-
     # -- CLIP crops -------------------------------------------------------------------------------------
     def crops(
         self,
@@ -267,14 +263,6 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     x1 = torch.where(has, w - 1 - cols.flip(1).byte().argmax(dim=1), zero)
     y1 = torch.where(has, h - 1 - rows.flip(1).byte().argmax(dim=1), zero)
     return torch.stack([x0, y0, x1, y1], dim=1).float()
-
-
-def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
-    hi = (logits > threshold + offset).flatten(1).sum(dim=1)
-    lo = (logits > threshold - offset).flatten(1).sum(dim=1)
-    return torch.where(
-        lo > 0, hi.double() / lo.clamp(min=1).double(), torch.zeros_like(lo, dtype=torch.double)
-    )
 
 
 def _empty(low: int, device) -> MaskData:

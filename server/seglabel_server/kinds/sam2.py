@@ -141,13 +141,14 @@ class DecoderKind(ModelKind):
             if any(p.features is not first.features for p in payloads):
                 raise RuntimeError("decoder batch mixes images")
             return {**first.features.arrays, **feeds}
-        images: dict[int, int] = {}  # id(features) -> row of the stacked features
-        index = []
+        rows: dict[int, int] = {}  # id(features) -> its row of the stacked features
+        images, index = [], []
         for p in payloads:
-            row = images.setdefault(id(p.features), len(images))
-            index.append(np.full(len(p), row, np.int64))
-        unique = {id(p.features): p.features for p in payloads}
-        arrays = {k: concat([f.arrays[k] for f in unique.values()]) for k in ENCODER_OUTPUTS}
+            if id(p.features) not in rows:
+                rows[id(p.features)] = len(images)
+                images.append(p.features)
+            index.append(np.full(len(p), rows[id(p.features)], np.int64))
+        arrays = {k: concat([f.arrays[k] for f in images]) for k in ENCODER_OUTPUTS}
         return {**arrays, **feeds, "image_index": np.concatenate(index)}
 
     def split(self, outputs: Feeds, payloads, to_host) -> list[DecoderOutput]:

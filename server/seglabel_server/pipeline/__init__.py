@@ -194,8 +194,8 @@ class Pipeline:
         return await asyncio.gather(*[chunk(i) for i in starts]), grid
 
     async def _label_chunk(self, p, image, masks, full, text, first: int, ctx, mark) -> list[LabelResult]:
-        if self.device_ops is not None:
-            pix = await self._cpu(self.labels.crops_on_device, self.device_ops, await image(), masks, full)
+        if self.device_ops is not None:  # image: the uploaded copy, full: device masks
+            pix = await self._cpu(self.labels.crops_on_device, self.device_ops, image, masks, full)
         else:
             pix = await self.labels.crops_parallel(image, masks, full, ctx)
         mark("crops")
@@ -297,7 +297,7 @@ class Pipeline:
                     continue
                 await send(MasksReady(chunk))
                 if text is not None:
-                    src = on_device if dops is not None else image
+                    src = await on_device() if dops is not None else image
                     labelled = await self._label_chunk(p, src, chunk, full, text, chunk[0].index, ctx, mark)
                     labels_out += labelled
                     # total: masks labelled so far + candidates still to come (exact on the last update)

@@ -13,6 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """IoU of the masks thresholded at threshold +- offset, over the last two axes (SAM's stability
+    score; :func:`seglabel_server.amg.stability_score` on the host); 0 for empty masks."""
+    hi = (logits > threshold + offset).float().sum(dim=(-1, -2))
+    lo = (logits > threshold - offset).float().sum(dim=(-1, -2))
+    return torch.where(lo > 0, hi / lo.clamp(min=1.0), torch.zeros_like(lo))
+
+
 class Sam2ImageEncoder(nn.Module):
     """images [B,3,S,S] (resized to S and normalised) -> image_embed [B,C,S/16,S/16] with
     ``no_mem_embed`` added (as ``SAM2ImagePredictor.set_image``), high_res_feats_0 [B,C/8,S/4,S/4],
@@ -146,10 +154,7 @@ class Sam2MaskDecoder(nn.Module):
         return all_iou[:, 1:], kept, masks, self.stability(masks), single_mask, single_iou
 
     def stability(self, logits: torch.Tensor) -> torch.Tensor:
-        """IoU of the masks thresholded at +-offset (SAM's stability score); 0 for empty masks."""
-        hi = (logits > self.mask_threshold + self.stability_offset).float().sum(dim=(-1, -2))
-        lo = (logits > self.mask_threshold - self.stability_offset).float().sum(dim=(-1, -2))
-        return torch.where(lo > 0, hi / lo.clamp(min=1.0), torch.zeros_like(lo))
+        return stability_score(logits, self.mask_threshold, self.stability_offset)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
