@@ -7,8 +7,9 @@ OVER gRPC with seglabel-bench's own functions against a ``seglabel-server`` star
   CPU host path on the same image;
 - reference: sam2's SAM2AutomaticMaskGenerator (eager fp32) + one CLIP call per mask with PIL
   preprocessing, as the original application did, in this process, same image and settings;
-- ours: for each engine (torch eager bf16/fp16 with the device mask path, torch compiled, ONNX
-  Runtime CUDA with IO binding when onnxruntime-gpu is installed) and grid (16, 32): cold start to
+- ours: for each engine (torch eager bf16/fp16 with the device mask path, torch compiled,
+  AOTInductor packages (built first, their build time printed apart), ONNX Runtime CUDA with IO
+  binding when onnxruntime-gpu is installed) and grid (16, 32): cold start to
   SERVING, then concurrency 1 / 8 / 32: p50 / p99 / images/s, the server's GPU memory and its stage
   breakdown; hiera-large at grid 32 alongside.
 
@@ -39,6 +40,7 @@ from PIL import Image
 from seglabel_api import sample_image_bytes
 from seglabel_client.bench import run_level, summarize
 from seglabel_client.client import SegmenterClient
+from seglabel_export.aoti import build_packages
 from seglabel_export.exporter import export_repository
 from seglabel_export.parity import rel_l2
 from seglabel_server import amg, imaging, kinds
@@ -63,6 +65,11 @@ ENGINES = {
         "--torch-compile",
         "reduce-overhead",
     ],
+    # AOTInductor packages built by `seglabel-export aot` before the server starts (the build time is
+    # reported apart from the cold start, which then compiles nothing).
+    "torch-bf16-aot": ["--backend", "torch", "--precision", "bf16", "--torch-compile", "aot"],
+    "torch-fp32-aot": ["--backend", "torch", "--precision", "fp32", "--torch-compile", "aot"],
+    "torch-fp32-compiled": ["--backend", "torch", "--precision", "fp32", "--torch-compile", "default"],
     "torch-bf16-host-masks": [
         "--backend",
         "torch",
@@ -78,6 +85,7 @@ ENGINES = {
     "ort-cuda": ["--backend", "onnxruntime", "--ort-io-binding", "on"],
     "ort-cpu": ["--backend", "onnxruntime", "--ort-io-binding", "on"],  # the dry run's ORT row
 }
+CPU_ENGINES = ("torch-fp32", "torch-fp32-compiled", "torch-fp32-aot", "ort-cpu")  # the CPU's rows
 
 
 class Report:
@@ -358,6 +366,24 @@ def measure(
     return rows
 
 
+_BUILT: set = set()
+
+
+def aot_packages(report: Report, repo_dir: Path, engine: str, device: str) -> str:
+    """``seglabel-export aot`` for an ``*-aot`` engine (once per repository and precision); its
+    time is reported apart from the server's cold start. Returns the precision."""
+    precision = engine.split("-")[1]
+    if (repo_dir, precision) not in _BUILT:
+        t0 = time.perf_counter()
+        built = build_packages(repo_dir, device, precision, log=lambda m: None)
+        report.say(
+            f"{repo_dir.name} {engine}: {len(built)} AOTInductor packages built in "
+            f"{time.perf_counter() - t0:.1f}s (seglabel-export aot, once per machine)"
+        )
+        _BUILT.add((repo_dir, precision))
+    return precision
+
+
 # -------------------------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -377,7 +403,7 @@ def main() -> int:
     ap.add_argument("--masks", type=int, default=50)
     ap.add_argument(
         "--engines",
-        default="torch-bf16,torch-fp16,torch-bf16-compiled,ort-cuda,torch-bf16-host-masks",
+        default="torch-bf16,torch-fp16,torch-bf16-compiled,torch-bf16-aot,ort-cuda,torch-bf16-host-masks",
         help=f"server engines, of {', '.join(ENGINES)}",
     )
     ap.add_argument("--size", type=int, default=1024)
@@ -423,6 +449,9 @@ def main() -> int:
         parity_backends.update({f"torch {p}": create_backend("torch", repo, dev, p) for p in precisions})
     if "ort-cuda" in engines:
         parity_backends["ort-cuda"] = create_backend("onnxruntime", repo, "cuda", io_binding=True)
+    for engine in [e for e in engines if e.endswith("-aot") and (e in CPU_ENGINES) == (dev == "cpu")]:
+        precision = aot_packages(report, repo_dir, engine, dev)
+        parity_backends[engine] = create_backend("torch", repo, dev, precision, compile_mode="aot")
     graph_parity(report, repo, parity_backends, image)
 
     grids = [int(g) for g in args.grids.split(",")]
@@ -464,6 +493,8 @@ def main() -> int:
     ):
         log = Path(args.out) / f"server-{model}-{engine}.log"
         try:
+            if engine.endswith("-aot"):
+                aot_packages(report, rdir, engine, dev)
             server = Server(rdir, ENGINES[engine], dev, log)
         except Exception as exc:
             report.say(f"{model} {engine}: {exc}")
@@ -489,7 +520,7 @@ def main() -> int:
 
     ref_for = {grid: (ious[grid], next(r["ref_s"] for r in results if r["grid"] == grid)) for grid in grids}
     for engine in engines:
-        if (dev == "cpu") != (engine in ("torch-fp32", "ort-cpu")):
+        if (dev == "cpu") != (engine in CPU_ENGINES):
             report.say(f"{engine}: {'needs CUDA' if dev == 'cpu' else 'a CPU engine'}, skipped on {dev}")
             continue
         serve_and_measure("hiera-tiny", repo_dir, engine, grids, ref_for, conc)
@@ -515,9 +546,9 @@ def main() -> int:
              "masks": n_ref, "ref_s": t_amg + t_clip}
         )  # fmt: skip
         del lfp32
-        large_engines = [e for e in engines if e in ("torch-bf16", "torch-bf16-compiled", "torch-fp32")]
-        for engine in large_engines:
-            if (dev == "cpu") != (engine == "torch-fp32"):
+        large = ("torch-bf16", "torch-bf16-compiled", "torch-bf16-aot", "torch-fp32", "torch-fp32-aot")
+        for engine in [e for e in engines if e in large]:
+            if (dev == "cpu") != (engine in CPU_ENGINES):
                 continue
             serve_and_measure("hiera-large", large_dir, engine, [lg], {lg: (iou_l, t_amg + t_clip)}, conc[:2])
 

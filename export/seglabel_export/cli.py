@@ -4,6 +4,7 @@ seglabel-export export DIR --sam2 SOURCE [--clip SOURCE|none] [--depth SOURCE] [
 seglabel-export verify DIR                                      # parity again, fresh inputs
 seglabel-export triton DIR                                      # (re)write + validate config.pbtxt
 seglabel-export trt DIR [--fp16]                                # TensorRT engines (GPU + tensorrt)
+seglabel-export aot DIR [--device cuda] [--precision bf16]      # AOTInductor packages (torch serving)
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--max-prompts", type=int, default=256, help="decoder prompts per call")
     tr.add_argument("--max-crops", type=int, default=64, help="CLIP crops/texts per call")
 
+    ao = sub.add_parser(
+        "aot", help="AOTInductor packages for `seglabel-server --backend torch --torch-compile aot`"
+    )
+    ao.add_argument("dir")
+    ao.add_argument("--device", default="cuda", help="cuda[:N] or cpu: the device that serves them")
+    ao.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ao.add_argument(
+        "--decoder-layout",
+        choices=["multi-image", "per-image"],
+        help="the SAM2 decoder's (default: the server's, multi-image on CUDA, per-image on the CPU)",
+    )
+    ao.add_argument("--models", default="", help="comma-separated models (default: every torch-run model)")
+    ao.add_argument("--autotune", action="store_true", help="inductor max_autotune (slower to build)")
+
     args = parser.parse_args(argv)
     if args.cmd == "export":
         return _export(args)
@@ -85,7 +100,33 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args)
     if args.cmd == "triton":
         return _triton(args)
+    if args.cmd == "aot":
+        return _aot(args)
     return _trt(args)
+
+
+def _aot(args) -> int:
+    from seglabel_server.errors import ModelError
+
+    from seglabel_export.aoti import build_packages
+
+    t0 = time.perf_counter()
+    try:
+        built = build_packages(
+            args.dir,
+            device=args.device,
+            precision=args.precision,
+            decoder_layout=args.decoder_layout,
+            models=[m for m in args.models.split(",") if m] or None,
+            autotune=args.autotune,
+            log=lambda m: print(m, flush=True),
+        )
+    except (ValueError, ModelError) as exc:
+        print(f"seglabel-export aot: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(built, indent=2))
+    print(f"{len(built)} AOTInductor packages in {time.perf_counter() - t0:.1f}s", flush=True)
+    return 0
 
 
 def _triton(args) -> int:

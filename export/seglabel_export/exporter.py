@@ -341,12 +341,18 @@ def _export_into(
     )
 
     if not write_onnx:
-        # Names and dtypes only: enough for the torch backend, which builds each module itself.
-        for name, example, _ in graphs:
+        # Names, shapes (dynamic axes named, as the ONNX entries have them) and dtypes: enough for
+        # the torch backend, which builds each module itself, its compiled warm-up and AOT packages.
+        for name, example, axes in graphs:
             manifest["models"][name] = {
                 "platform": "pytorch",
                 "inputs": [
-                    {"name": k, "dtype": str(v.dtype).removeprefix("torch.")} for k, v in example.items()
+                    {
+                        "name": k,
+                        "shape": [axes.get(k, {}).get(i, int(d)) for i, d in enumerate(v.shape)],
+                        "dtype": str(v.dtype).removeprefix("torch."),
+                    }
+                    for k, v in example.items()
                 ],
                 "outputs": [{"name": o} for o in modules[name].output_names],
             }

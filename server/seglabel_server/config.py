@@ -41,8 +41,9 @@ class ServerConfig:
     torch_compile: str = _opt(
         "none",
         "torch backend: compile every model (torch.compile; reduce-overhead adds CUDA graphs), batches "
-        "padded to power-of-two buckets, all compiled before SERVING (the time is logged)",
-        choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        "padded to power-of-two buckets, all compiled before SERVING (the time is logged); aot: load the "
+        "AOTInductor packages `seglabel-export aot` built (nothing compiles at start)",
+        choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "aot"),
     )
     ort_io_binding: str = _opt(
         "auto",

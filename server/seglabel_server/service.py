@@ -154,7 +154,8 @@ class SeglabelService:
             await asyncio.to_thread(self._load_models)
             graphs, seconds = await asyncio.to_thread(self.backend.warm_up)
             if graphs:
-                log.info("compiled engines: %d bucket graphs compiled and run in %.1fs", graphs, seconds)
+                what = "AOTInductor packages" if self.cfg.torch_compile == "aot" else "compiled engines"
+                log.info("%s: %d warm-up runs (every bucket) in %.1fs", what, graphs, seconds)
             if self.cfg.warmup:
                 await self._warmup()
         except Exception as exc:

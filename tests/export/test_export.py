@@ -50,6 +50,19 @@ def test_repository_layout_and_manifest(tiny_repo):
     assert (tiny_repo / manifest["clip"]["tokenizer"]).is_file()
 
 
+def test_a_repository_without_onnx_describes_the_same_inputs(tiny_repo, tmp_path):
+    """write_onnx=False (the torch backend's repositories, e.g. the GPU script's): every model's
+    inputs carry the ONNX entries' names, shapes with their named dynamic axes, and dtypes (the
+    compiled engines' warm-up and `seglabel-export aot` read them)."""
+    manifest = export_repository(
+        tmp_path / "torch_only", "tiny", "tiny", write_onnx=False, log=lambda m: None
+    )
+    onnx = json.loads((tiny_repo / "manifest.json").read_text())
+    for name, entry in manifest["models"].items():
+        assert entry["inputs"] == onnx["models"][name]["inputs"], name
+    assert manifest["models"]["sam2_mask_decoder"]["inputs"][3]["shape"] == ["num_prompts", "num_points", 2]
+
+
 def test_parity_covers_every_output_and_prompt_shape(tiny_repo):
     rows = json.loads((tiny_repo / "manifest.json").read_text())["parity"]
     assert all(r["ok"] and r["rel_l2"] <= 1e-4 for r in rows)

@@ -148,3 +148,48 @@ def test_onnxruntime_cuda_with_io_binding_matches_the_cpu(tiny_repo, photo):
     (ref,) = _answers(create_backend("onnxruntime", repo), repo, photo)
     (ours,) = _answers(gpu, repo, photo)
     _same_answers(ours, ref)
+
+
+@cuda
+def test_aot_packages_on_cuda_match_eager(tiny_repo, tmp_path, photo):
+    """`seglabel-export aot` on CUDA (Triton kernels), every model, the multi-image layout; the
+    packages' answers with the device path and 4 concurrent requests against eager torch on CUDA."""
+    from seglabel_export.aoti import build_packages
+    from seglabel_server.backends import create_backend
+    from seglabel_server.config import ServerConfig
+
+    repo_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_repo, repo_dir)
+    built = build_packages(repo_dir, "cuda", "fp32", "multi-image")
+    assert len(built) == 4
+    repo = ModelRepository.load(repo_dir)
+    aot = create_backend("torch", repo, "cuda", compile_mode="aot")
+    runs, seconds = aot.warm_up()
+    print(f"aot fp32: built in {sum(b['seconds'] for b in built.values()):.1f}s, warm-up {seconds:.2f}s")
+    (ref,) = _answers(create_backend("torch", repo, "cuda"), repo, photo)
+    cfg = ServerConfig(backend="torch", device="cuda", torch_compile="aot")
+    for ours in _answers(aot, repo, photo, cfg, concurrent=4):
+        _same_answers(ours, ref)
+
+
+@cuda
+def test_aot_bf16_packages_match_cpu(tiny_repo, tmp_path):
+    """bf16 packages (autocast inside): encoder and decoder against torch fp32 on the CPU, with the
+    tolerance of the eager bf16 backend (test_torch_cuda_matches_cpu)."""
+    from seglabel_export.aoti import build_packages
+    from seglabel_server.backends import create_backend
+
+    repo_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_repo, repo_dir)
+    models = ["sam2_image_encoder", "sam2_mask_decoder"]
+    build_packages(repo_dir, "cuda", "bf16", "multi-image", models=models)
+    repo = ModelRepository.load(repo_dir)
+    cpu = create_backend("torch", repo, "cpu", models=models)
+    gpu = create_backend("torch", repo, "cuda", "bf16", compile_mode="aot", models=models)
+    x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    coords = np.random.default_rng(1).uniform(0, 256, (8, 1, 2)).astype(np.float32)
+    labels = np.ones((8, 1), np.int32)
+    a = sam2.decode(cpu, sam2.encode(cpu, x)[0], coords, labels)
+    b = sam2.decode(gpu, sam2.encode(gpu, x)[0], coords, labels)
+    assert rel_l2(b.masks.numpy(), a.masks.numpy()) < 5e-2
+    assert rel_l2(b.iou, a.iou) < 5e-2

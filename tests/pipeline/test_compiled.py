@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from seglabel_export.parity import rel_l2
 from seglabel_server import imaging
 from seglabel_server.backends import create_backend, torch_compile
@@ -78,35 +77,11 @@ def test_bucket_padding_changes_no_result(tiny_repo, eager, photo, monkeypatch):
     assert b.shape == a.shape and rel_l2(b, a) < 1e-5
 
 
-def test_inductor_engines_match_eager(tiny_repo, eager, photo):
-    """torch.compile (inductor, C++ on the CPU) of the encoder and the two decoder parts, every
-    bucket compiled by warm_up before use."""
-    repo = ModelRepository.load(tiny_repo)
-    compiled = create_backend(
-        "torch",
-        repo,
-        compile_mode="default",
-        models=MODELS[:2],
-        max_batches={"sam2_image_encoder": 1, "sam2_mask_decoder": 16},
-    )
-    graphs, seconds = compiled.warm_up()
-    print(f"inductor on the CPU: {graphs} bucket graphs in {seconds:.1f}s")
-    assert graphs == 2  # encoder bucket 1, decoder bucket 16 (both parts)
-    fa, fb = features(eager, photo, repo), features(compiled, photo, repo)
-    err = rel_l2(fb[0].arrays["image_embed"].numpy(), fa[0].arrays["image_embed"].numpy())
-    coords = np.random.default_rng(1).uniform(0, repo.sam2["image_size"], (12, 1, 2)).astype(np.float32)
-    labels = np.ones((12, 1), np.int32)
-    a, b = sam2.decode(eager, fa[0], coords, labels), sam2.decode(compiled, fb[0], coords, labels)
-    print(f"rel L2: image_embed {err:.1e}, masks {rel_l2(b.masks.numpy(), a.masks.numpy()):.1e}")
-    assert err < 1e-4 and b.kept.tolist() == a.kept.tolist()
-    assert rel_l2(b.masks.numpy(), a.masks.numpy()) < 1e-4 and rel_l2(b.iou, a.iou) < 1e-4
-    assert torch.equal(torch.as_tensor(b.kept), torch.as_tensor(a.kept))
-
-
-def test_compiled_pipeline_answers_equal_eager_on_both_photos(tiny_repo):
-    """Every model compiled (SAM2 encoder and decoder, CLIP image and text towers; small buckets so
-    the CPU compiles them in seconds), end to end on both bundled photos against the eager fp32
-    pipeline: matched-mask mIoU and identical labels."""
+def test_compiled_engines_match_eager_and_answer_equal_on_both_photos(tiny_repo, eager, photo):
+    """Every model compiled by inductor (C++ on the CPU: SAM2 encoder and decoder, CLIP image and
+    text towers; small buckets so the CPU compiles them in seconds), every bucket compiled by
+    warm_up before use: the encoder's and decoder's outputs against eager (rel L2), then end to end
+    on both bundled photos against the eager fp32 pipeline: matched-mask mIoU and identical labels."""
     import asyncio
 
     from seglabel_client import sample_image_bytes
@@ -134,6 +109,15 @@ def test_compiled_pipeline_answers_equal_eager_on_both_photos(tiny_repo):
     )
     graphs, seconds = compiled.warm_up()
     print(f"all four models: {graphs} bucket graphs in {seconds:.1f}s")
+    assert graphs == 8  # encoder 1, decoder 16 (both parts), CLIP image and text 1, 2, 4
+    fa, fb = features(eager, photo, repo), features(compiled, photo, repo)
+    err = rel_l2(fb[0].arrays["image_embed"].numpy(), fa[0].arrays["image_embed"].numpy())
+    coords = np.random.default_rng(1).uniform(0, repo.sam2["image_size"], (12, 1, 2)).astype(np.float32)
+    labels = np.ones((12, 1), np.int32)
+    a, b = sam2.decode(eager, fa[0], coords, labels), sam2.decode(compiled, fb[0], coords, labels)
+    print(f"rel L2: image_embed {err:.1e}, masks {rel_l2(b.masks.numpy(), a.masks.numpy()):.1e}")
+    assert err < 1e-4 and b.kept.tolist() == a.kept.tolist()
+    assert rel_l2(b.masks.numpy(), a.masks.numpy()) < 1e-4 and rel_l2(b.iou, a.iou) < 1e-4
     eager_be = create_backend("torch", repo, models=models)
     params = SegmentParams(
         points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=12

@@ -29,7 +29,8 @@ LAYOUTS = ("auto", "per-image", "multi-image")
 MASK_PATHS = ("auto", "device", "host")
 
 
-def _builder(spec):
+def module_builder(spec):
+    """A kind's ``torch_builder`` (a callable or ``"module:function"``) as a callable."""
     if callable(spec):
         return spec
     module, _, name = spec.partition(":")
@@ -66,6 +67,7 @@ class TorchBackend(Backend):
         if compile_mode not in MODES:
             raise ModelError(f"torch backend: compile mode {compile_mode!r} not in {MODES}")
         self.compile_mode = compile_mode
+        self.precision = precision
         self.max_batches = dict(max_batches or {})  # model -> largest batch the scheduler forms
         self.torch = torch
         self.repo = repo
@@ -103,21 +105,36 @@ class TorchBackend(Backend):
 
         return TorchDeviceOps(self.device)
 
+    def _layout(self, kind) -> str:
+        """The package layout of ``kind``'s model: the decoder's layout, ``any`` for the others."""
+        if "multi_image" not in kind.torch_variants:
+            return "any"
+        return "multi-image" if "multi_image" in self.capabilities else "per-image"
+
     def load(self, model: str) -> None:
         kind = kinds.for_model(model)
         if kind.torch_builder is None:
             raise ModelError(f"torch backend: model kind {kind.name!r} has no torch_builder")
-        caps = self.capabilities | ({"multi_image"} if self.compile_mode != "none" else set())
+        if self.compile_mode == "aot":
+            from seglabel_server.backends.torch_aot import load_package
+
+            mod = load_package(
+                self.repo.root, self.repo.manifest, model, self.device, self.precision, self._layout(kind)
+            )
+            self.mods[model] = mod
+            self._inputs[model] = list(mod.input_names)
+            return
+        caps = self.capabilities | ({"multi_image"} if self.compile_mode not in ("none", "aot") else set())
         # Compiled, the decoder is always the exported formulation (split around its selection).
         builder = next((b for cap, b in kind.torch_variants.items() if cap in caps), kind.torch_builder)
         try:
-            mod = _builder(builder)(self.repo.manifest, str(self.device), self._shared)
+            mod = module_builder(builder)(self.repo.manifest, str(self.device), self._shared)
         except ModelError:
             raise
         except Exception as exc:
             raise ModelError(f"torch backend: cannot build {model}: {exc}") from exc
         mod = mod.to(self.device).eval()
-        if self.compile_mode != "none":
+        if self.compile_mode not in ("none", "aot"):
             from seglabel_server.backends.torch_compile import compile_module
 
             mod = compile_module(mod, self.compile_mode, self.max_batches.get(model, kind.max_batch))
@@ -131,6 +148,7 @@ class TorchBackend(Backend):
         Returns (graphs run, seconds); (0, 0.0) when nothing is compiled."""
         if self.compile_mode == "none":
             return 0, 0.0
+        from seglabel_server.backends.torch_aot import AotModule
         from seglabel_server.backends.torch_compile import CompiledDecoder
 
         def example(model: str):
@@ -139,7 +157,7 @@ class TorchBackend(Backend):
             def make(b: int):
                 return tuple(
                     self.torch.zeros(
-                        [b] + [int(d) for d in i["shape"][1:]],
+                        [b] + [1 if isinstance(d, str) else int(d) for d in i["shape"][1:]],
                         dtype=getattr(self.torch, np.dtype(i["dtype"]).name),
                         device=self.device,
                     )
@@ -152,7 +170,9 @@ class TorchBackend(Backend):
             runs = 0
             with self._ctx():
                 for model, mod in self.mods.items():
-                    if isinstance(mod, CompiledDecoder):
+                    if isinstance(mod, AotModule):
+                        runs += mod.warm_up(example(model))
+                    elif isinstance(mod, CompiledDecoder):
                         enc = self.mods.get("sam2_image_encoder")
                         if enc is None:
                             continue

@@ -21,7 +21,8 @@ from torch import nn
 
 from seglabel_server.torch_models.modules import Sam2MaskDecoderGraph
 
-MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# "aot": no torch.compile at serve time, AOTInductor packages built by `seglabel-export aot` (torch_aot.py)
+MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "aot")
 
 
 def buckets(max_size: int, smallest: int = 1) -> list[int]:

@@ -1,0 +1,118 @@
+"""AOTInductor packages: each model compiled ahead of time by ``seglabel-export aot`` into a
+``.pt2`` package next to its ONNX graph, loaded by the torch backend (``--torch-compile aot``)
+without tracing or compiling anything at start (the cold start of torch.compile engines is their
+compile time; a package loads in seconds).
+
+A package is built for one device type, precision and decoder layout, with the batch axes dynamic
+(any batch size runs the same kernels, no buckets). Its metadata records what it was built from:
+the server refuses a package of another torch version, device, precision or repository export, and
+names the command that builds the right one.
+
+Layout on disk: ``<repo>/<model>/aoti/<device>-<precision>-<layout>.pt2`` (layout: ``multi-image``
+or ``per-image`` for the SAM2 decoder, ``any`` for the other models).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seglabel_server.errors import ModelError
+
+PACKAGE_FORMAT = "1"
+
+
+def layout_key(model_layout: str | None) -> str:
+    return model_layout or "any"
+
+
+def package_path(root: str | Path, model: str, device_type: str, precision: str, layout: str) -> Path:
+    return Path(root) / model / "aoti" / f"{device_type}-{precision}-{layout}.pt2"
+
+
+def build_command(root: str | Path, device_type: str, precision: str, layout: str) -> str:
+    lay = "" if layout == "any" else f" --decoder-layout {layout}"
+    return f"seglabel-export aot {root} --device {device_type} --precision {precision}{lay}"
+
+
+def expected_metadata(manifest: dict, model: str, device_type: str, precision: str, layout: str) -> dict:
+    """What a package must have been built from to serve ``model`` of this repository."""
+    import torch
+
+    return {
+        "seglabel_aoti": PACKAGE_FORMAT,
+        "model": model,
+        "torch": torch.__version__,
+        "device": device_type,
+        "precision": precision,
+        "layout": layout,
+        "repository": str(manifest.get("created_at", "")),
+    }
+
+
+class AotModule:
+    """A loaded package behind the torch backend's module interface: ``input_names``,
+    ``optional_inputs``, ``output_names`` and a call. Inputs are bound by position, as exported;
+    an optional input the caller leaves out is filled as the module would (the decoder's
+    ``image_index``: every prompt on image 0)."""
+
+    def __init__(self, runner, meta: dict, path: Path):
+        self.runner = runner
+        self.path = path
+        self.input_names = json.loads(meta["inputs"])
+        self.optional_inputs = json.loads(meta["optional_inputs"])
+        self.output_names = json.loads(meta["outputs"])
+        self.dtypes = json.loads(meta["input_dtypes"])  # name -> torch dtype name, as exported
+
+    def __call__(self, *inputs, **optional):
+        import torch
+
+        args = list(inputs)
+        for name in self.optional_inputs:
+            x = optional.get(name)
+            if x is None and name == "image_index":
+                x = torch.zeros(inputs[3].shape[0], dtype=torch.int64, device=inputs[3].device)
+            args.append(x)
+        # A package reads its inputs with the strides it was traced with (contiguous) and does not
+        # check them: SAM2's encoder hands over channels-last views, which read as contiguous give
+        # wrong answers silently (seen: masks rel L2 0.59). Its dtypes are checked: an fp16/bf16
+        # output of the previous model (autocast there, inside the package here) is cast back.
+        for i, name in enumerate(self.input_names + self.optional_inputs):
+            args[i] = args[i].to(getattr(torch, self.dtypes[name])).contiguous()
+        outs = self.runner(*args)
+        outs = tuple(outs) if isinstance(outs, (list, tuple)) else (outs,)
+        return outs if len(outs) > 1 else outs[0]
+
+    def warm_up(self, example) -> int:
+        """One call at batch 1 and one at 2: the first call initialises the runtime's handles."""
+        for b in (1, 2):
+            self(*example(b))
+        return 2
+
+
+def load_package(
+    root: str | Path, manifest: dict, model: str, device, precision: str, layout: str
+) -> AotModule:
+    """The package serving ``model`` on ``device`` (a torch.device), checked against the repository
+    and this torch; a clear ModelError naming the build command otherwise."""
+    import torch
+
+    dtype = device.type
+    path = package_path(root, model, dtype, precision, layout)
+    cmd = build_command(root, dtype, precision, layout)
+    if not path.is_file():
+        raise ModelError(f"{model}: no AOTInductor package {path}; build it with `{cmd}`")
+    try:
+        kwargs = {"device_index": device.index if device.index is not None else 0} if dtype == "cuda" else {}
+        runner = torch._inductor.aoti_load_package(str(path), **kwargs)
+        meta = dict(runner.get_metadata())
+    except Exception as exc:
+        raise ModelError(
+            f"{model}: cannot load AOTInductor package {path} ({exc}); rebuild with `{cmd}`"
+        ) from exc
+    want = expected_metadata(manifest, model, dtype, precision, layout)
+    stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    if stale:
+        what = ", ".join(f"{k} {got!r} (needs {need!r})" for k, (got, need) in sorted(stale.items()))
+        raise ModelError(f"{model}: AOTInductor package {path} was built for {what}; rebuild with `{cmd}`")
+    return AotModule(runner, meta, path)
