@@ -22,10 +22,6 @@ from seglabel_server.errors import ModelError
 PACKAGE_FORMAT = "1"
 
 
-def layout_key(model_layout: str | None) -> str:
-    return model_layout or "any"
-
-
 def package_path(root: str | Path, model: str, device_type: str, precision: str, layout: str) -> Path:
     return Path(root) / model / "aoti" / f"{device_type}-{precision}-{layout}.pt2"
 
@@ -71,7 +67,8 @@ class AotModule:
         for name in self.optional_inputs:
             x = optional.get(name)
             if x is None and name == "image_index":
-                x = torch.zeros(inputs[3].shape[0], dtype=torch.int64, device=inputs[3].device)
+                coords = inputs[self.input_names.index("point_coords")]
+                x = torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
             args.append(x)
         # A package reads its inputs with the strides it was traced with (contiguous) and does not
         # check them: SAM2's encoder hands over channels-last views, which read as contiguous give
@@ -97,21 +94,26 @@ def load_package(
     and this torch; a clear ModelError naming the build command otherwise."""
     import torch
 
-    dtype = device.type
-    path = package_path(root, model, dtype, precision, layout)
-    cmd = build_command(root, dtype, precision, layout)
+    kind = device.type
+    path = package_path(root, model, kind, precision, layout)
+    cmd = build_command(root, kind, precision, layout)
     if not path.is_file():
         raise ModelError(f"{model}: no AOTInductor package {path}; build it with `{cmd}`")
     try:
-        kwargs = {"device_index": device.index if device.index is not None else 0} if dtype == "cuda" else {}
+        kwargs = {"device_index": device.index if device.index is not None else 0} if kind == "cuda" else {}
         runner = torch._inductor.aoti_load_package(str(path), **kwargs)
         meta = dict(runner.get_metadata())
     except Exception as exc:
         raise ModelError(
             f"{model}: cannot load AOTInductor package {path} ({exc}); rebuild with `{cmd}`"
         ) from exc
-    want = expected_metadata(manifest, model, dtype, precision, layout)
+    want = expected_metadata(manifest, model, kind, precision, layout)
     stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    built_for = "".join(c for c in meta.get("AOTI_COMPUTE_CAPABILITY", "") if c.isdigit())
+    if kind == "cuda" and built_for:  # kernels compiled for one GPU architecture
+        here = "".join(str(v) for v in torch.cuda.get_device_capability(device))
+        if built_for != here:
+            stale["GPU compute capability"] = (built_for, here)
     if stale:
         what = ", ".join(f"{k} {got!r} (needs {need!r})" for k, (got, need) in sorted(stale.items()))
         raise ModelError(f"{model}: AOTInductor package {path} was built for {what}; rebuild with `{cmd}`")
