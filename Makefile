@@ -97,8 +97,11 @@ system-deps:
 	   (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)) >/dev/null; \
 	else echo "NOTE: not installed:$$missing (sudo apt-get install$$missing); the tests that need them will skip"; fi
 
+# Two worker processes, one test file each at a time (a file's fixtures stay in one process): much of
+# the suite waits on servers, browsers and Ray, so two workers finish sooner even on two cores.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed proto system-deps
-	$(VENV)/bin/python -m pytest -q -rs tests
+	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check server export client tests scripts
