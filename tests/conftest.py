@@ -4,6 +4,7 @@ once per test session; servers on 127.0.0.1 with ephemeral ports."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,23 +13,32 @@ import pytest
 from seglabel_client import sample_image_bytes
 
 
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> Path:
+def _shared_repo(tmp_path_factory, name: str, **kw) -> Path:
+    """A repository exported once per run: under pytest-xdist (make test) the workers share one
+    folder and a lock, as xdist's documentation does it, instead of exporting it once each."""
+    from filelock import FileLock
     from seglabel_export.exporter import export_repository
 
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    export_repository(out, "tiny", "tiny", log=lambda m: None)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    out = root / "shared-models" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "manifest.json").is_file():
+            export_repository(out, "tiny", "tiny", log=lambda m: None, **kw)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    return _shared_repo(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
 def scene_repo(tmp_path_factory) -> Path:
     """The tiny repository plus Depth Anything V2 (tiny config) and rapidocr's real PP-OCR graphs."""
-    from seglabel_export.exporter import export_repository
-
-    out = tmp_path_factory.mktemp("models") / "scene"
-    export_repository(out, "tiny", "tiny", depth_source="tiny", ocr=True, log=lambda m: None)
-    return out
+    return _shared_repo(tmp_path_factory, "scene", depth_source="tiny", ocr=True)
 
 
 @pytest.fixture(scope="session")
