@@ -203,8 +203,8 @@ class Scheduler:
         for t in self.threads:
             t.join(timeout=30)
         for q in self.queues.values():
-            for item in q:
-                item.future.set_exception(Cancelled("server stopped"))
+            for item in q:  # (a request that gave up has cancelled its own already)
+                self._fail(item, Cancelled("server stopped"))
             q.clear()
 
     # -- worker side --------------------------------------------------------------------------------

@@ -376,3 +376,21 @@ async def test_a_failing_batch_fails_its_items_not_the_worker():
         assert out.shape == (1, 4)
     finally:
         sched.close()
+
+
+def test_close_fails_queued_items_even_when_a_request_cancelled_its_own():
+    """close() answers every queued item "server stopped"; one already cancelled by its request
+    (e.g. after another of its items was refused) is skipped instead of raising InvalidStateError
+    and leaving the rest unanswered."""
+    from seglabel_server.errors import Cancelled
+
+    sched = Scheduler(FakeBackend(delay=0.5), configs(batch=64))
+    busy = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
+    time.sleep(0.1)  # the worker is inside the first batch; the next two stay queued
+    gave_up = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
+    waiting = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
+    assert gave_up.cancel()
+    sched.close()
+    assert busy.result(timeout=0).shape[0] == 1
+    with pytest.raises(Cancelled, match="server stopped"):
+        waiting.result(timeout=0)
