@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -160,14 +161,20 @@ def graph_parity(report: Report, repo: ModelRepository, backends: dict, image: n
     ref_c = kinds.get("clip").execute(cpu, [crops])[0]
     rows = {}
     for name, be in backends.items():
-        f = sam2.encode(be, x)[0]
-        d = sam2.decode(be, f, coords, labels)
-        rows[name] = {
-            "image_embed": rel_l2(be.to_host(f.arrays["image_embed"]), ref_f.arrays["image_embed"].numpy()),
-            "masks": rel_l2(d.masks.numpy(), ref_d.masks.numpy()),
-            "iou": rel_l2(d.iou, ref_d.iou),
-            "clip": rel_l2(kinds.get("clip").execute(be, [crops])[0], ref_c),
-        }
+        try:
+            f = sam2.encode(be, x)[0]
+            d = sam2.decode(be, f, coords, labels)
+            rows[name] = {
+                "image_embed": rel_l2(
+                    be.to_host(f.arrays["image_embed"]), ref_f.arrays["image_embed"].numpy()
+                ),
+                "masks": rel_l2(d.masks.numpy(), ref_d.masks.numpy()),
+                "iou": rel_l2(d.iou, ref_d.iou),
+                "clip": rel_l2(kinds.get("clip").execute(be, [crops])[0], ref_c),
+            }
+        except Exception:
+            report.say(f"parity {name}: FAILED\n" + traceback.format_exc())
+            continue
         report.say(
             f"parity {name:<22} vs torch CPU fp32: "
             + ", ".join(f"{k} {v:.2e}" for k, v in rows[name].items())
@@ -218,8 +225,164 @@ def answers_parity(report: Report, name: str, ref, ours) -> dict:
     return row
 
 
+def parity(report: Report, repo, engines: list[str], dev: str, fp32, image: np.ndarray, params) -> None:
+    """Every engine's graphs against torch fp32 on the CPU, then its answers against the CPU host path."""
+    precisions = [p for p in ("bf16", "fp16") if f"torch-{p}" in engines or f"torch-{p}-compiled" in engines]
+    backends = {"torch fp32": fp32}
+    if dev.startswith("cuda"):
+        backends.update({f"torch {p}": create_backend("torch", repo, dev, p) for p in precisions})
+    if "ort-cuda" in engines:
+        backends["ort-cuda"] = create_backend("onnxruntime", repo, "cuda", io_binding=True)
+    for engine in [e for e in engines if e.endswith("-aot") and (e in CPU_ENGINES) == (dev == "cpu")]:
+        precision = aot_packages(report, repo.root, engine, dev)
+        backends[engine] = create_backend("torch", repo, dev, precision, compile_mode="aot")
+    graph_parity(report, repo, backends, image)
+    ref_answers = run_pipeline(
+        create_backend("torch", repo, "cpu", "fp32", mask_path="host"), repo, params, image
+    )
+    # How ragged the masks are (random weights: many runs), which sets the RLE work of every engine.
+    rle = [amg.decode_rle(m.rle).T.reshape(-1) for m in ref_answers.masks]
+    runs = [int(np.count_nonzero(m[1:] != m[:-1])) + 1 for m in rle]
+    text = sum(len(m.rle["counts"]) for m in ref_answers.masks)
+    report.say(
+        f"answers of the fp32 CPU host path: {len(runs)} masks, runs per mask median "
+        f"{np.median(runs) if runs else 0:.0f}, {sum(runs)} runs and {text / 1e6:.2f} MB of RLE text in all"
+    )
+    report.put(
+        "reference_rle",
+        {"runs_median": float(np.median(runs)) if runs else 0.0, "runs": sum(runs), "bytes": text},
+    )
+    rows = {}
+    for name, be in backends.items():
+        try:
+            rows[name] = answers_parity(report, name, ref_answers, run_pipeline(be, repo, params, image))
+        except Exception:
+            report.say(f"answers {name}: FAILED\n" + traceback.format_exc())
+    report.put("answers_parity", rows)
+
+
+# ------------------------------------------------------------------------------------------ profile
+class StackSampler:
+    """Where every Python thread of this process spends its time: each thread's stack sampled every
+    ``interval`` seconds (a thread inside a torch op or a C library shows the line that called it).
+    torch's profiler records CPU operators only on the thread that started it, and the pipeline runs
+    on pool and worker threads; this sees them all."""
+
+    def __init__(self, interval: float = 0.002, depth: int = 6):
+        import threading
+
+        self.interval, self.depth = interval, depth
+        self.counts: dict[tuple, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def _run(self) -> None:
+        import threading
+
+        me = threading.get_ident()
+        names = {}
+        while not self._stop.wait(self.interval):
+            names.update({t.ident: t.name for t in threading.enumerate()})
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                stack, f = [], frame
+                while f is not None and len(stack) < self.depth:
+                    if f.f_code.co_name not in ("_call_impl", "_wrapped_call_impl"):  # nn.Module plumbing
+                        stack.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+                    f = f.f_back
+                key = (names.get(ident, str(ident)).split("_")[0], tuple(stack))
+                self.counts[key] = self.counts.get(key, 0) + 1
+            self.samples += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, top: int = 40) -> str:
+        """The most sampled stacks (innermost frame first), with their share of the samples; idle
+        waits (a thread parked in a queue, a selector or a lock) are left out."""
+        idle = ("wait", "select", "_worker", "get", "poll", "run_forever", "_run_once", "sleep")
+        rows = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        out = [f"{self.samples} samples every {self.interval * 1000:.0f} ms"]
+        for (thread, stack), n in rows:
+            if not stack or stack[0].split()[-1] in idle:
+                continue
+            out.append(f"{100 * n / max(self.samples, 1):5.1f}%  [{thread}]  " + "  <  ".join(stack))
+            if len(out) > top:
+                break
+        return "\n".join(out)
+
+
+def profile_engine(report: Report, repo, engine: str, dev: str, image: np.ndarray, params, out: Path) -> None:
+    """One engine in this process: 3 requests one after another, then 8 at once, under torch's
+    profiler (the device's kernels, all threads) and a sampler of every thread's Python stack.
+    Writes ``profile-<engine>.txt`` (the sampled stacks, the kernels by device time) and a gzipped
+    Chrome trace of the kernels."""
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile
+
+    flags = dict(zip(ENGINES[engine][::2], ENGINES[engine][1::2]))
+    precision = flags.get("--precision", "fp32")
+    cfg = ServerConfig(
+        backend="torch", device=dev, precision=precision, max_batch={"decoder": 256}, embedding_cache_mb=0
+    )
+    backend = create_backend("torch", repo, dev, precision)
+    pipe = build_pipeline(backend, repo, cfg)
+
+    async def burst(n: int) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*[pipe.run(params, image, RequestContext()) for _ in range(n)])
+        return time.perf_counter() - t0
+
+    cuda = dev.startswith("cuda")
+    try:
+        for _ in range(2):
+            asyncio.run(burst(1))
+        with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+            with StackSampler() as single:
+                one = [asyncio.run(burst(1)) for _ in range(3)]
+            with StackSampler() as many:
+                eight = asyncio.run(burst(8))
+    finally:
+        pipe.close()
+    head = (
+        f"{engine} in process: 3 single requests {', '.join(f'{t * 1000:.0f}' for t in one)} ms; "
+        f"8 at once {eight * 1000:.0f} ms ({8 / eight:.2f} img/s)"
+    )
+    key = "device_time_total" if cuda else "cpu_time_total"
+    text = [
+        head,
+        "Python stacks, 3 single requests:\n" + single.report(),
+        "Python stacks, 8 at once:\n" + many.report(),
+        prof.key_averages().table(sort_by=key, row_limit=30),
+    ]
+    (out / f"profile-{engine}.txt").write_text("\n\n".join(text) + "\n")
+    trace = out / f"trace-{engine}.json"
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as f, gzip.open(str(trace) + ".gz", "wb") as g:
+        g.write(f.read())
+    trace.unlink()
+    report.say(head + f" (profile-{engine}.txt, trace-{engine}.json.gz)")
+
+
 # ---------------------------------------------------------------------------------------- reference
 def reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device: str):
+    """sam2's AMG + one CLIP call per mask: (AMG seconds, CLIP seconds, masks); nan where it failed."""
+    try:
+        return _reference_pipeline(backend, image, grid, iou, device)
+    except Exception:
+        print("reference FAILED:\n" + traceback.format_exc(), flush=True)
+        return float("nan"), float("nan"), 0
+
+
+def _reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device: str):
     import open_clip
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -241,7 +404,8 @@ def reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device
         text = clip.encode_text(
             tok([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]).to(device), normalize=True
         )
-        t_amg, records = timed(lambda: gen.generate(image), device)
+        # one warm-up and one timed run: on random weights each takes seconds (see docs/gpu.md)
+        t_amg, records = timed(lambda: gen.generate(image), device, repeat=1)
 
         def per_crop():
             out = []
@@ -252,7 +416,7 @@ def reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device
                 out.append(int((emb @ text.T).argmax()))
             return out
 
-        t_clip, _ = timed(per_crop, device)
+        t_clip, _ = timed(per_crop, device, repeat=1)
     return t_amg, t_clip, len(records)
 
 
@@ -303,7 +467,10 @@ class Server:
             "--port",
             str(self.port),
         ]
+        # No embedding cache: the bench sends one image over and over, and every request must run the
+        # encoder, as the reference does (with the cache, the encoder ran once per server).
         cmd += flags + ["--device", device, "--max-inflight", "256", "--max-batch-decoder", "256"]
+        cmd += ["--embedding-cache-mb", "0"]
         self.log = open(log, "w")
         self.baseline_mib = gpu_used_mib()
         t0 = time.perf_counter()
@@ -407,6 +574,14 @@ def main() -> int:
         help=f"server engines, of {', '.join(ENGINES)}",
     )
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument(
+        "--no-parity", action="store_true", help="skip the parity checks (a later call of a split run)"
+    )
+    ap.add_argument(
+        "--profile",
+        default="",
+        help="engines (torch eager ones) to run in this process under torch's profiler first, at the first grid",
+    )
     args = ap.parse_args()
     report = Report(Path(args.out))
     dev = args.device
@@ -428,65 +603,54 @@ def main() -> int:
     ):
         report.say("ort-cuda: skipped (no CUDAExecutionProvider: install onnxruntime-gpu; see gpu_bench.sh)")
         engines.remove("ort-cuda")
-    t0 = time.perf_counter()
-    repo_dir = Path("/tmp/seglabel-gpu-models")
-    onnx = any(e.startswith("ort-") for e in engines)
-    manifest = export_repository(repo_dir, args.sam2, args.clip, write_onnx=onnx, log=lambda m: None)
-    repo = ModelRepository(Path(manifest["_root"]), manifest)
-    report.say(
-        f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
-        f"{manifest['clip']['spec']['architecture']})"
-    )
+    grids = [int(g) for g in args.grids.split(",") if g]
+    conc = [int(c) for c in args.concurrency.split(",")]
     image = imaging.decode_image(sample_image_bytes("astronaut.jpg"))
     image = np.asarray(Image.fromarray(image).resize((args.size, args.size), Image.BICUBIC))
     image_file = Path(args.out) / f"photo_{args.size}.png"
     Image.fromarray(image).save(image_file)
-
-    fp32 = create_backend("torch", repo, dev, "fp32")
-    precisions = [p for p in ("bf16", "fp16") if f"torch-{p}" in engines or f"torch-{p}-compiled" in engines]
-    parity_backends = {"torch fp32": fp32}
-    if dev.startswith("cuda"):
-        parity_backends.update({f"torch {p}": create_backend("torch", repo, dev, p) for p in precisions})
-    if "ort-cuda" in engines:
-        parity_backends["ort-cuda"] = create_backend("onnxruntime", repo, "cuda", io_binding=True)
-    for engine in [e for e in engines if e.endswith("-aot") and (e in CPU_ENGINES) == (dev == "cpu")]:
-        precision = aot_packages(report, repo_dir, engine, dev)
-        parity_backends[engine] = create_backend("torch", repo, dev, precision, compile_mode="aot")
-    graph_parity(report, repo, parity_backends, image)
-
-    grids = [int(g) for g in args.grids.split(",")]
-    conc = [int(c) for c in args.concurrency.split(",")]
-    ious = {grid: choose_iou(fp32, repo, image, grid, args.masks) for grid in grids}
-    cpu_ref = create_backend("torch", repo, "cpu", "fp32", mask_path="host")
-    ref_answers = run_pipeline(cpu_ref, repo, params_for(grids[0], ious[grids[0]], args.masks), image)
-    parity_rows = {}
-    for name, be in parity_backends.items():
-        parity_rows[name] = answers_parity(
-            report,
-            name,
-            ref_answers,
-            run_pipeline(be, repo, params_for(grids[0], ious[grids[0]], args.masks), image),
-        )
-    report.put("answers_parity", parity_rows)
-    del parity_backends, cpu_ref
-
     results = []
-    for grid in grids:
-        t_amg, t_clip, n_ref = reference_pipeline(fp32, image, grid, ious[grid], dev)
-        ref_total = t_amg + t_clip
+    repo_dir = Path("/tmp/seglabel-gpu-models")
+    if grids:  # hiera-tiny rows (--grids "": the hiera-large rows alone)
+        t0 = time.perf_counter()
+        onnx = any(e.startswith("ort-") for e in engines)
+        manifest = export_repository(repo_dir, args.sam2, args.clip, write_onnx=onnx, log=lambda m: None)
+        repo = ModelRepository(Path(manifest["_root"]), manifest)
         report.say(
-            f"grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n_ref} per-mask CLIP calls "
-            f"{t_clip * 1000:.0f} ms = {ref_total * 1000:.0f} ms per image"
+            f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
+            f"{manifest['clip']['spec']['architecture']})"
         )
-        results.append(
-            {"model": "hiera-tiny", "grid": grid, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
-             "p50_ms": ref_total * 1000, "p99_ms": float("nan"), "images_per_s": 1 / ref_total, "masks": n_ref,
-             "ref_s": ref_total}
-        )  # fmt: skip
-        report.put("results", results)
-    del fp32
-    if dev.startswith("cuda"):
-        torch.cuda.empty_cache()
+        fp32 = create_backend("torch", repo, dev, "fp32")
+        ious = {grid: choose_iou(fp32, repo, image, grid, args.masks) for grid in grids}
+        for engine in [e for e in args.profile.split(",") if e]:
+            try:
+                params = params_for(grids[0], ious[grids[0]], args.masks)
+                profile_engine(report, repo, engine, dev, image, params, Path(args.out))
+            except Exception:
+                report.say(f"profile {engine}: FAILED\n" + traceback.format_exc())
+        if not args.no_parity:
+            try:
+                parity(
+                    report, repo, engines, dev, fp32, image, params_for(grids[0], ious[grids[0]], args.masks)
+                )
+            except Exception:  # the speed rows still run; the traceback says what broke
+                report.say("parity FAILED:\n" + traceback.format_exc())
+        for grid in grids:
+            t_amg, t_clip, n_ref = reference_pipeline(fp32, image, grid, ious[grid], dev)
+            ref_total = t_amg + t_clip
+            report.say(
+                f"grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n_ref} per-mask CLIP calls "
+                f"{t_clip * 1000:.0f} ms = {ref_total * 1000:.0f} ms per image"
+            )
+            results.append(
+                {"model": "hiera-tiny", "grid": grid, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
+                 "p50_ms": ref_total * 1000, "p99_ms": float("nan"), "images_per_s": 1 / ref_total, "masks": n_ref,
+                 "ref_s": ref_total}
+            )  # fmt: skip
+            report.put("results", results)
+        del fp32
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def serve_and_measure(
         model: str, rdir: Path, engine: str, grid_list: list[int], ref_for: dict, conc_list
@@ -515,11 +679,13 @@ def main() -> int:
                         f"masks {row['masks']:.0f} err {row['errors']} gpu {row['gpu_mib']:.0f} MiB | {st}"
                     )
                     report.put("results", results)
+        except Exception:
+            report.say(f"{model} {engine}: FAILED while measuring\n" + traceback.format_exc())
         finally:
             server.stop()
 
     ref_for = {grid: (ious[grid], next(r["ref_s"] for r in results if r["grid"] == grid)) for grid in grids}
-    for engine in engines:
+    for engine in engines if grids else []:
         if (dev == "cpu") != (engine in CPU_ENGINES):
             report.say(f"{engine}: {'needs CUDA' if dev == 'cpu' else 'a CPU engine'}, skipped on {dev}")
             continue

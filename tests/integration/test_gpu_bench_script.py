@@ -19,7 +19,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--device", "cpu", "--sam2", "tiny", "--clip", "tiny",
         "--large", "tiny", "--large-grid", "4", "--grids", "4", "--concurrency", "1,2", "--requests", "4", "--engines", "torch-fp32,ort-cpu",
-        "--size", "256", "--masks", "8", "--out", str(out),
+        "--size", "256", "--masks", "8", "--profile", "torch-fp32", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -35,5 +35,13 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     assert any(r["engine"].startswith("reference") for r in large)
     assert [r["concurrency"] for r in large if r["engine"] == "torch-fp32"] == [1, 2]
     assert data["answers_parity"]["torch fp32"]["miou"] == 1.0
+    # the in-process profile: every thread's sampled stacks, and the trace
+    prof = (out / "profile-torch-fp32.txt").read_text()
+    assert (
+        "8 at once" in prof
+        and "Python stacks" in prof
+        and "clip_crop" in prof
+        and (out / "trace-torch-fp32.json.gz").stat().st_size > 0
+    )
     table = (out / "gpu_bench.txt").read_text()
     assert "RANDOM weights" in table and "Targets (H100" in table

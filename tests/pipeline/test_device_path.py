@@ -120,17 +120,18 @@ def test_overlay_from_device_masks_equals_the_host_overlay(pipes, images):
 def test_no_full_size_mask_reaches_the_host(pipes, images, monkeypatch):
     """Every tensor the device path brings to host memory (Tensor.numpy, which np.asarray and
     .cpu().numpy() go through on CPU torch, and Tensor.tolist) is recorded: none is shaped like an
-    image, and all of them together are the RLE answers' run boundaries (these random-weight masks
-    are ragged: many runs per column) plus a few numbers per mask (area, box, scores, embedding)."""
-    seen: list[tuple[int, ...]] = []
+    image, and all of them together are the answers' COCO RLE strings (written on the device; these
+    random-weight masks are ragged: many runs per column) plus a few numbers per mask (area, box,
+    scores, embedding)."""
+    seen: list[tuple[tuple[int, ...], int]] = []
     numpy, tolist = torch.Tensor.numpy, torch.Tensor.tolist
 
     def rec_numpy(self, *a, **k):
-        seen.append(tuple(self.shape))
+        seen.append((tuple(self.shape), self.nbytes))
         return numpy(self, *a, **k)
 
     def rec_tolist(self):
-        seen.append(tuple(self.shape))
+        seen.append((tuple(self.shape), self.nbytes))
         return tolist(self)
 
     image = images["coffee.jpg"]
@@ -141,19 +142,15 @@ def test_no_full_size_mask_reaches_the_host(pipes, images, monkeypatch):
     result = run(pipes["device"], PARAMS["grid-all"], image)
     monkeypatch.undo()
     k = len(result.masks)
-    sizes = [int(np.prod(s)) for s in seen]
-    # run boundaries of the answers: changes along each mask's column-major pixels
-    changes = sum(
-        int(np.count_nonzero(np.diff(amg.decode_rle(m.rle).T.reshape(-1).astype(np.int8))))
-        for m in result.masks
-    )
+    copied = sum(nbytes for _, nbytes in seen)
+    answers = sum(len(m.rle["counts"]) for m in result.masks)  # the RLE strings' bytes
     print(
-        f"{k} masks of {w}x{h}: {len(seen)} copies to the host, {sum(sizes)} elements in all, "
-        f"{changes} of them the answers' run boundaries (largest copy {max(sizes)})"
+        f"{k} masks of {w}x{h}: {len(seen)} copies to the host, {copied} bytes in all, {answers} of them "
+        f"the answers' RLE strings (largest copy {max(nbytes for _, nbytes in seen)} bytes)"
     )
     assert k > 100 and seen and len(result.labels) == k
-    assert not any((h in s and w in s) or h * w in s for s in seen)
-    assert changes <= sum(sizes) <= changes + 64 * k
+    assert not any((h in s and w in s) or h * w in s for s, _ in seen)
+    assert answers <= copied <= answers + 256 * k
 
 
 def test_multi_image_decoder_equals_one_call_per_image(tiny_repo, images):
@@ -242,3 +239,32 @@ def test_onnxruntime_io_binding_equals_plain_runs(tiny_repo, images, monkeypatch
         assert len(ra.masks) == len(rb.masks) == 40, name
         assert [m.rle for m in ra.masks] == [m.rle for m in rb.masks]
         assert [lab.label for lab in ra.labels] == [lab.label for lab in rb.labels]
+
+
+def _masks_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    framed = np.zeros((2, 700, 900), bool)
+    framed[0, 0, 0] = True  # one pixel, the first
+    framed[1, 5:690, 7:899] = True  # one large run: counts past 2^14, several chunks each
+    return [
+        np.zeros((1, 5, 7), bool),  # all zeros: one run
+        np.ones((2, 5, 7), bool),  # starts with 1: an empty run of zeros first
+        rng.random((6, 9, 11)) > 0.5,  # ragged: many short runs
+        rng.random((3, 1, 1)) > 0.5,
+        rng.random((4, 300, 200)) > 0.97,
+        framed,
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_coco_rle_bytes_are_pycocotools_strings(case):
+    """The device-written COCO RLE strings, byte for byte what pycocotools writes for the same masks."""
+    from pycocotools import mask as mask_utils
+    from seglabel_server.backends.torch_ops import coco_rle_bytes
+
+    masks = _masks_cases()[case]
+    k, h, w = masks.shape
+    text, nbytes = coco_rle_bytes(torch.from_numpy(masks).transpose(1, 2).reshape(k, h * w))
+    data, ends = text.numpy().tobytes(), np.cumsum(nbytes.numpy())
+    ours = [data[e - n : e] for e, n in zip(ends, nbytes.numpy())]
+    assert ours == [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"] for m in masks]

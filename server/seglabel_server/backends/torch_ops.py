@@ -9,12 +9,12 @@ host function and is tested equal to it:
 - :meth:`select` <- :func:`pipeline.masks.select` (predicted IoU, stability, box NMS with
   torchvision, max_masks, all on low-res logits);
 - :meth:`finish` <- :meth:`pipeline.masks.MaskFinisher.describe` (upsample the survivors, boxes,
-  areas, COCO RLE from run starts found on the device: one device-to-host copy of run positions,
-  then pycocotools writes the compressed string);
+  areas, and COCO's compressed RLE strings written on the device by :func:`coco_rle_bytes`: one
+  device-to-host copy of the answers' bytes, no loop over runs on the host);
 - :meth:`crops` <- :func:`imaging.clip_crop` (every mask's box + context cut, background faded and
   resized to the CLIP size in one ``roi_align`` over the image and one over the masks).
 
-Only answers cross to the host: RLE run positions, boxes, areas, scores, prompt indices. Full-size
+Only answers cross to the host: RLE strings, boxes, areas, scores, prompt indices. Full-size
 masks never do: the overlay PNG and the depth/text joins decode the RLE answers on the host.
 """
 
@@ -26,7 +26,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from torchvision.ops import nms as tv_nms
 from torchvision.ops import roi_align
 
@@ -146,7 +145,7 @@ class TorchDeviceOps:
     # -- survivors -> answers --------------------------------------------------------------------------
     def finish(self, cand: MaskData, hw, threshold: float) -> tuple[list[MaskResult], torch.Tensor]:
         """Survivors upsampled to the image, empty ones dropped: (MaskResults without index, full
-        masks [K,H,W] bool on the device). One device-to-host copy: run positions, areas, boxes."""
+        masks [K,H,W] bool on the device). One device-to-host copy: areas, boxes, RLE strings."""
         h, w = hw
         logits = cand["logits"]
         if len(logits) == 0:
@@ -157,30 +156,23 @@ class TorchDeviceOps:
         area = full.flatten(1).sum(dim=1)
         boxes = masks_to_boxes(full)
         flat = full.transpose(1, 2).reshape(k, n)  # COCO RLE runs in column-major order
-        mask_i, pos = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)
-        per_mask = torch.bincount(mask_i, minlength=k)
-        # The answers' numbers in one int32 copy (positions < H*W): area, first pixel, box, number
-        # of run changes per mask, then every change position.
-        head = torch.cat([area, flat[:, 0].long(), boxes.long().flatten(), per_mask])
-        host = torch.cat([head.int(), pos.int()]).cpu().numpy()
-        area_h, first = host[:k], host[k : 2 * k]
-        boxes_h = host[2 * k : 6 * k].reshape(k, 4)
-        pos = host[7 * k :].astype(np.int64)
-        splits = np.cumsum(host[6 * k : 7 * k])[:-1]
+        text, nbytes = coco_rle_bytes(flat)
+        # The answers in one copy: areas, boxes, each mask's string length, then the strings' bytes.
+        head = torch.cat([area, boxes.long().flatten(), nbytes]).to(torch.int32)
+        host = torch.cat([head.view(torch.uint8), text]).cpu().numpy()
+        head_h = host[: 4 * 6 * k].view(np.int32)
+        area_h, boxes_h, nbytes_h = head_h[:k], head_h[k : 5 * k].reshape(k, 4), head_h[5 * k :]
+        strings = host[4 * 6 * k :].tobytes()
+        ends = np.cumsum(nbytes_h)
         results, keep = [], []
-        for i, p_i in enumerate(np.split(pos, splits)):
+        for i in range(k):
             if area_h[i] == 0:
                 continue
-            bounds = np.concatenate([[0], p_i + 1, [n]])
-            counts = np.diff(bounds)
-            if first[i]:
-                counts = np.concatenate([[0], counts])
-            rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
             x0, y0, x1, y1 = (float(v) for v in boxes_h[i])
             results.append(
                 MaskResult(
                     index=-1,
-                    rle={"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    rle={"size": [h, w], "counts": strings[ends[i] - nbytes_h[i] : ends[i]].decode("ascii")},
                     bbox=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
                     area=int(area_h[i]),
                     predicted_iou=float(cand["iou"][i]),
@@ -232,6 +224,62 @@ class TorchDeviceOps:
         m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         return self._ready((canvas * (1.0 / 255.0) - m) / s)
+
+
+# Signed values that fit in 1, 2, ... 7 chunks of COCO's string encoding (5 bits each, the top bit of
+# the last chunk the sign): a chunk more for each threshold reached by x (x >= 0) or ~x (x < 0).
+_CHUNK_LIMITS = [16, 512, 16384, 524288, 16777216, 536870912]
+
+
+def coco_rle_bytes(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO's compressed RLE strings of ``flat`` [K,N] bool masks (each already in column-major
+    order), written on the masks' device: (all strings' ASCII bytes concatenated [B] uint8, each
+    mask's byte count [K] int64). Byte for byte what pycocotools' ``rleToString`` writes: run
+    lengths starting with a run of zeros, each count from the third on stored as its difference to
+    the count two before, then cut into 5-bit chunks, least significant first, 0x20 marking "more",
+    plus 48. The host receives bytes proportional to the answer and runs no loop over runs."""
+    k, n = flat.shape
+    dev = flat.device
+    if k == 0:
+        return torch.zeros(0, dtype=torch.uint8, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
+    mask_i, pos = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)
+    changes = torch.bincount(mask_i, minlength=k)
+    first = flat[:, 0].long()  # a mask starting with 1 starts with an empty run of zeros
+    # Each mask's run boundaries, one segment per mask: 0, [0 if it starts with 1], change + 1..., N.
+    seg = changes + 2 + first
+    seg_start = torch.cumsum(seg, 0) - seg
+    total = int(seg.sum())  # (a sync: the sizes below are data-dependent)
+    bounds = torch.empty(total, dtype=torch.long, device=dev)
+    bounds[seg_start] = 0
+    bounds[seg_start + first] = 0
+    bounds[seg_start + seg - 1] = n
+    rank = torch.arange(len(pos), device=dev) - (torch.cumsum(changes, 0) - changes)[mask_i]
+    bounds[seg_start[mask_i] + first[mask_i] + 1 + rank] = pos + 1
+    # Run lengths: differences inside each segment (the first element of each segment has none).
+    runs = seg - 1
+    run_mask = torch.repeat_interleave(torch.arange(k, device=dev), runs)
+    j = torch.arange(total - k, device=dev) - (torch.cumsum(runs, 0) - runs)[run_mask]
+    idx = seg_start[run_mask] + 1 + j
+    counts = bounds[idx] - bounds[idx - 1]
+    x = counts.clone()
+    later = j > 2
+    x[later] -= counts[torch.nonzero(later).reshape(-1) - 2]
+    # Chunks per value, byte offsets, then each chunk written where it goes.
+    mag = torch.where(x >= 0, x, -x - 1)
+    nchunks = torch.ones_like(x)
+    for limit in _CHUNK_LIMITS:
+        nchunks += (mag >= limit).long()
+    offset = torch.cumsum(nchunks, 0) - nchunks
+    size, most = torch.stack([nchunks.sum(), nchunks.max()]).tolist()
+    out = torch.empty(size, dtype=torch.uint8, device=dev)
+    for c in range(most):
+        live = nchunks > c
+        xv, nv = x[live], nchunks[live]
+        chunk = (xv >> (5 * c)) & 0x1F
+        chunk = chunk | ((nv - 1 > c).long() << 5)
+        out[offset[live] + c] = (chunk + 48).to(torch.uint8)
+    nbytes = torch.zeros(k, dtype=torch.long, device=dev).index_add_(0, run_mask, nchunks)
+    return out, nbytes
 
 
 def _crop_geometry(boxes_xywh, w: int, h: int, size: int, context: float) -> tuple[np.ndarray, np.ndarray]:
