@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu gpu-wheels soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -55,7 +55,7 @@ checkpoints:
 # The model repository: official checkpoints when present (or downloadable), otherwise random
 # weights of the same architectures (loudly reported by export, server and GetServerInfo). Exported
 # again when the graph definitions change (the server refuses a repository of another format).
-$(MODELS)/manifest.json: server/seglabel_server/torch_models/modules.py export/seglabel_export/exporter.py scripts/make_models.sh | $(VENV)/.installed
+$(MODELS)/manifest.json: server/seglabel_server/models/torch_modules/modules.py export/seglabel_export/exporter.py scripts/make_models.sh | $(VENV)/.installed
 	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE) $(DEPTH_SIZE)
 models: $(MODELS)/manifest.json
 
@@ -102,6 +102,11 @@ system-deps:
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed proto system-deps
 	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
+
+# The loop while editing: unit tests and the quick integration tests (tiny models; no compilation,
+# browser, Ray or full-size export: those are marked slow, the GPU's gpu). make test runs them all.
+test-fast: $(VENV)/.installed proto
+	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check server export client tests scripts

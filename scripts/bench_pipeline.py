@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from PIL import Image
+from benchlib import choose_iou, photo
 
 
 def rss_mb() -> float:
@@ -43,20 +43,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def photo(width: int, height: int) -> np.ndarray:
-    from seglabel_api import sample_image_bytes
-    from seglabel_server.imaging import decode_image
-
-    img = decode_image(sample_image_bytes("astronaut.jpg"))
-    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
-
-
 def ours(args) -> dict:
     """Child process: our pipeline on ONNX Runtime, no torch."""
     from seglabel_server.backends import create_backend
-    from seglabel_server.config import ServerConfig
-    from seglabel_server.repository import ModelRepository
+    from seglabel_server.models.repository import ModelRepository
     from seglabel_server.service import build_pipeline
+    from seglabel_server.service.config import ServerConfig
     from seglabel_server.types import RequestContext, SegmentParams
 
     image = photo(args.width, args.height)
@@ -118,48 +110,22 @@ def ours(args) -> dict:
 
 def reference(args, iou: float) -> dict:
     """sam2's AMG, then one CLIP call per mask with PIL preprocessing (the original application's way)."""
-    import open_clip
     import torch
     from pycocotools import mask as mask_utils
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from seglabel_export import sources
-    from seglabel_server.repository import ModelRepository
-    from seglabel_server.torch_models.build import resolve_path
-    from seglabel_server.vocab import DEFAULT_VOCABULARY
+    from seglabel_export.reference import PerMaskClip, reference_models, sam2_generator
+    from seglabel_server.models.repository import ModelRepository
+    from seglabel_server.models.vocab import DEFAULT_VOCABULARY
 
     torch.set_num_threads(os.cpu_count() or 2)
     image = photo(args.width, args.height)
-    repo = ModelRepository.load(args.models)
-    # sam2's and open_clip's models as users build them (none of our export-time changes).
-    sam_spec = sources.Sam2Spec(**repo.manifest["sam2"]["spec"])
-    sam_spec.checkpoint = resolve_path(repo.manifest, sam_spec.checkpoint)
-    sam = sources.build_sam2(sam_spec)
-    clip_spec = sources.ClipSpec(**repo.manifest["clip"]["spec"])
-    clip_spec.checkpoint = resolve_path(repo.manifest, clip_spec.checkpoint)
-    clip = sources.build_clip(clip_spec)
-    preprocess = open_clip.image_transform(224, is_train=False)
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    gen = SAM2AutomaticMaskGenerator(
-        sam,
-        points_per_side=args.grid,
-        points_per_batch=64,
-        pred_iou_thresh=iou,
-        stability_score_thresh=0.0,
-        box_nms_thresh=1.0,
-        output_mode="binary_mask",
-    )
+    sam, clip = reference_models(ModelRepository.load(args.models).manifest)
+    gen = sam2_generator(sam, args.grid, iou)
+    labeller = PerMaskClip(clip, DEFAULT_VOCABULARY)
     with torch.inference_mode():
-        text = clip.encode_text(tokenizer([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]), normalize=True)
         t0 = time.perf_counter()
         records = gen.generate(image)
         t_amg = time.perf_counter() - t0
-        labels = []
-        for r in records:
-            x, y, w, h = (int(v) for v in r["bbox"])
-            crop = Image.fromarray(image).crop((x, y, x + max(w, 1), y + max(h, 1)))
-            emb = clip.encode_image(preprocess(crop)[None], normalize=True)
-            probs = (clip.logit_scale.exp() * emb @ text.T).softmax(-1)
-            labels.append(DEFAULT_VOCABULARY[int(probs.argmax())])
+        labeller(image, [r["bbox"] for r in records])
         t_total = time.perf_counter() - t0
     return {
         "rles": [mask_utils.encode(np.asfortranarray(r["segmentation"].astype(np.uint8))) for r in records],
@@ -171,31 +137,12 @@ def reference(args, iou: float) -> dict:
 
 
 def choose_iou_threshold(args) -> tuple[float, int]:
-    """The predicted-IoU value that lets ~args.masks of the grid's 3*N candidates through, and the
-    number of prompts with a candidate above it (the ones our decoder upscales)."""
-    from seglabel_server import amg, imaging
     from seglabel_server.backends import create_backend
-    from seglabel_server.kinds import sam2
-    from seglabel_server.repository import ModelRepository
+    from seglabel_server.models.repository import ModelRepository
 
-    image = photo(args.width, args.height)
     repo = ModelRepository.load(args.models)
     be = create_backend("onnxruntime", repo, models=repo.available_models({"sam2"}))
-    s = repo.sam2["image_size"]
-    feats = sam2.encode(
-        be, imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
-    )[0]
-    pts = amg.build_point_grid(args.grid) * np.array([args.width, args.height])
-    coords = amg.to_model_coords(pts, (args.height, args.width), s)[:, None]
-    per_prompt = np.concatenate(
-        [
-            sam2.decode(be, feats, coords[i : i + 64], np.ones((len(coords[i : i + 64]), 1), np.int32)).iou
-            for i in range(0, len(coords), 64)
-        ]
-    )
-    ious = np.sort(per_prompt.ravel())[::-1]
-    thr = float((ious[args.masks - 1] + ious[args.masks]) / 2)
-    return thr, int((per_prompt.max(axis=1) > thr).sum())
+    return choose_iou(be, repo, photo(args.width, args.height), args.grid, args.masks)
 
 
 def open_clip_labels(args, rles: list[dict]) -> list[tuple[str, float]]:
@@ -204,10 +151,11 @@ def open_clip_labels(args, rles: list[dict]) -> list[tuple[str, float]]:
     import open_clip
     import torch
     from seglabel_export import sources
-    from seglabel_server import amg, imaging
+    from seglabel_server import amg
+    from seglabel_server.models import images
+    from seglabel_server.models.repository import ModelRepository
+    from seglabel_server.models.torch_modules.build import resolve_path
     from seglabel_server.pipeline import PipelineConfig
-    from seglabel_server.repository import ModelRepository
-    from seglabel_server.torch_models.build import resolve_path
 
     repo = ModelRepository.load(args.models)
     spec = sources.ClipSpec(**repo.manifest["clip"]["spec"])
@@ -220,7 +168,7 @@ def open_clip_labels(args, rles: list[dict]) -> list[tuple[str, float]]:
         x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
         box = (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
         crops.append(
-            imaging.clip_crop(
+            images.clip_crop(
                 image, m, box, meta["image_size"], meta["mean"], meta["std"],
                 cfg.crop_context, cfg.crop_background_keep,
             )
@@ -249,6 +197,72 @@ def fidelity(ours: list[dict], ref: list[dict]) -> tuple[int, float]:
     return len(ours), float(np.asarray(mask_utils.iou(rles, ref, [0] * len(ref))).max(axis=1).mean())
 
 
+def run_ours(args, iou: float) -> dict:
+    """:func:`ours` in a child process that never imports torch (its peak RSS is its own)."""
+    flags = {"--models": args.models, "--grid": args.grid, "--width": args.width, "--height": args.height,
+             "--repeat": args.repeat, "--leak-requests": args.leak_requests, "--iou": repr(iou), "--masks": args.masks}  # fmt: skip
+    cmd = [sys.executable, __file__, "--ours-only", *[str(v) for kv in flags.items() for v in kv]]
+    child = subprocess.run(cmd, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(child.stderr)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def report_times(refs: list[dict], mine: dict) -> None:
+    ref = min(refs, key=lambda r: r["seconds"])
+    best = min(mine["runs"], key=lambda r: r["seconds"])
+    worst = min(mine["unfiltered_runs"], key=lambda r: r["seconds"])
+    print()
+    print(f"{'pipeline':<44} {'seconds':>8} {'masks':>6}")
+    print(f"{'reference: sam2 AMG + 1 CLIP call per mask':<44} {ref['seconds']:>8.2f} {ref['masks']:>6}")
+    print(f"{'  of which AMG':<44} {ref['amg_seconds']:>8.2f}")
+    print(f"{'  of which per-mask CLIP':<44} {ref['clip_seconds']:>8.2f}")
+    print(f"{'ours: ONNX Runtime, batched':<44} {best['seconds']:>8.2f} {best['masks']:>6}")
+    print(f"{'ours, every prompt upscaled (max_masks)':<44} {worst['seconds']:>8.2f} {worst['masks']:>6}")
+    ref_times = [r["seconds"] for r in refs]
+    print(f"reference runs: {', '.join(f'{t:.2f}s' for t in ref_times)}")
+    for name, runs in (("ours", mine["runs"]), ("every prompt upscaled", mine["unfiltered_runs"])):
+        times = [r["seconds"] for r in runs]
+        print(
+            f"speed-up, {name}: best/best {min(ref_times) / min(times):.2f}x, median/median "
+            f"{statistics.median(ref_times) / statistics.median(times):.2f}x   "
+            f"(our runs: {', '.join(f'{t:.2f}s' for t in times)})"
+        )
+    stages = ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")
+    for name, run in (("ours", best), ("every prompt upscaled", worst)):
+        tm = run["timings_ms"]
+        print(f"time by stage, {name} (ms): " + ", ".join(f"{k} {tm.get(k, 0):.0f}" for k in stages))
+
+
+def report_fidelity(args, ref: dict, mine: dict) -> None:
+    for name, key in (("ours", "runs_rles"), ("every prompt upscaled", "unfiltered_runs_rles")):
+        count, miou = fidelity(mine[key], ref["rles"])
+        print(
+            f"fidelity, {name} vs sam2 AMG (same weights, points, thresholds): {count} vs {ref['masks']} "
+            f"masks, each paired with its best-IoU reference mask: mean IoU {miou:.4f}"
+        )
+    expected = open_clip_labels(args, mine["runs_rles"])
+    got = mine["runs_labels"]
+    same = sum(a[0] == b[0] for a, b in zip(got, expected))
+    worst_conf = max((abs(a[1] - b[1]) for a, b in zip(got, expected)), default=0.0)
+    print(
+        f"labels, ours vs open_clip zero-shot on the same crops: {same} of {len(expected)} equal, "
+        f"largest confidence difference {worst_conf:.1e}"
+    )
+
+
+def report_memory(mine: dict) -> None:
+    print(
+        f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
+        f"{peak_rss_mb():.0f} MB"
+    )
+    if "rss_trace_mb" in mine:
+        trace = mine["rss_trace_mb"]
+        print("RSS over consecutive requests (request: MB): " + ", ".join(f"{i}: {m}" for i, m in trace))
+        growth = trace[-1][1] - trace[1][1] if len(trace) > 1 else 0.0
+        print(f"growth from request {trace[1][0]} to {trace[-1][0]}: {growth:+.1f} MB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models")
@@ -265,7 +279,6 @@ def main() -> int:
     if args.ours_only:
         print(json.dumps(ours(args)))
         return 0
-
     iou, upscaled = choose_iou_threshold(args)
     print(
         f"RANDOM weights, full-size architectures from {args.models}; {args.width}x{args.height} photo, "
@@ -273,82 +286,11 @@ def main() -> int:
         f"{args.grid**2} prompts have a candidate above it), stability and NMS off",
         flush=True,
     )
-    child = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--ours-only",
-            "--models",
-            args.models,
-            "--grid",
-            str(args.grid),
-            "--width",
-            str(args.width),
-            "--height",
-            str(args.height),
-            "--repeat",
-            str(args.repeat),
-            "--leak-requests",
-            str(args.leak_requests),
-            "--iou",
-            repr(iou),
-            "--masks",
-            str(args.masks),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if child.returncode != 0:
-        print(child.stderr, file=sys.stderr)
-        return 1
-    mine = json.loads(child.stdout.strip().splitlines()[-1])
+    mine = run_ours(args, iou)
     refs = [reference(args, iou) for _ in range(args.ref_repeat)]
-    ref = min(refs, key=lambda r: r["seconds"])
-    best = min(mine["runs"], key=lambda r: r["seconds"])
-    print()
-    print(f"{'pipeline':<44} {'seconds':>8} {'masks':>6}")
-    print(f"{'reference: sam2 AMG + 1 CLIP call per mask':<44} {ref['seconds']:>8.2f} {ref['masks']:>6}")
-    print(f"{'  of which AMG':<44} {ref['amg_seconds']:>8.2f}")
-    print(f"{'  of which per-mask CLIP':<44} {ref['clip_seconds']:>8.2f}")
-    worst = min(mine["unfiltered_runs"], key=lambda r: r["seconds"])
-    print(f"{'ours: ONNX Runtime, batched':<44} {best['seconds']:>8.2f} {best['masks']:>6}")
-    print(f"{'ours, every prompt upscaled (max_masks)':<44} {worst['seconds']:>8.2f} {worst['masks']:>6}")
-    ref_times = [r["seconds"] for r in refs]
-    print(f"reference runs: {', '.join(f'{t:.2f}s' for t in ref_times)}")
-    for name, runs in (("ours", mine["runs"]), ("every prompt upscaled", mine["unfiltered_runs"])):
-        times = [r["seconds"] for r in runs]
-        print(
-            f"speed-up, {name}: best/best {min(ref_times) / min(times):.2f}x, median/median "
-            f"{statistics.median(ref_times) / statistics.median(times):.2f}x   "
-            f"(our runs: {', '.join(f'{t:.2f}s' for t in times)})"
-        )
-    for name, key in (("ours", "runs_rles"), ("every prompt upscaled", "unfiltered_runs_rles")):
-        count, miou = fidelity(mine[key], ref["rles"])
-        print(
-            f"fidelity, {name} vs sam2 AMG (same weights, points, thresholds): {count} vs {ref['masks']} "
-            f"masks, each paired with its best-IoU reference mask: mean IoU {miou:.4f}"
-        )
-    expected = open_clip_labels(args, mine["runs_rles"])
-    got = mine["runs_labels"]
-    same = sum(a[0] == b[0] for a, b in zip(got, expected))
-    worst_conf = max((abs(a[1] - b[1]) for a, b in zip(got, expected)), default=0.0)
-    print(
-        f"labels, ours vs open_clip zero-shot on the same crops: {same} of {len(expected)} equal, "
-        f"largest confidence difference {worst_conf:.1e}"
-    )
-    stages = ("decode_image", "encoder", "decoder", "filter", "upsample", "crops", "clip", "total")
-    for name, run in (("ours", best), ("every prompt upscaled", worst)):
-        tm = run["timings_ms"]
-        print(f"time by stage, {name} (ms): " + ", ".join(f"{k} {tm.get(k, 0):.0f}" for k in stages))
-    print(
-        f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
-        f"{peak_rss_mb():.0f} MB"
-    )
-    if "rss_trace_mb" in mine:
-        trace = mine["rss_trace_mb"]
-        print("RSS over consecutive requests (request: MB): " + ", ".join(f"{i}: {m}" for i, m in trace))
-        growth = trace[-1][1] - trace[1][1] if len(trace) > 1 else 0.0
-        print(f"growth from request {trace[1][0]} to {trace[-1][0]}: {growth:+.1f} MB")
+    report_times(refs, mine)
+    report_fidelity(args, min(refs, key=lambda r: r["seconds"]), mine)
+    report_memory(mine)
     return 0
 
 

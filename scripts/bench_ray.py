@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
 import threading
 import time
@@ -17,13 +16,8 @@ import time
 import numpy as np
 from PIL import Image
 from seglabel_client import sample_image_bytes
+from seglabel_client.bench import free_port
 from seglabel_client.client import SegmenterClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def variants(n: int, photo: str) -> list[bytes]:
@@ -78,7 +72,7 @@ def main() -> None:
 
     import ray
     from ray import serve
-    from seglabel_server import ray_app
+    from seglabel_server.transport.ray import app as ray_app
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     port = free_port()
@@ -87,7 +81,9 @@ def main() -> None:
                    pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1)  # fmt: skip
     rows = []
     try:
-        plan = [(2, True), (2, False), (2, True)] if args.compare_batching else [(1, True), (2, True), (1, True)]
+        plan = (
+            [(2, True), (2, False), (2, True)] if args.compare_batching else [(1, True), (2, True), (1, True)]
+        )
         for replicas, batching in plan:
             t0 = time.perf_counter()
             server = {"models": args.models, "batching": batching}
@@ -98,7 +94,17 @@ def main() -> None:
             load(target, variants(replicas * 2, "coffee.jpg"), replicas * 2, request)  # warm every replica
             lat, wall = load(target, variants(args.requests, args.photo), args.concurrency, request)
             lat.sort()
-            rows.append((replicas, batching, len(lat) / wall, statistics.median(lat), lat[min(len(lat) - 1, int(0.99 * len(lat)))], wall, ready))
+            rows.append(
+                (
+                    replicas,
+                    batching,
+                    len(lat) / wall,
+                    statistics.median(lat),
+                    lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                    wall,
+                    ready,
+                )
+            )
             print(f"  {replicas} replica(s), batching {batching}: {rows[-1][2]:.3f} req/s, p50 {rows[-1][3]:.2f}s "
                   f"(deployed in {ready:.0f}s)", flush=True)  # fmt: skip
     finally:
@@ -114,7 +120,9 @@ def main() -> None:
     first = [t for r, b, t, *_ in rows if (b if args.compare_batching else r == 1)]
     second = [t for r, b, t, *_ in rows if ((not b) if args.compare_batching else r == 2)]
     what = "batching off / on" if args.compare_batching else "2 replicas / 1 replica"
-    print(f"throughput {what}: {statistics.mean(second) / statistics.mean(first):.2f}x (first and last runs averaged)")
+    print(
+        f"throughput {what}: {statistics.mean(second) / statistics.mean(first):.2f}x (first and last runs averaged)"
+    )
 
 
 if __name__ == "__main__":

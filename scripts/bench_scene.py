@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from seglabel_client import sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.transport.server import create_server
 
 
 def page_photo() -> bytes:

@@ -33,7 +33,9 @@ def generate(out: Path) -> list[Path]:
         raise SystemExit(f"protoc failed ({rc})")
     files = sorted((out / "seglabel" / "v1").glob("*.py*"))
     for f in files:
-        text = re.sub(r"^from seglabel\.v1 import", "from seglabel_api.pb.seglabel.v1 import", f.read_text(), flags=re.M)
+        text = re.sub(
+            r"^from seglabel\.v1 import", "from seglabel_api.pb.seglabel.v1 import", f.read_text(), flags=re.M
+        )
         # The messages' __module__ is where they really live, so that they pickle (Ray Serve sends
         # requests to its replicas pickled).
         text = text.replace("'seglabel.v1.seglabel_pb2'", "'seglabel_api.pb.seglabel.v1.seglabel_pb2'")

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,21 +36,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import choose_iou, photo
 from PIL import Image
-from seglabel_api import sample_image_bytes
-from seglabel_client.bench import run_level, summarize
+from seglabel_client.bench import free_port, run_level, summarize
 from seglabel_client.client import SegmenterClient
 from seglabel_export.aoti import build_packages
 from seglabel_export.exporter import export_repository
 from seglabel_export.parity import rel_l2
-from seglabel_server import amg, imaging, kinds
+from seglabel_export.reference import PerMaskClip, reference_models, sam2_generator
+from seglabel_server import amg
 from seglabel_server.backends import create_backend
-from seglabel_server.config import ServerConfig
-from seglabel_server.kinds import sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import images, kinds
+from seglabel_server.models.kinds import sam2
+from seglabel_server.models.repository import ModelRepository
+from seglabel_server.models.vocab import DEFAULT_VOCABULARY
 from seglabel_server.service import build_pipeline
+from seglabel_server.service.config import ServerConfig
 from seglabel_server.types import RequestContext, SegmentParams
-from seglabel_server.vocab import DEFAULT_VOCABULARY
 
 # engine name -> server flags (device appended by the script)
 ENGINES = {
@@ -123,18 +124,6 @@ def timed(fn, device: str, repeat: int = 3) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def choose_iou(backend, repo, image, grid: int, masks: int) -> float:
-    """A predicted-IoU threshold that keeps about ``masks`` candidates of the grid (random weights)."""
-    s = repo.sam2["image_size"]
-    x = imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
-    feats = sam2.encode(backend, x)[0]
-    pts = amg.build_point_grid(grid) * np.array([image.shape[1], image.shape[0]])
-    coords = amg.to_model_coords(pts, image.shape[:2], s)[:, None]
-    ious = np.sort(sam2.decode(backend, feats, coords, np.ones((len(coords), 1), np.int32)).iou.ravel())[::-1]
-    k = min(masks, len(ious) - 1)
-    return float((ious[k - 1] + ious[k]) / 2)
-
-
 def params_for(grid: int, iou: float, masks: int) -> SegmentParams:
     return SegmentParams(
         points_per_side=grid,
@@ -151,7 +140,7 @@ def graph_parity(report: Report, repo: ModelRepository, backends: dict, image: n
     """Each engine's model outputs against torch fp32 on the CPU."""
     cpu = create_backend("torch", repo, "cpu", "fp32", mask_path="host")
     s = repo.sam2["image_size"]
-    x = imaging.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
+    x = images.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
     rng = np.random.default_rng(0)
     coords = rng.uniform(0, s, (16, 1, 2)).astype(np.float32)
     labels = np.ones((16, 1), np.int32)
@@ -373,60 +362,27 @@ def profile_engine(report: Report, repo, engine: str, dev: str, image: np.ndarra
 
 
 # ---------------------------------------------------------------------------------------- reference
-def reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device: str):
-    """sam2's AMG + one CLIP call per mask: (AMG seconds, CLIP seconds, masks); nan where it failed."""
+def reference_pipeline(
+    repo: ModelRepository, image: np.ndarray, grids: list[int], ious: dict, device: str
+) -> dict:
+    """sam2's AMG + one CLIP call per mask, fp32, per grid: {grid: (AMG seconds, CLIP seconds, masks)},
+    nan where it failed. One warm-up and one timed run: on random weights each takes seconds."""
+    out = {g: (float("nan"), float("nan"), 0) for g in grids}
     try:
-        return _reference_pipeline(backend, image, grid, iou, device)
+        sam, clip = reference_models(repo.manifest, device)
+        labeller = PerMaskClip(clip, DEFAULT_VOCABULARY, device=device)
+        with torch.inference_mode():
+            for grid in grids:
+                gen = sam2_generator(sam, grid, ious[grid])
+                t_amg, records = timed(lambda gen=gen: gen.generate(image), device, repeat=1)
+                t_clip, _ = timed(lambda r=records: labeller(image, [x["bbox"] for x in r]), device, repeat=1)
+                out[grid] = (t_amg, t_clip, len(records))
     except Exception:
         print("reference FAILED:\n" + traceback.format_exc(), flush=True)
-        return float("nan"), float("nan"), 0
-
-
-def _reference_pipeline(backend, image: np.ndarray, grid: int, iou: float, device: str):
-    import open_clip
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-    sam = backend.mods["sam2_image_encoder"].model
-    clip = backend.mods["clip_image_encoder"].clip
-    gen = SAM2AutomaticMaskGenerator(
-        sam,
-        points_per_side=grid,
-        points_per_batch=64,
-        pred_iou_thresh=iou,
-        stability_score_thresh=0.0,
-        box_nms_thresh=1.0,
-    )
-    s = sam.image_size
-    gen.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-    preprocess = open_clip.image_transform(clip.visual.image_size, is_train=False)
-    tok = open_clip.get_tokenizer("ViT-B-32")
-    with torch.inference_mode():
-        text = clip.encode_text(
-            tok([f"a photo of a {v}." for v in DEFAULT_VOCABULARY]).to(device), normalize=True
-        )
-        # one warm-up and one timed run: on random weights each takes seconds (see docs/gpu.md)
-        t_amg, records = timed(lambda: gen.generate(image), device, repeat=1)
-
-        def per_crop():
-            out = []
-            for r in records:
-                x, y, w, h = (int(v) for v in r["bbox"])
-                crop = Image.fromarray(image).crop((x, y, x + max(w, 1), y + max(h, 1)))
-                emb = clip.encode_image(preprocess(crop)[None].to(device), normalize=True)
-                out.append(int((emb @ text.T).argmax()))
-            return out
-
-        t_clip, _ = timed(per_crop, device, repeat=1)
-    return t_amg, t_clip, len(records)
+    return out
 
 
 # ------------------------------------------------------------------------------------- live servers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def gpu_used_mib() -> float:
     """Memory in use on GPU 0, all processes (nan without CUDA)."""
     if not torch.cuda.is_available():
@@ -461,7 +417,7 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "seglabel_server.main",
+            "seglabel_server",
             "--models",
             str(repo_dir),
             "--port",
@@ -552,7 +508,154 @@ def aot_packages(report: Report, repo_dir: Path, engine: str, device: str) -> st
 
 
 # -------------------------------------------------------------------------------------------- main
-def main() -> int:
+class Bench:
+    """One run: its arguments, report, photo and result rows."""
+
+    def __init__(self, args, report: Report, image: np.ndarray):
+        self.args, self.report, self.dev, self.image = args, report, args.device, image
+        self.image_file = Path(args.out) / f"photo_{args.size}.png"
+        Image.fromarray(image).save(self.image_file)
+        self.results: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.results.append(row)
+        self.report.put("results", self.results)
+
+    def reference_rows(self, model: str, repo, grids: list[int], ious: dict) -> dict:
+        """The reference per grid; returns {grid: (iou, reference seconds)} for the speed-up column."""
+        ref_for = {}
+        for grid, (t_amg, t_clip, n) in reference_pipeline(repo, self.image, grids, ious, self.dev).items():
+            total = t_amg + t_clip
+            self.report.say(
+                f"{model} grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n} per-mask CLIP calls "
+                f"{t_clip * 1000:.0f} ms = {total * 1000:.0f} ms per image"
+            )
+            self.add({"model": model, "grid": grid, "engine": "reference (AMG fp32 + per-mask CLIP)",
+                      "concurrency": 1, "p50_ms": total * 1000, "p99_ms": float("nan"),
+                      "images_per_s": 1 / total, "masks": n, "ref_s": total})  # fmt: skip
+            ref_for[grid] = (ious[grid], total)
+        return ref_for
+
+    def serve_and_measure(self, model: str, rdir: Path, engine: str, ref_for: dict, conc: list[int]) -> None:
+        """A live server of ``engine``: cold start, then every grid of ``ref_for`` at ``conc``."""
+        log = Path(self.args.out) / f"server-{model}-{engine}.log"
+        try:
+            if engine.endswith("-aot"):
+                aot_packages(self.report, rdir, engine, self.dev)
+            server = Server(rdir, ENGINES[engine], self.dev, log)
+        except Exception as exc:
+            self.report.say(f"{model} {engine}: {exc}")
+            return
+        self.report.say(f"{model} {engine}: cold start to SERVING {server.cold_start_s:.1f}s")
+        try:
+            for grid, (iou, ref_s) in ref_for.items():
+                rows = measure(
+                    self.report, server, self.image_file, grid, iou, self.args.masks, conc, self.args.requests
+                )
+                for row in rows:
+                    row.update(model=model, grid=grid, engine=engine, cold_start_s=server.cold_start_s,
+                               speedup=row["images_per_s"] * ref_s)  # fmt: skip
+                    self.add(row)
+                    st = " ".join(f"{k} {v:.0f}" for k, v in row["stages_p50_ms"].items() if v == v and v > 0)
+                    self.report.say(
+                        f"{model} grid {grid} {engine:<22} c={row['concurrency']:<3} p50 {row['p50_ms']:7.1f} ms "
+                        f"p99 {row['p99_ms']:7.1f} ms {row['images_per_s']:7.2f} img/s ({row['speedup']:.1f}x ref) "
+                        f"masks {row['masks']:.0f} err {row['errors']} gpu {row['gpu_mib']:.0f} MiB | {st}"
+                    )
+        except Exception:
+            self.report.say(f"{model} {engine}: FAILED while measuring\n" + traceback.format_exc())
+        finally:
+            server.stop()
+
+    def runs_here(self, engine: str) -> bool:
+        return (self.dev == "cpu") == (engine in CPU_ENGINES)
+
+
+def tiny_rows(bench: Bench, engines: list[str], grids: list[int], conc: list[int]) -> None:
+    """hiera-tiny: profile, parity, the reference and every engine at every grid."""
+    args, report, dev, image = bench.args, bench.report, bench.dev, bench.image
+    t0 = time.perf_counter()
+    onnx = any(e.startswith("ort-") for e in engines)
+    manifest = export_repository(TINY_DIR, args.sam2, args.clip, write_onnx=onnx, log=lambda m: None)
+    repo = ModelRepository(Path(manifest["_root"]), manifest)
+    report.say(
+        f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
+        f"{manifest['clip']['spec']['architecture']})"
+    )
+    fp32 = create_backend("torch", repo, dev, "fp32")
+    ious = {grid: choose_iou(fp32, repo, image, grid, args.masks)[0] for grid in grids}
+    params = params_for(grids[0], ious[grids[0]], args.masks)
+    for engine in [e for e in args.profile.split(",") if e]:
+        try:
+            profile_engine(report, repo, engine, dev, image, params, Path(args.out))
+        except Exception:
+            report.say(f"profile {engine}: FAILED\n" + traceback.format_exc())
+    if not args.no_parity:
+        try:
+            parity(report, repo, engines, dev, fp32, image, params)
+        except Exception:  # the speed rows still run; the traceback says what broke
+            report.say("parity FAILED:\n" + traceback.format_exc())
+    del fp32
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+    ref_for = bench.reference_rows("hiera-tiny", repo, grids, ious)
+    for engine in engines:
+        if not bench.runs_here(engine):
+            report.say(f"{engine}: {'needs CUDA' if dev == 'cpu' else 'a CPU engine'}, skipped on {dev}")
+            continue
+        bench.serve_and_measure("hiera-tiny", TINY_DIR, engine, ref_for, conc)
+
+
+def large_rows(bench: Bench, engines: list[str], conc: list[int]) -> None:
+    """hiera-large at --large-grid: the reference workload, for the engines that serve it."""
+    args, report = bench.args, bench.report
+    t0 = time.perf_counter()
+    lm = export_repository(LARGE_DIR, args.large, args.clip, write_onnx=False, log=lambda m: None)
+    lrepo = ModelRepository(Path(lm["_root"]), lm)
+    report.say(f"large model built in {time.perf_counter() - t0:.1f}s ({lm['sam2']['spec']['architecture']})")
+    lg = args.large_grid
+    iou = choose_iou(create_backend("torch", lrepo, bench.dev, "fp32"), lrepo, bench.image, lg, args.masks)[0]
+    ref_for = bench.reference_rows("hiera-large", lrepo, [lg], {lg: iou})
+    large = ("torch-bf16", "torch-bf16-compiled", "torch-bf16-aot", "torch-fp32", "torch-fp32-aot")
+    for engine in [e for e in engines if e in large and bench.runs_here(e)]:
+        bench.serve_and_measure("hiera-large", LARGE_DIR, engine, ref_for, conc[:2])
+
+
+def summary(report: Report, results: list[dict]) -> None:
+    report.say()
+    head = f"{'model':<11} {'grid':>4} {'engine':<38} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>7} {'vs ref':>7} {'masks':>5} {'GPU MiB':>8} {'cold s':>6}"
+    report.say(head)
+    for r in results:
+        report.say(
+            f"{r['model']:<11} {r['grid']:>4} {r['engine']:<38} {r['concurrency']:>4} {r['p50_ms']:>8.1f} "
+            f"{r['p99_ms']:>8.1f} {r['images_per_s']:>7.2f} {r.get('speedup', 1.0):>6.1f}x {r['masks']:>5.0f} "
+            f"{r.get('gpu_mib', float('nan')):>8.0f} {r.get('cold_start_s', float('nan')):>6.1f}"
+        )
+    report.say("Targets (H100, issue 10): grid 16 + 50 labels >= 35 img/s at c=32, p50 <= 60 ms at c=1;")
+    report.say("(issue 11): grid 16 p50 <= 20 ms at c=1 and >= 100 img/s at c=32, grid 32 p50 <= 40 ms,")
+    report.say("hiera-large grid 32 p50 < 123 ms, cold start < 60 s.")
+
+
+def available_engines(report: Report, args) -> list[str]:
+    """--engines, less ort-cuda where ONNX Runtime has no CUDA provider; prints what runs where."""
+    engines = [e for e in args.engines.split(",") if e]
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        ort_line = f"onnxruntime {ort.__version__} providers {providers}"
+    except ImportError:
+        providers, ort_line = [], "onnxruntime not installed"
+    gpu = f" ({torch.cuda.get_device_name(0)})" if args.device.startswith("cuda") else ""
+    report.say(f"torch {torch.__version__}, device {args.device}{gpu}; {ort_line}")
+    report.say("RANDOM weights of the full-size architectures: speed is real, masks and labels are not.")
+    if "ort-cuda" in engines and "CUDAExecutionProvider" not in providers:
+        report.say("ort-cuda: skipped (no CUDAExecutionProvider: install onnxruntime-gpu; see gpu_bench.sh)")
+        engines.remove("ort-cuda")
+    return engines
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench-results/gpu")
     ap.add_argument("--device", default="cuda")
@@ -561,7 +664,7 @@ def main() -> int:
     ap.add_argument(
         "--large", default="random:large", help='hiera-large source for the reference workload ("": skip)'
     )
-    ap.add_argument("--grids", default="16,32")
+    ap.add_argument("--grids", default="16,32", help='hiera-tiny grids ("": the hiera-large rows alone)')
     ap.add_argument(
         "--large-grid", type=int, default=32, help="grid of the hiera-large rows (the reference workload)"
     )
@@ -580,156 +683,27 @@ def main() -> int:
     ap.add_argument(
         "--profile",
         default="",
-        help="engines (torch eager ones) to run in this process under torch's profiler first, at the first grid",
+        help="engines (torch eager ones) to profile in this process first, at the first grid",
     )
-    args = ap.parse_args()
-    report = Report(Path(args.out))
-    dev = args.device
-    engines = [e for e in args.engines.split(",") if e]
-    try:
-        import onnxruntime as ort
+    return ap.parse_args()
 
-        ort_line = f"onnxruntime {ort.__version__} providers {ort.get_available_providers()}"
-    except ImportError:
-        ort, ort_line = None, "onnxruntime not installed"
-    report.say(
-        f"torch {torch.__version__}, device {dev}"
-        + (f" ({torch.cuda.get_device_name(0)})" if dev.startswith("cuda") else "")
-        + f"; {ort_line}"
-    )
-    report.say("RANDOM weights of the full-size architectures: speed is real, masks and labels are not.")
-    if "ort-cuda" in engines and (
-        ort is None or "CUDAExecutionProvider" not in ort.get_available_providers()
-    ):
-        report.say("ort-cuda: skipped (no CUDAExecutionProvider: install onnxruntime-gpu; see gpu_bench.sh)")
-        engines.remove("ort-cuda")
+
+TINY_DIR = Path("/tmp/seglabel-gpu-models")
+LARGE_DIR = Path("/tmp/seglabel-gpu-models-large")
+
+
+def main() -> int:
+    args = parse_args()
+    report = Report(Path(args.out))
+    engines = available_engines(report, args)
     grids = [int(g) for g in args.grids.split(",") if g]
     conc = [int(c) for c in args.concurrency.split(",")]
-    image = imaging.decode_image(sample_image_bytes("astronaut.jpg"))
-    image = np.asarray(Image.fromarray(image).resize((args.size, args.size), Image.BICUBIC))
-    image_file = Path(args.out) / f"photo_{args.size}.png"
-    Image.fromarray(image).save(image_file)
-    results = []
-    repo_dir = Path("/tmp/seglabel-gpu-models")
-    if grids:  # hiera-tiny rows (--grids "": the hiera-large rows alone)
-        t0 = time.perf_counter()
-        onnx = any(e.startswith("ort-") for e in engines)
-        manifest = export_repository(repo_dir, args.sam2, args.clip, write_onnx=onnx, log=lambda m: None)
-        repo = ModelRepository(Path(manifest["_root"]), manifest)
-        report.say(
-            f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
-            f"{manifest['clip']['spec']['architecture']})"
-        )
-        fp32 = create_backend("torch", repo, dev, "fp32")
-        ious = {grid: choose_iou(fp32, repo, image, grid, args.masks) for grid in grids}
-        for engine in [e for e in args.profile.split(",") if e]:
-            try:
-                params = params_for(grids[0], ious[grids[0]], args.masks)
-                profile_engine(report, repo, engine, dev, image, params, Path(args.out))
-            except Exception:
-                report.say(f"profile {engine}: FAILED\n" + traceback.format_exc())
-        if not args.no_parity:
-            try:
-                parity(
-                    report, repo, engines, dev, fp32, image, params_for(grids[0], ious[grids[0]], args.masks)
-                )
-            except Exception:  # the speed rows still run; the traceback says what broke
-                report.say("parity FAILED:\n" + traceback.format_exc())
-        for grid in grids:
-            t_amg, t_clip, n_ref = reference_pipeline(fp32, image, grid, ious[grid], dev)
-            ref_total = t_amg + t_clip
-            report.say(
-                f"grid {grid}: reference sam2 AMG fp32 {t_amg * 1000:.0f} ms + {n_ref} per-mask CLIP calls "
-                f"{t_clip * 1000:.0f} ms = {ref_total * 1000:.0f} ms per image"
-            )
-            results.append(
-                {"model": "hiera-tiny", "grid": grid, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
-                 "p50_ms": ref_total * 1000, "p99_ms": float("nan"), "images_per_s": 1 / ref_total, "masks": n_ref,
-                 "ref_s": ref_total}
-            )  # fmt: skip
-            report.put("results", results)
-        del fp32
-        if dev.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-    def serve_and_measure(
-        model: str, rdir: Path, engine: str, grid_list: list[int], ref_for: dict, conc_list
-    ):
-        log = Path(args.out) / f"server-{model}-{engine}.log"
-        try:
-            if engine.endswith("-aot"):
-                aot_packages(report, rdir, engine, dev)
-            server = Server(rdir, ENGINES[engine], dev, log)
-        except Exception as exc:
-            report.say(f"{model} {engine}: {exc}")
-            return
-        report.say(f"{model} {engine}: cold start to SERVING {server.cold_start_s:.1f}s")
-        try:
-            for grid in grid_list:
-                for row in measure(
-                    report, server, image_file, grid, ref_for[grid][0], args.masks, conc_list, args.requests
-                ):
-                    row.update(model=model, grid=grid, engine=engine, cold_start_s=server.cold_start_s,
-                               speedup=row["images_per_s"] * ref_for[grid][1])  # fmt: skip
-                    results.append(row)
-                    st = " ".join(f"{k} {v:.0f}" for k, v in row["stages_p50_ms"].items() if v == v and v > 0)
-                    report.say(
-                        f"{model} grid {grid} {engine:<22} c={row['concurrency']:<3} p50 {row['p50_ms']:7.1f} ms "
-                        f"p99 {row['p99_ms']:7.1f} ms {row['images_per_s']:7.2f} img/s ({row['speedup']:.1f}x ref) "
-                        f"masks {row['masks']:.0f} err {row['errors']} gpu {row['gpu_mib']:.0f} MiB | {st}"
-                    )
-                    report.put("results", results)
-        except Exception:
-            report.say(f"{model} {engine}: FAILED while measuring\n" + traceback.format_exc())
-        finally:
-            server.stop()
-
-    ref_for = {grid: (ious[grid], next(r["ref_s"] for r in results if r["grid"] == grid)) for grid in grids}
-    for engine in engines if grids else []:
-        if (dev == "cpu") != (engine in CPU_ENGINES):
-            report.say(f"{engine}: {'needs CUDA' if dev == 'cpu' else 'a CPU engine'}, skipped on {dev}")
-            continue
-        serve_and_measure("hiera-tiny", repo_dir, engine, grids, ref_for, conc)
-
+    bench = Bench(args, report, photo(args.size, args.size))
+    if grids:
+        tiny_rows(bench, engines, grids, conc)
     if args.large:
-        large_dir = Path("/tmp/seglabel-gpu-models-large")
-        t0 = time.perf_counter()
-        lm = export_repository(large_dir, args.large, args.clip, write_onnx=False, log=lambda m: None)
-        lrepo = ModelRepository(Path(lm["_root"]), lm)
-        lfp32 = create_backend("torch", lrepo, dev, "fp32")
-        report.say(
-            f"large model built in {time.perf_counter() - t0:.1f}s ({lm['sam2']['spec']['architecture']})"
-        )
-        lg = args.large_grid
-        iou_l = choose_iou(lfp32, lrepo, image, lg, args.masks)
-        t_amg, t_clip, n_ref = reference_pipeline(lfp32, image, lg, iou_l, dev)
-        report.say(
-            f"hiera-large grid {lg}: reference {1000 * (t_amg + t_clip):.0f} ms per image ({n_ref} masks)"
-        )
-        results.append(
-            {"model": "hiera-large", "grid": lg, "engine": "reference (AMG fp32 + per-mask CLIP)", "concurrency": 1,
-             "p50_ms": 1000 * (t_amg + t_clip), "p99_ms": float("nan"), "images_per_s": 1 / (t_amg + t_clip),
-             "masks": n_ref, "ref_s": t_amg + t_clip}
-        )  # fmt: skip
-        del lfp32
-        large = ("torch-bf16", "torch-bf16-compiled", "torch-bf16-aot", "torch-fp32", "torch-fp32-aot")
-        for engine in [e for e in engines if e in large]:
-            if (dev == "cpu") != (engine in CPU_ENGINES):
-                continue
-            serve_and_measure("hiera-large", large_dir, engine, [lg], {lg: (iou_l, t_amg + t_clip)}, conc[:2])
-
-    report.say()
-    head = f"{'model':<11} {'grid':>4} {'engine':<38} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>7} {'vs ref':>7} {'masks':>5} {'GPU MiB':>8} {'cold s':>6}"
-    report.say(head)
-    for r in results:
-        report.say(
-            f"{r['model']:<11} {r['grid']:>4} {r['engine']:<38} {r['concurrency']:>4} {r['p50_ms']:>8.1f} "
-            f"{r['p99_ms']:>8.1f} {r['images_per_s']:>7.2f} {r.get('speedup', 1.0):>6.1f}x {r['masks']:>5.0f} "
-            f"{r.get('gpu_mib', float('nan')):>8.0f} {r.get('cold_start_s', float('nan')):>6.1f}"
-        )
-    report.say("Targets (H100, issue 10): grid 16 + 50 labels >= 35 img/s at c=32, p50 <= 60 ms at c=1;")
-    report.say("(issue 11): grid 16 p50 <= 20 ms at c=1 and >= 100 img/s at c=32, grid 32 p50 <= 40 ms,")
-    report.say("hiera-large grid 32 p50 < 123 ms, cold start < 60 s.")
+        large_rows(bench, engines, conc)
+    summary(report, bench.results)
     return 0
 
 

@@ -14,7 +14,6 @@ import io
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,10 @@ import grpc
 import numpy as np
 from PIL import Image
 from seglabel_api import sample_image_bytes
+from seglabel_client.bench import free_port
 from seglabel_client.client import AsyncSegmenterClient, SegmenterClient
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -232,7 +226,7 @@ def main() -> int:
     args.duration = min(args.duration, 1800.0)
     random.seed(args.seed)
     port, metrics_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "seglabel_server.main", "--models", args.models, "--port", str(port),
+    cmd = [sys.executable, "-m", "seglabel_server.transport.server", "--models", args.models, "--port", str(port),
            "--metrics-port", str(metrics_port), "--max-inflight", str(args.max_inflight), *args.server_args]  # fmt: skip
     log = open(os.environ.get("SOAK_LOG", "/tmp/seglabel-soak-server.log"), "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -62,7 +62,7 @@ def photo_bytes() -> bytes:
 
 @pytest.fixture(scope="session")
 def photo(photo_bytes) -> np.ndarray:
-    from seglabel_server.imaging import decode_image
+    from seglabel_server.models.images import decode_image
 
     return decode_image(photo_bytes)
 
@@ -72,7 +72,7 @@ def distinct_images(n: int, size=(96, 128)) -> list[bytes]:
     import io
 
     from PIL import Image
-    from seglabel_server.imaging import decode_image
+    from seglabel_server.models.images import decode_image
 
     out = []
     for i in range(n):

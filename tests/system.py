@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from seglabel_client.bench import free_port  # noqa: F401  (the tests take it from here)
 
 INSTALL = "make system-deps (as root: apt-get install chromium redis-server)"
 
@@ -63,8 +64,21 @@ class RedisProcess:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory", maxmemory, "--maxmemory-policy", "allkeys-lru"],  # fmt: skip
+            [
+                executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory",
+                maxmemory,
+                "--maxmemory-policy",
+                "allkeys-lru",
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -86,12 +100,3 @@ class RedisProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import csv
 import json
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,13 @@ import numpy as np
 
 from seglabel_client import SAMPLE_IMAGES, sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a server, a proxy or a test to bind next)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 @dataclass

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from seglabel_server import kinds
-from seglabel_server.backends.torch_aot import expected_metadata, package_path
-from seglabel_server.backends.torch_backend import module_builder
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import kinds
+from seglabel_server.models.aot import expected_metadata, package_path
+from seglabel_server.models.kinds.base import module_builder
+from seglabel_server.models.repository import ModelRepository
 from torch import nn
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -132,7 +132,7 @@ def _aot(args) -> int:
 def _triton(args) -> int:
     """config.pbtxt for every ONNX model, then each parsed into Triton's ModelConfig (tritonclient)
     and checked against its graph."""
-    from seglabel_server.repository import ModelRepository
+    from seglabel_server.models.repository import ModelRepository
 
     from seglabel_export.triton import validate, write_configs
 
@@ -198,8 +198,8 @@ def _export(args) -> int:
 
 
 def _verify(args) -> int:
-    from seglabel_server.repository import ModelRepository
-    from seglabel_server.torch_models.build import build_modules
+    from seglabel_server.models.repository import ModelRepository
+    from seglabel_server.models.torch_modules.build import build_modules
 
     from seglabel_export.parity import default_photo, format_parity, parity_checks
 

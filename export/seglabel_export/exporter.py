@@ -22,22 +22,12 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from seglabel_server.repository import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_FILE
-from seglabel_server.torch_models.depth import DEPTH_MEAN, DEPTH_STD
-from seglabel_server.torch_models.modules import (
-    ClipImageEncoder,
-    ClipTextEncoder,
-    DepthEstimator,
-    Sam2ImageEncoder,
-    Sam2MaskDecoder,
-    Sam2MaskDecoderGraph,
-)
+from seglabel_server.models.repository import FORMAT_VERSION, MANIFEST_NAME
 
-from seglabel_export import ocr_models, sources, triton
+from seglabel_export import families, ocr_models, sources, triton
 from seglabel_export.parity import (
     DECODER_NS,
     DECODER_PS,
@@ -203,134 +193,22 @@ def _export_into(
     depth_source: str | None = None,
     ocr: bool = False,
 ) -> dict:
-    import onnx
-    import sam2
-
     ckpt_dir = repo / "checkpoints"
     t0 = time.perf_counter()
     sam_spec = sources.resolve_sam2(sam2_source, ckpt_dir, sam2_config, seed)
     clip_spec = sources.resolve_clip(clip_source, ckpt_dir, clip_model, seed) if clip_source else None
     depth_spec = sources.resolve_depth(depth_source, ckpt_dir, seed) if depth_source else None
-
-    def rel(p: str) -> str:  # checkpoints we wrote travel with the repository
-        return (
-            os.path.relpath(p, repo)
-            if Path(p).resolve().is_relative_to(repo.resolve())
-            else str(Path(p).resolve())
-        )
-
-    manifest: dict = {
-        "format_version": FORMAT_VERSION,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "exporter": {
-            "torch": torch.__version__,
-            "sam2": getattr(sam2, "__version__", "1.x"),
-            "onnx": onnx.__version__,
-        },
-        "random_weights": sam_spec.random_weights
-        or bool(clip_spec and clip_spec.random_weights)
-        or bool(depth_spec and depth_spec.random_weights),
-        "_root": str(repo),
-    }
-    sam_model = sources.build_sam2(sam_spec)
-    size = sam_model.image_size
-    c = sam_model.sam_prompt_encoder.embed_dim
-    manifest["sam2"] = {
-        "spec": {**asdict(sam_spec), "checkpoint": rel(sam_spec.checkpoint)},
-        "sha256": sources.sha256_file(sam_spec.checkpoint),
-        "image_size": size,
-        "embed_dim": c,
-        "low_res_size": size // 4,
-        "pixel_mean": list(sources.SAM2_MEAN),
-        "pixel_std": list(sources.SAM2_STD),
-        "mask_threshold": 0.0,
-        "stability_offset": 1.0,
-    }
-    manifest["models"] = {}
-    modules = {
-        "sam2_image_encoder": Sam2ImageEncoder(sam_model).eval(),
-        "sam2_mask_decoder": Sam2MaskDecoderGraph(sam_model, 0.0, 1.0).eval(),
-    }
-    with torch.no_grad():
-        feats = modules["sam2_image_encoder"](torch.zeros(1, 3, size, size))
-    graphs = [
-        (
-            "sam2_image_encoder",
-            {"images": torch.zeros(1, 3, size, size)},
-            {"images": {0: "batch"}, **{o: {0: "batch"} for o in Sam2ImageEncoder.output_names}},
-        ),
-        (
-            "sam2_mask_decoder",
-            {
-                "image_embed": feats[0],
-                "high_res_feats_0": feats[1],
-                "high_res_feats_1": feats[2],
-                "point_coords": torch.full((4, 2, 2), size / 2),
-                "point_labels": torch.ones(4, 2, dtype=torch.int32),
-                "min_iou": torch.tensor([float("-inf")]),
-            },
-            {
-                "point_coords": {0: "num_prompts", 1: "num_points"},
-                "point_labels": {0: "num_prompts", 1: "num_points"},
-                "iou_predictions": {0: "num_prompts"},
-                **{o: {0: "num_kept"} for o in Sam2MaskDecoder.output_names[1:]},
-            },
-        ),
-    ]
+    rel = families.relative_to(repo)
+    manifest = _manifest_head(repo, [s for s in (sam_spec, clip_spec, depth_spec) if s])
+    built = {"sam2": families.sam2_family(sam_spec, rel)}
     if clip_spec:
-        clip = sources.build_clip(clip_spec)
-        isz = clip.visual.image_size
-        isz = isz[0] if isinstance(isz, (tuple, list)) else isz
-        tok_rel = f"clip_text_encoder/{TOKENIZER_FILE}"
-        (repo / "clip_text_encoder").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(sources.bpe_vocab_path(), repo / tok_rel)
-        manifest["clip"] = {
-            "spec": {**asdict(clip_spec), "checkpoint": rel(clip_spec.checkpoint)},
-            "sha256": sources.sha256_file(clip_spec.checkpoint),
-            "image_size": int(isz),
-            "mean": list(sources.CLIP_MEAN),
-            "std": list(sources.CLIP_STD),
-            "context_length": int(clip.context_length),
-            "vocab_size": int(clip.vocab_size),
-            "embed_dim": int(clip.text_projection.shape[1]),
-            "logit_scale": float(clip.logit_scale.exp().item()),
-            "tokenizer": tok_rel,
-        }
-        modules["clip_image_encoder"] = ClipImageEncoder(clip).eval()
-        modules["clip_text_encoder"] = ClipTextEncoder(clip).eval()
-        graphs += [
-            (
-                "clip_image_encoder",
-                {"pixel_values": torch.zeros(2, 3, isz, isz)},
-                {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-            ),
-            (
-                "clip_text_encoder",
-                {"input_ids": torch.zeros(2, clip.context_length, dtype=torch.int32)},
-                {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}},
-            ),
-        ]
-    else:
-        manifest["clip"] = None
-    manifest["depth"] = None
+        built["clip"] = families.clip_family(clip_spec, rel, repo)
     if depth_spec:
-        ds = depth_spec.image_size
-        manifest["depth"] = {
-            "spec": {**asdict(depth_spec), "checkpoint": rel(depth_spec.checkpoint)},
-            "sha256": sources.sha256_file(depth_spec.checkpoint),
-            "image_size": ds,
-            "mean": list(DEPTH_MEAN),
-            "std": list(DEPTH_STD),
-            "output": "relative inverse depth: larger is nearer",
-        }
-        modules["depth_estimator"] = DepthEstimator(sources.build_depth(depth_spec)).eval()
-        graphs.append(
-            (
-                "depth_estimator",
-                {"images": torch.zeros(1, 3, ds, ds)},
-                {"images": {0: "batch"}, "depth": {0: "batch"}},
-            )
-        )
+        built["depth"] = families.depth_family(depth_spec, rel)
+    for name in ("sam2", "clip", "depth"):
+        manifest[name] = built[name].section if name in built else None
+    modules = {k: m for f in built.values() for k, m in f.modules.items()}
+    graphs = [g for f in built.values() for g in f.graphs]
     manifest["ocr"] = ocr_models.copy_into(repo) if ocr else None
     if manifest["ocr"]:
         manifest["models"].update(manifest["ocr"].pop("models"))
@@ -339,42 +217,19 @@ def _export_into(
         f"clip {clip_spec.architecture if clip_spec else 'none'}, "
         f"depth {depth_spec.architecture if depth_spec else 'none'}, ocr {'rapidocr' if ocr else 'none'})"
     )
-
     if not write_onnx:
-        # Names, shapes (dynamic axes named, as the ONNX entries have them) and dtypes: enough for
-        # the torch backend, which builds each module itself, its compiled warm-up and AOT packages.
         for name, example, axes in graphs:
-            manifest["models"][name] = {
-                "platform": "pytorch",
-                "inputs": [
-                    {
-                        "name": k,
-                        "shape": [axes.get(k, {}).get(i, int(d)) for i, d in enumerate(v.shape)],
-                        "dtype": str(v.dtype).removeprefix("torch."),
-                    }
-                    for k, v in example.items()
-                ],
-                "outputs": [{"name": o} for o in modules[name].output_names],
-            }
+            manifest["models"][name] = families.torch_entry(example, axes, modules[name])
         manifest["parity"] = []
         write_manifest(repo, manifest)
         return manifest
     for name, example, axes in graphs:
         entry = manifest["models"][name] = export_model(repo, name, modules[name], example, axes, opset)
         log(f"  exported {name}: {entry['export_seconds']:.1f}s, {entry['bytes'] / 1e6:.1f} MB")
-
     # Parity compares each graph with sam2's / open_clip's own computation.
-    references = dict(modules, sam2_mask_decoder=Sam2MaskDecoder(sam_model, 0.0, 1.0).eval())
-    rows = parity_checks(
-        repo,
-        manifest,
-        references,
-        default_photo(),
-        seed=seed + 1,
-        decoder_ns=decoder_ns,
-        decoder_ps=decoder_ps,
-        log=log,
-    )
+    references = {**modules, **{k: m for f in built.values() for k, m in f.references.items()}}
+    rows = parity_checks(repo, manifest, references, default_photo(), seed=seed + 1,
+                         decoder_ns=decoder_ns, decoder_ps=decoder_ps, log=log)  # fmt: skip
     manifest["parity"] = rows
     for name in manifest["models"]:
         mine = [r for r in rows if r["model"] == name]
@@ -383,6 +238,25 @@ def _export_into(
     write_manifest(repo, manifest)
     triton.write_configs(repo, manifest)  # config.pbtxt per model: the folder serves in Triton as is
     return manifest
+
+
+def _manifest_head(repo: Path, specs: list) -> dict:
+    """The manifest's fields before its families: format, when and with what it was exported."""
+    import onnx
+    import sam2
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exporter": {
+            "torch": torch.__version__,
+            "sam2": getattr(sam2, "__version__", "1.x"),
+            "onnx": onnx.__version__,
+        },
+        "random_weights": any(s.random_weights for s in specs),
+        "models": {},
+        "_root": str(repo),
+    }
 
 
 def write_manifest(repo: Path, manifest: dict) -> None:

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seglabel_server import imaging
-from seglabel_server.tokenizer import ClipTokenizer
-from seglabel_server.torch_models.modules import (
-    ClipImageEncoder,
-    ClipTextEncoder,
-    DepthEstimator,
-    Sam2ImageEncoder,
-    Sam2MaskDecoder,
-)
+from seglabel_server.models import images
+from seglabel_server.models.tokenizer import ClipTokenizer
+from seglabel_server.models.torch_modules.modules import Sam2ImageEncoder, Sam2MaskDecoder
+from seglabel_server.models.torch_modules.towers import ClipImageEncoder, ClipTextEncoder, DepthEstimator
 
 PARITY_TOL = 1e-4
 DECODER_NS = (1, 7, 256)
@@ -134,7 +129,7 @@ def parity_checks(
 
     enc_name, dec_name = "sam2_image_encoder", "sam2_mask_decoder"
     enc_ort = _Ort(repo / models[enc_name]["path"])
-    photo_in = imaging.sam_preprocess(photo, size, sam["pixel_mean"], sam["pixel_std"])[None]
+    photo_in = images.sam_preprocess(photo, size, sam["pixel_mean"], sam["pixel_std"])[None]
     random_in = rng.standard_normal((2, 3, size, size)).astype(np.float32)
     features = {}
     for case, x in (("random-b2", random_in), ("photo", photo_in)):
@@ -168,8 +163,8 @@ def parity_checks(
         img_ort = _Ort(repo / models["clip_image_encoder"]["path"])
         h, w = photo.shape[:2]
         crops = [
-            imaging.clip_crop(photo, None, (0, 0, w, h), clip["image_size"], clip["mean"], clip["std"]),
-            imaging.clip_crop(
+            images.clip_crop(photo, None, (0, 0, w, h), clip["image_size"], clip["mean"], clip["std"]),
+            images.clip_crop(
                 photo, None, (w // 4, h // 4, w // 2, h // 2), clip["image_size"], clip["mean"], clip["std"]
             ),
         ]
@@ -208,8 +203,8 @@ def parity_checks(
         depth_ort = _Ort(repo / models["depth_estimator"]["path"])
         cases = [("random-b2", rng.standard_normal((2, 3, s, s)).astype(np.float32))]
         for name in SAMPLE_IMAGES:  # every bundled photo
-            img = imaging.decode_image(sample_image_bytes(name))
-            cases.append((f"photo {name}", imaging.depth_preprocess(img, s, d["mean"], d["std"])[None]))
+            img = images.decode_image(sample_image_bytes(name))
+            cases.append((f"photo {name}", images.depth_preprocess(img, s, d["mean"], d["std"])[None]))
         for case, x in cases:
             feeds = {"images": x}
             rows += _compare(
@@ -241,4 +236,4 @@ def format_parity(rows: list[dict]) -> str:
 def default_photo() -> np.ndarray:
     from seglabel_api import sample_image_bytes
 
-    return imaging.decode_image(sample_image_bytes())
+    return images.decode_image(sample_image_bytes())

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 import torch
-from seglabel_server.torch_models.checkpoints import (
+from seglabel_server.models.torch_modules.checkpoints import (
     CheckpointError,
     ClipSpec,
     Sam2Spec,
@@ -33,7 +33,7 @@ from seglabel_server.torch_models.checkpoints import (
     build_sam2,
     read_clip_state_dict,
 )
-from seglabel_server.torch_models.depth import (
+from seglabel_server.models.torch_modules.depth import (
     DEPTH_IMAGE_SIZE,
     DEPTH_SIZES,
     DEPTH_TINY_IMAGE_SIZE,

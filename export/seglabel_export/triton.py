@@ -57,7 +57,7 @@ def config_text(name: str, entry: dict, max_batch: int) -> str:
 
 def write_configs(repo: Path, manifest: dict) -> list[str]:
     """``config.pbtxt`` for every ONNX model of the manifest; returns their names."""
-    from seglabel_server import kinds
+    from seglabel_server.models import kinds
 
     written = []
     for name, entry in manifest["models"].items():

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from seglabel_server import kinds
-from seglabel_server.repository import MANIFEST_NAME, ModelRepository
+from seglabel_server.models import kinds
+from seglabel_server.models.repository import MANIFEST_NAME, ModelRepository
 
 
 class TensorRTUnavailable(RuntimeError):

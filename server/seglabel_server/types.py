@@ -1,4 +1,5 @@
-"""Domain objects of a request and its answer, independent of protobuf (conversion lives in convert.py)."""
+"""Domain objects of a request and its answer, independent of any transport (the protobuf mapping
+lives in ``transport/grpc/convert.py``, and the HTTP JSON is derived from it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from seglabel_server.errors import Cancelled, DeadlineExceeded
 
 @dataclass
 class SegmentParams:
-    """What a client asked for. Zero / empty means "server default" (resolved by the pipeline)."""
+    """What a client asked for. Zero / empty means "server default" (resolved by the service)."""
 
     prompt_type: str = "grid"  # grid | points | box
     points_per_side: int = 0
@@ -33,6 +34,22 @@ class SegmentParams:
     with_depth: bool = False
     with_text: bool = False
     text_options: TextOptions = field(default_factory=lambda: TextOptions())
+
+
+@dataclass
+class SegmentJob:
+    """A Segment request as the service resolved it, once: ``params`` complete (every default filled,
+    every limit checked, prompts inside the image) and what the answer will hold. The pipeline runs
+    exactly this. ``notes``: why ``labels`` / ``depth`` / ``text`` are not in the answer when they are
+    not (not served here, or skipped at the client's request); ``complete`` is False when something
+    asked for cannot be produced."""
+
+    params: SegmentParams
+    labels: bool = False
+    depth: bool = False
+    text: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
+    complete: bool = True
 
 
 @dataclass

@@ -11,8 +11,8 @@ from seglabel_export import sources
 from seglabel_export.exporter import export_model
 from seglabel_export.parity import rel_l2
 from seglabel_export.sources import CheckpointError
-from seglabel_server import imaging
-from seglabel_server.torch_models.depth import (
+from seglabel_server.models import images
+from seglabel_server.models.torch_modules.depth import (
     DEPTH_MEAN,
     DEPTH_SIZES,
     DEPTH_STD,
@@ -20,7 +20,7 @@ from seglabel_server.torch_models.depth import (
     depth_config,
     hf_to_official,
 )
-from seglabel_server.torch_models.modules import DepthEstimator
+from seglabel_server.models.torch_modules.towers import DepthEstimator
 
 # Keys of the official repository's DepthAnythingV2.state_dict() (Depth-Anything-V2, dpt.py + dinov2.py).
 OFFICIAL_KEYS = [
@@ -119,6 +119,7 @@ def test_truncated_and_mismatched_depth_checkpoints_name_the_file_and_the_proble
         sources.resolve_depth("random:vitx", tmp_path)
 
 
+@pytest.mark.slow  # a full-size export
 def test_full_size_vits_random_weights_export_parity(tmp_path):
     """The released small model's architecture (ViT-S/14 + DPT, 518 px) exports with the proof."""
     import onnxruntime as ort
@@ -132,10 +133,10 @@ def test_full_size_vits_random_weights_export_parity(tmp_path):
         {"images": {0: "batch"}, "depth": {0: "batch"}},
     )  # fmt: skip
     sess = ort.InferenceSession(str(tmp_path / "repo" / entry["path"]), providers=["CPUExecutionProvider"])
-    photo = imaging.decode_image(sample_image_bytes("coffee.jpg"))
+    photo = images.decode_image(sample_image_bytes("coffee.jpg"))
     cases = {
         "random": np.random.default_rng(0).standard_normal((1, 3, 518, 518)).astype(np.float32),
-        "photo": imaging.depth_preprocess(photo, 518, DEPTH_MEAN, DEPTH_STD)[None],
+        "photo": images.depth_preprocess(photo, 518, DEPTH_MEAN, DEPTH_STD)[None],
     }
     for name, x in cases.items():
         with torch.no_grad():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx
 import pytest
 from seglabel_export.trt import profiles
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 
 
 @pytest.fixture(scope="module", params=["tiny_repo", "scene_repo"])

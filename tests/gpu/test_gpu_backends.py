@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from seglabel_export.parity import rel_l2
-from seglabel_server.kinds import sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.kinds import sam2
+from seglabel_server.models.repository import ModelRepository
+
+pytestmark = pytest.mark.gpu  # CUDA, onnxruntime-gpu or TensorRT (each test skips, saying why, where absent)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 trt = pytest.mark.skipif(
@@ -74,8 +76,8 @@ ort_cuda = pytest.mark.skipif(
 def _answers(backend, repo, image, cfg=None, concurrent: int = 1):
     import asyncio
 
-    from seglabel_server.config import ServerConfig
     from seglabel_server.service import build_pipeline
+    from seglabel_server.service.config import ServerConfig
     from seglabel_server.types import RequestContext, SegmentParams
 
     params = SegmentParams(
@@ -110,7 +112,7 @@ def test_cuda_device_mask_path_matches_the_cpu_host_path(tiny_repo, photo, layou
     """The device path on the GPU (fp32), with stage workers on their own CUDA streams and 4
     concurrent requests, gives the CPU host path's masks and labels."""
     from seglabel_server.backends import create_backend
-    from seglabel_server.config import ServerConfig
+    from seglabel_server.service.config import ServerConfig
 
     repo = ModelRepository.load(tiny_repo)
     gpu = create_backend("torch", repo, "cuda", decoder_layout=layout)
@@ -156,7 +158,7 @@ def test_aot_packages_on_cuda_match_eager(tiny_repo, tmp_path, photo):
     packages' answers with the device path and 4 concurrent requests against eager torch on CUDA."""
     from seglabel_export.aoti import build_packages
     from seglabel_server.backends import create_backend
-    from seglabel_server.config import ServerConfig
+    from seglabel_server.service.config import ServerConfig
 
     repo_dir = tmp_path / "tiny"
     shutil.copytree(tiny_repo, repo_dir)

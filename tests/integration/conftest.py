@@ -4,8 +4,8 @@ after the test."""
 from __future__ import annotations
 
 import pytest
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.transport.server import create_server
 
 
 @pytest.fixture

@@ -271,4 +271,4 @@ async def test_cancelled_ocr_stops_and_metrics_cover_the_new_stages(make_server,
         await c.extract_text(image)
     for stage in ("depth", "ocr_det", "ocr_cls", "ocr_rec"):
         assert metrics.value("seglabel_execution_count_total", stage=stage) > 0, stage
-    assert not any(server.service.scheduler.queues.values())
+    assert not any(server.service.loaded.pipeline.scheduler.queues.values())

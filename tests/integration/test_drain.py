@@ -17,9 +17,10 @@ from seglabel_client.client import SegmenterClient
 
 from tests.system import free_port
 
+pytestmark = pytest.mark.slow  # server processes signalled and drained
+
 HEAVY = dict(points_per_side=12, max_masks=400, skip_labels=True, overlay=False, pred_iou_thresh=0,
              stability_score_thresh=0, box_nms_thresh=1)  # fmt: skip
-
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def heavy_image(photo) -> bytes:
 
 def start(tiny_repo, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "seglabel_server.main", "--models", str(tiny_repo), "--port", str(port),
+        [sys.executable, "-m", "seglabel_server.transport.server", "--models", str(tiny_repo), "--port", str(port),
          "--drain-seconds", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

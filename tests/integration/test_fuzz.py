@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_client.client import SegmenterClient
-from seglabel_server.config import ServerConfig
-from seglabel_server.main import create_server
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.transport.server import create_server
+
+pytestmark = pytest.mark.slow  # 500 generated requests
 
 DOCUMENTED = {
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole GPU benchmark script, dry run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

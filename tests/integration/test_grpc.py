@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from seglabel_client.client import AsyncSegmenterClient, build_request
-from seglabel_server.vocab import DEFAULT_VOCABULARY
+from seglabel_server.models.vocab import DEFAULT_VOCABULARY
 
 from ..conftest import distinct_images
 
@@ -216,7 +216,7 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
     from seglabel_server.errors import Unavailable
 
     server = await make_server()
-    labels = server.service.pipeline.labels
+    labels = server.service.loaded.pipeline.labels
 
     async def gone(image, masks, full, ctx):
         raise Unavailable("text tower went away")

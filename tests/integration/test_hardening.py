@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from seglabel_client.client import AsyncSegmenterClient, build_request
-from seglabel_server.budget import MemoryBudget
-from seglabel_server.config import ServerConfig
 from seglabel_server.errors import LimitExceeded, Overloaded
-from seglabel_server.main import create_server
+from seglabel_server.service.budget import MemoryBudget
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.transport.server import create_server
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 

@@ -19,7 +19,6 @@ from tests.system import free_port
 LOOSE = {"pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 1}
 
 
-
 @pytest.fixture
 def gateway(make_server, scene_repo):
     """A server on the scene repository with the HTTP gateway on a free port; returns its base URL."""

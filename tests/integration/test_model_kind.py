@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from seglabel_client.client import AsyncSegmenterClient
-from seglabel_server import kinds
 from seglabel_server.backends import create_backend
-from seglabel_server.config import ServerConfig, config_from_args
-from seglabel_server.main import create_server
 from seglabel_server.metrics import Metrics
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import kinds
+from seglabel_server.models.repository import ModelRepository
 from seglabel_server.scheduler import Scheduler
+from seglabel_server.service.config import ServerConfig, config_from_args
+from seglabel_server.transport.server import create_server
 from seglabel_server.types import RequestContext
 from torch import nn
 
@@ -155,7 +155,7 @@ async def test_a_server_lists_and_serves_the_new_kind(toy_repo):
         toy = [m for m in info.models if m.name == TOY.model]
         assert toy and toy[0].architecture == "image-mean" and not toy[0].random_weights
         assert {m.name for m in info.models} >= {"sam2_image_encoder", "clip_text_encoder", TOY.model}
-        out = await server.service.scheduler.run("toy", images(3, 2), RequestContext())
+        out = await server.service.loaded.pipeline.scheduler.run("toy", images(3, 2), RequestContext())
         np.testing.assert_allclose(out, images(3, 2).mean(axis=(2, 3)), rtol=1e-5)
         assert server.service.metrics.value("seglabel_inference_count_total", stage="toy") == 2
     finally:

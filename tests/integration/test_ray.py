@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 from seglabel_client import sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request
-from seglabel_server.uploads import RedisStore
+from seglabel_server.storage.uploads import RedisStore
 
 from tests.system import free_port, need, output_dir
 
+pytestmark = pytest.mark.slow  # a local Ray cluster
+
 LOOSE = dict(pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1)
 REQUEST = dict(points_per_side=4, max_masks=6, labels=["person", "rocket", "flag", "sky"], **LOOSE)
-
 
 
 def replica_pids() -> list[int]:
@@ -45,14 +46,18 @@ def ray_serve(tiny_repo, redis_url):
     try:
         import ray
         from ray import serve
-        from seglabel_server import ray_app
+        from seglabel_server.transport.ray import app as ray_app
     except ImportError as exc:
         need("ray", f"ray[serve] is not installed ({exc}); pip install 'seglabel[ray]'")
     port = free_port()
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level="WARNING")
     try:
-        args = {"server": {"models": str(tiny_repo), "upload_store": redis_url}, "num_replicas": 2, "num_cpus": 1}
+        args = {
+            "server": {"models": str(tiny_repo), "upload_store": redis_url},
+            "num_replicas": 2,
+            "num_cpus": 1,
+        }
         ray_app.start(args, grpc_port=port, http_port=free_port())
         yield f"127.0.0.1:{port}"
     finally:
@@ -61,7 +66,9 @@ def ray_serve(tiny_repo, redis_url):
 
 
 def segment_with_replica(c: SegmenterClient, file_id: str):
-    resp, call = c.stub.Segment.with_call(build_request(None, file_id=file_id, **REQUEST), metadata=c.metadata)
+    resp, call = c.stub.Segment.with_call(
+        build_request(None, file_id=file_id, **REQUEST), metadata=c.metadata
+    )
     return resp, dict(call.trailing_metadata())["seglabel-replica"]
 
 
@@ -153,7 +160,9 @@ def test_a_replica_killed_mid_run_loses_no_request_and_comes_back(ray_serve, red
 
     # no upload lost: every upload answered during the run is in the store, and segments
     store = RedisStore(redis_url, ttl_s=3600)
-    assert len(uploaded) >= outcomes["ok"] and all(store.get(fid) == variant(i) for i, fid in uploaded.items())
+    assert len(uploaded) >= outcomes["ok"] and all(
+        store.get(fid) == variant(i) for i, fid in uploaded.items()
+    )
     with SegmenterClient(ray_serve, timeout=120) as c:
         for fid in list(uploaded.values())[::10]:
             segment_with_replica(c, fid)

@@ -9,9 +9,9 @@ import threading
 import pytest
 from seglabel_client import sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
-from seglabel_server.config import ServerConfig
 from seglabel_server.errors import InvalidArgument, UnknownFile
-from seglabel_server.uploads import DiskStore, MemoryStore, RedisStore, file_id_of, open_store
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.storage.uploads import DiskStore, MemoryStore, RedisStore, file_id_of, open_store
 
 LOOSE = dict(pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1)
 

@@ -13,8 +13,9 @@ from seglabel_client import sample_image_bytes
 
 from tests.system import chromium, free_port, need, output_dir
 
-PHOTO = "astronaut.jpg"  # 512 x 512
+pytestmark = pytest.mark.slow  # a browser
 
+PHOTO = "astronaut.jpg"  # 512 x 512
 
 
 @pytest.fixture
@@ -73,7 +74,9 @@ async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server
     assert set(labels) <= {"person", "rocket", "flag", "sky", "helmet"}, labels
     # The overlay is shown, at the image's size, and painted from the masks' RLE.
     assert await page.is_visible("#overlay")
-    size = await page.evaluate("[document.getElementById('overlay').width, document.getElementById('overlay').height]")
+    size = await page.evaluate(
+        "[document.getElementById('overlay').width, document.getElementById('overlay').height]"
+    )
     assert size == [512, 512]
     painted = await coloured_pixels(page)
     assert painted > 0
@@ -90,7 +93,9 @@ async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server
     # Hovering a row highlights its mask (and only its row).
     await grid_rows.nth(0).hover()
     assert await page.locator("#labels tbody tr.hl").count() == 1
-    assert await page.evaluate("window.seglabel.hover") == int(await grid_rows.nth(0).get_attribute("data-key"))
+    assert await page.evaluate("window.seglabel.hover") == int(
+        await grid_rows.nth(0).get_attribute("data-key")
+    )
 
     # A click segments one object: a new row with its mask and label; shift-click refines it.
     before = await page.evaluate("document.getElementById('overlay').toDataURL()")
@@ -101,7 +106,13 @@ async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server
         "window.seglabel.objects.some(o => o.source === 'click' && o.pixels && o.label)", timeout=30_000
     )
     assert await clicked.count() == 1 and await grid_rows.count() == 6
-    assert (await clicked.locator("td").nth(2).text_content()) in {"person", "rocket", "flag", "sky", "helmet"}
+    assert (await clicked.locator("td").nth(2).text_content()) in {
+        "person",
+        "rocket",
+        "flag",
+        "sky",
+        "helmet",
+    }
     assert await page.evaluate("document.getElementById('overlay').toDataURL()") != before
     await page.keyboard.down("Shift")
     await page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
@@ -122,9 +133,13 @@ async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server
     assert len(anns) == 7 and [a["source"] for a in anns].count("click") == 1
     names = {c["id"]: c["name"] for c in coco["categories"]}
     for a in anns:
-        m = mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
+        m = mask_utils.decode(
+            {"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}
+        )
         assert m.shape == (512, 512) and int(m.sum()) == a["area"]
-        assert names[a["category_id"]] in {"person", "rocket", "flag", "sky", "helmet"} and len(a["bbox"]) == 4
+        assert (
+            names[a["category_id"]] in {"person", "rocket", "flag", "sky", "helmet"} and len(a["bbox"]) == 4
+        )
 
     await page.screenshot(path=str(out / "page.png"), full_page=True)
     assert (out / "page.png").stat().st_size > 10_000

@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 from seglabel_server import amg
-from seglabel_server.config import ServerConfig
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 from seglabel_server.service import build_pipeline
+from seglabel_server.service.config import ServerConfig
 from seglabel_server.types import RequestContext, SegmentParams
 
 

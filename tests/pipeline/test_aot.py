@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from seglabel_export.cli import main as export_main
 from seglabel_export.parity import rel_l2
-from seglabel_server import imaging
 from seglabel_server.backends import create_backend
 from seglabel_server.errors import ModelError
-from seglabel_server.kinds import sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import images
+from seglabel_server.models.kinds import sam2
+from seglabel_server.models.repository import ModelRepository
+
+pytestmark = pytest.mark.slow  # AOTInductor builds (minutes of C++ compilation on a CPU)
 
 MODELS = ["sam2_mask_decoder"]
 
@@ -45,7 +47,7 @@ def test_packages_equal_eager_modules(aot_repo, photo):
     print(f"AOT warm-up: {runs} runs in {seconds:.2f}s")
 
     s, meta = repo.sam2["image_size"], repo.sam2
-    x = imaging.sam_preprocess(photo, s, meta["pixel_mean"], meta["pixel_std"])[None]
+    x = images.sam_preprocess(photo, s, meta["pixel_mean"], meta["pixel_std"])[None]
     feats = sam2.encode(eager, np.concatenate([x, x[:, :, ::-1].copy()]))
     rng = np.random.default_rng(0)
     worst = 0.0
@@ -96,8 +98,8 @@ def test_aot_cli_refuses_half_precision_on_the_cpu(aot_repo, capsys):
 def test_a_server_without_its_packages_says_how_to_build_them(tiny_repo):
     import asyncio
 
-    from seglabel_server.config import ServerConfig
     from seglabel_server.service import SeglabelService
+    from seglabel_server.service.config import ServerConfig
 
     cfg = ServerConfig(models=str(tiny_repo), backend="torch", torch_compile="aot", load_clip=False)
     service = SeglabelService(cfg)

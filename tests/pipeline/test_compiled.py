@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from seglabel_export.parity import rel_l2
-from seglabel_server import imaging
 from seglabel_server.backends import create_backend, torch_compile
-from seglabel_server.kinds import clip, sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import images
+from seglabel_server.models.kinds import clip, sam2
+from seglabel_server.models.repository import ModelRepository
+
+pytestmark = pytest.mark.slow  # torch.compile of every bucket
 
 MODELS = ["sam2_image_encoder", "sam2_mask_decoder", "clip_image_encoder"]
 
@@ -29,7 +31,7 @@ def eager(tiny_repo):
 
 def features(backend, photo, repo, n=1):
     s, meta = repo.sam2["image_size"], repo.sam2
-    x = imaging.sam_preprocess(photo, s, meta["pixel_mean"], meta["pixel_std"])[None]
+    x = images.sam_preprocess(photo, s, meta["pixel_mean"], meta["pixel_std"])[None]
     return sam2.encode(backend, np.concatenate([x, x[:, :, ::-1].copy()][:n]))
 
 
@@ -85,8 +87,8 @@ def test_compiled_engines_match_eager_and_answer_equal_on_both_photos(tiny_repo,
     import asyncio
 
     from seglabel_client import sample_image_bytes
-    from seglabel_server.config import ServerConfig
     from seglabel_server.service import build_pipeline
+    from seglabel_server.service.config import ServerConfig
     from seglabel_server.types import RequestContext, SegmentParams
 
     from .conftest import pair_ious, rles
@@ -123,7 +125,7 @@ def test_compiled_engines_match_eager_and_answer_equal_on_both_photos(tiny_repo,
         points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=12
     )
     for name in ("astronaut.jpg", "coffee.jpg"):
-        image = imaging.decode_image(sample_image_bytes(name))
+        image = images.decode_image(sample_image_bytes(name))
         results = []
         for be in (eager_be, compiled):
             pipe = build_pipeline(be, repo, cfg)

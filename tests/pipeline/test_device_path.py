@@ -12,12 +12,13 @@ import pytest
 import torch
 from seglabel_client import sample_image_bytes
 from seglabel_export.parity import rel_l2
-from seglabel_server import amg, imaging
+from seglabel_server import amg
 from seglabel_server.backends import create_backend
-from seglabel_server.config import ServerConfig
-from seglabel_server.kinds import sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.images import decode_image, sam_preprocess
+from seglabel_server.models.kinds import sam2
+from seglabel_server.models.repository import ModelRepository
 from seglabel_server.service import build_pipeline
+from seglabel_server.service.config import ServerConfig
 from seglabel_server.types import RequestContext, SegmentParams
 
 from .conftest import crisp, pair_ious, rles
@@ -53,7 +54,7 @@ def pipes(tiny_repo):
 
 @pytest.fixture(scope="module")
 def images():
-    return {name: imaging.decode_image(sample_image_bytes(name)) for name in PHOTOS}
+    return {name: decode_image(sample_image_bytes(name)) for name in PHOTOS}
 
 
 def run(pipe, params, image):
@@ -91,14 +92,14 @@ def test_device_path_equals_host_path(pipes, images, name, case):
 def test_device_crops_match_host_crops(pipes, images):
     """The crops themselves: mean absolute difference in 8-bit levels, reported; labels (above)
     do not change."""
-    clip = pipes["host"].labels.clip
+    clip = pipes["host"].pipeline.labels.clip
     for name, image in images.items():
         result = run(pipes["host"], PARAMS["grid-all"], image)
         masks = result.masks[:32]
         full = [amg.decode_rle(m.rle) for m in masks]
-        host = pipes["host"].labels.crops(image, masks, full)
-        ops = pipes["device"].device_ops
-        dev = pipes["device"].labels.crops_on_device(
+        host = pipes["host"].pipeline.labels.crops(image, masks, full)
+        ops = pipes["device"].pipeline.device_ops
+        dev = pipes["device"].pipeline.labels.crops_on_device(
             ops, ops.upload(image), masks, torch.from_numpy(np.stack(full))
         )
         levels = np.abs(host - dev.numpy()) * np.asarray(clip["std"]).reshape(1, 3, 1, 1) * 255
@@ -164,7 +165,7 @@ def test_multi_image_decoder_equals_one_call_per_image(tiny_repo, images):
     assert "multi_image" in multi.capabilities and "multi_image" not in per_image.capabilities
     s, meta = repo.sam2["image_size"], repo.sam2
     feats = [
-        sam2.encode(per_image, imaging.sam_preprocess(img, s, meta["pixel_mean"], meta["pixel_std"])[None])[0]
+        sam2.encode(per_image, sam_preprocess(img, s, meta["pixel_mean"], meta["pixel_std"])[None])[0]
         for img in images.values()
     ]
     rng = np.random.default_rng(0)
@@ -202,9 +203,7 @@ def test_onnxruntime_io_binding_equals_plain_runs(tiny_repo, images, monkeypatch
     plain, bound = create_backend("onnxruntime", repo), create_backend("onnxruntime", repo, io_binding=True)
     assert not plain.io_binding and bound.io_binding
     s, meta = repo.sam2["image_size"], repo.sam2
-    x = np.stack(
-        [imaging.sam_preprocess(im, s, meta["pixel_mean"], meta["pixel_std"]) for im in images.values()]
-    )
+    x = np.stack([sam_preprocess(im, s, meta["pixel_mean"], meta["pixel_std"]) for im in images.values()])
     fa, fb = sam2.encode(plain, x), sam2.encode(bound, x)
     assert all(isinstance(v, OrtDeviceArray) for f in fb for v in f.arrays.values())
     assert fb[1].arrays["image_embed"].data_ptr() > fb[0].arrays["image_embed"].data_ptr()  # a view

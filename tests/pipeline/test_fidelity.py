@@ -7,11 +7,11 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from seglabel_export.reference import sam2_generator
 from seglabel_server.backends import create_backend
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
+from seglabel_server.models.vocab import TEMPLATES
 from seglabel_server.types import SegmentParams
-from seglabel_server.vocab import TEMPLATES
 
 from .conftest import crisp, decoded, pair_ious, rles, run_pipeline
 
@@ -26,18 +26,9 @@ def crisp_torch(tiny_repo):
 
 
 def reference(backend, image, iou, stab, nms):
-    sam = backend.mods["sam2_image_encoder"].model
-    gen = SAM2AutomaticMaskGenerator(
-        sam,
-        points_per_side=GRID,
-        points_per_batch=64,
-        pred_iou_thresh=iou,
-        stability_score_thresh=stab,
-        box_nms_thresh=nms,
-        output_mode="coco_rle",
+    gen = sam2_generator(
+        backend.mods["sam2_image_encoder"].model, GRID, iou, stab, nms, output_mode="coco_rle"
     )
-    s = sam.image_size
-    gen.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
     return [
         {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
         for r in gen.generate(image)
@@ -112,7 +103,7 @@ def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_b
     )
     result, pipe = run_pipeline(ort_backend, tiny_repo, params, photo)
     masks = decoded(result)
-    crops = torch.from_numpy(pipe.labels.crops(photo, result.masks, masks))
+    crops = torch.from_numpy(pipe.pipeline.labels.crops(photo, result.masks, masks))
     clip = torch_backend.mods["clip_image_encoder"].clip
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.no_grad():
@@ -136,7 +127,7 @@ def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend, graph):
     """Our single-image decoder (image side broadcast through the transformer), and the reordered
     formulation the ONNX graph is exported from, compute what sam2's MaskDecoder computes with
     repeat_image=True; min_iou keeps exactly the prompts whose best multimask IoU is above it."""
-    from seglabel_server.torch_models.modules import Sam2MaskDecoderGraph
+    from seglabel_server.models.torch_modules.modules import Sam2MaskDecoderGraph
 
     sam = torch_backend.mods["sam2_image_encoder"].model
     wrapper = Sam2MaskDecoderGraph(sam).eval() if graph else torch_backend.mods["sam2_mask_decoder"]

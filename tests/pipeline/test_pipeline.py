@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 from seglabel_server.errors import InvalidArgument, LimitExceeded
-from seglabel_server.kinds import sam2
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.kinds import sam2
+from seglabel_server.models.repository import ModelRepository
 from seglabel_server.types import SegmentParams
 
 from .conftest import decoded, run_pipeline
@@ -153,8 +153,8 @@ def test_serving_path_never_imports_torch(tiny_repo):
     """Server, ONNX Runtime backend, a full request and the client, in a fresh interpreter."""
     code = textwrap.dedent(f"""
         import asyncio, sys
-        from seglabel_server.config import ServerConfig
-        from seglabel_server.main import create_server
+        from seglabel_server.service.config import ServerConfig
+        from seglabel_server.transport.server import create_server
         from seglabel_client.client import AsyncSegmenterClient
         from seglabel_client import sample_image_bytes
 

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from seglabel_server.config import config_from_args
+from seglabel_server.service.config import config_from_args
 
 
 def test_flags_override_file_and_defaults(tmp_path):
@@ -46,8 +46,49 @@ def test_decoder_batch_defaults_by_device_and_can_be_set():
 
 def test_repository_of_another_format_is_refused_with_the_way_out(tmp_path):
     from seglabel_server.errors import ModelError
-    from seglabel_server.repository import FORMAT_VERSION, ModelRepository
+    from seglabel_server.models.repository import FORMAT_VERSION, ModelRepository
 
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION - 1, "models": {}}))
     with pytest.raises(ModelError, match="export the models again"):
         ModelRepository.load(tmp_path)
+
+
+def test_seglabel_ray_takes_the_servers_flags_and_never_exits_on_a_bad_setting(tmp_path):
+    """seglabel-ray's parser carries every ServerConfig flag (from the same dataclass) beside Ray's
+    own; a bad setting is a ConfigError (a replica raises it, never exits its process)."""
+    import argparse
+
+    from seglabel_server.service.config import (
+        ConfigError,
+        ServerConfig,
+        add_flags,
+        apply_settings,
+        settings_from_args,
+    )
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"pipeline": {"top_k": 2}, "backend": "onnxruntime"}))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replicas", type=int, default=1)
+    add_flags(ap, exclude=frozenset({"port", "http_port"}))
+    args = ap.parse_args(["--replicas", "2", "--config", str(path), "--models", "/m", "--max-batch-clip", "4",
+                          "--vocabulary", "cat,dog", "--no-batching"])  # fmt: skip
+    data = settings_from_args(args)
+    assert data == {"pipeline": {"top_k": 2, "vocabulary": ["cat", "dog"]}, "backend": "onnxruntime",
+                    "models": "/m", "max_batch": {"clip": 4}, "batching": False}  # fmt: skip
+    json.dumps(data)  # what Ray hands the replicas
+    cfg = ServerConfig()
+    apply_settings(cfg, data, "args.server")
+    assert cfg.models == "/m" and cfg.pipeline.vocabulary == ("cat", "dog") and cfg.max_batch == {"clip": 4}
+    with pytest.raises(ConfigError, match=r"args.server: unknown settings \['prot'\]"):
+        apply_settings(ServerConfig(), {"prot": 1}, "args.server")
+    with pytest.raises(SystemExit):  # the parser refuses the server's own --port here: it is Ray's
+        ap.parse_args(["--port", "1"])
+
+
+def test_backend_config_is_built_from_the_flags():
+    cfg, _ = config_from_args(["--backend", "torch", "--precision", "bf16", "--ort-io-binding", "off",
+                               "--max-batch-decoder", "64", "--mask-path", "host"])  # fmt: skip
+    b = cfg.backend_config()
+    assert (b.backend, b.precision, b.io_binding, b.mask_path) == ("torch", "bf16", False, "host")
+    assert b.max_batches["sam2_mask_decoder"] == 64 and b.max_batches["clip_image_encoder"] == 32

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 from seglabel_server import errors
-from seglabel_server.interceptor import GRPC_CODES, grpc_status
+from seglabel_server.transport.grpc.interceptor import GRPC_CODES, grpc_status
 
 
 def test_every_kind_maps_to_a_status():

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from seglabel_server import imaging
-from seglabel_server.kinds import get
-from seglabel_server.pipeline import scene
+from seglabel_server.models.kinds import get
+from seglabel_server.pipeline import render, scene
 from seglabel_server.types import MaskDepth
 
 
@@ -49,11 +48,11 @@ def test_text_line_inside_a_mask_by_half_of_its_box():
 
 def test_depth_codes_decode_to_the_values_the_statistics_use():
     values = np.random.default_rng(0).random((20, 30)).astype(np.float32) * 3 + 1
-    codes, lo, hi, decoded = imaging.quantize16(values)
+    codes, lo, hi, decoded = render.quantize16(values)
     assert codes.dtype == np.uint16 and codes.min() == 0 and codes.max() == 65535
     assert (lo, hi) == (float(values.min()), float(values.max()))
     assert np.abs(decoded - values).max() <= (hi - lo) / 65535
-    flat = imaging.quantize16(np.full((4, 4), 2.5, np.float32))
+    flat = render.quantize16(np.full((4, 4), 2.5, np.float32))
     assert not flat[0].any() and np.all(flat[3] == 2.5)
 
 

@@ -9,11 +9,11 @@ from collections import deque
 
 import numpy as np
 import pytest
-from seglabel_server import kinds
 from seglabel_server.backends.base import Backend, BackendInfo
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
-from seglabel_server.kinds.sam2 import ENCODER_OUTPUTS, DecodeRequest, ImageFeatures
 from seglabel_server.metrics import Metrics
+from seglabel_server.models import kinds
+from seglabel_server.models.kinds.sam2 import ENCODER_OUTPUTS, DecodeRequest, ImageFeatures
 from seglabel_server.scheduler import (
     BatchExecutor,
     Scheduler,
@@ -276,7 +276,7 @@ async def test_stage_workers_run_the_encoder_while_the_decoder_is_busy():
 
 
 def test_stage_worker_groups_from_the_config():
-    from seglabel_server.config import ServerConfig
+    from seglabel_server.service.config import ServerConfig
 
     stages = ["text", "clip", "decoder", "encoder"]
     assert ServerConfig().worker_groups(stages) == [stages]  # auto on the CPU: one worker

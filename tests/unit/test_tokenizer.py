@@ -1,8 +1,8 @@
 import numpy as np
 import open_clip
 from seglabel_export.sources import bpe_vocab_path
-from seglabel_server.tokenizer import ClipTokenizer
-from seglabel_server.vocab import DEFAULT_VOCABULARY, TEMPLATES
+from seglabel_server.models.tokenizer import ClipTokenizer
+from seglabel_server.models.vocab import DEFAULT_VOCABULARY, TEMPLATES
 
 
 def test_same_ids_as_open_clip():

@@ -4,10 +4,31 @@ lazily, so choosing onnxruntime never imports torch or tensorrt."""
 from __future__ import annotations
 
 from seglabel_server.backends.base import Backend, BackendInfo
+from seglabel_server.backends.config import BACKENDS, BackendConfig
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+def open_backend(repo: ModelRepository, cfg: BackendConfig, models: list[str] | None = None) -> Backend:
+    """The backend ``cfg`` names, with ``models`` loaded (default: every model of the repository
+    that a registered kind runs)."""
+    if cfg.backend == "onnxruntime":
+        from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
+
+        backend: Backend = OnnxRuntimeBackend(repo, cfg)
+    elif cfg.backend == "torch":
+        from seglabel_server.backends.torch_backend import TorchBackend
+
+        backend = TorchBackend(repo, cfg)
+    elif cfg.backend == "tensorrt":
+        from seglabel_server.backends.tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(repo, cfg)
+    else:
+        raise ModelError(f"unknown backend {cfg.backend!r} (one of {', '.join(BACKENDS)})")
+    for model in repo.available_models() if models is None else models:
+        backend.load(model)
+    return backend
 
 
 def create_backend(
@@ -15,50 +36,12 @@ def create_backend(
     repo: ModelRepository,
     device: str = "cpu",
     precision: str = "fp32",
-    threads: int = 0,
     models: list[str] | None = None,
-    arena_shrinkage: bool = False,
-    cpu_arena: bool = True,
-    mask_path: str = "auto",
-    decoder_layout: str = "auto",
-    io_binding: bool | None = None,
-    compile_mode: str = "none",
-    max_batches: dict[str, int] | None = None,
+    **options,
 ) -> Backend:
-    """A backend with ``models`` loaded (default: every model of the repository that a registered
-    kind runs). ``mask_path`` and ``decoder_layout``: the torch backend's (see ServerConfig)."""
-    if name == "onnxruntime":
-        from seglabel_server.backends.onnxruntime import OnnxRuntimeBackend
-
-        backend: Backend = OnnxRuntimeBackend(
-            repo,
-            device=device,
-            threads=threads,
-            arena_shrinkage=arena_shrinkage,
-            cpu_arena=cpu_arena,
-            io_binding=io_binding,
-        )
-    elif name == "torch":
-        from seglabel_server.backends.torch_backend import TorchBackend
-
-        backend = TorchBackend(
-            repo,
-            device=device,
-            precision=precision,
-            decoder_layout=decoder_layout,
-            mask_path=mask_path,
-            compile_mode=compile_mode,
-            max_batches=max_batches,
-        )
-    elif name == "tensorrt":
-        from seglabel_server.backends.tensorrt import TensorRTBackend
-
-        backend = TensorRTBackend(repo, device=device)
-    else:
-        raise ModelError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
-    for model in repo.available_models() if models is None else models:
-        backend.load(model)
-    return backend
+    """:func:`open_backend` with the settings as arguments (``options``: the other
+    :class:`BackendConfig` fields), for tests, benchmarks and scripts."""
+    return open_backend(repo, BackendConfig(name, device, precision, **options), models)
 
 
-__all__ = ["Backend", "BackendInfo", "create_backend", "BACKENDS"]
+__all__ = ["Backend", "BackendConfig", "BackendInfo", "BACKENDS", "create_backend", "open_backend"]

@@ -1,7 +1,7 @@
 """The one backend interface: load a model by its manifest name, run it on named arrays.
 
 What a model means (how items batch, what its outputs are) lives in its kind
-(:mod:`seglabel_server.kinds`); a backend only knows how to run graphs on one runtime. Outputs stay
+(:mod:`seglabel_server.models.kinds`); a backend only knows how to run graphs on one runtime. Outputs stay
 in the runtime's own memory (a torch CUDA tensor stays on the GPU) until a kind or the pipeline asks
 for host memory with :meth:`Backend.to_host`.
 """

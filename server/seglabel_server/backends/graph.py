@@ -12,7 +12,7 @@ import numpy as np
 
 from seglabel_server.backends.base import Backend
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 
 
 @dataclass

@@ -18,9 +18,10 @@ import numpy as np
 import onnxruntime as ort
 
 from seglabel_server.backends.base import BackendInfo
+from seglabel_server.backends.config import BackendConfig
 from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,10 @@ PROVIDERS = {
 
 
 class OnnxRuntimeBackend(GraphBackend):
-    def __init__(
-        self,
-        repo: ModelRepository,
-        device: str = "cpu",
-        threads: int = 0,
-        arena_shrinkage: bool = False,
-        cpu_arena: bool = True,
-        io_binding: bool | None = None,
-    ):
+    def __init__(self, repo: ModelRepository, cfg: BackendConfig):
         super().__init__(repo)
+        device, threads, io_binding = cfg.device, cfg.threads, cfg.io_binding
+        arena_shrinkage, cpu_arena = cfg.arena_shrinkage, cfg.cpu_arena
         if device not in PROVIDERS:
             raise ModelError(f"onnxruntime: unknown device {device!r} (cpu, cuda, tensorrt)")
         self.wanted = PROVIDERS[device]

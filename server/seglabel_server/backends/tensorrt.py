@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from seglabel_server.backends.base import BackendInfo
+from seglabel_server.backends.config import BackendConfig
 from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models.repository import ModelRepository
 
 
 def _cudart():
@@ -117,8 +118,9 @@ class _Engine:
 class TensorRTBackend(GraphBackend):
     file_kind = "tensorrt"
 
-    def __init__(self, repo: ModelRepository, device: str = "cuda"):
+    def __init__(self, repo: ModelRepository, cfg: BackendConfig):
         super().__init__(repo)
+        device = cfg.device if cfg.device != "cpu" else "cuda"
         try:
             import tensorrt as trt
         except ImportError as exc:

@@ -11,7 +11,6 @@ stage workers overlap on one GPU."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import threading
 import time
@@ -19,35 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from seglabel_server import kinds
 from seglabel_server.backends.base import Backend, BackendInfo
+from seglabel_server.backends.config import BackendConfig
 from seglabel_server.errors import ModelError
-from seglabel_server.repository import ModelRepository
+from seglabel_server.models import kinds
+from seglabel_server.models.kinds.base import module_builder
+from seglabel_server.models.repository import ModelRepository
 
 DTYPES = ("fp32", "fp16", "bf16")
 LAYOUTS = ("auto", "per-image", "multi-image")
 MASK_PATHS = ("auto", "device", "host")
 
 
-def module_builder(spec):
-    """A kind's ``torch_builder`` (a callable or ``"module:function"``) as a callable."""
-    if callable(spec):
-        return spec
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 class TorchBackend(Backend):
-    def __init__(
-        self,
-        repo: ModelRepository,
-        device: str = "cpu",
-        precision: str = "fp32",
-        decoder_layout: str = "auto",
-        mask_path: str = "auto",
-        compile_mode: str = "none",
-        max_batches: dict[str, int] | None = None,
-    ):
+    def __init__(self, repo: ModelRepository, cfg: BackendConfig):
+        device, precision, compile_mode = cfg.device, cfg.precision, cfg.compile_mode
+        decoder_layout, mask_path, max_batches = cfg.decoder_layout, cfg.mask_path, cfg.max_batches
         try:
             import torch
         except ImportError as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from seglabel_server.torch_models.modules import Sam2MaskDecoderGraph
+from seglabel_server.models.torch_modules.modules import Sam2MaskDecoderGraph
 
 # "aot": no torch.compile at serve time, AOTInductor packages built by `seglabel-export aot` (torch_aot.py)
 MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "aot")

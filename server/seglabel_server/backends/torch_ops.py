@@ -4,14 +4,14 @@ memory (the GPU, or CPU torch) until it is an answer.
 The pipeline asks for it with :meth:`TorchBackend.device_ops`; each method is the device twin of a
 host function and is tested equal to it:
 
-- :meth:`sam_preprocess` <- :func:`imaging.sam_preprocess` (Pillow's two-pass antialiased bilinear,
+- :meth:`sam_preprocess` <- :func:`images.sam_preprocess` (Pillow's two-pass antialiased bilinear,
   rounded to 8 bits between and after the passes, as Pillow does);
 - :meth:`select` <- :func:`pipeline.masks.select` (predicted IoU, stability, box NMS with
   torchvision, max_masks, all on low-res logits);
 - :meth:`finish` <- :meth:`pipeline.masks.MaskFinisher.describe` (upsample the survivors, boxes,
   areas, and COCO's compressed RLE strings written on the device by :func:`coco_rle_bytes`: one
   device-to-host copy of the answers' bytes, no loop over runs on the host);
-- :meth:`crops` <- :func:`imaging.clip_crop` (every mask's box + context cut, background faded and
+- :meth:`crops` <- :func:`images.clip_crop` (every mask's box + context cut, background faded and
   resized to the CLIP size in one ``roi_align`` over the image and one over the masks).
 
 Only answers cross to the host: RLE strings, boxes, areas, scores, prompt indices. Full-size
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torchvision.ops import nms as tv_nms
 from torchvision.ops import roi_align
 
-from seglabel_server.imaging import crop_region
-from seglabel_server.pipeline.masks import MaskData
-from seglabel_server.torch_models.modules import stability_score
+from seglabel_server.amg import MaskData
+from seglabel_server.models.images import crop_region
+from seglabel_server.models.torch_modules.modules import stability_score
 from seglabel_server.types import MaskResult
 
 
@@ -197,7 +197,7 @@ class TorchDeviceOps:
         context: float,
         background_keep: float,
     ) -> torch.Tensor:
-        """[K,3,S,S] CLIP inputs as :func:`imaging.clip_crop`: each box grown by ``context``, the
+        """[K,3,S,S] CLIP inputs as :func:`images.clip_crop`: each box grown by ``context``, the
         region centred on a square of CLIP's mean grey, resized (every output pixel the average of
         bilinear samples over its footprint: ``roi_align`` with adaptive sampling), pixels outside
         the mask faded to grey, normalised. Two batched ops, no host round trip."""
@@ -283,7 +283,7 @@ def coco_rle_bytes(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _crop_geometry(boxes_xywh, w: int, h: int, size: int, context: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per box, as :func:`imaging.clip_crop`: the ROI [K,5] (batch index, x0, y0, x1, y1 in image
+    """Per box, as :func:`images.clip_crop`: the ROI [K,5] (batch index, x0, y0, x1, y1 in image
     coordinates) whose S x S sampling grid puts the crop region at its place on the square canvas,
     and the region's place on the canvas [K,4] (oy, oy+th, ox, ox+tw)."""
     rois = np.zeros((len(boxes_xywh), 5), np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from seglabel_server.vocab import DEFAULT_VOCABULARY, TEMPLATES
+from seglabel_server.models.vocab import DEFAULT_VOCABULARY, TEMPLATES
 
 
 def _opt(default, help: str):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from seglabel_server import imaging
+from seglabel_server.models import images
+from seglabel_server.models.tokenizer import ClipTokenizer
+from seglabel_server.models.vocab import UNKNOWN_LABEL
 from seglabel_server.pipeline.config import PipelineConfig
-from seglabel_server.tokenizer import ClipTokenizer
+from seglabel_server.pipeline.cpu import CpuPool
 from seglabel_server.types import LabelResult, MaskResult, RequestContext
-from seglabel_server.vocab import UNKNOWN_LABEL
 
 
 class Labeller:
@@ -22,13 +22,13 @@ class Labeller:
         clip_meta: dict,
         scheduler,
         tokenizer: ClipTokenizer,
-        parallel: Callable[[Callable, int], Awaitable[list]],
+        pool: CpuPool,
     ):
         self.cfg = cfg
         self.clip = clip_meta
         self.scheduler = scheduler
         self.tokenizer = tokenizer
-        self.parallel = parallel  # runs fn(range) over chunks of n items in the CPU pool
+        self.pool = pool
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
 
@@ -109,7 +109,7 @@ class Labeller:
 
         return np.stack(
             [
-                imaging.clip_crop(
+                images.clip_crop(
                     image,
                     m_full,
                     m.bbox,
@@ -142,7 +142,7 @@ class Labeller:
     async def crops_parallel(
         self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray], ctx: RequestContext
     ) -> np.ndarray:
-        parts = await self.parallel(
+        parts = await self.pool.parallel(
             lambda r: self.crops(image, masks[r.start : r.stop], full[r.start : r.stop], ctx), len(masks)
         )
         return np.concatenate(parts)

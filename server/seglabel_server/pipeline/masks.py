@@ -6,46 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from seglabel_server import amg
-from seglabel_server.kinds.sam2 import DecoderOutput
+from seglabel_server.amg import MaskData
+from seglabel_server.models.kinds.sam2 import DecoderOutput
 from seglabel_server.types import MaskResult, SegmentParams
-
-
-class MaskData:
-    """Columns of one length (numpy arrays or lists), filtered and concatenated together, as
-    segment-anything's ``MaskData``."""
-
-    def __init__(self, **columns):
-        self._cols: dict = {}
-        for k, v in columns.items():
-            self[k] = v
-
-    def __setitem__(self, key: str, value) -> None:
-        if self._cols and len(value) != len(self):
-            raise ValueError(f"column {key!r} has {len(value)} rows, not {len(self)}")
-        self._cols[key] = value
-
-    def __getitem__(self, key: str):
-        return self._cols[key]
-
-    def __len__(self) -> int:
-        return len(next(iter(self._cols.values()))) if self._cols else 0
-
-    def filter(self, keep: np.ndarray) -> MaskData:
-        """Rows ``keep`` (a boolean mask or indices, in that order), in place."""
-        idx = np.nonzero(keep)[0] if np.asarray(keep).dtype == bool else np.asarray(keep, np.int64)
-        for k, v in self._cols.items():
-            self._cols[k] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
-        return self
-
-    def cat(self, other: MaskData) -> MaskData:
-        """Rows of ``other`` appended, in place."""
-        if not self._cols:
-            self._cols = dict(other._cols)
-            return self
-        for k, v in self._cols.items():
-            o = other[k]
-            self._cols[k] = np.concatenate([v, o]) if isinstance(v, np.ndarray) else v + list(o)
-        return self
 
 
 def prompts(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from seglabel_server import amg
+from seglabel_server.pipeline.cpu import CpuPool
 from seglabel_server.types import DepthReady, MaskDepth, MaskText, TextReady
 
 TEXT_INSIDE_FRACTION = 0.5
@@ -74,48 +76,36 @@ def mask_text(
 class SceneExtras:
     """A Segment request's depth and text: started alongside the masks, joined with each chunk of masks
     when their result is already there (the chunk's full-resolution masks are at hand), otherwise
-    with the masks decoded again from their RLE at the end, so masks never wait for them."""
+    with the masks decoded again from their RLE at the end, so masks never wait for them. It is
+    given what it needs: the image, the CPU pool and the request's timings."""
 
-    def __init__(self, pipeline, p, image: np.ndarray, timings: dict):
-        self.pipeline, self.p, self.image, self.timings = pipeline, p, image, timings
+    def __init__(self, image: np.ndarray, pool: CpuPool, timings: dict):
+        self.image, self.pool, self.timings = image, pool, timings
         self.h, self.w = image.shape[:2]
-        self.depth_task = self.text_task = None
-        self.depth_reason = self.text_reason = ""
+        self.depth_task: asyncio.Future | None = None
+        self.text_task: asyncio.Future | None = None
         self.mask_depth: dict[int, MaskDepth] = {}
         self.mask_text: dict[int, MaskText] = {}
         self._boxes = None
 
-    def start(self, ctx) -> None:
-        """Start depth and OCR (called once the request's encoder call is queued: their model calls
-        rank below the masks' and labels', and their CPU work starts after the encoder's input)."""
-        p, pipeline, image = self.p, self.pipeline, self.image
-        if p.with_depth:
-            if pipeline.depth_meta is None:
-                self.depth_reason = pipeline.depth_unavailable_reason
-            else:
-                self.depth_task = asyncio.ensure_future(
-                    self._timed("depth", pipeline.estimate_depth(image, ctx))
-                )
-        if p.with_text:
-            if pipeline.ocr is None:
-                self.text_reason = pipeline.text_unavailable_reason
-            else:
-                self.text_task = asyncio.ensure_future(
-                    self._timed("text", pipeline.extract_text(image, ctx, p.text_options))
-                )
+    def start(self, depth: Awaitable | None, text: Awaitable | None) -> None:
+        """Start the depth and OCR work given (called once the request's encoder call is queued:
+        their model calls rank below the masks' and labels', and their CPU work starts after the
+        encoder's input)."""
+        if depth is not None:
+            self.depth_task = asyncio.ensure_future(self._timed("depth", depth))
+        if text is not None:
+            self.text_task = asyncio.ensure_future(self._timed("text", text))
 
-    async def _timed(self, name: str, coro):
+    async def _timed(self, name: str, work: Awaitable):
         t0 = time.perf_counter()
         try:
-            return await coro
+            return await work
         finally:
             self.timings[name] = (time.perf_counter() - t0) * 1000.0
 
-    @property
-    def complete(self) -> bool:
-        return not self.depth_reason and not self.text_reason
-
-    def _ready(self, task) -> bool:
+    @staticmethod
+    def _ready(task) -> bool:
         return task is not None and task.done() and not task.cancelled() and task.exception() is None
 
     def _text_boxes(self, text) -> list:
@@ -136,7 +126,7 @@ class SceneExtras:
         text = self.text_task.result() if self._ready(self.text_task) else None
         if (depth is not None or text is not None) and results:
             idx = [r.index for r in results]
-            await self.pipeline._cpu(self._annotate, idx, full, depth, text, ctx.check)
+            await self.pool.run(self._annotate, idx, full, depth, text, ctx.check)
 
     async def finish(self, masks, send, ctx) -> tuple:
         """Wait for depth and text, annotate the masks not done yet (decoded from RLE), rank, and
@@ -151,7 +141,7 @@ class SceneExtras:
                 self._annotate([r.index], [amg.decode_rle(r.rle)], depth, text, ctx.check)
 
         if todo:
-            await self.pipeline._cpu(rest)
+            await self.pool.run(rest)
         per_depth = [self.mask_depth[r.index] for r in masks] if depth is not None else []
         per_text = [self.mask_text[r.index] for r in masks] if text is not None else []
         rank_front_to_back(per_depth)

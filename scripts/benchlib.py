@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: the photo they run on, the predicted-IoU threshold that fixes
+the number of masks on random weights, and the helpers of ``seglabel_client.bench`` (a free port)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from seglabel_api import sample_image_bytes
+from seglabel_client.bench import free_port  # noqa: F401  (one helper for scripts and tests)
+from seglabel_server import amg
+from seglabel_server.models import images
+from seglabel_server.models.kinds import sam2
+
+
+def photo(width: int, height: int, name: str = "astronaut.jpg") -> np.ndarray:
+    """A bundled photo resized (bicubic) to ``width`` x ``height``, RGB uint8."""
+    img = images.decode_image(sample_image_bytes(name))
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+def choose_iou(backend, repo, image: np.ndarray, grid: int, masks: int, chunk: int = 64) -> tuple[float, int]:
+    """The predicted-IoU threshold that lets about ``masks`` of the grid's 3 x N candidates through
+    (random weights keep nothing at sam2's defaults), and how many prompts have a candidate above it
+    (the ones the decoder upscales). The decoder runs ``chunk`` prompts per call."""
+    s = repo.sam2["image_size"]
+    x = images.sam_preprocess(image, s, repo.sam2["pixel_mean"], repo.sam2["pixel_std"])[None]
+    feats = sam2.encode(backend, x)[0]
+    pts = amg.build_point_grid(grid) * np.array([image.shape[1], image.shape[0]])
+    coords = amg.to_model_coords(pts, image.shape[:2], s)[:, None]
+    per_prompt = np.concatenate(
+        [
+            sam2.decode(
+                backend, feats, coords[i : i + chunk], np.ones((len(coords[i : i + chunk]), 1), np.int32)
+            ).iou
+            for i in range(0, len(coords), chunk)
+        ]
+    )
+    ious = np.sort(per_prompt.ravel())[::-1]
+    k = min(masks, len(ious) - 1)
+    thr = float((ious[k - 1] + ious[k]) / 2)
+    return thr, int((per_prompt.max(axis=1) > thr).sum())

@@ -1,0 +1,313 @@
+"""The pipeline: what runs for a request, as a sequence of named steps over one request's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from seglabel_server import amg
+from seglabel_server.amg import MaskData
+from seglabel_server.models import images
+from seglabel_server.models.kinds.sam2 import DecodeRequest, ImageFeatures
+from seglabel_server.pipeline import masks as mask_ops
+from seglabel_server.pipeline import render
+from seglabel_server.pipeline.config import PipelineConfig
+from seglabel_server.pipeline.cpu import CpuPool
+from seglabel_server.pipeline.labels import Labeller
+from seglabel_server.pipeline.parts import Emit, PipelineParts, RequestState
+from seglabel_server.pipeline.scene import SceneExtras
+from seglabel_server.types import (
+    Accepted,
+    DepthResult,
+    Done,
+    LabelResult,
+    LabelsUpdate,
+    MaskResult,
+    MasksReady,
+    Progress,
+    RequestContext,
+    SegmentJob,
+    SegmentResult,
+    TextOptions,
+    TextResult,
+)
+
+MASK_CHUNK = 64  # masks per stream event when no labels are computed
+
+
+class Pipeline:
+    """Prompts -> encoder -> decoder batches -> filters on low-res logits -> upsample survivors -> RLE
+    -> CLIP crops -> labels -> overlay, with depth and OCR alongside when the job asks for them.
+    Model calls go through the scheduler; host work runs in the CPU pool."""
+
+    def __init__(self, cfg: PipelineConfig, parts: PipelineParts, cpu_threads: int = 2, ocr_threads: int = 4):
+        self.cfg = cfg
+        self.parts = parts
+        self.sam = parts.sam
+        self.scheduler = parts.scheduler
+        self.device_ops = parts.device_ops
+        self.pool = CpuPool(cpu_threads)
+        # OCR threads wait on the scheduler between rapidocr's steps: a pool of their own, so that
+        # they never hold the CPU threads of the mask pipeline.
+        self.ocr_pool = CpuPool(ocr_threads, "seglabel-ocr")
+        self.finisher = mask_ops.MaskFinisher(parts.sam, parts.upsample_on_backend)
+        self.labels = (
+            Labeller(cfg, parts.clip, parts.scheduler, parts.tokenizer, self.pool)
+            if parts.clip is not None and parts.tokenizer is not None
+            else None
+        )
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.pool.close()
+        self.ocr_pool.close()
+
+    # -- depth and text ---------------------------------------------------------------------------
+    async def estimate_depth(self, image: np.ndarray, ctx: RequestContext) -> DepthResult:
+        """Relative inverse depth at the image's size, its range and a coloured PNG."""
+        d = self.parts.depth
+        x = await self.pool.run(images.depth_preprocess, image, d["image_size"], d["mean"], d["std"])
+        out = await self.scheduler.run("depth", x, ctx)
+        h, w = image.shape[:2]
+
+        def finish() -> DepthResult:
+            codes, lo, hi, values = render.quantize16(render.resize_map(out, w, h))
+            return DepthResult(codes, values, lo, hi, render.colorize(values, lo, hi))
+
+        return await self.pool.run(finish)
+
+    async def extract_text(self, image: np.ndarray, ctx: RequestContext, options: TextOptions) -> TextResult:
+        """Text lines; ``options`` resolved (thresholds set)."""
+        lines = await self.ocr_pool.run(
+            self.parts.ocr.read, image, ctx, options.box_thresh, options.min_confidence
+        )
+        return TextResult(lines)
+
+    async def warm_up(self, vocabulary: tuple[str, ...], image: np.ndarray, ctx: RequestContext) -> None:
+        """What a first request would otherwise pay for, beyond one segmentation: the default
+        vocabulary's text embeddings, a CLIP batch, depth and OCR."""
+        if self.labels is not None:
+            await self.labels.text_embeddings(vocabulary, ctx)
+            s = self.parts.clip["image_size"]
+            await self.scheduler.run("clip", np.zeros((1, 3, s, s), np.float32), ctx)
+        if self.parts.depth is not None:
+            await self.estimate_depth(image, ctx)
+        if self.parts.ocr is not None:
+            await self.extract_text(
+                image, ctx, TextOptions(self.cfg.text_box_thresh, self.cfg.text_min_confidence)
+            )
+
+    # -- a Segment request ------------------------------------------------------------------------
+    async def run(
+        self,
+        job: SegmentJob,
+        image: np.ndarray,
+        ctx: RequestContext,
+        emit: Emit | None = None,
+        image_key: str | None = None,
+    ) -> SegmentResult:
+        """The whole request. ``emit`` (streaming) receives the events in the order the proto's
+        ``SegmentEvent`` documents. ``image_key`` (the sha256 of the image's bytes) finds and keeps
+        the image's embedding in the cache."""
+        req = RequestState(job, image, ctx, emit)
+        await req.send(Accepted(ctx.request_id, image.shape[1], image.shape[0]))
+        scene = SceneExtras(image, self.pool, req.clock.timings)
+        try:
+            req.clock.last = time.perf_counter()
+            feats = await self._encode(req, image_key, scene)
+            outs, grid = await self._decode(req, feats)
+            del feats
+            cand = await self._select(req, outs, grid)
+            del outs
+            masks, labels, kept_full = await self._masks_and_labels(req, cand, scene)
+            del cand
+            depth, mask_depth, text, mask_text = await scene.finish(masks, req.send, ctx)
+            overlay = await self._render(req, masks, labels, kept_full)
+            req.clock.timings["queue"] = ctx.queue_ms
+            req.clock.timings["total"] = req.clock.total()
+            result = SegmentResult(
+                width=image.shape[1],
+                height=image.shape[0],
+                masks=masks,
+                labels=labels,
+                overlay_png=overlay,
+                timings=req.clock.timings,
+                labels_unavailable_reason=job.notes.get("labels", ""),
+                complete=job.complete,
+                depth=depth,
+                mask_depth=mask_depth,
+                text=text,
+                mask_text=mask_text,
+                depth_unavailable_reason=job.notes.get("depth", ""),
+                text_unavailable_reason=job.notes.get("text", ""),
+            )
+            await req.send(Done(result))
+            return result
+        finally:
+            await scene.cancel()
+
+    async def _on_device(self, req: RequestState):
+        """The image in the backend's memory, uploaded once (for the encoder or the crops)."""
+        if req.image_dev is None:
+            req.image_dev = await self.pool.run(self.device_ops.upload, req.image)
+        return req.image_dev
+
+    async def _encode(self, req: RequestState, image_key: str | None, scene: SceneExtras) -> ImageFeatures:
+        """The image's features: from the embedding cache, or one encoder call (cached after). Depth
+        and OCR start once the encoder call is queued."""
+        p, ctx = req.job.params, req.ctx
+        cache = self.parts.embeddings if image_key else None
+        feats = cache.get(image_key) if cache is not None else None
+
+        def start_scene() -> None:
+            scene.start(
+                self.estimate_depth(req.image, ctx) if req.job.depth else None,
+                self.extract_text(req.image, ctx, p.text_options) if req.job.text else None,
+            )
+
+        if feats is None:
+            s, mean, std = self.sam["image_size"], self.sam["pixel_mean"], self.sam["pixel_std"]
+            if self.device_ops is not None:
+                x = await self.pool.run(
+                    self.device_ops.sam_preprocess, await self._on_device(req), s, mean, std
+                )
+            else:
+                x = await self.pool.run(images.sam_preprocess, req.image, s, mean, std)
+            req.clock.mark("decode_image")
+            encoded = self.scheduler.enqueue("encoder", x, ctx)
+            start_scene()
+            feats = await encoded
+            if cache is not None:
+                cache.put(image_key, feats)
+        else:
+            start_scene()
+        req.clock.mark("encoder")
+        await req.send(Progress("encoder", 1.0))
+        return feats
+
+    async def _decode(self, req: RequestState, feats: ImageFeatures) -> tuple[list, np.ndarray | None]:
+        """Decoder calls over the prompts, in chunks of the decoder's batch size."""
+        p = req.job.params
+        coords, labels, grid = mask_ops.prompts(p, req.hw, self.sam["image_size"])
+        step = self.scheduler.max_batch("decoder")
+        # sam2's predicted-IoU filter runs inside the decoder: prompts with no candidate above it are
+        # never upscaled.
+        min_iou = p.pred_iou_thresh if p.prompt_type == "grid" and p.pred_iou_thresh > 0 else -np.inf
+        starts = range(0, len(coords), step)
+        done = 0
+
+        async def chunk(i: int):
+            nonlocal done
+            call = DecodeRequest(
+                feats, coords[i : i + step], labels[i : i + step], min_iou, self.parts.multi_image
+            )
+            out = await self.scheduler.run("decoder", call, req.ctx)
+            done += 1
+            await req.send(Progress("decoder", done / len(starts)))
+            return out
+
+        outs = await asyncio.gather(*[chunk(i) for i in starts])
+        req.clock.mark("decoder")
+        return outs, grid
+
+    async def _select(self, req: RequestState, outs: list, grid: np.ndarray | None) -> MaskData:
+        """The candidates that pass the filters, on their low-res logits."""
+        req.ctx.check()
+        select = self.device_ops.select if self.device_ops is not None else mask_ops.select
+        cand = await self.pool.run(select, req.job.params, outs, grid, req.hw, self.sam)
+        req.clock.mark("filter")
+        return cand
+
+    async def _masks_and_labels(
+        self, req: RequestState, cand: MaskData, scene: SceneExtras
+    ) -> tuple[list[MaskResult], list[LabelResult], list[np.ndarray]]:
+        """Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
+        its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
+        Returns (masks, labels, full masks kept for the overlay on the host path)."""
+        ctx, p = req.ctx, req.job.params
+        text_emb = None
+        if req.job.labels and len(cand):
+            ctx.check()
+            text_emb = await self.labels.text_embeddings(p.vocabulary, ctx)
+            req.clock.mark("clip")
+        step = self.scheduler.max_batch("clip") if text_emb is not None else MASK_CHUNK
+        masks: list[MaskResult] = []
+        labels: list[LabelResult] = []
+        kept_full: list[np.ndarray] = []
+        for start in range(0, len(cand), step):
+            idx = range(start, min(start + step, len(cand)))
+            chunk, full = await self.finish_masks(cand, req.hw, ctx, idx)
+            for r in chunk:
+                r.index = len(masks)
+                masks.append(r)
+            req.clock.mark("upsample")
+            if not chunk:
+                continue
+            await req.send(MasksReady(chunk))
+            if text_emb is not None:
+                labelled = await self._label_chunk(req, chunk, full, text_emb)
+                labels += labelled
+                # total: masks labelled so far + candidates still to come (exact on the last update)
+                await req.send(LabelsUpdate(labelled, len(labels), len(masks) + len(cand) - idx.stop))
+            if self.device_ops is None:  # device masks: depth/text joins and the overlay decode the RLEs
+                await scene.add_chunk(chunk, full, ctx)
+                if p.return_overlay:
+                    kept_full += full
+        if not masks:
+            await req.send(MasksReady([]))
+        return masks, labels, kept_full
+
+    async def finish_masks(
+        self, cand: MaskData, hw, ctx: RequestContext | None = None, idx: range | None = None
+    ) -> tuple[list[MaskResult], list]:
+        """Survivors ``idx`` (default: all) upsampled to the original size, empty ones dropped, RLE +
+        exact box + area; the per-mask work is spread over the CPU pool and stops once ``ctx`` is
+        done. Indices are left to the caller."""
+        idx = range(len(cand)) if idx is None else idx
+        sub = MaskData(**{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")})
+        if self.device_ops is not None:  # full masks stay on the device
+            if ctx is not None:
+                ctx.check()
+            return await self.pool.run(self.device_ops.finish, sub, hw, self.sam["mask_threshold"])
+        full_masks = await self.pool.run(self.finisher.upsample, sub, hw)
+        parts = await self.pool.parallel(
+            lambda r: self.finisher.describe(sub, r, full_masks, hw, ctx), len(sub)
+        )
+        pairs = [pair for part in parts for pair in part]
+        return [r for r, _ in pairs], [m for _, m in pairs]
+
+    async def _label_chunk(
+        self, req: RequestState, chunk: list[MaskResult], full: list, text_emb: np.ndarray
+    ) -> list[LabelResult]:
+        """CLIP labels of one chunk of masks: their crops (on the device, or on the host), one CLIP
+        call, zero-shot classification against the vocabulary's text embeddings."""
+        if self.device_ops is not None:  # the uploaded image and the device masks
+            image = await self._on_device(req)
+            pix = await self.pool.run(self.labels.crops_on_device, self.device_ops, image, chunk, full)
+        else:
+            pix = await self.labels.crops_parallel(req.image, chunk, full, req.ctx)
+        req.clock.mark("crops")
+        emb = await self.scheduler.run("clip", pix, req.ctx)
+        p = req.job.params
+        out = self.labels.classify(emb, text_emb, p.vocabulary, chunk[0].index, p.top_k, p.min_confidence)
+        req.clock.mark("clip")
+        return out
+
+    async def _render(
+        self, req: RequestState, masks: list[MaskResult], labels: list[LabelResult], kept_full: list
+    ) -> bytes:
+        """The overlay PNG when asked for (masks decoded from their RLE on the device path)."""
+        if not req.job.params.return_overlay:
+            return b""
+        captions = [""] * len(masks)
+        for lab in labels:
+            captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
+        if self.device_ops is not None:
+            kept_full = await self.pool.run(lambda: [amg.decode_rle(m.rle) for m in masks])
+        overlay = await self.pool.run(
+            render.render_overlay, req.image, kept_full, captions, 0.45, req.ctx.check
+        )
+        req.clock.mark("render")
+        return overlay

@@ -1,0 +1,197 @@
+"""When work runs and in which batch.
+
+Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue, one
+stage per registered model kind (:mod:`seglabel_server.models.kinds`; e.g. encoder: images; decoder:
+prompt chunks of one image, from one or several requests; clip: crops; text: token rows).
+An inference worker thread (one per group of stages: by default one; on a GPU the encoder has its own,
+so the next batch's encoder overlaps the decoder and CLIP of this one) repeatedly asks
+:func:`pick_stage` which of its stages is ready,
+drains it with :func:`collate_batch` (pure functions, unit-tested without models), and hands the
+batch to :class:`BatchExecutor`, which has the stage's kind collate it, run it on the backend by
+model name and split the outputs into exactly one result per item.
+The asyncio loop only awaits futures: it never blocks on model work.
+
+Triton's semantics: a stage is ready when it holds ``max_batch_size`` units or its oldest item has
+waited ``max_queue_delay`` (default 0: batch whatever is queued, never wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from seglabel_server.backends.base import Backend
+from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
+from seglabel_server.metrics import Metrics
+from seglabel_server.models import kinds
+from seglabel_server.scheduler.batching import StageConfig, WorkItem, collate_batch, pick_stage
+from seglabel_server.types import RequestContext
+
+log = logging.getLogger(__name__)
+
+
+class BatchExecutor:
+    """Runs one batch of one stage on a backend through the stage's kind; exactly one result per item."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def run(self, stage: str, items: Sequence[WorkItem]) -> list[Any]:
+        return kinds.get(stage).execute(self.backend, [i.payload for i in items])
+
+
+class Scheduler:
+    """Bounded per-stage queues + inference worker threads; ``await run(stage, payload, ctx)`` for
+    the pipeline. ``configs`` names the stages, in priority order; ``workers`` groups them, one
+    thread per group (default: one thread for all)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        configs: dict[str, StageConfig],
+        metrics: Metrics | None = None,
+        batching: bool = True,
+        workers: list[list[str]] | None = None,
+    ):
+        self.executor = BatchExecutor(backend)
+        self.configs = configs
+        self.metrics = metrics
+        self.batching = batching
+        self.queues: dict[str, deque] = {s: deque() for s in configs}
+        self.cond = threading.Condition()
+        self.stopping = False
+        groups = workers or [list(configs)]
+        missing = set(configs) - {s for g in groups for s in g}
+        if missing:
+            raise ValueError(f"stages without a worker: {sorted(missing)}")
+        self.threads = []
+        for group in groups:
+            own = {s: c for s, c in configs.items() if s in group}  # keeps the priority order
+            name = "seglabel-inference" + (f"-{'-'.join(own)}" if len(groups) > 1 else "")
+            t = threading.Thread(target=self._loop, args=(own,), name=name, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    # -- client side (asyncio loop) -----------------------------------------------------------------
+    def submit_nowait(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
+        ctx.check()
+        kind = kinds.get(stage)
+        item = WorkItem(stage, payload, kind.size(payload), ctx, key=kind.key(payload))
+        with self.cond:
+            if self.stopping:
+                raise Overloaded("server is shutting down")
+            q = self.queues.get(stage)
+            if q is None:
+                raise Overloaded(f"{stage}: no such stage on this server (model not loaded)")
+            if len(q) >= self.configs[stage].max_queue:
+                if self.metrics:
+                    self.metrics.rejected.labels(stage).inc()
+                raise Overloaded(f"{stage} queue is full ({len(q)} items queued); retry later")
+            q.append(item)
+            if self.metrics:
+                self.metrics.queue_depth.labels(stage).set(len(q))
+            self.cond.notify_all()  # the workers wait on different stages
+        return item.future
+
+    async def run(self, stage: str, payload: Any, ctx: RequestContext) -> Any:
+        """Queue ``payload`` on ``stage`` and wait for its result (batched with other items)."""
+        return await self.enqueue(stage, payload, ctx)
+
+    def enqueue(self, stage: str, payload: Any, ctx: RequestContext) -> Awaitable[Any]:
+        """``run`` in two steps: queued now (its place in the queue is taken before the caller
+        starts anything else), the result awaited later."""
+        return self._wait(self.submit_nowait(stage, payload, ctx))
+
+    @staticmethod
+    async def _wait(fut: concurrent.futures.Future) -> Any:
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    def max_batch(self, stage: str) -> int:
+        return self.configs[stage].max_batch_size
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join(timeout=30)
+        for q in self.queues.values():
+            for item in q:  # (a request that gave up has cancelled its own already)
+                self._fail(item, Cancelled("server stopped"))
+            q.clear()
+
+    # -- worker side --------------------------------------------------------------------------------
+    def _loop(self, configs: dict[str, StageConfig]) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if self.stopping:
+                        return
+                    stage, wait = pick_stage(self.queues, configs, time.monotonic())
+                    if stage is not None:
+                        break
+                    self.cond.wait(timeout=None if wait == float("inf") else wait)
+                batch, dropped = collate_batch(
+                    self.queues[stage], self.configs[stage].max_batch_size, self.batching
+                )
+                if self.metrics:
+                    self.metrics.queue_depth.labels(stage).set(len(self.queues[stage]))
+            for item in dropped:
+                self._fail(
+                    item,
+                    Cancelled("request cancelled before it ran")
+                    if item.ctx.cancelled
+                    else DeadlineExceeded("request passed its deadline before it ran"),
+                )
+            if batch:
+                self._execute(stage, batch)
+
+    def _fail(self, item: WorkItem, exc: BaseException) -> None:
+        if self.metrics:
+            self.metrics.dropped.labels(item.stage).inc()
+        if not item.future.cancelled():
+            try:
+                item.future.set_exception(exc)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+    def _execute(self, stage: str, batch: list[WorkItem]) -> None:
+        start = time.monotonic()
+        for item in batch:
+            # A request's queue time excludes waiting behind its own earlier batches.
+            item.ctx.queue_ms += max(0.0, start - max(item.enqueued, item.ctx.busy_until)) * 1000.0
+            if self.metrics:
+                self.metrics.queue_seconds.labels(stage).observe(start - item.enqueued)
+        try:
+            results = self.executor.run(stage, batch)
+        except BaseException as exc:  # one bad batch fails its own items, never the worker
+            log.exception("%s batch of %d failed", stage, len(batch))
+            for item in batch:
+                self._fail(item, exc)
+            return
+        end = time.monotonic()
+        elapsed = end - start
+        for item in batch:
+            item.ctx.busy_until = end
+        if self.metrics:
+            self.metrics.compute_seconds.labels(stage).observe(elapsed)
+            self.metrics.executions.labels(stage).inc()
+            self.metrics.inferences.labels(stage).inc(sum(i.size for i in batch))
+            self.metrics.requests_per_batch.labels(stage).observe(len(batch))
+            self.metrics.batch_size.labels(stage).observe(sum(i.size for i in batch))
+        for item, result in zip(batch, results):
+            if not item.future.cancelled():
+                try:
+                    item.future.set_result(result)
+                except concurrent.futures.InvalidStateError:
+                    pass

@@ -1,0 +1,111 @@
+"""A request's parameters checked against the limits and completed with the defaults, once, by the
+service; :func:`plan_segment` also decides what the answer will hold from what the server serves."""
+
+from __future__ import annotations
+
+from seglabel_server.errors import InvalidArgument, LimitExceeded
+from seglabel_server.pipeline.config import PipelineConfig
+from seglabel_server.service.capabilities import Capabilities
+from seglabel_server.types import SegmentJob, SegmentParams, TextOptions
+
+
+def _unit(name: str, v: float | None, default: float) -> float:
+    if v is None:
+        return default
+    if not (0.0 <= v <= 1.0):  # also rejects NaN
+        raise InvalidArgument(f"{name} must be within [0, 1], got {v}")
+    return float(v)
+
+
+def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
+    """Fill defaults, enforce limits; raises InvalidArgument / LimitExceeded."""
+    if p.prompt_type not in ("grid", "points", "box"):
+        raise InvalidArgument(f"unknown prompt_type {p.prompt_type!r}")
+    pps = p.points_per_side or c.points_per_side
+    if pps < 1:
+        raise InvalidArgument(f"points_per_side must be positive, got {p.points_per_side}")
+    if pps > c.max_points_per_side:
+        raise LimitExceeded(f"points_per_side {pps} is over the limit {c.max_points_per_side}")
+    if p.prompt_type == "points" and not p.points:
+        raise InvalidArgument("prompt_type POINTS needs at least one point")
+    if p.prompt_type == "box" and not p.boxes:
+        raise InvalidArgument("prompt_type BOX needs at least one box")
+    if len(p.points) > c.max_prompts or len(p.boxes) > c.max_prompts:
+        raise LimitExceeded(f"at most {c.max_prompts} points and {c.max_prompts} boxes per request")
+    if p.max_masks < 0 or p.top_k < 0:
+        raise InvalidArgument("max_masks and top_k must not be negative")
+    if p.max_masks > c.max_masks_limit:
+        raise LimitExceeded(f"max_masks {p.max_masks} is over the limit {c.max_masks_limit}")
+    vocab = tuple(p.vocabulary) or c.vocabulary
+    cleaned = tuple(dict.fromkeys(v.strip() for v in vocab))
+    if any(not v for v in cleaned):
+        raise InvalidArgument("vocabulary entries must not be empty")
+    if any(len(v) > c.max_label_chars for v in cleaned):
+        raise InvalidArgument(f"vocabulary entries must be at most {c.max_label_chars} characters")
+    if len(cleaned) > c.max_vocabulary:
+        raise LimitExceeded(f"vocabulary of {len(cleaned)} labels is over the limit {c.max_vocabulary}")
+    return SegmentParams(
+        prompt_type=p.prompt_type,
+        points_per_side=pps,
+        points=list(p.points),
+        boxes=list(p.boxes),
+        max_masks=p.max_masks or c.max_masks,
+        vocabulary=cleaned,
+        top_k=min(p.top_k or c.top_k, len(cleaned)),
+        min_confidence=_unit("min_confidence", p.min_confidence, 0.0),
+        return_overlay=p.return_overlay,
+        skip_labels=p.skip_labels,
+        multimask=p.multimask,
+        pred_iou_thresh=_unit("pred_iou_thresh", p.pred_iou_thresh, c.pred_iou_thresh),
+        stability_score_thresh=_unit(
+            "stability_score_thresh", p.stability_score_thresh, c.stability_score_thresh
+        ),
+        box_nms_thresh=_unit("box_nms_thresh", p.box_nms_thresh, c.box_nms_thresh),
+        with_depth=p.with_depth,
+        with_text=p.with_text,
+        text_options=resolve_text(c, p.text_options),
+    )
+
+
+def resolve_text(c: PipelineConfig, o: TextOptions | None) -> TextOptions:
+    o = o or TextOptions()
+    return TextOptions(
+        box_thresh=_unit("text box_thresh", o.box_thresh, c.text_box_thresh),
+        min_confidence=_unit("text min_confidence", o.min_confidence, c.text_min_confidence),
+    )
+
+
+def check_prompts_inside(p: SegmentParams, w: int, h: int) -> None:
+    for x, y, _ in p.points:
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise InvalidArgument(f"point ({x}, {y}) is outside the {w}x{h} image")
+    for x0, y0, x1, y1 in p.boxes:
+        if not (x1 > x0 and y1 > y0):
+            raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) must have x1 > x0 and y1 > y0")
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
+
+
+def plan_segment(c: PipelineConfig, p: SegmentParams, caps: Capabilities) -> SegmentJob:
+    """The job the pipeline runs for ``p``: parameters resolved (raises InvalidArgument /
+    LimitExceeded), labels, depth and text decided from what was asked and what is served, and a
+    note for each that is left out. Prompts are checked against the image later, once its size is
+    known (:func:`check_prompts_inside`)."""
+    p = resolve(c, p)
+    notes: dict[str, str] = {}
+    if p.skip_labels:
+        notes["labels"] = "labels skipped at the client's request (skip_labels)"
+    elif not caps.serves("labels"):
+        notes["labels"] = caps.why_not("labels")
+    if p.with_depth and not caps.serves("depth"):
+        notes["depth"] = caps.why_not("depth")
+    if p.with_text and not caps.serves("text"):
+        notes["text"] = caps.why_not("text")
+    return SegmentJob(
+        params=p,
+        labels="labels" not in notes,
+        depth=p.with_depth and "depth" not in notes,
+        text=p.with_text and "text" not in notes,
+        notes=notes,
+        complete=not (set(notes) - ({"labels"} if p.skip_labels else set())),
+    )

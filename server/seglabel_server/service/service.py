@@ -1,0 +1,335 @@
+"""The domain service behind every transport: uploaded files, loading, admission, each request
+resolved and checked once, then run on the pipeline. Raises typed errors; knows nothing of protobuf
+or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from seglabel_server import __version__, memory
+from seglabel_server.errors import (
+    CapabilityUnavailable,
+    InvalidArgument,
+    LimitExceeded,
+    Overloaded,
+    Unavailable,
+    clip_text,
+)
+from seglabel_server.metrics import Metrics
+from seglabel_server.models import images
+from seglabel_server.service import loading
+from seglabel_server.service.budget import (
+    Charge,
+    MemoryBudget,
+    depth_bytes,
+    machine_memory_bytes,
+    request_bytes,
+    text_bytes,
+)
+from seglabel_server.service.capabilities import Capabilities
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.service.params import check_prompts_inside, plan_segment, resolve_text
+from seglabel_server.storage import uploads
+from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParams, SegmentResult, TextOptions
+
+log = logging.getLogger(__name__)
+
+build_pipeline = loading.build_pipeline  # (tests and benchmarks: a pipeline over a backend of theirs)
+
+_FILE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_file_id(file_id: str) -> None:
+    """An upload id is a sha256 in lowercase hex; anything else is refused before any lookup."""
+    if not _FILE_ID.fullmatch(file_id):
+        raise InvalidArgument(
+            f"file_id must be 64 lowercase hex characters (a sha256), got {clip_text(file_id)}"
+        )
+
+
+class SeglabelService:
+    def __init__(self, cfg: ServerConfig, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        # who answers: the Ray Serve replica sets its replica id here
+        self.served_by = f"{socket.gethostname()}:{os.getpid()}"
+        self.files = uploads.open_store(cfg.upload_store, cfg.upload_cache_mb << 20, cfg.upload_ttl_s)
+        self.loaded: loading.Loaded | None = None
+        self.ready = asyncio.Event()
+        self.load_error: str = ""
+        self.inflight = 0
+        self.idle = asyncio.Event()  # set whenever no request is in flight
+        self.idle.set()
+        self.draining = False
+        limit = cfg.max_memory_mb << 20 if cfg.max_memory_mb else machine_memory_bytes() // 2
+        self.budget = MemoryBudget(limit)
+        self.metrics.inflight.set_function(lambda: self.inflight)
+        self.metrics.budget_used.set_function(lambda: self.budget.used)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.loaded.capabilities if self.loaded else Capabilities()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def load(self) -> None:
+        """Load models (in a thread: the loop keeps answering health checks), then warm up."""
+        t0 = time.perf_counter()
+        try:
+            self.loaded = await asyncio.to_thread(loading.load, self.cfg, self.metrics)
+            cache = self.loaded.embeddings
+            self.metrics.embedding_bytes.set_function(lambda: cache.bytes if cache is not None else 0)
+            graphs, seconds = await asyncio.to_thread(self.loaded.backend.warm_up)
+            if graphs:
+                what = "AOTInductor packages" if self.cfg.torch_compile == "aot" else "compiled engines"
+                log.info("%s: %d warm-up runs (every bucket) in %.1fs", what, graphs, seconds)
+            if self.cfg.warmup:
+                await self._warmup()
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("model loading failed: %s", exc)
+            raise
+        self.ready.set()
+        info = self.loaded.backend.info
+        log.info(
+            "models loaded and warmed up in %.1fs (%s on %s, providers %s)%s",
+            time.perf_counter() - t0,
+            info.name,
+            info.device,
+            info.providers,
+            " -- RANDOM WEIGHTS: masks and labels are meaningless" if self.loaded.repo.random_weights else "",
+        )
+
+    async def _warmup(self) -> None:
+        """One small request through every model, and the default vocabulary's text embeddings."""
+        image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+        ctx = RequestContext(request_id="warmup")
+        await self.loaded.run(SegmentParams(prompt_type="points", points=[(32.0, 32.0, 1)]), image, ctx)
+        await self.loaded.pipeline.warm_up(tuple(self.cfg.pipeline.vocabulary), image, ctx)
+
+    async def close(self) -> None:
+        if self.loaded:
+            await asyncio.to_thread(self.loaded.close)
+            self.loaded.backend.close()
+        self.files.close()
+
+    def drain(self) -> None:
+        """Refuse new requests (UNAVAILABLE); those in flight go on."""
+        self.draining = True
+
+    # --------------------------------------------------------------------------------- admission
+    def _require_ready(self) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down; retry on another replica or later")
+        if not self.ready.is_set():
+            raise Unavailable(
+                f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}",
+                retry_after_ms=None if self.load_error else 1000,
+            )
+
+    def _require(self, family: str, what: str) -> None:
+        if not self.capabilities.serves(family):
+            raise CapabilityUnavailable(
+                f"{what} is not available on this server: {self.capabilities.why_not(family)}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self):
+        """One admitted request: counted against --max-inflight, its memory charges (appended to
+        the yielded list) released and the heap trimmed when the server goes idle, whatever the exit."""
+        self._require_ready()
+        if self.inflight >= self.cfg.max_inflight:
+            self.metrics.rejected.labels("admission").inc()
+            raise Overloaded(
+                f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later"
+            )
+        self.inflight += 1
+        self.idle.clear()
+        charges: list[Charge] = []
+        try:
+            yield charges
+        finally:
+            self.inflight -= 1
+            for c in charges:
+                c.release()
+            if self.inflight == 0:
+                self.idle.set()
+                memory.trim()  # freed request memory back to the OS once the server is idle
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.cfg.max_image_bytes:
+            raise LimitExceeded(f"image of {len(data)} bytes is over the limit of {self.cfg.max_image_bytes}")
+
+    async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str):
+        """The request's image, decoded once; ``estimate(w, h)`` (bytes) is charged after the header
+        is read and before the pixels are decoded. Returns (RGB array, milliseconds, sha256 of the
+        bytes: the upload's file_id, or computed for inline bytes when the embedding cache needs it)."""
+        t0 = time.perf_counter()
+        if file_id:
+            check_file_id(file_id)
+        elif not data:
+            raise InvalidArgument(f"{what} needs file_id or image bytes")
+        cache = self.loaded.embeddings
+
+        def admit(w: int, h: int) -> None:
+            charges.append(self.budget.charge(estimate(w, h)))
+
+        def decode():
+            nonlocal data
+            if file_id:
+                data = self.files.get(file_id)  # disk or network: off the event loop
+            self._check_size(data)
+            key = file_id or (hashlib.sha256(data).hexdigest() if cache is not None else None)
+            image = cache.image(key) if cache is not None and key else None
+            if image is not None:  # seen before: decoded already
+                admit(image.shape[1], image.shape[0])
+                return image, key
+            image = images.decode_image(data, self.cfg.max_image_pixels, admit)
+            if cache is not None and key:
+                cache.put_image(key, image)
+            return image, key
+
+        image, key = await asyncio.to_thread(decode)
+        return image, (time.perf_counter() - t0) * 1000.0, key
+
+    # ----------------------------------------------------------------------------------------- calls
+    def upload(self, data: bytes, filename: str = "") -> tuple[str, int, int]:
+        if self.draining:
+            raise Unavailable("server is shutting down; retry on another replica or later")
+        self._check_size(data)
+        image = images.decode_image(data, self.cfg.max_image_pixels)
+        h, w = image.shape[:2]
+        return self.files.put(data, filename), w, h
+
+    def _segment_bytes(self, job: SegmentJob, w: int, h: int) -> int:
+        """Upper bound of the request's peak memory (the budget's charge)."""
+        repo, sched, p = self.loaded.repo, self.loaded.pipeline.scheduler, job.params
+        clip_batch = sched.max_batch("clip") if "clip" in sched.configs else 0
+        n = request_bytes(
+            p, w, h, repo.sam2, repo.clip if job.labels else None, sched.max_batch("decoder"), clip_batch
+        )
+        if job.depth:
+            n += depth_bytes(w, h, repo.manifest["depth"])
+        if job.text:
+            n += text_bytes(w, h)
+        return n
+
+    async def segment(
+        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
+    ) -> SegmentResult:
+        async with self._admitted() as charges:
+            job = plan_segment(self.cfg.pipeline, params, self.capabilities)
+            image, decode_ms, key = await self._image(
+                file_id, data, charges, lambda w, h: self._segment_bytes(job, w, h), "SegmentRequest"
+            )
+            check_prompts_inside(job.params, image.shape[1], image.shape[0])
+            result = await self.loaded.pipeline.run(job, image, ctx, emit, image_key=key)
+            result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
+            result.timings["total"] += decode_ms
+            return result
+
+    async def segment_events(
+        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext
+    ) -> AsyncIterator[object]:
+        """A Segment request as its stream of events (the proto's ``SegmentEvent`` order), ending
+        with ``Done``; the request's error, if any, is raised after the events sent before it. The
+        one stream pump of every transport: leaving the iteration early (the client went away)
+        cancels the request and everything it queued."""
+        events: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(self.segment(params, file_id, data, ctx, events.put))
+        task.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (ev := await events.get()) is not None:
+                yield ev
+                if isinstance(ev, Done):
+                    break
+            await task
+        finally:
+            ctx.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            elif not task.cancelled():
+                task.exception()  # retrieved: an early exit (deadline, client gone) logs nothing
+
+    async def estimate_depth(self, file_id: str | None, data: bytes | None, ctx: RequestContext):
+        """(DepthResult, timings in ms)."""
+        self._require_ready()
+        self._require("depth", "depth")
+        depth = self.loaded.repo.manifest["depth"]
+        async with self._admitted() as charges:
+            t0 = time.perf_counter()
+            image, decode_ms, _ = await self._image(
+                file_id,
+                data,
+                charges,
+                lambda w, h: 2 * w * h * 3 + depth_bytes(w, h, depth),
+                "EstimateDepthRequest",
+            )
+            result = await self.loaded.pipeline.estimate_depth(image, ctx)
+            total = (time.perf_counter() - t0) * 1000.0
+            return result, {
+                "decode_image": decode_ms,
+                "depth": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
+
+    async def extract_text(self, file_id: str | None, data: bytes | None, options: TextOptions | None,
+                           ctx: RequestContext):  # fmt: skip
+        """(TextResult, (width, height), timings in ms)."""
+        self._require_ready()
+        self._require("text", "text extraction")
+        options = resolve_text(self.cfg.pipeline, options)  # bad thresholds: refused before any work
+        async with self._admitted() as charges:
+            t0 = time.perf_counter()
+            image, decode_ms, _ = await self._image(
+                file_id, data, charges, lambda w, h: 2 * w * h * 3 + text_bytes(w, h), "ExtractTextRequest"
+            )
+            text = await self.loaded.pipeline.extract_text(image, ctx, options)
+            total = (time.perf_counter() - t0) * 1000.0
+            timings = {
+                "decode_image": decode_ms,
+                "text": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
+            return text, (image.shape[1], image.shape[0]), timings
+
+    def info(self) -> dict:
+        cfg, loaded, caps = self.cfg, self.loaded, self.capabilities
+        backend = loaded.backend if loaded else None
+        return {
+            "version": __version__,
+            "backend": backend.info.name if backend else cfg.backend,
+            "device": backend.info.device if backend else cfg.device,
+            "providers": list(backend.info.providers) if backend else [],
+            "models": loaded.repo.models_info(backend.loaded()) if loaded else [],
+            "random_weights": bool(loaded and loaded.repo.random_weights),
+            "default_vocabulary": list(cfg.pipeline.vocabulary),
+            "limits": {
+                "max_image_bytes": cfg.max_image_bytes,
+                "max_image_pixels": cfg.max_image_pixels,
+                "max_points_per_side": cfg.pipeline.max_points_per_side,
+                "max_prompts": cfg.pipeline.max_prompts,
+                "max_vocabulary": cfg.pipeline.max_vocabulary,
+                "max_queue": cfg.max_queue,
+                "max_masks": cfg.pipeline.max_masks_limit,
+                "max_memory_bytes": self.budget.limit,
+                "embedding_cache_bytes": cfg.embedding_cache_mb << 20,
+            },
+            "labels_unavailable_reason": caps.why_not("labels"),
+            "depth_unavailable_reason": caps.why_not("depth"),
+            "text_unavailable_reason": caps.why_not("text"),
+            "served_by": self.served_by,
+            "upload_store": self.files.describe(),
+        }

@@ -1,0 +1,17 @@
+"""The one bearer-token check, for gRPC's ``authorization`` metadata and HTTP's header alike."""
+
+from __future__ import annotations
+
+import hmac
+
+from seglabel_server.errors import Unauthenticated
+
+
+def check_bearer(sent: str, token: str) -> None:
+    """``sent`` (the ``authorization`` value) must be ``Bearer <token>``, compared in constant time;
+    raises Unauthenticated otherwise."""
+    if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        return
+    raise Unauthenticated(
+        "missing or wrong bearer token" if sent else "this server needs a bearer token (authorization)"
+    )

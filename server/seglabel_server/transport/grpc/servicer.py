@@ -1,0 +1,82 @@
+"""gRPC servicer: protobuf in, one service call, protobuf out. Failures and request metrics are the
+interceptor's (``interceptor.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import grpc
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
+
+from seglabel_server.service import SeglabelService
+from seglabel_server.transport.grpc import convert
+from seglabel_server.types import RequestContext
+
+
+def _context_for(context: grpc.aio.ServicerContext) -> RequestContext:
+    ctx = RequestContext()
+    remaining = context.time_remaining()
+    if remaining is not None:
+        ctx.deadline = time.monotonic() + remaining
+    return ctx
+
+
+class SegmenterServicer(pb_grpc.SegmenterServicer):
+    def __init__(self, service: SeglabelService):
+        self.service = service
+
+    async def Upload(self, request: pb.UploadRequest, context) -> pb.UploadResponse:
+        file_id, w, h = await asyncio.to_thread(self.service.upload, request.image, request.filename)
+        return pb.UploadResponse(file_id=file_id, width=w, height=h, filename=request.filename)
+
+    async def Segment(self, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
+        ctx = _context_for(context)
+        try:
+            result = await self.service.segment(
+                convert.params_from_pb(request), request.file_id or None, request.image or None, ctx
+            )
+        finally:
+            ctx.cancel()  # anything of this request still queued is dropped
+        return convert.result_to_pb(result)
+
+    async def EstimateDepth(self, request: pb.EstimateDepthRequest, context) -> pb.EstimateDepthResponse:
+        ctx = _context_for(context)
+        try:
+            depth, timings = await self.service.estimate_depth(
+                request.file_id or None, request.image or None, ctx
+            )
+        finally:
+            ctx.cancel()
+        return convert.depth_response_to_pb(depth, timings)
+
+    async def ExtractText(self, request: pb.ExtractTextRequest, context) -> pb.ExtractTextResponse:
+        ctx = _context_for(context)
+        try:
+            text, (w, h), timings = await self.service.extract_text(
+                request.file_id or None,
+                request.image or None,
+                convert.text_options_from_pb(request.options),
+                ctx,
+            )
+        finally:
+            ctx.cancel()
+        return convert.text_response_to_pb(text, w, h, timings)
+
+    async def GetServerInfo(self, request, context) -> pb.ServerInfo:
+        return convert.info_to_pb(self.service.info())
+
+    async def StreamSegment(self, request: pb.SegmentRequest, context):
+        """Events while the work runs; a client that goes away cancels the work (the generator is
+        closed, and with it the service's stream and everything the request queued)."""
+        events = self.service.segment_events(
+            convert.params_from_pb(request),
+            request.file_id or None,
+            request.image or None,
+            _context_for(context),
+        )
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                yield convert.event_to_pb(ev)

@@ -1,0 +1,201 @@
+"""HTTP/JSON gateway (FastAPI) in the server process: the original application's routes on the same
+service object as gRPC (no second pipeline, no gRPC hop).
+
+    POST /upload                    multipart field ``image`` -> {"file_id", "width", "height", "filename"}
+    POST /segment                   JSON {"file_id" | "image" (base64), "prompt_type": "grid", ...}
+                                    -> {"success", "segmented_image": "data:image/png;base64,...",
+                                        "mask_count", "labels": [{"label", "confidence", "mask_index", "top_k"}],
+                                        "masks" (COCO RLE), "timings", ...}
+    POST /segment/stream            the same body; Server-Sent Events carrying StreamSegment's events
+    GET  /depth/{file_id}           relative depth: coloured PNG (data URL), 16-bit codes, min/max
+    POST /extract_text/{file_id}    {"text": full text, "lines": [...]}
+    GET  /info, GET /healthz
+    GET  /                          the web page (static files shipped in the package, under /static)
+
+Bodies and answers are the gRPC messages' (``json.py``); errors are ``{"error": {"code", "message"}}``
+with the status of their kind (``middleware.py``); the bearer token is the gRPC one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticated, error_kind
+from seglabel_server.transport.auth import check_bearer
+from seglabel_server.transport.grpc import convert
+from seglabel_server.transport.http import json as wire
+from seglabel_server.transport.http.middleware import (
+    BodyLimit,
+    HttpMetrics,
+    error_response,
+    until_disconnected,
+)
+from seglabel_server.types import RequestContext
+
+WEB = Path(__file__).with_name("web")
+PUBLIC = ("/healthz", "/")  # no token needed: health and the page (with its files under /static/)
+
+
+# The bodies' declared shapes (FastAPI validates them and lists them in /openapi.json); their fields
+# are the gRPC request's, read by ``json.segment_request``.
+class PointIn(BaseModel):
+    x: float
+    y: float
+    positive: bool = True
+
+
+class BoxIn(BaseModel):
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class TextOptionsIn(BaseModel):
+    box_thresh: float | None = None
+    min_confidence: float | None = None
+
+
+class SegmentBody(BaseModel):
+    """As the original ``/segment``, plus the gRPC request's options (0 / absent: server default)."""
+
+    file_id: str | None = None
+    image: str | None = Field(None, description="base64 of the encoded image, instead of file_id")
+    prompt_type: Literal["grid", "points", "box"] = "grid"
+    points_per_side: int = 0
+    points: list[PointIn] = []
+    boxes: list[BoxIn] = []
+    max_masks: int = 0
+    vocabulary: list[str] = []
+    top_k: int = 0
+    min_confidence: float | None = None
+    return_overlay: bool = True
+    skip_labels: bool = False
+    multimask: bool = False
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+    box_nms_thresh: float | None = None
+    with_depth: bool = False
+    with_text: bool = False
+    text_options: TextOptionsIn = TextOptionsIn()
+
+    def call(self) -> tuple:
+        """(params, file_id, image bytes): what the service's segment call takes."""
+        req = wire.segment_request(self.model_dump())
+        return convert.params_from_pb(req), req.file_id or None, req.image or None
+
+
+def create_app(service, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
+    """(the ASGI app to serve: the routes inside their middleware, the FastAPI app itself)."""
+    app = FastAPI(
+        title="seglabel",
+        description="SAM2.1 segmentation + CLIP labels, depth and OCR over HTTP/JSON (the gRPC API's twin).",
+        version=service.info()["version"],
+    )
+
+    @app.exception_handler(SeglabelError)
+    async def _domain(request: Request, exc: SeglabelError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+            for e in exc.errors()[:5]
+        )
+        return error_response(InvalidArgument(f"malformed request: {problems}"))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        return error_response(exc)
+
+    if token:
+
+        @app.middleware("http")
+        async def _auth(request: Request, call_next):
+            path = request.url.path
+            if not (path in PUBLIC or path.startswith("/static/")):
+                try:
+                    check_bearer(request.headers.get("authorization", ""), token)
+                except Unauthenticated as exc:
+                    return error_response(exc)
+            return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        """The web page: upload, grid segmentation with streamed labels, click to segment, COCO JSON."""
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.get("/healthz")
+    async def healthz():
+        ready = service.ready.is_set() and not service.draining
+        return JSONResponse({"status": "SERVING" if ready else "NOT_SERVING"}, 200 if ready else 503)
+
+    @app.get("/info")
+    async def info():
+        return wire.message_json(convert.info_to_pb(service.info()))
+
+    @app.post("/upload")
+    async def upload(request: Request):
+        form = await request.form()
+        image = form.get("image")
+        if image is None or not hasattr(image, "read"):
+            raise InvalidArgument("multipart field 'image' (a file) is required")
+        data = await image.read()
+        filename = str(form.get("filename") or getattr(image, "filename", "") or "")
+        file_id, w, h = await asyncio.to_thread(service.upload, data, filename)
+        return {"file_id": file_id, "width": w, "height": h, "filename": filename}
+
+    @app.post("/segment")
+    async def segment(body: SegmentBody, request: Request):
+        ctx = RequestContext()
+        result = await until_disconnected(request, ctx, service.segment(*body.call(), ctx))
+        return wire.message_json(convert.result_to_pb(result))
+
+    @app.post("/segment/stream")
+    async def segment_stream(body: SegmentBody):
+        """Server-Sent Events: ``event: accepted|progress|masks|label_update|depth|text|summary|error``,
+        ``data:`` the event as JSON, in StreamSegment's order."""
+        events = service.segment_events(*body.call(), RequestContext())
+
+        async def stream():
+            async with contextlib.aclosing(events):  # the client went away: the request is cancelled
+                try:
+                    async for ev in events:
+                        name, payload = wire.event_json(ev)
+                        yield f"event: {name}\ndata: {json.dumps(payload)}\n\n"
+                except Exception as exc:
+                    kind, message = error_kind(exc)
+                    yield f"event: error\ndata: {json.dumps({'code': kind.value, 'message': message})}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/depth/{file_id}")
+    async def depth(file_id: str, request: Request):
+        ctx = RequestContext()
+        result, timings = await until_disconnected(request, ctx, service.estimate_depth(file_id, None, ctx))
+        return wire.flat(convert.depth_response_to_pb(result, timings), "depth")
+
+    @app.post("/extract_text/{file_id}")
+    async def extract_text(file_id: str, request: Request, options: TextOptionsIn | None = None):
+        ctx = RequestContext()
+        opts = convert.text_options_from_pb(wire.text_options(options.model_dump() if options else None))
+        result, (w, h), timings = await until_disconnected(
+            request, ctx, service.extract_text(file_id, None, opts, ctx)
+        )
+        return wire.flat(convert.text_response_to_pb(result, w, h, timings), "text")
+
+    limited = BodyLimit(app, service.cfg.max_image_bytes * 4 // 3 + (1 << 20))
+    return HttpMetrics(limited, app, service.metrics), app

@@ -1,0 +1,332 @@
+"""The same service on Ray Serve replicas (the ``ray`` extra), reached through Ray Serve's gRPC
+proxy with the project's own ``seglabel.v1.Segmenter`` methods (streaming included) and
+``grpc.health.v1`` ``Check``, so the existing client, CLI and ``wait_ready`` work unchanged.
+
+Two deployments: ``Seglabel`` replicas each run the whole server (model kinds, scheduler,
+per-stage batching, embedding cache) with the CPUs / fractional GPUs Ray reserves for them;
+``SeglabelIngress`` (no CPU reserved) is what the proxy calls and routes each call to a replica
+through Ray's deployment handle, so that a replica that dies mid-request is retried on another
+instead of surfacing as the proxy's INTERNAL "actor died".
+
+Ray's parts are used where they replace ours: request routing across replicas, replica health
+(``check_health``; a replica counts as started only once its models are loaded and warmed up, since
+that happens in its constructor), restarts, autoscaling on ongoing requests, CPU / GPU placement.
+Uploads must be visible to every replica: use ``upload_store`` ``redis://...`` (or a ``disk:``
+folder on one machine); image embeddings stay cached per replica.
+
+    seglabel-ray --models models --replicas 2 --upload-store redis://127.0.0.1:6379/0
+    serve run server/seglabel_server/transport/ray/serve.yaml          # the same, from Ray's own config file
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+
+from seglabel_server.service import SeglabelService
+from seglabel_server.service.config import (
+    ConfigError,
+    ServerConfig,
+    add_flags,
+    apply_settings,
+    settings_from_args,
+)
+from seglabel_server.transport.grpc.interceptor import grpc_status
+from seglabel_server.transport.grpc.servicer import SegmenterServicer
+
+log = logging.getLogger(__name__)
+
+SERVICER_FUNCTIONS = [
+    "seglabel_server.transport.ray.proxy.add_segmenter",
+    "seglabel_server.transport.ray.proxy.add_health",
+]
+REPLICA_HEADER = "seglabel-replica"
+
+
+class _NoDeadline:
+    """What the servicer asks of a gRPC context, for a call that arrived through Ray (the proxy
+    enforces its own request_timeout_s)."""
+
+    def time_remaining(self):
+        return None
+
+
+@serve.deployment(
+    name="Seglabel", max_ongoing_requests=16, health_check_period_s=5, graceful_shutdown_timeout_s=30
+)
+class SeglabelReplica:
+    """One replica: the whole server (service, pipeline, scheduler, embedding cache) in a Ray actor.
+    Each method answers ``(reply, replica id)``; domain errors are raised as they are."""
+
+    async def __init__(self, server: dict | None = None, pin_cpus: int = 0):
+        ctx = serve.get_replica_context()
+        if pin_cpus and ctx:
+            log.info(
+                "replica pinned to CPUs %s", pin_to_cpus(getattr(ctx.rank, "local_rank", 0) or 0, pin_cpus)
+            )
+        cfg = ServerConfig(port=0)
+        apply_settings(
+            cfg, dict(server or {}), "the Ray application's args.server"
+        )  # ConfigError, never an exit
+        self.service = SeglabelService(cfg)
+        if ctx:  # "<Ray replica id> <host>:<pid>"
+            self.service.served_by = f"{ctx.replica_id.unique_id} {self.service.served_by}"
+        self.servicer = SegmenterServicer(self.service)
+        t0 = time.perf_counter()
+        await self.service.load()  # the replica starts (and is routed to) only once this is done
+        log.info("replica %s SERVING after %.1fs (uploads: %s)", self.service.served_by,
+                 time.perf_counter() - t0, self.service.files.describe())  # fmt: skip
+
+    async def check_health(self) -> None:
+        if not self.service.ready.is_set() or self.service.draining:
+            raise RuntimeError(f"replica {self.service.served_by} is not serving")
+
+    async def call(self, method: str, request):
+        if method not in UNARY:
+            raise ValueError(f"not a unary method of Segmenter: {method}")
+        return await getattr(self.servicer, method)(request, _NoDeadline()), self.service.served_by
+
+    async def stream(self, request):
+        async for event in self.servicer.StreamSegment(request, _NoDeadline()):
+            yield event, self.service.served_by
+
+    async def serving(self) -> bool:
+        return self.service.ready.is_set() and not self.service.draining
+
+
+def pin_to_cpus(local_rank: int, n: int) -> list[int]:
+    """Bind every thread of this process (and those it starts later) to ``n`` of the machine's
+    cores, chosen by the replica's rank on its node, so that replicas do not share cores: Ray's
+    ``num_cpus`` is only an accounting unit."""
+    cores = sorted(os.sched_getaffinity(0))
+    start = (local_rank * n) % len(cores)
+    chosen = sorted({cores[(start + i) % len(cores)] for i in range(n)})
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), chosen)
+    return chosen
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What a replica raised, out of the RayTaskError the handle wraps it in."""
+    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
+UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo")
+# A replica that dies (crash, OOM kill, node lost) or cannot be reached: the call is retried on
+# another one, and if none answers, UNAVAILABLE (which the client retries too).
+ATTEMPTS = 3
+
+
+@serve.deployment(name="SeglabelIngress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class SeglabelIngress:
+    """What Ray Serve's gRPC proxy calls: the ``seglabel.v1.Segmenter`` methods and
+    ``grpc.health.v1`` ``Check``. Holds no model; routes each call to a replica through Ray's
+    deployment handle (Ray picks the replica), turns a replica's death into a retry on another one
+    (before a stream's first event) or UNAVAILABLE, domain errors into their status codes, and names
+    the replica that answered in the trailing metadata ``seglabel-replica``."""
+
+    def __init__(self, replicas):
+        self.replicas = replicas
+
+    @staticmethod
+    def _fail(grpc_context, code, details: str, pushback_ms=None):
+        if grpc_context is not None:
+            grpc_context.set_code(code)
+            grpc_context.set_details(details)
+            if pushback_ms:
+                grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback_ms)))])
+
+    def _raise(self, exc: BaseException, grpc_context):
+        """A replica's exception as the client's status: domain errors by kind, a lost replica
+        UNAVAILABLE, anything else INTERNAL."""
+        cause = _cause(exc)
+        if isinstance(cause, RayActorError):
+            self._fail(
+                grpc_context, grpc.StatusCode.UNAVAILABLE, f"replica lost ({type(cause).__name__}); retry"
+            )
+        else:
+            code, details = grpc_status(cause)
+            self._fail(grpc_context, code, details, getattr(cause, "retry_after_ms", None))
+        raise cause from None
+
+    async def _unary(self, method: str, request, grpc_context):
+        for attempt in range(ATTEMPTS):
+            try:
+                reply, replica = await self.replicas.call.remote(method, request)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(_cause(exc), RayActorError) and attempt + 1 < ATTEMPTS:
+                    log.warning("%s: replica lost (%s), retrying on another", method, type(exc).__name__)
+                    continue
+                self._raise(exc, grpc_context)
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
+        return reply
+
+    async def Upload(self, request, grpc_context=None):
+        return await self._unary("Upload", request, grpc_context)
+
+    async def Segment(self, request, grpc_context=None):
+        return await self._unary("Segment", request, grpc_context)
+
+    async def EstimateDepth(self, request, grpc_context=None):
+        return await self._unary("EstimateDepth", request, grpc_context)
+
+    async def ExtractText(self, request, grpc_context=None):
+        return await self._unary("ExtractText", request, grpc_context)
+
+    async def GetServerInfo(self, request, grpc_context=None):
+        return await self._unary("GetServerInfo", request, grpc_context)
+
+    async def StreamSegment(self, request, grpc_context=None):
+        """Retried on another replica only while no event was sent; after that a lost replica ends
+        the stream with UNAVAILABLE (the client decides: gRPC never retries a committed stream)."""
+        for attempt in range(ATTEMPTS):
+            sent = 0
+            try:
+                async for event, replica in self.replicas.options(stream=True).stream.remote(request):
+                    if sent == 0 and grpc_context is not None:
+                        grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
+                    sent += 1
+                    yield event
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(_cause(exc), RayActorError) and sent == 0 and attempt + 1 < ATTEMPTS:
+                    log.warning(
+                        "StreamSegment: replica lost (%s) before the first event, retrying",
+                        type(exc).__name__,
+                    )
+                    continue
+                self._raise(exc, grpc_context)
+
+    async def Check(self, request, grpc_context=None):
+        """SERVING when a replica answers that it is (models loaded and warm)."""
+        try:
+            serving = await self.replicas.serving.remote()
+        except Exception:
+            serving = False
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def build(args: dict) -> serve.Application:
+    """Application builder (``import_path: seglabel_server.transport.ray.app:build``). ``args``:
+    ``server`` (ServerConfig fields, as in --config files), and the deployment's Ray options:
+    ``num_replicas`` or ``autoscaling`` ({min_replicas, max_replicas, target_ongoing_requests}),
+    ``num_cpus``, ``num_gpus`` (fractional allowed), ``max_ongoing_requests``, ``pin_cpus``
+    (bind each replica to its own ``num_cpus`` cores; CPU-only machines)."""
+    args = dict(args or {})
+    server = dict(args.pop("server", {}))
+    apply_settings(
+        ServerConfig(), server, "the Ray application's args.server"
+    )  # checked before any replica starts
+    num_cpus = float(args.pop("num_cpus", 1))
+    pin = max(1, int(num_cpus)) if args.pop("pin_cpus", False) else 0
+    options: dict = {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": float(args.pop("num_gpus", 0))}}
+    # one replica = one slice of the machine: its runtimes use the CPUs Ray reserved for it
+    server.setdefault("threads", max(1, int(num_cpus)))
+    server.setdefault("cpu_threads", max(1, int(num_cpus)))
+    if "autoscaling" in args:
+        options["autoscaling_config"] = dict(args.pop("autoscaling"))
+    else:
+        options["num_replicas"] = int(args.pop("num_replicas", 1))
+    if "max_ongoing_requests" in args:
+        options["max_ongoing_requests"] = int(args.pop("max_ongoing_requests"))
+    if args:
+        raise ValueError(f"unknown Ray application args {sorted(args)}")
+    return SeglabelIngress.bind(SeglabelReplica.options(**options).bind(server, pin))
+
+
+def start(args: dict, grpc_port: int = 9000, http_port: int = 8000, host: str = "127.0.0.1",
+          num_cpus: int | None = None, name: str = "seglabel", address: str | None = None):  # fmt: skip
+    """Start a local Ray cluster (or join ``address``, e.g. "auto"), Serve with the gRPC proxy on
+    ``grpc_port``, and the application; returns once every replica is SERVING (loaded and warm)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING)  # fmt: skip
+    serve.start(
+        http_options={"host": host, "port": http_port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
+    )
+    return serve.run(build(args), name=name, route_prefix="/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``seglabel-ray``: Ray's options, then every ``seglabel-server`` setting (the same flags and
+    ``--config`` file, from the same config dataclass) for the replicas."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ray_opts = ap.add_argument_group("Ray Serve")
+    ray_opts.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
+    ray_opts.add_argument(
+        "--min-replicas", type=int, default=0, help="with --max-replicas: autoscale between"
+    )
+    ray_opts.add_argument("--max-replicas", type=int, default=0)
+    ray_opts.add_argument("--target-ongoing-requests", type=float, default=4.0)
+    ray_opts.add_argument(
+        "--num-cpus", type=float, default=1.0, help="CPUs per replica (its runtime threads)"
+    )
+    ray_opts.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (fractional allowed)")
+    ray_opts.add_argument(
+        "--pin-cpus", action="store_true", help="bind each replica to its own cores (CPU machines)"
+    )
+    ray_opts.add_argument("--grpc-port", type=int, default=9000, help="Ray's gRPC proxy")
+    ray_opts.add_argument("--http-port", type=int, default=8000, help="Ray's own HTTP proxy (health only)")
+    ray_opts.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one here")
+    add_flags(ap, exclude=frozenset({"port", "http_port"}))  # the proxy's ports are Ray's
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = settings_from_args(a)
+        apply_settings(ServerConfig(), server, a.config or "the command line")
+    except ConfigError as exc:
+        ap.error(str(exc))
+    if server.get("upload_store", "memory") == "memory" and (a.replicas > 1 or a.max_replicas > 1):
+        log.warning(
+            "--upload-store memory with several replicas: an upload is seen only by the replica that got it"
+        )
+    args: dict = {"server": server, "num_cpus": a.num_cpus, "num_gpus": a.num_gpus, "pin_cpus": a.pin_cpus}
+    if a.max_replicas:
+        args["autoscaling"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                               "target_ongoing_requests": a.target_ongoing_requests}  # fmt: skip
+    else:
+        args["num_replicas"] = a.replicas
+    host = server.get("host", "127.0.0.1")
+    start(args, a.grpc_port, a.http_port, host, address=a.address)
+    print(
+        f"seglabel on Ray Serve: gRPC {host}:{a.grpc_port} (seglabel.v1.Segmenter, grpc.health.v1)",
+        flush=True,
+    )
+    stop = asyncio.Event()
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    asyncio.run(wait())
+    serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
