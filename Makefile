@@ -100,13 +100,14 @@ system-deps:
 # Two worker processes, one test file each at a time (a file's fixtures stay in one process): much of
 # the suite waits on servers, browsers and Ray, so two workers finish sooner even on two cores.
 TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 test: $(VENV)/.installed proto system-deps
-	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
+	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The loop while editing: unit tests and the quick integration tests (tiny models; no compilation,
 # browser, Ray or full-size export: those are marked slow, the GPU's gpu). make test runs them all.
 test-fast: $(VENV)/.installed proto
-	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu" tests
+	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu" $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check server export client tests scripts

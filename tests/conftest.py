@@ -98,3 +98,10 @@ def redis_url():
     server = RedisProcess(path)
     yield server.url
     server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first (each file's own order kept): make test's two workers then share
+    the long files from the start instead of one of them finishing the suite alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
