@@ -22,7 +22,9 @@ def reference_models(manifest: dict, device: str = "cpu") -> tuple[torch.nn.Modu
     return sources.build_sam2(sam_spec).to(device).eval(), sources.build_clip(clip_spec).to(device).eval()
 
 
-def sam2_generator(sam, grid: int, iou: float, stability: float = 0.0, nms: float = 1.0, output_mode="binary_mask"):
+def sam2_generator(
+    sam, grid: int, iou: float, stability: float = 0.0, nms: float = 1.0, output_mode="binary_mask"
+):
     """sam2's ``SAM2AutomaticMaskGenerator`` on ``sam``, 64 prompts per batch. Its predictor
     hard-codes the 1024-px feature sizes: they are set to the model's own (smaller test models)."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
@@ -50,7 +52,9 @@ class PerMaskClip:
 
         self.clip, self.vocabulary, self.device = clip, list(vocabulary), device
         size = clip.visual.image_size
-        self.preprocess = open_clip.image_transform(size[0] if isinstance(size, (tuple, list)) else size, is_train=False)
+        self.preprocess = open_clip.image_transform(
+            size[0] if isinstance(size, (tuple, list)) else size, is_train=False
+        )
         tokens = open_clip.get_tokenizer(architecture)([f"a photo of a {v}." for v in self.vocabulary])
         with torch.inference_mode():
             self.text = clip.encode_text(tokens.to(device), normalize=True)
