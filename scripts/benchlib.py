@@ -1,12 +1,11 @@
-"""What the benchmark scripts share: the photo they run on, the predicted-IoU threshold that fixes
-the number of masks on random weights, and the helpers of ``seglabel_client.bench`` (a free port)."""
+"""What the benchmark scripts share: the photo they run on, and the predicted-IoU threshold that fixes
+the number of masks on random weights (a free port is ``seglabel_client.bench.free_port``)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 from seglabel_api import sample_image_bytes
-from seglabel_client.bench import free_port  # noqa: F401  (one helper for scripts and tests)
 from seglabel_server import amg
 from seglabel_server.models import images
 from seglabel_server.models.kinds import sam2

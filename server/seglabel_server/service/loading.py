@@ -28,8 +28,9 @@ from seglabel_server.types import RequestContext, SegmentParams, SegmentResult
 
 log = logging.getLogger(__name__)
 
-# manifest family of each optional capability
+# the manifest family of each optional capability, and back
 _FAMILY = {"labels": "clip", "depth": "depth", "text": "ocr"}
+_CAPABILITY = {family: what for what, family in _FAMILY.items()}
 
 
 @dataclass
@@ -78,8 +79,7 @@ def load(cfg: ServerConfig, metrics: Metrics | None = None) -> Loaded:
                 raise
             # Segmentation works without the optional models: serve without them, say why.
             log.warning("%s failed to load (%s); serving without it", family, exc)
-            what = next(c for c, f in _FAMILY.items() if f == family)
-            missing[what] = (
+            missing[_CAPABILITY.get(family, family)] = (
                 f"CLIP failed to load: {exc}"
                 if family == "clip"
                 else f"{family} models failed to load: {exc}"

@@ -44,8 +44,6 @@ from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParam
 
 log = logging.getLogger(__name__)
 
-build_pipeline = loading.build_pipeline  # (tests and benchmarks: a pipeline over a backend of theirs)
-
 _FILE_ID = re.compile(r"[0-9a-f]{64}")
 
 
