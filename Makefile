@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-gpu gpu-wheels soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -127,14 +127,20 @@ bench-clicks: models
 bench-ray: models
 	$(PY) scripts/bench_ray.py --models $(MODELS)
 
-# Abuse harness on the full-size models: mixed good / cancelled / deadline / slow / bad requests.
-# The server runs with --arena-shrinkage: the configuration that keeps RSS bounded after bursts
-# (measured end/start 1.04; without it ONNX Runtime's arena keeps its peak, 1.40). SOAK_SERVER_ARGS=
-# runs the default configuration.
+# Soak on the full-size models, default settings: a dataset job's window of requests in flight
+# (distinct images, grid 16, labels) beside mixed good / cancelled / deadline / slow / bad requests.
+# docs/operations.md has a 30-minute run: make soak SOAK_SECONDS=1800.
 SOAK_SECONDS ?= 300
-SOAK_SERVER_ARGS ?= --arena-shrinkage
+SOAK_SERVER_ARGS ?=
 soak: models
 	$(PY) scripts/soak.py --models $(MODELS) --duration $(SOAK_SECONDS) -- $(SOAK_SERVER_ARGS)
+
+# One request's memory (peak over the idle server, RSS after, the budget's estimate against the
+# peak; and over the same request for 1 mask): grid 16 / 32 / 64 at 1 and 4 MP, 1000 masks, then
+# grid 32 with labels.
+bench-memory: models
+	$(PY) scripts/bench_memory.py --models $(MODELS) --grids 16,32,64 --sizes 1000,2000 --labels off --floor
+	$(PY) scripts/bench_memory.py --models $(MODELS) --grids 32 --sizes 1000 --labels on
 
 bench: models
 	bash scripts/bench_batching.sh $(VENV) $(MODELS)

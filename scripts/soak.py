@@ -1,9 +1,13 @@
-"""Soak and abuse harness: a real server (a child process on 127.0.0.1) under several clients that
-mix good requests, cancelled streams, short deadlines, slow readers and bad inputs, for a bounded
-time. Prints requests per status, p50/p99 of the good ones (and their unloaded p99), the server's
-RSS at start / peak / end, threads and asyncio tasks before and after, and its exit code on SIGTERM.
+"""Soak and abuse harness: a real server (a child process on 127.0.0.1) under the load a dataset
+job makes (``--window`` workers, each keeping one StreamSegment in flight on a distinct image, grid
+16 with labels) beside clients that mix good requests, cancelled streams, short deadlines, slow
+readers and bad inputs, for a bounded time. Prints requests per status (a dataset request refused
+at the door is retried after the server's pushback; one that fails after ``accepted`` is counted
+apart), p50/p99 of the dataset and good requests against their unloaded p99, the server's RSS
+(after warm-up, through the run, at the end; loaded and idle), threads, asyncio tasks and open files
+before and after, and its exit code on SIGTERM.
 
-    python scripts/soak.py --models models --duration 300          # make soak
+    python scripts/soak.py --models models --duration 1800          # make soak SOAK_SECONDS=1800
 """
 
 from __future__ import annotations
@@ -38,7 +42,27 @@ def proc_status(pid: int) -> dict[str, int]:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "Threads"):
                 out[key] = int(value.split()[0])
+    out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     return out
+
+
+_BASES: dict[str, np.ndarray] = {}
+
+
+def distinct_image(i: int) -> bytes:
+    """The i-th image of a dataset: a 640x480 crop of a bundled photo (scaled to 800x600) at its own
+    offset, mirrored every other time, PNG: distinct bytes, so no cache answers for another."""
+    name = ("astronaut.jpg", "coffee.jpg")[i % 2]
+    if name not in _BASES:
+        img = Image.open(io.BytesIO(sample_image_bytes(name))).convert("RGB").resize((800, 600))
+        _BASES[name] = np.asarray(img)
+    y, x = (i * 37) % 120, (i * 53) % 160
+    crop = _BASES[name][y : y + 480, x : x + 640]
+    if (i // 2) % 2:
+        crop = crop[:, ::-1]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def metric(port: int, name: str) -> float:
@@ -77,6 +101,10 @@ class Soak:
         self.statuses: Counter = Counter()
         self.refused = False
         self.good_ms: list[float] = []
+        self.dataset = dict(points_per_side=16, max_masks=args.window_masks, overlay=False, **LOOSE)
+        self.dataset_ms: list[float] = []
+        self.next_image = 0
+        self.failed_after_accepted: list[str] = []
 
     def count(self, kind: str, code: str) -> None:
         self.statuses[(kind, code)] += 1
@@ -129,6 +157,37 @@ class Soak:
         except ValueError:
             self.count("bad", "CLIENT_REFUSED")
 
+    async def dataset_request(self, c, image: bytes) -> str:
+        """One dataset item as a stream: 'OK', 'REFUSED' (before accepted: retry it) or the code it
+        failed with after accepted."""
+        t0, accepted = time.perf_counter(), False
+        call = c.stub.StreamSegment(c_request(image, self.dataset), metadata=c.metadata)
+        try:
+            async for ev in call:
+                accepted = accepted or ev.WhichOneof("event") == "accepted"
+            self.dataset_ms.append((time.perf_counter() - t0) * 1000)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            if not accepted and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                trailers = dict(exc.trailing_metadata() or ())
+                await asyncio.sleep(int(trailers.get("grpc-retry-pushback-ms", 500)) / 1000)
+                return "REFUSED"
+            self.failed_after_accepted.append(f"{exc.code().name}: {exc.details()}")
+            return exc.code().name
+
+    async def dataset_worker(self, until: float) -> None:
+        """One slot of a dataset job's window: distinct images, one after the other; a refused
+        image is retried after the pushback."""
+        async with AsyncSegmenterClient(self.target, timeout=900) as c:
+            while time.monotonic() < until:
+                image = distinct_image(self.next_image)
+                self.next_image += 1
+                while True:
+                    outcome = await self.dataset_request(c, image)
+                    self.statuses[("dataset", outcome)] += 1
+                    if outcome != "REFUSED" or time.monotonic() >= until:
+                        break
+
     async def client(self, until: float) -> None:
         actions = [self.good_request, self.cancelled, self.deadline, self.slow_reader, self.bad_request]
         weights = [40, 15, 10, 10, 25]
@@ -167,38 +226,54 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(args, port: int, pid: int, metrics_port: int) -> dict:
     soak = Soak(args, port)
-    async with AsyncSegmenterClient(soak.target, timeout=600) as c:
-        unloaded = []
+    async with AsyncSegmenterClient(soak.target, timeout=900) as c:
+        unloaded, unloaded_dataset = [], []
         for _ in range(args.unloaded):
             t0 = time.perf_counter()
             await c.segment(soak.photo, **soak.good)
             unloaded.append((time.perf_counter() - t0) * 1000)
+        for i in range(args.unloaded):
+            assert await soak.dataset_request(c, distinct_image(10_000 + i)) == "OK"
+        unloaded_dataset, soak.dataset_ms = soak.dataset_ms, []
         sequential = proc_status(pid)
-        # Warm-up at the admitted concurrency: the working set the server keeps for the load it
-        # admits (per-request buffers of max_inflight requests at once) is reached here, so "start"
-        # is the warmed-up steady state that the end is compared with.
-        for _ in range(args.warmup_rounds):
-            await asyncio.gather(*[c.segment(soak.photo, **soak.good) for _ in range(args.max_inflight)])
+        # Warm-up at the load's concurrency: the working set the server keeps for the load it
+        # admits is reached here, so "start" is the warmed-up steady state that the end is
+        # compared with.
+        for r in range(args.warmup_rounds):
+            images = [distinct_image(20_000 + r * 100 + i) for i in range(args.window)]
+            await asyncio.gather(*[soak.dataset_request(c, img) for img in images])
+        soak.dataset_ms, soak.failed_after_accepted = [], []
     start = proc_status(pid)
+    await asyncio.sleep(args.pause)
+    start_idle = proc_status(pid)
     dump_smaps(args, pid, "start")
     tasks0 = metric(metrics_port, "seglabel_asyncio_tasks")
     peak = start["VmRSS"]
     until = time.monotonic() + args.duration
     clients = [asyncio.create_task(soak.client(until)) for _ in range(args.clients)]
+    clients += [asyncio.create_task(soak.dataset_worker(until)) for _ in range(args.window)]
+    timeline = []
     while not all(t.done() for t in clients):
-        peak = max(peak, proc_status(pid)["VmRSS"])
+        rss = proc_status(pid)["VmRSS"]
+        peak = max(peak, rss)
+        timeline.append(rss)
         await asyncio.sleep(1.0)
     for t in clients:
         t.result()
+    end_loaded = proc_status(pid)
     await asyncio.sleep(args.pause)
     end = proc_status(pid)
     dump_smaps(args, pid, "end")
     return {
         "soak": soak,
         "unloaded_ms": unloaded,
-        "rss_mb": (start["VmRSS"] / 1024, peak / 1024, end["VmRSS"] / 1024),
+        "unloaded_dataset_ms": unloaded_dataset,
+        "rss_mb": (start["VmRSS"] / 1024, peak / 1024, end_loaded["VmRSS"] / 1024),
+        "rss_idle_mb": (start_idle["VmRSS"] / 1024, end["VmRSS"] / 1024),
+        "timeline_mb": [v / 1024 for v in timeline],
         "rss_sequential_mb": sequential["VmRSS"] / 1024,
-        "threads": (start["Threads"], end["Threads"]),
+        "threads": (start_idle["Threads"], end["Threads"]),
+        "fds": (start_idle["fds"], end["fds"]),
         "tasks": (tasks0, metric(metrics_port, "seglabel_asyncio_tasks")),
         "inflight_end": metric(metrics_port, "seglabel_requests_in_flight"),
         "budget_end": metric(metrics_port, "seglabel_memory_budget_used_bytes"),
@@ -208,9 +283,15 @@ async def run(args, port: int, pid: int, metrics_port: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models")
-    ap.add_argument("--duration", type=float, default=300.0, help="seconds of mixed load (at most 1800)")
-    ap.add_argument("--clients", type=int, default=6)
-    ap.add_argument("--max-inflight", type=int, default=2, help="the server's admitted concurrency")
+    ap.add_argument("--duration", type=float, default=300.0, help="seconds of mixed load (at most 3600)")
+    ap.add_argument(
+        "--clients", type=int, default=4, help="clients mixing good, cancelled, slow and bad requests"
+    )
+    ap.add_argument("--window", type=int, default=12, help="a dataset job's requests in flight (0: none)")
+    ap.add_argument("--window-masks", type=int, default=24, help="labelled masks per dataset request")
+    ap.add_argument(
+        "--max-inflight", type=int, default=0, help="the server's admitted concurrency (0: window + clients)"
+    )
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--masks", type=int, default=24)
     ap.add_argument("--unloaded", type=int, default=5, help="good requests timed alone first")
@@ -223,7 +304,8 @@ def main() -> int:
     ap.add_argument("--smaps", default="", help="folder for the server's smaps at start and end")
     ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
     args = ap.parse_args()
-    args.duration = min(args.duration, 1800.0)
+    args.duration = min(args.duration, 3600.0)
+    args.max_inflight = args.max_inflight or args.window + args.clients
     random.seed(args.seed)
     port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "seglabel_server.transport.server", "--models", args.models, "--port", str(port),
@@ -243,8 +325,9 @@ def main() -> int:
         if server.poll() is None:
             server.kill()
     soak: Soak = r["soak"]
-    print(f"soak: {args.duration:.0f} s of load, {args.clients} clients, server admits {args.max_inflight}; "
-          f"{wall:.0f} s in all; good request = grid {args.grid}, up to {args.masks} labelled masks")  # fmt: skip
+    print(f"soak: {args.duration:.0f} s of load: a dataset window of {args.window} (grid 16, up to "
+          f"{args.window_masks} labelled masks, distinct images) and {args.clients} mixed clients; server "
+          f"admits {args.max_inflight}; {wall:.0f} s in all")  # fmt: skip
     kinds = sorted({k for k, _ in soak.statuses})
     codes = sorted({c for _, c in soak.statuses})
     print(f"{'requests':<10}" + "".join(f"{c:>20}" for c in codes))
@@ -254,20 +337,32 @@ def main() -> int:
     for (_, c), n in soak.statuses.items():
         total[c] += n
     print("all       " + "".join(f"{total.get(c, 0):>20}" for c in codes))
-    un99 = pct(r["unloaded_ms"], 99)
-    g50, g99 = pct(soak.good_ms, 50), pct(soak.good_ms, 99)
-    print(f"good requests: unloaded p50 {statistics.median(r['unloaded_ms']):.0f} ms p99 {un99:.0f} ms; under load "
-          f"p50 {g50:.0f} ms p99 {g99:.0f} ms ({g99 / un99:.2f}x unloaded p99), {len(soak.good_ms)} answered")  # fmt: skip
+    print(f"dataset requests failed after accepted: {len(soak.failed_after_accepted)} "
+          f"{soak.failed_after_accepted[:5]}")  # fmt: skip
+    for name, loaded, alone in (("dataset", soak.dataset_ms, r["unloaded_dataset_ms"]),
+                                ("good", soak.good_ms, r["unloaded_ms"])):  # fmt: skip
+        if not loaded or not alone:
+            continue
+        un99 = pct(alone, 99)
+        g50, g99 = pct(loaded, 50), pct(loaded, 99)
+        print(f"{name} requests: unloaded p50 {statistics.median(alone):.0f} ms p99 {un99:.0f} ms; under load "
+              f"p50 {g50:.0f} ms p99 {g99:.0f} ms ({g99 / un99:.2f}x unloaded p99), {len(loaded)} answered")  # fmt: skip
     s, p, e = r["rss_mb"]
+    si, ei = r["rss_idle_mb"]
     q = r["rss_sequential_mb"]
-    print(f"server RSS: after {args.unloaded} sequential requests {q:.0f} MB; start (after {args.warmup_rounds} "
-          f"rounds of {args.max_inflight} concurrent) {s:.0f} MB, peak {p:.0f} MB, end {e:.0f} MB after "
-          f"{args.pause:.0f} s idle (end/start {e / s:.2f}, end/sequential {e / q:.2f})")  # fmt: skip
-    print(f"threads {r['threads'][0]} -> {r['threads'][1]}; asyncio tasks {r['tasks'][0]:.0f} -> {r['tasks'][1]:.0f}; "
-          f"in flight at the end {r['inflight_end']:.0f}; memory budget charged at the end {r['budget_end']:.0f} B")  # fmt: skip
+    tl = r["timeline_mb"]
+    quarters = [tl[min(len(tl) - 1, int(len(tl) * f))] for f in (0.25, 0.5, 0.75)] + [tl[-1]] if tl else []
+    print(f"server RSS: after {args.unloaded} sequential requests {q:.0f} MB; loaded: after {args.warmup_rounds} "
+          f"warm-up rounds of {args.window} {s:.0f} MB, at 1/4, 1/2, 3/4 and the end of the load "
+          f"{', '.join(f'{v:.0f}' for v in quarters)} MB, peak {p:.0f} MB, right after the load {e:.0f} MB "
+          f"(end/start {e / s:.2f}); idle ({args.pause:.0f} s after): after warm-up {si:.0f} MB, at the end "
+          f"{ei:.0f} MB (end/start {ei / si:.2f})")  # fmt: skip
+    print(f"threads {r['threads'][0]} -> {r['threads'][1]}; open files {r['fds'][0]} -> {r['fds'][1]}; "
+          f"asyncio tasks {r['tasks'][0]:.0f} -> {r['tasks'][1]:.0f}; in flight at the end {r['inflight_end']:.0f}; "
+          f"memory budget charged at the end {r['budget_end']:.0f} B")  # fmt: skip
     bad = total.get("UNKNOWN", 0) + total.get("INTERNAL", 0)
     print(f"server alive through the run: {alive}; exit code on SIGTERM: {code}; UNKNOWN+INTERNAL: {bad}")
-    return 0 if alive and code == 0 and bad == 0 else 1
+    return 0 if alive and code == 0 and bad == 0 and not soak.failed_after_accepted else 1
 
 
 if __name__ == "__main__":

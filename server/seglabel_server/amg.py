@@ -97,17 +97,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
     """Greedy NMS (torchvision semantics: drop boxes whose IoU with a kept one is > threshold).
-    Returns kept indices, best score first."""
+    Returns kept indices, best score first (ties in index order); with ``limit``, stops once that
+    many are kept. Memory is linear in the boxes (one row of IoUs at a time)."""
     order = np.argsort(-scores, kind="stable")
     if iou_threshold >= 1.0 or len(order) == 0:
-        return order
-    ious = box_iou(boxes[order], boxes[order])
+        return order if limit is None else order[:limit]
+    b = boxes[order]
     keep = np.ones(len(order), bool)
+    kept = 0
     for i in range(len(order)):
-        if keep[i]:
-            keep[i + 1 :] &= ious[i, i + 1 :] <= iou_threshold
+        if not keep[i]:
+            continue
+        kept += 1
+        if limit is not None and kept >= limit:
+            keep[i + 1 :] = False
+            break
+        keep[i + 1 :] &= box_iou(b[i : i + 1], b[i + 1 :])[0] <= iou_threshold
     return order[keep]
 
 

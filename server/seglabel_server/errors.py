@@ -35,7 +35,15 @@ class UnknownFile(SeglabelError):
 
 
 class Overloaded(SeglabelError):
+    """The server is full now (in-flight limit, memory budget): refused at the door, before any
+    work. ``retry_after_ms``: when a retry is likely to be admitted (gRPC: the
+    ``grpc-retry-pushback-ms`` trailer; HTTP: ``Retry-After``)."""
+
     kind = ErrorKind.OVER_LIMIT
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class LimitExceeded(SeglabelError):

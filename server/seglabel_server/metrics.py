@@ -56,9 +56,20 @@ class Metrics:
             buckets=_SIZES,
             registry=r,
         )
-        self.queue_depth = Gauge("seglabel_queue_depth", "Items waiting per stage", ["stage"], registry=r)
+        self.queue_depth = Gauge(
+            "seglabel_queue_depth", "Items in a stage's batching window", ["stage"], registry=r
+        )
+        self.backlog_depth = Gauge(
+            "seglabel_backlog_depth",
+            "Items of admitted requests waiting for room in a stage's batching window",
+            ["stage"],
+            registry=r,
+        )
         self.rejected = Counter(
-            "seglabel_rejected", "Items refused because a queue was full", ["stage"], registry=r
+            "seglabel_rejected",
+            "Requests refused at the door (stage 'admission': the in-flight limit; 'memory': the budget)",
+            ["stage"],
+            registry=r,
         )
         self.dropped = Counter(
             "seglabel_dropped", "Items dropped (cancelled / deadline) or failed", ["stage"], registry=r

@@ -32,7 +32,7 @@ def test_unknown_file_settings_are_refused(tmp_path):
 
 def test_decoder_batch_defaults_by_device_and_can_be_set():
     cfg, _ = config_from_args([])
-    assert cfg.stage_configs()["decoder"].max_batch_size == 32  # CPU
+    assert cfg.stage_configs()["decoder"].max_batch_size == 16  # CPU
     cfg, _ = config_from_args(["--device", "cuda"])
     assert cfg.stage_configs()["decoder"].max_batch_size == 128
     cfg, _ = config_from_args(["--max-batch-decoder", "64"])

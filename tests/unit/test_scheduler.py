@@ -10,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 from seglabel_server.backends.base import Backend, BackendInfo
-from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
+from seglabel_server.errors import Cancelled, DeadlineExceeded
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import kinds
 from seglabel_server.models.kinds.sam2 import ENCODER_OUTPUTS, DecodeRequest, ImageFeatures
@@ -325,17 +325,47 @@ async def test_batching_off_runs_one_item_per_batch():
         sched.close()
 
 
-async def test_full_queue_is_refused_at_once():
-    be = FakeBackend(delay=0.2)
-    sched = Scheduler(be, configs(batch=1, max_queue=2))
+async def test_work_beyond_the_window_waits_in_order_and_all_of_it_runs():
+    """Admitted work is never refused for room: 20 items on a window of 2 all run, in the order
+    they were queued, and the window never holds more than 2."""
+    be = FakeBackend(delay=0.01)
+    metrics = Metrics()
+    sched = Scheduler(be, configs(batch=1, max_queue=2), metrics=metrics)
+    seen = []
+    original = sched.executor.run
+
+    def run(stage, items):
+        seen.append(len(sched.queues["clip"]))
+        return original(stage, items)
+
+    sched.executor.run = run
     try:
         ctx = RequestContext()
-        accepted = 0
-        with pytest.raises(Overloaded, match="clip queue is full"):
-            for _ in range(10):  # the worker holds at most one item, the queue two
-                sched.submit_nowait("clip", np.ones((1, 3, 4), np.float32), ctx)
-                accepted += 1
-        assert 2 <= accepted <= 3
+        futs = [sched.submit("clip", np.full((1, 3, 4), i, np.float32), ctx) for i in range(20)]
+        assert len(sched.queues["clip"]) <= 2 and len(sched.backlog["clip"]) >= 17
+        outs = await asyncio.gather(*[asyncio.wrap_future(f) for f in futs])
+        assert [float(np.ravel(o)[0]) for o in outs] == [2.0 * i for i in range(20)]  # fake: 2 x input
+        assert max(seen) <= 2 and not sched.backlog["clip"]
+        assert metrics.backlog_depth.labels("clip")._value.get() == 0
+    finally:
+        sched.close()
+
+
+async def test_backlog_items_of_a_request_that_gave_up_are_dropped():
+    """Cancelled work waiting in the backlog never runs and fails with Cancelled; the other
+    request's items all run."""
+    be = FakeBackend(delay=0.05)
+    sched = Scheduler(be, configs(batch=1, max_queue=1))
+    try:
+        keep, gone = RequestContext(), RequestContext()
+        mine = [sched.submit("clip", np.ones((1, 3, 4), np.float32), keep) for _ in range(3)]
+        theirs = [sched.submit("clip", np.ones((1, 3, 4), np.float32), gone) for _ in range(5)]
+        gone.cancel()
+        await asyncio.gather(*[asyncio.wrap_future(f) for f in mine])
+        for f in theirs:
+            with pytest.raises(Cancelled):
+                await asyncio.wrap_future(f)
+        assert len(be.calls) <= 4  # mine, and at most the one of theirs already in the window
     finally:
         sched.close()
 
@@ -385,10 +415,10 @@ def test_close_fails_queued_items_even_when_a_request_cancelled_its_own():
     from seglabel_server.errors import Cancelled
 
     sched = Scheduler(FakeBackend(delay=0.5), configs(batch=64))
-    busy = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
+    busy = sched.submit("text", np.ones((1, 77), np.int32), RequestContext())
     time.sleep(0.1)  # the worker is inside the first batch; the next two stay queued
-    gave_up = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
-    waiting = sched.submit_nowait("text", np.ones((1, 77), np.int32), RequestContext())
+    gave_up = sched.submit("text", np.ones((1, 77), np.int32), RequestContext())
+    waiting = sched.submit("text", np.ones((1, 77), np.int32), RequestContext())
     assert gave_up.cancel()
     sched.close()
     assert busy.result(timeout=0).shape[0] == 1

@@ -61,6 +61,10 @@ class Backend(ABC):
         Returns (graphs run, seconds)."""
         return 0, 0.0
 
+    def release_memory(self) -> None:
+        """Give back memory the runtime keeps for its next runs (an allocator's arena), called when
+        the server has been idle a while. Default: nothing to give back."""
+
     def device_ops(self):
         """Device twins of the pipeline's per-mask work (select, finish, crops), or None: the
         pipeline then does that work on the host."""

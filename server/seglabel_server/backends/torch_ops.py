@@ -6,8 +6,9 @@ host function and is tested equal to it:
 
 - :meth:`sam_preprocess` <- :func:`images.sam_preprocess` (Pillow's two-pass antialiased bilinear,
   rounded to 8 bits between and after the passes, as Pillow does);
-- :meth:`select` <- :func:`pipeline.masks.select` (predicted IoU, stability, box NMS with
-  torchvision, max_masks, all on low-res logits);
+- :meth:`take`, :meth:`low_res_boxes`, :meth:`rows`, :meth:`stack` <- ``pipeline.masks.HostLogits``:
+  the grid's candidate filter (``pipeline.masks.CandidateSet``) keeps the logits on the device and
+  only their scores and low-res boxes on the host; :meth:`prompted` <- :func:`pipeline.masks.prompted`;
 - :meth:`finish` <- :meth:`pipeline.masks.MaskFinisher.describe` (upsample the survivors, boxes,
   areas, and COCO's compressed RLE strings written on the device by :func:`coco_rle_bytes`: one
   device-to-host copy of the answers' bytes, no loop over runs on the host);
@@ -20,13 +21,11 @@ masks never do: the overlay PNG and the depth/text joins decode the RLE answers 
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import nms as tv_nms
 from torchvision.ops import roi_align
 
 from seglabel_server.amg import MaskData
@@ -74,61 +73,29 @@ class TorchDeviceOps:
         return self._ready(((x[0] * (1.0 / 255.0)) - m) / s)
 
     # -- candidates on low-res logits ----------------------------------------------------------------
-    def select(self, p, outs: list, grid_points: np.ndarray | None, hw, sam: dict) -> MaskData:
-        """:func:`pipeline.masks.select` on the device. Columns: logits [K,L,L] (device), iou,
-        stability (host, answers), point."""
-        low, thr = sam["low_res_size"], sam["mask_threshold"]
-        if p.prompt_type != "grid":
-            return self._prompted(p, outs, low, sam)
-        logits, iou, stab, prompt, offset = [], [], [], [], 0
-        for o in outs:
-            dev = o.dev
-            m = len(o.kept)
-            if m:
-                i = dev["iou"][dev["kept"]].reshape(-1).float()
-                s = dev["stability"].reshape(-1).float()
-                keep = torch.ones_like(i, dtype=torch.bool)
-                if p.pred_iou_thresh > 0:
-                    keep &= i > p.pred_iou_thresh
-                if p.stability_score_thresh > 0:
-                    keep &= s >= p.stability_score_thresh
-                idx = torch.nonzero(keep).reshape(-1)
-                logits.append(o.masks.data.reshape(-1, low, low)[idx])
-                iou.append(i[idx])
-                stab.append(s[idx])
-                prompt.append(dev["kept"].repeat_interleave(3)[idx] + offset)
-            offset += len(o.iou)
-        if not logits:
-            return _empty(low, self.device)
-        logits, iou, stab, prompt = (torch.cat(c) for c in (logits, iou, stab, prompt))
-        if len(iou) == 0:
-            return _empty(low, self.device)
-        binary = logits > thr
-        boxes_low = masks_to_boxes(binary)
-        h, w = hw
-        sx, sy = w / low, h / low
-        boxes = torch.stack(
-            [
-                boxes_low[:, 0] * sx,
-                boxes_low[:, 1] * sy,
-                (boxes_low[:, 2] + 1) * sx - 1,
-                (boxes_low[:, 3] + 1) * sy - 1,
-            ],
-            dim=1,
-        )
-        nonempty = binary.flatten(1).any(dim=1)
-        scores = torch.where(nonempty, iou, torch.full_like(iou, -math.inf))
-        if p.box_nms_thresh >= 1.0:
-            order = torch.sort(scores, descending=True, stable=True).indices
-        else:
-            order = tv_nms(boxes.float(), scores.float(), p.box_nms_thresh)
-        order = order[nonempty[order]][: p.max_masks]
-        # The survivors' scalars are answers: one copy.
-        host = torch.stack([iou[order].double(), stab[order].double(), prompt[order].double()]).cpu().numpy()
-        pts = [tuple(float(v) for v in grid_points[int(i)]) for i in host[2]]
-        return MaskData(logits=logits[order], iou=host[0], stability=host[1], point=pts)
+    def take(self, out, rows: np.ndarray, cands: np.ndarray) -> torch.Tensor:
+        """Candidates (prompt row, candidate) of one decoder output: [K,L,L] logits, on the device."""
+        data = out.masks.data
+        return data[torch.as_tensor(rows, device=data.device), torch.as_tensor(cands, device=data.device)]
 
-    def _prompted(self, p, outs: list, low: int, sam: dict) -> MaskData:
+    def low_res_boxes(self, logits: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """([K,4] inclusive low-res boxes, [K] non-empty) on the host, computed on the device."""
+        binary = logits > threshold
+        both = torch.cat([masks_to_boxes(binary), binary.flatten(1).any(dim=1, keepdim=True).float()], 1)
+        host = both.cpu().numpy()
+        return host[:, :4].astype(np.float32), host[:, 4] > 0
+
+    @staticmethod
+    def rows(block: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        return block[torch.as_tensor(idx, device=block.device)]
+
+    @staticmethod
+    def stack(rows: list) -> torch.Tensor:
+        return torch.stack(rows)
+
+    def prompted(self, p, outs: list, sam: dict) -> MaskData:
+        """:func:`pipeline.masks.prompted` on the device."""
+        low = sam["low_res_size"]
         if p.multimask:
             logits = torch.cat([o.masks.data.reshape(-1, low, low) for o in outs])
             iou = torch.cat([o.dev["iou"][o.dev["kept"]].reshape(-1) for o in outs]).float()
@@ -311,9 +278,3 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     x1 = torch.where(has, w - 1 - cols.flip(1).byte().argmax(dim=1), zero)
     y1 = torch.where(has, h - 1 - rows.flip(1).byte().argmax(dim=1), zero)
     return torch.stack([x0, y0, x1, y1], dim=1).float()
-
-
-def _empty(low: int, device) -> MaskData:
-    return MaskData(
-        logits=torch.zeros((0, low, low), device=device), iou=np.zeros(0), stability=np.zeros(0), point=[]
-    )

@@ -33,62 +33,185 @@ def prompts(
     return amg.to_model_coords(coords.reshape(-1, 2), hw, size).reshape(coords.shape), labels, None
 
 
+class HostLogits:
+    """Low-res logits in host memory (numpy): what :class:`CandidateSet` does with them. The
+    device path's twin is the torch backend's ``TorchDeviceOps`` (same four methods)."""
+
+    @staticmethod
+    def take(out: DecoderOutput, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+        return out.masks.take(rows, cands)
+
+    @staticmethod
+    def low_res_boxes(logits: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """([K,4] inclusive low-res boxes, [K] non-empty), host arrays."""
+        binary = logits > threshold
+        return amg.masks_to_boxes(binary), binary.any(axis=(1, 2))
+
+    @staticmethod
+    def rows(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return block[idx]
+
+    @staticmethod
+    def stack(rows: list) -> np.ndarray:
+        return np.stack(rows)
+
+
+HOST = HostLogits()
+
+
+class LogitRows:
+    """The answer's low-res logits, row ``i`` in block ``blocks[where[i, 0]]`` at ``where[i, 1]``:
+    slicing gathers one chunk (so the answer never holds a second copy of every row)."""
+
+    def __init__(self, blocks: list, where: np.ndarray, ops, low: int):
+        self.blocks, self.where, self.ops, self.low = blocks, where, ops, low
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            picked = self.where[i]
+            if not len(picked):
+                return np.zeros((0, self.low, self.low), np.float32)
+            return self.ops.stack([self.blocks[b][r] for b, r in picked])
+        b, r = self.where[i]
+        return self.blocks[b][r]
+
+
+class CandidateSet:
+    """A grid's candidate masks, gathered one decoder call at a time, equal to filtering all the
+    calls' outputs at once (sam2's AMG order: predicted IoU, stability, box NMS on low-res boxes,
+    ``max_masks``; ties keep the decoder's order).
+
+    Each call's candidates are filtered and boxed as the call returns, and only logits that can
+    still be in the answer are kept: with NMS off, the best ``max_masks`` so far (the rest can
+    never come back); with NMS on, every non-empty survivor of the thresholds (NMS decides only at
+    the end). So a request holds at most ``max_masks`` (NMS off) or its threshold survivors of
+    low-res logits plus one decoder call's outputs, never every prompt's."""
+
+    _META = ("iou", "stability", "key", "boxes", "where")
+
+    def __init__(self, p: SegmentParams, grid_points: np.ndarray, hw, sam: dict, ops=HOST):
+        self.p, self.grid, self.hw, self.ops = p, grid_points, hw, ops
+        self.low, self.threshold = sam["low_res_size"], sam["mask_threshold"]
+        self.limit = p.max_masks if p.box_nms_thresh >= 1.0 else None
+        self.blocks: list = []
+        self.meta = {
+            "iou": np.zeros(0, np.float32),
+            "stability": np.zeros(0, np.float32),
+            "key": np.zeros(0, np.int64),  # decoder order: prompt * 3 + candidate
+            "boxes": np.zeros((0, 4), np.float32),  # original pixels
+            "where": np.zeros((0, 2), np.int64),  # (block, row)
+        }
+
+    def __len__(self) -> int:
+        return len(self.meta["key"])
+
+    def add(self, out: DecoderOutput, offset: int) -> None:
+        """One decoder call's output; ``offset``: the index of its first prompt in the grid."""
+        p, m = self.p, len(out.kept)
+        if m == 0:
+            return
+        iou = np.asarray(out.iou[out.kept], np.float32).reshape(-1)
+        stab = np.asarray(out.stability, np.float32).reshape(-1)
+        keep = np.ones(len(iou), bool)
+        if p.pred_iou_thresh > 0:
+            keep &= iou > p.pred_iou_thresh
+        if p.stability_score_thresh > 0:
+            keep &= stab >= p.stability_score_thresh
+        idx = np.nonzero(keep)[0]
+        key = (out.kept[idx // 3].astype(np.int64) + offset) * 3 + idx % 3
+        if self.limit is not None and len(self) >= self.limit:
+            # Below the limit-th best kept so far: never in the answer, its logits not even copied.
+            worst = self._rank()[self.limit - 1]
+            wi, wk = self.meta["iou"][worst], self.meta["key"][worst]
+            better = (iou[idx] > wi) | ((iou[idx] == wi) & (key < wk))
+            idx, key = idx[better], key[better]
+        if not len(idx):
+            return
+        logits = self.ops.take(out, idx // 3, idx % 3)
+        boxes, nonempty = self.ops.low_res_boxes(logits, self.threshold)
+        if not nonempty.all():
+            pos = np.nonzero(nonempty)[0]
+            logits, boxes, idx, key = self.ops.rows(logits, pos), boxes[pos], idx[pos], key[pos]
+        if not len(idx):
+            return
+        h, w = self.hw
+        sx, sy = w / self.low, h / self.low
+        boxes = np.stack(  # low-res inclusive bounds -> original pixels
+            [boxes[:, 0] * sx, boxes[:, 1] * sy, (boxes[:, 2] + 1) * sx - 1, (boxes[:, 3] + 1) * sy - 1],
+            axis=1,
+        ).astype(np.float32)
+        block = len(self.blocks)
+        self.blocks.append(logits)
+        new = {
+            "iou": iou[idx],
+            "stability": stab[idx],
+            "key": key,
+            "boxes": boxes,
+            "where": np.stack([np.full(len(idx), block), np.arange(len(idx))], axis=1),
+        }
+        self.meta = {k: np.concatenate([self.meta[k], new[k]]) for k in self._META}
+        if self.limit is not None and len(self) > self.limit:
+            self._keep(np.sort(self._rank()[: self.limit]))
+
+    def _rank(self) -> np.ndarray:
+        """Rows best first: predicted IoU descending, then decoder order."""
+        return np.lexsort((self.meta["key"], -self.meta["iou"]))
+
+    def _keep(self, rows: np.ndarray) -> None:
+        """Keep ``rows`` (in that order); blocks that lost rows are compacted, empty ones freed."""
+        self.meta = {k: v[rows] for k, v in self.meta.items()}
+        where = self.meta["where"]
+        for b in range(len(self.blocks)):
+            if self.blocks[b] is None:
+                continue
+            mine = np.nonzero(where[:, 0] == b)[0]
+            if not len(mine):
+                self.blocks[b] = None
+            elif len(mine) < len(self.blocks[b]):
+                self.blocks[b] = self.ops.rows(self.blocks[b], where[mine, 1])
+                where[mine, 1] = np.arange(len(mine))
+
+    def result(self) -> MaskData:
+        """The answer's candidates, best first: columns logits (:class:`LogitRows`), iou,
+        stability, point (the grid point, original pixels)."""
+        if not len(self):
+            return _empty(self.low)
+        self._keep(np.argsort(self.meta["key"], kind="stable"))  # decoder order, as all at once
+        order = amg.nms(self.meta["boxes"], self.meta["iou"], self.p.box_nms_thresh, self.p.max_masks)
+        self._keep(order[: self.p.max_masks])
+        m = self.meta
+        return MaskData(
+            logits=LogitRows(self.blocks, m["where"], self.ops, self.low),
+            iou=m["iou"],
+            stability=m["stability"],
+            point=[tuple(float(v) for v in self.grid[k // 3]) for k in m["key"]],
+        )
+
+
 def select(
-    p: SegmentParams, outs: list[DecoderOutput], grid_points: np.ndarray | None, hw, sam: dict
+    p: SegmentParams, outs: list[DecoderOutput], grid_points: np.ndarray | None, hw, sam: dict, ops=HOST
 ) -> MaskData:
     """Candidates that pass the filters, best first: columns logits [K,L,L], iou, stability, point.
 
-    Grid: predicted IoU, stability (low-res), box NMS on low-res boxes, max_masks. Prompts: the
-    single mask (or the 3 candidates with ``multimask``, best predicted IoU first)."""
-    low = sam["low_res_size"]
+    Grid: predicted IoU, stability (low-res), box NMS on low-res boxes, max_masks (through a
+    :class:`CandidateSet`, one call's output at a time). Prompts: the single mask (or the 3
+    candidates with ``multimask``, best predicted IoU first)."""
     if p.prompt_type != "grid":
-        return _prompted(p, outs, low, sam)
-    # One row per (kept prompt, candidate), in decoder order.
-    data, offset = MaskData(), 0
-    for chunk, o in enumerate(outs):
-        m = len(o.kept)
-        data.cat(
-            MaskData(
-                prompt=np.repeat(o.kept.astype(np.int64) + offset, 3),
-                chunk=np.full(3 * m, chunk),
-                row=np.repeat(np.arange(m), 3),
-                candidate=np.tile(np.arange(3), m),
-                iou=o.iou[o.kept].reshape(-1),
-                stability=o.stability.reshape(-1),
-            )
-        )
+        return prompted(p, outs, sam)
+    cands, offset = CandidateSet(p, grid_points, hw, sam, ops), 0
+    for o in outs:
+        cands.add(o, offset)
         offset += len(o.iou)
-    if not len(data):
-        return _empty(low)
-    keep = np.ones(len(data), bool)
-    if p.pred_iou_thresh > 0:
-        keep &= data["iou"] > p.pred_iou_thresh
-    if p.stability_score_thresh > 0:
-        keep &= data["stability"] >= p.stability_score_thresh
-    data.filter(keep)
-    # Fetch only the survivors' logits, chunk by chunk (GPU backends copy just these).
-    parts = [
-        outs[c].masks.take(data["row"][data["chunk"] == c], data["candidate"][data["chunk"] == c])
-        for c in np.unique(data["chunk"])
-    ]
-    data["logits"] = np.concatenate(parts) if parts else np.zeros((0, low, low), np.float32)
-    bin_low = data["logits"] > sam["mask_threshold"]
-    boxes = amg.masks_to_boxes(bin_low)
-    # Low-res inclusive bounds -> original pixels.
-    h, w = hw
-    sx, sy = w / low, h / low
-    boxes = np.stack(
-        [boxes[:, 0] * sx, boxes[:, 1] * sy, (boxes[:, 2] + 1) * sx - 1, (boxes[:, 3] + 1) * sy - 1],
-        axis=1,
-    )
-    nonempty = bin_low.any(axis=(1, 2))
-    order = amg.nms(boxes, np.where(nonempty, data["iou"], -np.inf), p.box_nms_thresh)
-    data.filter(order[nonempty[order]][: p.max_masks])
-    data["point"] = [tuple(float(v) for v in grid_points[i]) for i in data["prompt"]]
-    return data
+    return cands.result()
 
 
-def _prompted(p: SegmentParams, outs: list[DecoderOutput], low: int, sam: dict) -> MaskData:
+def prompted(p: SegmentParams, outs: list[DecoderOutput], sam: dict) -> MaskData:
+    """Point / box prompts: one mask per prompt (sam2's single-mask answer), or its 3 candidates
+    best first with ``multimask``; at most ``max_masks``."""
+    low = sam["low_res_size"]
     if p.multimask:
         logits = np.concatenate([o.masks.numpy() for o in outs]).reshape(-1, low, low)
         iou = np.concatenate([o.iou[o.kept] for o in outs]).reshape(-1)

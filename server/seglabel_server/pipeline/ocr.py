@@ -34,7 +34,7 @@ class _Stage:
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         ctx = self.engine.local.ctx
-        fut = self.engine.scheduler.submit_nowait(self.stage, np.ascontiguousarray(x, np.float32), ctx)
+        fut = self.engine.scheduler.submit(self.stage, np.ascontiguousarray(x, np.float32), ctx)
         return [fut.result()]
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections import deque
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from seglabel_server.types import (
 )
 
 MASK_CHUNK = 64  # masks per stream event when no labels are computed
+# A request's decoder calls queued or running at once: one runs while the next waits, and the
+# outputs of a call are filtered while the next runs. More only holds more outputs in memory.
+DECODER_WINDOW = 2
 
 
 class Pipeline:
@@ -117,10 +120,8 @@ class Pipeline:
         try:
             req.clock.last = time.perf_counter()
             feats = await self._encode(req, image_key, scene)
-            outs, grid = await self._decode(req, feats)
+            cand = await self._candidates(req, feats)
             del feats
-            cand = await self._select(req, outs, grid)
-            del outs
             masks, labels, kept_full = await self._masks_and_labels(req, cand, scene)
             del cand
             depth, mask_depth, text, mask_text = await scene.finish(masks, req.send, ctx)
@@ -176,9 +177,9 @@ class Pipeline:
             else:
                 x = await self.pool.run(images.sam_preprocess, req.image, s, mean, std)
             req.clock.mark("decode_image")
-            encoded = self.scheduler.enqueue("encoder", x, ctx)
+            encoded = self.scheduler.submit("encoder", x, ctx)  # queued before the scene's work
             start_scene()
-            feats = await encoded
+            feats = await self.scheduler.wait(encoded)
             if cache is not None:
                 cache.put(image_key, feats)
         else:
@@ -187,36 +188,54 @@ class Pipeline:
         await req.send(Progress("encoder", 1.0))
         return feats
 
-    async def _decode(self, req: RequestState, feats: ImageFeatures) -> tuple[list, np.ndarray | None]:
-        """Decoder calls over the prompts, in chunks of the decoder's batch size."""
-        p = req.job.params
+    async def _candidates(self, req: RequestState, feats: ImageFeatures) -> MaskData:
+        """Decoder calls over the prompts, in chunks of the decoder's batch size, at most
+        ``DECODER_WINDOW`` of them queued or running at once; each call's output is filtered as it
+        returns (a grid's :class:`masks.CandidateSet`), so the request holds the candidates that
+        can still be in the answer and a window of outputs, never every prompt's masks."""
+        p, ctx = req.job.params, req.ctx
         coords, labels, grid = mask_ops.prompts(p, req.hw, self.sam["image_size"])
         step = self.scheduler.max_batch("decoder")
         # sam2's predicted-IoU filter runs inside the decoder: prompts with no candidate above it are
         # never upscaled.
         min_iou = p.pred_iou_thresh if p.prompt_type == "grid" and p.pred_iou_thresh > 0 else -np.inf
+        ops = self.device_ops if self.device_ops is not None else mask_ops.HOST
+        cands = mask_ops.CandidateSet(p, grid, req.hw, self.sam, ops) if grid is not None else None
+        outs: list = []  # point / box prompts: few outputs, kept whole
         starts = range(0, len(coords), step)
+        pending: deque = deque()
         done = 0
 
-        async def chunk(i: int):
+        async def collect(start: int, fut) -> None:
             nonlocal done
-            call = DecodeRequest(
-                feats, coords[i : i + step], labels[i : i + step], min_iou, self.parts.multi_image
-            )
-            out = await self.scheduler.run("decoder", call, req.ctx)
+            out = await self.scheduler.wait(fut)
+            if cands is not None:
+                await self.pool.run(cands.add, out, start)
+            else:
+                outs.append(out)
             done += 1
             await req.send(Progress("decoder", done / len(starts)))
-            return out
 
-        outs = await asyncio.gather(*[chunk(i) for i in starts])
+        try:
+            for i in starts:
+                call = DecodeRequest(
+                    feats, coords[i : i + step], labels[i : i + step], min_iou, self.parts.multi_image
+                )
+                pending.append((i, self.scheduler.submit("decoder", call, ctx)))
+                if len(pending) >= DECODER_WINDOW:
+                    await collect(*pending.popleft())
+            while pending:
+                await collect(*pending.popleft())
+        finally:
+            for _, fut in pending:  # an error or a cancellation: the calls still queued never run
+                fut.cancel()
         req.clock.mark("decoder")
-        return outs, grid
-
-    async def _select(self, req: RequestState, outs: list, grid: np.ndarray | None) -> MaskData:
-        """The candidates that pass the filters, on their low-res logits."""
-        req.ctx.check()
-        select = self.device_ops.select if self.device_ops is not None else mask_ops.select
-        cand = await self.pool.run(select, req.job.params, outs, grid, req.hw, self.sam)
+        ctx.check()
+        if cands is not None:
+            cand = await self.pool.run(cands.result)
+        else:
+            prompted = self.device_ops.prompted if self.device_ops is not None else mask_ops.prompted
+            cand = await self.pool.run(prompted, p, outs, self.sam)
         req.clock.mark("filter")
         return cand
 

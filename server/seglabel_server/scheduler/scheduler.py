@@ -1,6 +1,6 @@
 """When work runs and in which batch.
 
-Every model call of every request becomes a :class:`WorkItem` in a bounded per-stage queue, one
+Every model call of every request becomes a :class:`WorkItem` in a per-stage queue, one
 stage per registered model kind (:mod:`seglabel_server.models.kinds`; e.g. encoder: images; decoder:
 prompt chunks of one image, from one or several requests; clip: crops; text: token rows).
 An inference worker thread (one per group of stages: by default one; on a GPU the encoder has its own,
@@ -13,6 +13,12 @@ The asyncio loop only awaits futures: it never blocks on model work.
 
 Triton's semantics: a stage is ready when it holds ``max_batch_size`` units or its oldest item has
 waited ``max_queue_delay`` (default 0: batch whatever is queued, never wait).
+
+Work is never refused here: a request was admitted at the door (the service's in-flight limit and
+memory budget), and what it queues is bounded by its own parameters. A stage's queue is the window
+batches are formed from (``max_queue`` items, so that forming a batch stays cheap); items beyond it
+wait in a backlog, in arrival order, and move into the window as batches leave it. A waiting item
+still honours its request's cancellation and deadline.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from seglabel_server.backends.base import Backend
@@ -64,6 +70,7 @@ class Scheduler:
         self.metrics = metrics
         self.batching = batching
         self.queues: dict[str, deque] = {s: deque() for s in configs}
+        self.backlog: dict[str, deque] = {s: deque() for s in configs}
         self.cond = threading.Condition()
         self.stopping = False
         groups = workers or [list(configs)]
@@ -79,7 +86,10 @@ class Scheduler:
             self.threads.append(t)
 
     # -- client side (asyncio loop) -----------------------------------------------------------------
-    def submit_nowait(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
+    def submit(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
+        """Queue ``payload`` now; its result (or error) arrives on the returned future. Never
+        refused for lack of room (the item waits in the stage's backlog); only a stopping server or
+        an unknown stage refuses."""
         ctx.check()
         kind = kinds.get(stage)
         item = WorkItem(stage, payload, kind.size(payload), ctx, key=kind.key(payload))
@@ -89,11 +99,13 @@ class Scheduler:
             q = self.queues.get(stage)
             if q is None:
                 raise Overloaded(f"{stage}: no such stage on this server (model not loaded)")
-            if len(q) >= self.configs[stage].max_queue:
+            backlog = self.backlog[stage]
+            if backlog or len(q) >= self.configs[stage].max_queue:
+                backlog.append(item)
                 if self.metrics:
-                    self.metrics.rejected.labels(stage).inc()
-                raise Overloaded(f"{stage} queue is full ({len(q)} items queued); retry later")
-            q.append(item)
+                    self.metrics.backlog_depth.labels(stage).set(len(backlog))
+            else:
+                q.append(item)
             if self.metrics:
                 self.metrics.queue_depth.labels(stage).set(len(q))
             self.cond.notify_all()  # the workers wait on different stages
@@ -101,15 +113,11 @@ class Scheduler:
 
     async def run(self, stage: str, payload: Any, ctx: RequestContext) -> Any:
         """Queue ``payload`` on ``stage`` and wait for its result (batched with other items)."""
-        return await self.enqueue(stage, payload, ctx)
-
-    def enqueue(self, stage: str, payload: Any, ctx: RequestContext) -> Awaitable[Any]:
-        """``run`` in two steps: queued now (its place in the queue is taken before the caller
-        starts anything else), the result awaited later."""
-        return self._wait(self.submit_nowait(stage, payload, ctx))
+        return await self.wait(self.submit(stage, payload, ctx))
 
     @staticmethod
-    async def _wait(fut: concurrent.futures.Future) -> Any:
+    async def wait(fut: concurrent.futures.Future) -> Any:
+        """The result of a :meth:`submit`; a caller that stops waiting cancels the item."""
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
@@ -125,7 +133,7 @@ class Scheduler:
             self.cond.notify_all()
         for t in self.threads:
             t.join(timeout=30)
-        for q in self.queues.values():
+        for q in (*self.queues.values(), *self.backlog.values()):
             for item in q:  # (a request that gave up has cancelled its own already)
                 self._fail(item, Cancelled("server stopped"))
             q.clear()
@@ -137,15 +145,20 @@ class Scheduler:
                 while True:
                     if self.stopping:
                         return
+                    dropped = self._refill(configs)
                     stage, wait = pick_stage(self.queues, configs, time.monotonic())
-                    if stage is not None:
+                    if stage is not None or dropped:
                         break
                     self.cond.wait(timeout=None if wait == float("inf") else wait)
-                batch, dropped = collate_batch(
-                    self.queues[stage], self.configs[stage].max_batch_size, self.batching
-                )
-                if self.metrics:
-                    self.metrics.queue_depth.labels(stage).set(len(self.queues[stage]))
+                batch: list[WorkItem] = []
+                if stage is not None:
+                    batch, gone = collate_batch(
+                        self.queues[stage], self.configs[stage].max_batch_size, self.batching
+                    )
+                    dropped += gone
+                    self._refill({stage: configs[stage]}, dropped)  # room left by this batch
+                    if self.metrics:
+                        self.metrics.queue_depth.labels(stage).set(len(self.queues[stage]))
             for item in dropped:
                 self._fail(
                     item,
@@ -155,6 +168,32 @@ class Scheduler:
                 )
             if batch:
                 self._execute(stage, batch)
+
+    def _refill(self, configs: dict[str, StageConfig], dropped: list | None = None) -> list[WorkItem]:
+        """Move backlog items into their stage's window while it has room (under ``cond``).
+        Returns ``dropped`` (a new list by default) with the backlog items whose request gave up
+        meanwhile appended, to be failed outside the lock."""
+        dropped = [] if dropped is None else dropped
+        for stage, cfg in configs.items():
+            backlog, q = self.backlog[stage], self.queues[stage]
+            if not backlog:
+                continue
+            while backlog and len(q) < cfg.max_queue:
+                item = backlog.popleft()
+                if item.ctx.done() or item.future.cancelled():
+                    dropped.append(item)
+                else:
+                    q.append(item)
+            # Requests that gave up are dropped from anywhere in the backlog, not only its front,
+            # so that a long backlog does not keep their payloads.
+            if backlog and any(i.ctx.done() or i.future.cancelled() for i in backlog):
+                live = [i for i in backlog if not (i.ctx.done() or i.future.cancelled())]
+                dropped += [i for i in backlog if i.ctx.done() or i.future.cancelled()]
+                backlog.clear()
+                backlog.extend(live)
+            if self.metrics:
+                self.metrics.backlog_depth.labels(stage).set(len(backlog))
+        return dropped
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         if self.metrics:

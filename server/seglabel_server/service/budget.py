@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from seglabel_server.errors import LimitExceeded, Overloaded
@@ -21,6 +22,14 @@ def machine_memory_bytes() -> int:
         return 8 << 30
 
 
+# Working memory of the models' runtime for one image, as a multiple of the SAM2 encoder input's
+# bytes: ONNX Runtime's CPU arena (shared by every model) holds 725 MB after an encoder run of the
+# full-size hiera-tiny at 1024 px, and a 1-mask grid request from an idle server peaks 891 MB over it
+# (features and decoder outputs counted apart below; scripts/bench_memory.py): 72 x 12.6 MB = 906 MB.
+# The decoder's batch stays below it (513 MB for 16 prompts) in the same arena.
+ENCODER_WORKING_X = 72
+
+
 def request_bytes(
     p: SegmentParams,
     width: int,
@@ -29,8 +38,13 @@ def request_bytes(
     clip: dict | None,
     decoder_batch: int,
     clip_batch: int,
+    decoder_window: int = 2,
 ) -> int:
-    """Upper bound of one request's peak memory (bytes) for resolved parameters ``p``."""
+    """Upper bound of one request's peak memory (bytes) for resolved parameters ``p``, following
+    what the pipeline holds at once: its image and features, a window of decoder outputs, the
+    candidates that can still be in the answer (``pipeline.masks.CandidateSet``: ``max_masks`` of
+    them with NMS off, every prompt's 3 with NMS on), one chunk of full-resolution masks and the
+    answer's RLE. The runtime's working memory is :func:`runtime_bytes`."""
     pixels = width * height
     s, c, low = sam["image_size"], sam.get("embed_dim", 256), sam["low_res_size"]
     total = 2 * pixels * 3  # decoded image (+ a conversion copy)
@@ -40,13 +54,17 @@ def request_bytes(
         prompts, per_prompt = p.points_per_side**2, 3
     else:
         prompts, per_prompt = max(len(p.boxes), 1), 3
-    # Decoder outputs are held for every prompt until filtering (3 candidates + the single mask).
-    total += prompts * (per_prompt + 1) * low * low * 4 + prompts * 64
+    # Decoder outputs in flight (3 candidates + the single mask per prompt).
+    total += decoder_window * min(prompts, decoder_batch) * (per_prompt + 1) * low * low * 4 + prompts * 64
+    candidates = prompts * per_prompt
+    if p.prompt_type == "grid" and p.box_nms_thresh is not None and p.box_nms_thresh >= 1.0:
+        candidates = min(candidates, p.max_masks)
+    total += candidates * (low * low * 4 + 64)
     kept = min(p.max_masks, prompts * per_prompt)
-    # Survivors: low-res logits, RLE and protobuf (bounded by a quarter of the mask's pixels); the
+    # The answer: RLE and its protobuf (bounded by a quarter of the mask's pixels); the
     # full-resolution masks of one chunk at a time, or of every mask when the overlay needs them.
     chunk = clip_batch if clip is not None and not p.skip_labels else 64
-    total += kept * (low * low * 4 + pixels // 4)
+    total += kept * (pixels // 4)
     total += (kept if p.return_overlay else min(kept, chunk)) * pixels
     if clip is not None and not p.skip_labels:
         isz = clip["image_size"]
@@ -54,6 +72,15 @@ def request_bytes(
     if p.return_overlay:
         total += pixels * (3 * 4 + 2 + 3)  # float canvas, edge masks, PNG
     return total
+
+
+def runtime_bytes(sam: dict) -> int:
+    """The models' working memory for one image when they run on the host (one shared arena,
+    ``backends.onnxruntime``): what an encoder run of one more image adds at most. Scaled by the
+    model's width (``embed_dim`` / 256, 1 for every SAM2.1 size), so that a shrunken model is not
+    charged a full-size encoder's memory."""
+    width = sam.get("embed_dim", 256) / 256
+    return int(ENCODER_WORKING_X * 3 * sam["image_size"] ** 2 * 4 * width)
 
 
 def depth_bytes(width: int, height: int, depth: dict) -> int:
@@ -79,11 +106,14 @@ class Charge:
     budget: MemoryBudget
     nbytes: int
     released: bool = False
+    on_release: Callable[[], None] | None = None
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.budget._release(self.nbytes)
+            if self.on_release is not None:
+                self.on_release()
 
 
 class MemoryBudget:
@@ -94,7 +124,7 @@ class MemoryBudget:
         self.used = 0
         self.lock = threading.Lock()
 
-    def charge(self, nbytes: int) -> Charge:
+    def charge(self, nbytes: int, on_release: Callable[[], None] | None = None) -> Charge:
         if nbytes > self.limit:
             raise LimitExceeded(
                 f"request needs up to {nbytes // MB} MB, more than the server's whole memory budget "
@@ -107,7 +137,7 @@ class MemoryBudget:
                     f"up to {nbytes // MB} MB; retry later"
                 )
             self.used += nbytes
-        return Charge(self, nbytes)
+        return Charge(self, nbytes, on_release=on_release)
 
     def _release(self, nbytes: int) -> None:
         with self.lock:

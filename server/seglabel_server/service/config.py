@@ -83,7 +83,11 @@ class ServerConfig:
         -1.0, "wait up to this long for a batch to fill (-1: each model kind's default)"
     )
     max_batch: dict[str, int] = _opt(dict, "units per batch, per stage (absent or 0: the kind's default)")
-    max_queue: int = _opt(256, "items queued per stage before new work is refused")
+    max_queue: int = _opt(
+        256,
+        "items per stage that batches are formed from; an admitted request's further work waits in "
+        "arrival order (never refused: refusal happens at admission, --max-inflight and the memory budget)",
+    )
     max_inflight: int = _opt(64, "requests admitted at once")
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
@@ -106,8 +110,13 @@ class ServerConfig:
     )
     cpu_arena: bool = _opt(
         True,
-        "onnxruntime: CPU memory arena (about 1.5x faster per request than without it, measured; it "
-        "keeps its peak after bursts)",
+        "onnxruntime: one CPU memory arena shared by every model (about 1.5x faster per request than "
+        "without it, measured; it keeps its peak until the server is idle for --idle-release-s)",
+    )
+    idle_release_s: float = _opt(
+        2.0,
+        "once no request has been in flight for this long, give memory back to the OS (the CPU arena's "
+        "unused chunks, the C heap's free pages); under load it is kept for the next requests",
     )
     arena_shrinkage: bool = _opt(
         False,

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,7 @@ from seglabel_server.errors import (
 )
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import images
+from seglabel_server.pipeline.pipeline import DECODER_WINDOW
 from seglabel_server.service import loading
 from seglabel_server.service.budget import (
     Charge,
@@ -34,6 +36,7 @@ from seglabel_server.service.budget import (
     depth_bytes,
     machine_memory_bytes,
     request_bytes,
+    runtime_bytes,
     text_bytes,
 )
 from seglabel_server.service.capabilities import Capabilities
@@ -69,6 +72,11 @@ class SeglabelService:
         self.idle = asyncio.Event()  # set whenever no request is in flight
         self.idle.set()
         self.draining = False
+        self.idle_epoch = 0  # one more each time the server goes idle: a later release checks it
+        self.background: set[asyncio.Task] = set()
+        self.shares_lock = threading.Lock()
+        self.runtime_shares = 0  # requests charged the runtime's working memory (_runtime_charge)
+        self.hold_s = 1.0  # moving mean of how long an admitted request holds its place (s)
         limit = cfg.max_memory_mb << 20 if cfg.max_memory_mb else machine_memory_bytes() // 2
         self.budget = MemoryBudget(limit)
         self.metrics.inflight.set_function(lambda: self.inflight)
@@ -97,6 +105,8 @@ class SeglabelService:
             log.error("model loading failed: %s", exc)
             raise
         self.ready.set()
+        if self.inflight == 0:
+            self._release_when_idle()  # what warm-up took, back unless requests keep it in use
         info = self.loaded.backend.info
         log.info(
             "models loaded and warmed up in %.1fs (%s on %s, providers %s)%s",
@@ -115,6 +125,9 @@ class SeglabelService:
         await self.loaded.pipeline.warm_up(tuple(self.cfg.pipeline.vocabulary), image, ctx)
 
     async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         if self.loaded:
             await asyncio.to_thread(self.loaded.close)
             self.loaded.backend.close()
@@ -148,26 +161,56 @@ class SeglabelService:
         if self.inflight >= self.cfg.max_inflight:
             self.metrics.rejected.labels("admission").inc()
             raise Overloaded(
-                f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later"
+                f"{self.inflight} requests in flight (limit {self.cfg.max_inflight}); retry later",
+                self.retry_after_ms(),
             )
         self.inflight += 1
         self.idle.clear()
         charges: list[Charge] = []
+        t0 = time.monotonic()
         try:
             yield charges
         finally:
+            # mean time a request holds its place, for the pushback of those refused meanwhile
+            self.hold_s += 0.2 * (time.monotonic() - t0 - self.hold_s)
             self.inflight -= 1
             for c in charges:
                 c.release()
             if self.inflight == 0:
                 self.idle.set()
-                memory.trim()  # freed request memory back to the OS once the server is idle
+                self._release_when_idle()
+
+    def _release_when_idle(self) -> None:
+        """Memory back to the OS once the server stays idle ``idle_release_s``: the runtime's arena
+        and the C heap keep a burst's peak for the next requests otherwise. Back-to-back requests
+        never wait for it (giving back and taking again costs page faults on every request)."""
+        self.idle_epoch += 1
+        epoch = self.idle_epoch
+
+        async def later() -> None:
+            await asyncio.sleep(self.cfg.idle_release_s)
+            if self.inflight == 0 and self.idle_epoch == epoch and self.loaded is not None:
+                await asyncio.to_thread(self._release_memory)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _release_memory(self) -> None:
+        self.loaded.backend.release_memory()
+        memory.trim()
+
+    def retry_after_ms(self) -> int:
+        """When a refused request is likely to find room: a place frees every (mean time a request
+        is held / requests in flight), on average; between 50 ms and 10 s."""
+        return int(min(10_000, max(50, 1000 * self.hold_s / max(1, self.inflight))))
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.cfg.max_image_bytes:
             raise LimitExceeded(f"image of {len(data)} bytes is over the limit of {self.cfg.max_image_bytes}")
 
-    async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str):
+    async def _image(self, file_id: str | None, data: bytes | None, charges: list, estimate, what: str,
+                     runtime=None):  # fmt: skip
         """The request's image, decoded once; ``estimate(w, h)`` (bytes) is charged after the header
         is read and before the pixels are decoded. Returns (RGB array, milliseconds, sha256 of the
         bytes: the upload's file_id, or computed for inline bytes when the embedding cache needs it)."""
@@ -179,7 +222,14 @@ class SeglabelService:
         cache = self.loaded.embeddings
 
         def admit(w: int, h: int) -> None:
-            charges.append(self.budget.charge(estimate(w, h)))
+            try:
+                charges.append(self.budget.charge(estimate(w, h)))
+                if runtime is not None:
+                    runtime(charges)
+            except Overloaded as exc:
+                self.metrics.rejected.labels("memory").inc()
+                exc.retry_after_ms = self.retry_after_ms()
+                raise
 
         def decode():
             nonlocal data
@@ -209,17 +259,35 @@ class SeglabelService:
         return self.files.put(data, filename), w, h
 
     def _segment_bytes(self, job: SegmentJob, w: int, h: int) -> int:
-        """Upper bound of the request's peak memory (the budget's charge)."""
+        """Upper bound of the request's own peak memory (the budget's charge)."""
         repo, sched, p = self.loaded.repo, self.loaded.pipeline.scheduler, job.params
         clip_batch = sched.max_batch("clip") if "clip" in sched.configs else 0
         n = request_bytes(
-            p, w, h, repo.sam2, repo.clip if job.labels else None, sched.max_batch("decoder"), clip_batch
-        )
+            p, w, h, repo.sam2, repo.clip if job.labels else None, sched.max_batch("decoder"), clip_batch,
+            decoder_window=DECODER_WINDOW,
+        )  # fmt: skip
         if job.depth:
             n += depth_bytes(w, h, repo.manifest["depth"])
         if job.text:
             n += text_bytes(w, h)
         return n
+
+    def _runtime_charge(self, charges: list[Charge]) -> None:
+        """The models' working memory on the host, charged to at most an encoder batch of requests
+        at once (the arena they share holds that much; more requests in flight wait for the
+        encoder instead of growing it). Nothing when the models run on a GPU."""
+        if self.loaded.backend.info.device != "cpu":
+            return
+
+        def released() -> None:
+            with self.shares_lock:
+                self.runtime_shares -= 1
+
+        with self.shares_lock:  # image headers are read in threads
+            if self.runtime_shares >= self.loaded.pipeline.scheduler.max_batch("encoder"):
+                return
+            charges.append(self.budget.charge(runtime_bytes(self.loaded.repo.sam2), released))
+            self.runtime_shares += 1
 
     async def segment(
         self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
@@ -227,8 +295,9 @@ class SeglabelService:
         async with self._admitted() as charges:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
             image, decode_ms, key = await self._image(
-                file_id, data, charges, lambda w, h: self._segment_bytes(job, w, h), "SegmentRequest"
-            )
+                file_id, data, charges, lambda w, h: self._segment_bytes(job, w, h), "SegmentRequest",
+                self._runtime_charge,
+            )  # fmt: skip
             check_prompts_inside(job.params, image.shape[1], image.shape[0])
             result = await self.loaded.pipeline.run(job, image, ctx, emit, image_key=key)
             result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms

@@ -15,3 +15,14 @@ def check_bearer(sent: str, token: str) -> None:
     raise Unauthenticated(
         "missing or wrong bearer token" if sent else "this server needs a bearer token (authorization)"
     )
+
+
+def read_token(path: str) -> str | None:
+    """The bearer token in ``path`` (None when no file is configured); an empty file is refused."""
+    if not path:
+        return None
+    with open(path) as f:
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"{path}: the token file is empty")
+    return token

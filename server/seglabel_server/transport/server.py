@@ -19,6 +19,7 @@ from seglabel_server import memory
 from seglabel_server.metrics import Metrics
 from seglabel_server.service import SeglabelService
 from seglabel_server.service.config import ServerConfig, config_from_args
+from seglabel_server.transport.auth import read_token
 from seglabel_server.transport.grpc.interceptor import AuthInterceptor, ErrorInterceptor
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 
@@ -87,10 +88,7 @@ def _credentials(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, str 
             root_certificates=ca,
             require_client_auth=ca is not None,
         )
-    if cfg.auth_token_file:
-        token = Path(cfg.auth_token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"{cfg.auth_token_file}: the token file is empty")
+    token = read_token(cfg.auth_token_file)
     if cfg.host not in LOOPBACK and not (creds and token) and not cfg.insecure:
         raise ValueError(
             f"refusing to serve {cfg.host} without TLS and a token: give --tls-cert/--tls-key and "
@@ -138,6 +136,7 @@ async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> N
     import uvicorn
 
     from seglabel_server.transport.http.app import create_app
+    from seglabel_server.transport.http.gateway import LocalGateway
 
     class _Uvicorn(uvicorn.Server):
         def capture_signals(self):
@@ -145,7 +144,7 @@ async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> N
 
             return contextlib.nullcontext()
 
-    asgi, _ = create_app(server.service, token)
+    asgi, _ = create_app(LocalGateway(server.service), token)
     config = uvicorn.Config(
         asgi, host=cfg.host, port=cfg.http_port, log_level="warning", lifespan="off",
         ssl_certfile=cfg.tls_cert or None, ssl_keyfile=cfg.tls_key or None,

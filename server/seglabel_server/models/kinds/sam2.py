@@ -188,9 +188,10 @@ DECODER = DecoderKind(
     family="sam2",
     inputs=("image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels", "min_iou"),
     outputs=("iou_predictions", "kept", "masks", "stability_scores", "single_mask", "single_iou"),
-    # ONNX Runtime on the CPU: the same time per prompt at 32-128 (measured) while the memory it
-    # keeps grows ~45 MB per upscaled prompt; a GPU takes bigger batches.
-    max_batch=32,
+    # ONNX Runtime on the CPU: the same time per prompt at 16-128 (measured: 0.35 s per 16, 0.63-0.69 s
+    # per 32, full-size, 2 cores) while its working memory grows ~32 MB per prompt (513 MB at 16, 1056
+    # MB at 32): 16 keeps it under the encoder's 725 MB. A GPU takes bigger batches.
+    max_batch=16,
     max_batch_gpu=128,
     priority=30,
     required=True,

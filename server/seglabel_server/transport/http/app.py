@@ -1,5 +1,6 @@
-"""HTTP/JSON gateway (FastAPI) in the server process: the original application's routes on the same
-service object as gRPC (no second pipeline, no gRPC hop).
+"""HTTP/JSON gateway (FastAPI): the original application's routes over a :class:`Gateway`: in the
+server process the same service object as gRPC (no second pipeline, no gRPC hop); on Ray Serve the
+ingress deployment, which routes each call to a replica.
 
     POST /upload                    multipart field ``image`` -> {"file_id", "width", "height", "filename"}
     POST /segment                   JSON {"file_id" | "image" (base64), "prompt_type": "grid", ...}
@@ -18,7 +19,6 @@ with the status of their kind (``middleware.py``); the bearer token is the gRPC 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -30,10 +30,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from seglabel_server import __version__
 from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticated, error_kind
 from seglabel_server.transport.auth import check_bearer
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
+from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.middleware import (
     BodyLimit,
     HttpMetrics,
@@ -95,12 +97,12 @@ class SegmentBody(BaseModel):
         return convert.params_from_pb(req), req.file_id or None, req.image or None
 
 
-def create_app(service, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
+def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
     """(the ASGI app to serve: the routes inside their middleware, the FastAPI app itself)."""
     app = FastAPI(
         title="seglabel",
         description="SAM2.1 segmentation + CLIP labels, depth and OCR over HTTP/JSON (the gRPC API's twin).",
-        version=service.info()["version"],
+        version=__version__,
     )
 
     @app.exception_handler(SeglabelError)
@@ -140,12 +142,12 @@ def create_app(service, token: str | None = None) -> tuple[HttpMetrics, FastAPI]
 
     @app.get("/healthz")
     async def healthz():
-        ready = service.ready.is_set() and not service.draining
+        ready = await service.serving()
         return JSONResponse({"status": "SERVING" if ready else "NOT_SERVING"}, 200 if ready else 503)
 
     @app.get("/info")
     async def info():
-        return wire.message_json(convert.info_to_pb(service.info()))
+        return wire.message_json(convert.info_to_pb(await service.info()))
 
     @app.post("/upload")
     async def upload(request: Request):
@@ -155,7 +157,7 @@ def create_app(service, token: str | None = None) -> tuple[HttpMetrics, FastAPI]
             raise InvalidArgument("multipart field 'image' (a file) is required")
         data = await image.read()
         filename = str(form.get("filename") or getattr(image, "filename", "") or "")
-        file_id, w, h = await asyncio.to_thread(service.upload, data, filename)
+        file_id, w, h = await service.upload(data, filename)
         return {"file_id": file_id, "width": w, "height": h, "filename": filename}
 
     @app.post("/segment")
@@ -197,5 +199,5 @@ def create_app(service, token: str | None = None) -> tuple[HttpMetrics, FastAPI]
         )
         return wire.flat(convert.text_response_to_pb(result, w, h, timings), "text")
 
-    limited = BodyLimit(app, service.cfg.max_image_bytes * 4 // 3 + (1 << 20))
+    limited = BodyLimit(app, service.max_image_bytes * 4 // 3 + (1 << 20))
     return HttpMetrics(limited, app, service.metrics), app

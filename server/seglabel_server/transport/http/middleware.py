@@ -30,7 +30,11 @@ def error_response(exc: BaseException) -> JSONResponse:
     status = 413 if isinstance(exc, LimitExceeded) else HTTP_STATUS[kind]
     if kind == ErrorKind.INTERNAL and not isinstance(exc, SeglabelError):
         message = f"internal error ({type(exc).__name__})"  # never a stack trace or server paths
-    return JSONResponse({"error": {"code": kind.value, "message": message}}, status_code=status)
+    retry_ms = getattr(exc, "retry_after_ms", None)
+    headers = {"Retry-After": str(max(1, -(-retry_ms // 1000)))} if retry_ms else None
+    return JSONResponse(
+        {"error": {"code": kind.value, "message": message}}, status_code=status, headers=headers
+    )
 
 
 class BodyLimit:

@@ -1,12 +1,16 @@
 """The same service on Ray Serve replicas (the ``ray`` extra), reached through Ray Serve's gRPC
 proxy with the project's own ``seglabel.v1.Segmenter`` methods (streaming included) and
-``grpc.health.v1`` ``Check``, so the existing client, CLI and ``wait_ready`` work unchanged.
+``grpc.health.v1`` ``Check``, so the existing client, CLI and ``wait_ready`` work unchanged; and
+through Ray's HTTP proxy with the HTTP/JSON routes and the web page of ``seglabel-server
+--http-port`` (the same FastAPI app), with the same bearer token on both.
 
 Two deployments: ``Seglabel`` replicas each run the whole server (model kinds, scheduler,
 per-stage batching, embedding cache) with the CPUs / fractional GPUs Ray reserves for them;
-``SeglabelIngress`` (no CPU reserved) is what the proxy calls and routes each call to a replica
+``SeglabelIngress`` (no CPU reserved) is what both proxies call and routes each call to a replica
 through Ray's deployment handle, so that a replica that dies mid-request is retried on another
-instead of surfacing as the proxy's INTERNAL "actor died".
+instead of surfacing as the proxy's INTERNAL "actor died". Domain errors (a NOT_FOUND upload, a
+full server) travel back as values and are answered with their status: Ray logs no traceback for
+them, the replica one line with the request id and the status.
 
 Ray's parts are used where they replace ours: request routing across replicas, replica health
 (``check_health``; a replica counts as started only once its models are loaded and warmed up, since
@@ -28,11 +32,12 @@ import os
 import signal
 import time
 
-import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
+from seglabel_server.errors import SeglabelError
 from seglabel_server.service import SeglabelService
 from seglabel_server.service.config import (
     ConfigError,
@@ -41,10 +46,24 @@ from seglabel_server.service.config import (
     apply_settings,
     settings_from_args,
 )
+from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
+from seglabel_server.transport.http.app import create_app
+from seglabel_server.transport.ray.gateway import (
+    ATTEMPTS,
+    RemoteGateway,
+    cause,
+    lost,
+    pack,
+    replica_lost,
+    unpack,
+)
+from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
+# Ray Serve's own logger: its lines land in the replica's Serve log, with Ray's request id.
+serve_log = logging.getLogger("ray.serve")
 
 SERVICER_FUNCTIONS = [
     "seglabel_server.transport.ray.proxy.add_segmenter",
@@ -61,12 +80,20 @@ class _NoDeadline:
         return None
 
 
+def _request_id() -> str:
+    try:
+        return serve.context._get_serve_request_context().request_id or "-"
+    except Exception:  # outside a request (tests call methods directly)
+        return "-"
+
+
 @serve.deployment(
     name="Seglabel", max_ongoing_requests=16, health_check_period_s=5, graceful_shutdown_timeout_s=30
 )
 class SeglabelReplica:
     """One replica: the whole server (service, pipeline, scheduler, embedding cache) in a Ray actor.
-    Each method answers ``(reply, replica id)``; domain errors are raised as they are."""
+    Each method answers ``(reply, replica id, error)``: a domain error is returned packed
+    (``gateway.pack``) and logged as one line, never raised (Ray would log its traceback)."""
 
     async def __init__(self, server: dict | None = None, pin_cpus: int = 0):
         ctx = serve.get_replica_context()
@@ -91,14 +118,57 @@ class SeglabelReplica:
         if not self.service.ready.is_set() or self.service.draining:
             raise RuntimeError(f"replica {self.service.served_by} is not serving")
 
+    def _refused(self, what: str, exc: SeglabelError) -> tuple:
+        code, details = grpc_status(exc)
+        serve_log.info("request %s %s: %s %s", _request_id(), what, code.name, details)
+        return None, self.service.served_by, pack(exc)
+
     async def call(self, method: str, request):
+        """A unary gRPC method of Segmenter."""
         if method not in UNARY:
             raise ValueError(f"not a unary method of Segmenter: {method}")
-        return await getattr(self.servicer, method)(request, _NoDeadline()), self.service.served_by
+        try:
+            reply = await getattr(self.servicer, method)(request, _NoDeadline())
+        except SeglabelError as exc:
+            return self._refused(method, exc)
+        return reply, self.service.served_by, None
 
     async def stream(self, request):
-        async for event in self.servicer.StreamSegment(request, _NoDeadline()):
-            yield event, self.service.served_by
+        """StreamSegment's events; a domain error as the last item."""
+        try:
+            async for event in self.servicer.StreamSegment(request, _NoDeadline()):
+                yield event, self.service.served_by, None
+        except SeglabelError as exc:
+            yield self._refused("StreamSegment", exc)
+
+    async def invoke(self, name: str, *args):
+        """A service call for the HTTP routes (``gateway.RemoteGateway``), on domain types."""
+        ctx = RequestContext()
+        service = self.service
+        try:
+            if name == "serving":
+                reply = service.ready.is_set() and not service.draining
+            elif name == "info":
+                reply = service.info()
+            elif name == "upload":
+                reply = await asyncio.to_thread(service.upload, *args)
+            elif name in ("segment", "estimate_depth", "extract_text"):
+                reply = await getattr(service, name)(*args, ctx)
+            else:
+                raise ValueError(f"not a service call: {name}")
+        except SeglabelError as exc:
+            return self._refused(f"HTTP {name}", exc)
+        finally:
+            ctx.cancel()  # whatever it queued is dropped (a cancelled call, or nothing left)
+        return reply, service.served_by, None
+
+    async def events(self, params, file_id, data):
+        """A Segment request's stream of domain events (``service.segment_events``)."""
+        try:
+            async for event in self.service.segment_events(params, file_id, data, RequestContext()):
+                yield event, self.service.served_by, None
+        except SeglabelError as exc:
+            yield self._refused("HTTP segment stream", exc)
 
     async def serving(self) -> bool:
         return self.service.ready.is_set() and not self.service.draining
@@ -117,61 +187,78 @@ def pin_to_cpus(local_rank: int, n: int) -> list[int]:
     return chosen
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """What a replica raised, out of the RayTaskError the handle wraps it in."""
-    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
-
-
 UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo")
-# A replica that dies (crash, OOM kill, node lost) or cannot be reached: the call is retried on
-# another one, and if none answers, UNAVAILABLE (which the client retries too).
-ATTEMPTS = 3
+_METHODS = pb.DESCRIPTOR.services_by_name["Segmenter"].methods_by_name
+
+
+def _empty_reply(method: str):
+    """An empty answer of ``method``'s type: sent with the error status set on the context."""
+    return message_factory.GetMessageClass(_METHODS[method].output_type)()
 
 
 @serve.deployment(name="SeglabelIngress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
 class SeglabelIngress:
-    """What Ray Serve's gRPC proxy calls: the ``seglabel.v1.Segmenter`` methods and
-    ``grpc.health.v1`` ``Check``. Holds no model; routes each call to a replica through Ray's
-    deployment handle (Ray picks the replica), turns a replica's death into a retry on another one
-    (before a stream's first event) or UNAVAILABLE, domain errors into their status codes, and names
-    the replica that answered in the trailing metadata ``seglabel-replica``."""
+    """What Ray Serve's proxies call: the ``seglabel.v1.Segmenter`` methods and ``grpc.health.v1``
+    ``Check`` (gRPC proxy), and the HTTP/JSON routes and web page (HTTP proxy, the FastAPI app of
+    ``transport.http``). Holds no model; routes each call to a replica through Ray's deployment
+    handle (Ray picks the replica), turns a replica's death into a retry on another one (before a
+    stream's first event) or UNAVAILABLE, domain errors into their status codes (set on the
+    context, not raised), checks the bearer token when one is configured, and names the replica
+    that answered in the trailing metadata ``seglabel-replica``."""
 
-    def __init__(self, replicas):
+    def __init__(self, replicas, server: dict | None = None):
         self.replicas = replicas
+        cfg = ServerConfig()
+        apply_settings(cfg, dict(server or {}), "the Ray application's args.server")
+        self.token = read_token(cfg.auth_token_file)
+        self.gateway = RemoteGateway(replicas, cfg.max_image_bytes)
+
+    def __serve_build_asgi_app__(self):
+        asgi, _ = create_app(self.gateway, self.token)
+        return asgi
 
     @staticmethod
-    def _fail(grpc_context, code, details: str, pushback_ms=None):
+    def _fail(grpc_context, exc: SeglabelError) -> None:
+        code, details = grpc_status(exc)
         if grpc_context is not None:
             grpc_context.set_code(code)
             grpc_context.set_details(details)
-            if pushback_ms:
-                grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback_ms)))])
+            pushback = getattr(exc, "retry_after_ms", None)
+            if pushback:
+                grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback)))])
 
-    def _raise(self, exc: BaseException, grpc_context):
-        """A replica's exception as the client's status: domain errors by kind, a lost replica
-        UNAVAILABLE, anything else INTERNAL."""
-        cause = _cause(exc)
-        if isinstance(cause, RayActorError):
-            self._fail(
-                grpc_context, grpc.StatusCode.UNAVAILABLE, f"replica lost ({type(cause).__name__}); retry"
-            )
-        else:
-            code, details = grpc_status(cause)
-            self._fail(grpc_context, code, details, getattr(cause, "retry_after_ms", None))
-        raise cause from None
+    def _authorized(self, grpc_context) -> bool:
+        if not self.token:
+            return True
+        sent = dict(grpc_context.invocation_metadata()).get("authorization", "") if grpc_context else ""
+        try:
+            check_bearer(sent, self.token)
+            return True
+        except SeglabelError as exc:
+            self._fail(grpc_context, exc)
+            return False
 
     async def _unary(self, method: str, request, grpc_context):
+        if not self._authorized(grpc_context):
+            return _empty_reply(method)
         for attempt in range(ATTEMPTS):
             try:
-                reply, replica = await self.replicas.call.remote(method, request)
+                reply, replica, error = await self.replicas.call.remote(method, request)
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(_cause(exc), RayActorError) and attempt + 1 < ATTEMPTS:
-                    log.warning("%s: replica lost (%s), retrying on another", method, type(exc).__name__)
+                if replica_lost(exc) and attempt + 1 < ATTEMPTS:
+                    log.warning(
+                        "%s: replica lost (%s), retrying on another", method, type(cause(exc)).__name__
+                    )
                     continue
-                self._raise(exc, grpc_context)
+                self._fail(grpc_context, lost(method) if replica_lost(exc) else as_domain(cause(exc)))
+                return _empty_reply(method)
+        if error is not None:
+            self._fail(grpc_context, unpack(error))
+            return _empty_reply(method)
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
         return reply
@@ -194,10 +281,15 @@ class SeglabelIngress:
     async def StreamSegment(self, request, grpc_context=None):
         """Retried on another replica only while no event was sent; after that a lost replica ends
         the stream with UNAVAILABLE (the client decides: gRPC never retries a committed stream)."""
+        if not self._authorized(grpc_context):
+            return
         for attempt in range(ATTEMPTS):
             sent = 0
             try:
-                async for event, replica in self.replicas.options(stream=True).stream.remote(request):
+                async for event, replica, error in self.replicas.options(stream=True).stream.remote(request):
+                    if error is not None:
+                        self._fail(grpc_context, unpack(error))
+                        return
                     if sent == 0 and grpc_context is not None:
                         grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
                     sent += 1
@@ -206,13 +298,16 @@ class SeglabelIngress:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(_cause(exc), RayActorError) and sent == 0 and attempt + 1 < ATTEMPTS:
+                if replica_lost(exc) and sent == 0 and attempt + 1 < ATTEMPTS:
                     log.warning(
                         "StreamSegment: replica lost (%s) before the first event, retrying",
-                        type(exc).__name__,
+                        type(cause(exc)).__name__,
                     )
                     continue
-                self._raise(exc, grpc_context)
+                self._fail(
+                    grpc_context, lost("StreamSegment") if replica_lost(exc) else as_domain(cause(exc))
+                )
+                return
 
     async def Check(self, request, grpc_context=None):
         """SERVING when a replica answers that it is (models loaded and warm)."""
@@ -224,6 +319,14 @@ class SeglabelIngress:
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         return health_pb2.HealthCheckResponse(status=status)
+
+
+def as_domain(exc: BaseException) -> SeglabelError:
+    """A non-domain failure (a bug in a replica) as INTERNAL, its traceback logged once here."""
+    if isinstance(exc, SeglabelError):
+        return exc
+    log.error("replica call failed", exc_info=exc)
+    return SeglabelError(f"internal error ({type(exc).__name__})")
 
 
 def build(args: dict) -> serve.Application:
@@ -251,7 +354,7 @@ def build(args: dict) -> serve.Application:
         options["max_ongoing_requests"] = int(args.pop("max_ongoing_requests"))
     if args:
         raise ValueError(f"unknown Ray application args {sorted(args)}")
-    return SeglabelIngress.bind(SeglabelReplica.options(**options).bind(server, pin))
+    return SeglabelIngress.bind(SeglabelReplica.options(**options).bind(server, pin), server)
 
 
 def start(args: dict, grpc_port: int = 9000, http_port: int = 8000, host: str = "127.0.0.1",
@@ -289,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         "--pin-cpus", action="store_true", help="bind each replica to its own cores (CPU machines)"
     )
     ray_opts.add_argument("--grpc-port", type=int, default=9000, help="Ray's gRPC proxy")
-    ray_opts.add_argument("--http-port", type=int, default=8000, help="Ray's own HTTP proxy (health only)")
+    ray_opts.add_argument(
+        "--http-port", type=int, default=8000, help="Ray's HTTP proxy: the HTTP/JSON routes and the web page"
+    )
     ray_opts.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one here")
     add_flags(ap, exclude=frozenset({"port", "http_port"}))  # the proxy's ports are Ray's
     a = ap.parse_args(argv)
@@ -312,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     host = server.get("host", "127.0.0.1")
     start(args, a.grpc_port, a.http_port, host, address=a.address)
     print(
-        f"seglabel on Ray Serve: gRPC {host}:{a.grpc_port} (seglabel.v1.Segmenter, grpc.health.v1)",
+        f"seglabel on Ray Serve: gRPC {host}:{a.grpc_port} (seglabel.v1.Segmenter, grpc.health.v1), "
+        f"HTTP http://{host}:{a.http_port}/ (the JSON routes and the web page)",
         flush=True,
     )
     stop = asyncio.Event()
