@@ -23,15 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import numpy as np
+from benchlib import metric, photo
 from PIL import Image
 from seglabel_client.bench import free_port
 from seglabel_client.client import SegmenterClient
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import photo  # noqa: E402
 
 MB = 1 << 20
 
@@ -54,14 +51,6 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def gauge(port: int, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
-
-
 class Watch(threading.Thread):
     """Samples RSS (when the high-water mark cannot be reset) and the budget gauge while a request runs."""
 
@@ -76,7 +65,7 @@ class Watch(threading.Thread):
         while not self.stop.is_set():
             self.rss_kb = max(self.rss_kb, status_kb(self.pid, "VmRSS"))
             try:
-                self.charged = max(self.charged, gauge(self.port, "seglabel_memory_budget_used_bytes"))
+                self.charged = max(self.charged, metric(self.port, "seglabel_memory_budget_used_bytes"))
             except OSError:
                 pass
             self.stop.wait(0.05)

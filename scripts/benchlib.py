@@ -1,7 +1,10 @@
-"""What the benchmark scripts share: the photo they run on, and the predicted-IoU threshold that fixes
-the number of masks on random weights (a free port is ``seglabel_client.bench.free_port``)."""
+"""What the benchmark scripts share: the photo they run on, the predicted-IoU threshold that fixes
+the number of masks on random weights, and a server's metric (a free port is
+``seglabel_client.bench.free_port``)."""
 
 from __future__ import annotations
+
+import urllib.request
 
 import numpy as np
 from PIL import Image
@@ -38,3 +41,12 @@ def choose_iou(backend, repo, image: np.ndarray, grid: int, masks: int, chunk: i
     k = min(masks, len(ious) - 1)
     thr = float((ious[k - 1] + ious[k]) / 2)
     return thr, int((per_prompt.max(axis=1) > thr).sum())
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample of a server's Prometheus metrics (``--metrics-port``), NaN if absent."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import subprocess
 import sys
 import time
@@ -18,12 +17,10 @@ from collections import Counter
 
 import grpc
 import numpy as np
+from benchlib import photo
 from PIL import Image
 from seglabel_client.bench import free_port
 from seglabel_client.client import AsyncSegmenterClient, SegmenterClient
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import photo  # noqa: E402
 
 
 async def one(c: AsyncSegmenterClient, image: bytes, kw: dict) -> str:

@@ -22,11 +22,11 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 
 import grpc
 import numpy as np
+from benchlib import metric
 from PIL import Image
 from seglabel_api import sample_image_bytes
 from seglabel_client.bench import free_port
@@ -63,14 +63,6 @@ def distinct_image(i: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def metric(port: int, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def bad_inputs(photo: bytes) -> list[dict]:

@@ -19,7 +19,14 @@ class ErrorKind(enum.Enum):
 
 
 class SeglabelError(Exception):
+    """A domain error. ``retry_after_ms``, when set: when the client should try again (gRPC: the
+    ``grpc-retry-pushback-ms`` trailer, which gRPC's retry policy honours; HTTP: ``Retry-After``)."""
+
     kind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str = "", retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class InvalidArgument(SeglabelError):
@@ -36,14 +43,9 @@ class UnknownFile(SeglabelError):
 
 class Overloaded(SeglabelError):
     """The server is full now (in-flight limit, memory budget): refused at the door, before any
-    work. ``retry_after_ms``: when a retry is likely to be admitted (gRPC: the
-    ``grpc-retry-pushback-ms`` trailer; HTTP: ``Retry-After``)."""
+    work, with a ``retry_after_ms`` when a retry is likely to be admitted."""
 
     kind = ErrorKind.OVER_LIMIT
-
-    def __init__(self, message: str, retry_after_ms: int | None = None):
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
 
 class LimitExceeded(SeglabelError):
@@ -65,14 +67,9 @@ class ModelError(SeglabelError):
 
 
 class Unavailable(SeglabelError):
-    """Not ready or shutting down. ``retry_after_ms``: when the client should try again (gRPC:
-    the ``grpc-retry-pushback-ms`` trailer, which gRPC's retry policy honours)."""
+    """Not ready or shutting down (with a ``retry_after_ms`` when it knows)."""
 
     kind = ErrorKind.UNAVAILABLE
-
-    def __init__(self, message: str, retry_after_ms: int | None = None):
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
 
 class CapabilityUnavailable(SeglabelError):

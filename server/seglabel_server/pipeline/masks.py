@@ -164,15 +164,16 @@ class CandidateSet:
         """Keep ``rows`` (in that order); blocks that lost rows are compacted, empty ones freed."""
         self.meta = {k: v[rows] for k, v in self.meta.items()}
         where = self.meta["where"]
-        for b in range(len(self.blocks)):
-            if self.blocks[b] is None:
+        kept = np.bincount(where[:, 0], minlength=len(self.blocks))
+        for b, block in enumerate(self.blocks):
+            if block is None or kept[b] == len(block):
+                continue  # untouched: no scan, no copy
+            if not kept[b]:
+                self.blocks[b] = None
                 continue
             mine = np.nonzero(where[:, 0] == b)[0]
-            if not len(mine):
-                self.blocks[b] = None
-            elif len(mine) < len(self.blocks[b]):
-                self.blocks[b] = self.ops.rows(self.blocks[b], where[mine, 1])
-                where[mine, 1] = np.arange(len(mine))
+            self.blocks[b] = self.ops.rows(block, where[mine, 1])
+            where[mine, 1] = np.arange(len(mine))
 
     def result(self) -> MaskData:
         """The answer's candidates, best first: columns logits (:class:`LogitRows`), iou,

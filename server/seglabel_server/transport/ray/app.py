@@ -50,15 +50,7 @@ from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 from seglabel_server.transport.http.app import create_app
-from seglabel_server.transport.ray.gateway import (
-    ATTEMPTS,
-    RemoteGateway,
-    cause,
-    lost,
-    pack,
-    replica_lost,
-    unpack,
-)
+from seglabel_server.transport.ray.gateway import RemoteGateway, call_replica, pack, stream_replica, unpack
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
@@ -224,7 +216,7 @@ class SeglabelIngress:
         if grpc_context is not None:
             grpc_context.set_code(code)
             grpc_context.set_details(details)
-            pushback = getattr(exc, "retry_after_ms", None)
+            pushback = exc.retry_after_ms
             if pushback:
                 grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback)))])
 
@@ -242,20 +234,13 @@ class SeglabelIngress:
     async def _unary(self, method: str, request, grpc_context):
         if not self._authorized(grpc_context):
             return _empty_reply(method)
-        for attempt in range(ATTEMPTS):
-            try:
-                reply, replica, error = await self.replicas.call.remote(method, request)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if replica_lost(exc) and attempt + 1 < ATTEMPTS:
-                    log.warning(
-                        "%s: replica lost (%s), retrying on another", method, type(cause(exc)).__name__
-                    )
-                    continue
-                self._fail(grpc_context, lost(method) if replica_lost(exc) else as_domain(cause(exc)))
-                return _empty_reply(method)
+        try:
+            reply, replica, error = await call_replica(
+                lambda: self.replicas.call.remote(method, request), method
+            )
+        except Exception as exc:
+            self._fail(grpc_context, as_domain(exc))
+            return _empty_reply(method)
         if error is not None:
             self._fail(grpc_context, unpack(error))
             return _empty_reply(method)
@@ -283,10 +268,13 @@ class SeglabelIngress:
         the stream with UNAVAILABLE (the client decides: gRPC never retries a committed stream)."""
         if not self._authorized(grpc_context):
             return
-        for attempt in range(ATTEMPTS):
-            sent = 0
-            try:
-                async for event, replica, error in self.replicas.options(stream=True).stream.remote(request):
+        events = stream_replica(
+            lambda: self.replicas.options(stream=True).stream.remote(request), "StreamSegment"
+        )
+        sent = 0
+        try:
+            async with contextlib.aclosing(events):
+                async for event, replica, error in events:
                     if error is not None:
                         self._fail(grpc_context, unpack(error))
                         return
@@ -294,20 +282,8 @@ class SeglabelIngress:
                         grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
                     sent += 1
                     yield event
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if replica_lost(exc) and sent == 0 and attempt + 1 < ATTEMPTS:
-                    log.warning(
-                        "StreamSegment: replica lost (%s) before the first event, retrying",
-                        type(cause(exc)).__name__,
-                    )
-                    continue
-                self._fail(
-                    grpc_context, lost("StreamSegment") if replica_lost(exc) else as_domain(cause(exc))
-                )
-                return
+        except Exception as exc:
+            self._fail(grpc_context, as_domain(exc))
 
     async def Check(self, request, grpc_context=None):
         """SERVING when a replica answers that it is (models loaded and warm)."""

@@ -6,8 +6,9 @@ traceback for a NOT_FOUND) and are raised here as the same kind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -33,20 +34,59 @@ def replica_lost(exc: BaseException) -> bool:
 
 def pack(exc: SeglabelError) -> tuple[str, str, int | None]:
     """A domain error as a plain value that crosses Ray unchanged (its kind, message, pushback)."""
-    return type(exc).__name__, str(exc), getattr(exc, "retry_after_ms", None)
+    return type(exc).__name__, str(exc), exc.retry_after_ms
 
 
 def unpack(packed: tuple[str, str, int | None]) -> SeglabelError:
     name, message, retry_ms = packed
     cls = getattr(errors, name, None)
-    exc = cls(message) if isinstance(cls, type) and issubclass(cls, SeglabelError) else SeglabelError(message)
-    if retry_ms is not None:
-        exc.retry_after_ms = retry_ms
-    return exc
+    if not (isinstance(cls, type) and issubclass(cls, SeglabelError)):
+        cls = SeglabelError
+    return cls(message, retry_ms)
 
 
 def lost(what: str) -> Unavailable:
     return Unavailable(f"{what}: no replica answered (replica lost); retry", retry_after_ms=1000)
+
+
+async def call_replica(start: Callable[[], Awaitable], what: str):
+    """``await start()`` (a call on a deployment handle), started again on another replica when
+    the one that took it is lost, at most ``ATTEMPTS`` times; then :func:`lost`. Anything else a
+    replica raised is raised as it is."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return await start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not replica_lost(exc):
+                raise cause(exc) from None
+            if attempt + 1 == ATTEMPTS:
+                raise lost(what) from None
+            log.warning("%s: replica lost (%s), retrying on another", what, type(cause(exc)).__name__)
+    raise lost(what)
+
+
+async def stream_replica(start: Callable[[], AsyncIterator], what: str) -> AsyncIterator:
+    """The items of ``start()`` (a streaming call on a deployment handle); a replica lost before
+    the first item is retried on another, as :func:`call_replica`; after it, :func:`lost`."""
+    for attempt in range(ATTEMPTS):
+        sent = 0
+        try:
+            async for item in start():
+                sent += 1
+                yield item
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not replica_lost(exc):
+                raise cause(exc) from None
+            if sent or attempt + 1 == ATTEMPTS:
+                raise lost(what) from None
+            log.warning(
+                "%s: replica lost (%s) before the first event, retrying", what, type(cause(exc)).__name__
+            )
 
 
 class RemoteGateway:
@@ -59,24 +99,10 @@ class RemoteGateway:
         self.metrics = Metrics()  # the HTTP counters of this ingress
 
     async def _invoke(self, name: str, *args):
-        for attempt in range(ATTEMPTS):
-            try:
-                value, _, error = await self.replicas.invoke.remote(name, *args)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if replica_lost(exc):
-                    if attempt + 1 < ATTEMPTS:
-                        log.warning(
-                            "%s: replica lost (%s), retrying on another", name, type(cause(exc)).__name__
-                        )
-                        continue
-                    raise lost(name) from None
-                raise cause(exc) from None
-            if error is not None:
-                raise unpack(error)
-            return value
-        raise lost(name)
+        value, _, error = await call_replica(lambda: self.replicas.invoke.remote(name, *args), name)
+        if error is not None:
+            raise unpack(error)
+        return value
 
     async def serving(self) -> bool:
         try:
@@ -100,23 +126,11 @@ class RemoteGateway:
         return await self._invoke("extract_text", file_id, data, options)
 
     async def segment_events(self, params, file_id, data, ctx) -> AsyncIterator[object]:
-        for attempt in range(ATTEMPTS):
-            sent = 0
-            try:
-                async for event, _, error in self.replicas.options(stream=True).events.remote(
-                    params, file_id, data
-                ):
-                    if error is not None:
-                        raise unpack(error)
-                    sent += 1
-                    yield event
-                return
-            except (asyncio.CancelledError, SeglabelError):
-                raise
-            except Exception as exc:
-                if replica_lost(exc):
-                    if sent == 0 and attempt + 1 < ATTEMPTS:
-                        log.warning("segment stream: replica lost before the first event, retrying")
-                        continue
-                    raise lost("segment stream") from None
-                raise cause(exc) from None
+        events = stream_replica(
+            lambda: self.replicas.options(stream=True).events.remote(params, file_id, data), "segment stream"
+        )
+        async with contextlib.aclosing(events):
+            async for event, _, error in events:
+                if error is not None:
+                    raise unpack(error)
+                yield event
