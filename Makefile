@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q grpcio-tools
 	$(MAKE) proto PY=$(PY)
-	$(PIP) install -q -e '.[export,dev,bench,ocr,ray]'
+	$(PIP) install -q -e '.[export,dev,bench,ocr,ray,dataset]'
 	$(PIP) install -q --no-deps rapidocr_onnxruntime==$(RAPIDOCR_VERSION)
 	# Triton's ModelConfig message, to validate the config.pbtxt files export writes (its gRPC client's
 	# dependencies would pin an older protobuf; only the generated message is used).

@@ -2,8 +2,9 @@
 ``--`` say otherwise) answers one big grid request at a time, and this prints, per request, the
 server's peak RSS over its idle level just before (the kernel's high-water mark, reset before each
 request through /proc/PID/clear_refs), its RSS a few seconds after, and the memory budget's
-estimate for the request (the ``seglabel_memory_budget_used_bytes`` gauge while it runs) against
-the measured peak.
+estimate for the request (what the ``seglabel_memory_budget_used_bytes`` gauge rises by while it
+runs: its own charge, plus the runtime's arena if the request makes it grow) against the measured
+peak.
 
     python scripts/bench_memory.py --models models                       # make bench-memory
     python scripts/bench_memory.py --models models --grids 16,32,64 --sizes 1000,2000 --labels off
@@ -75,6 +76,7 @@ def measure(c, pid: int, metrics_port: int, image: bytes, kw: dict, args):
     """One request on an idle server: (masks, seconds, idle KB, peak KB, after KB, budget bytes)."""
     time.sleep(args.settle)  # past the server's --idle-release-s
     idle = status_kb(pid, "VmRSS")
+    held = metric(metrics_port, "seglabel_memory_budget_used_bytes")  # the runtime's arena, charged once
     hwm = reset_peak(pid)
     watch = Watch(pid, metrics_port)
     watch.start()
@@ -90,7 +92,7 @@ def measure(c, pid: int, metrics_port: int, image: bytes, kw: dict, args):
     watch.join()
     peak = status_kb(pid, "VmHWM") if hwm else watch.rss_kb
     time.sleep(args.settle)
-    return masks, seconds, idle, peak, status_kb(pid, "VmRSS"), watch.charged
+    return masks, seconds, idle, peak, status_kb(pid, "VmRSS"), watch.charged - held
 
 
 def png(image: np.ndarray) -> bytes:
@@ -111,7 +113,11 @@ def main() -> int:
         "--floor", action="store_true", help="also the same request for 1 mask: what the masks themselves add"
     )
     ap.add_argument(
-        "--settle", type=float, default=5.0, help="idle seconds before the idle RSS and the RSS after"
+        "--settle",
+        type=float,
+        default=8.0,
+        help="idle seconds before the idle RSS and the RSS after (past --idle-release-s and the encoder run "
+        "that refills the arena after a release)",
     )
     ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
     args = ap.parse_args()

@@ -3,6 +3,8 @@
 seglabel segment IMAGE [--stream] [--labels a,b,c] [--out overlay.png] [--json] [--with-depth] [--with-text]
 seglabel depth IMAGE [--out depth.png] [--raw depth.npy]
 seglabel text IMAGE [--json]
+seglabel label DIR --out OUT [--format coco,yolo-seg] [--mask-format polygon] [--labels a,b,c] [--restart]
+seglabel eval --gt gt.coco.json --pred OUT/annotations.coco.json
 seglabel info | seglabel health
 """
 
@@ -175,6 +177,70 @@ def _text(args, client) -> int:
     return 0
 
 
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _label(args) -> int:
+    from seglabel_api.datasets.job import progress_bar
+    from seglabel_api.datasets.journal import JobMismatch
+
+    from seglabel_client.dataset import LabelOptions, ServerGone, label_folder
+
+    opts = LabelOptions(
+        labels=tuple(args.labels or ()),
+        points_per_side=args.grid,
+        max_masks=args.max_masks,
+        top_k=args.top_k,
+        min_confidence=args.min_confidence,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        skip_labels=args.no_labels,
+        with_depth=args.with_depth,
+        with_text=args.with_text,
+        formats=tuple(_csv(args.format)),
+        mask_format=args.mask_format,
+        polygon_tolerance=args.polygon_tolerance,
+        window=args.window,
+        timeout=args.timeout,
+        server_wait_s=args.server_wait,
+    )
+    show = None if args.quiet else progress_bar()
+    try:
+        report = label_folder(args.dir, args.out, args.server, opts, restart=args.restart, progress=show,
+                              tls_ca=args.tls_ca, token=args.token)  # fmt: skip
+    except (JobMismatch, ServerGone, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r = report
+    print(
+        f"{r['labelled']} of {r['images']} images labelled ({r['duplicates']} duplicate names labelled once, "
+        f"{r['resumed_from_journal']} from the journal), {len(r['failed'])} failed, "
+        f"{r['skipped_not_images']} files skipped (not images); {r['images_per_s']:.2f} images/s over "
+        f"{r['seconds']:.0f} s"
+    )
+    for f in r["failed"][:20]:
+        print(f"  failed: {f['file']}: {f['reason']}")
+    if len(r["failed"]) > 20:
+        print(f"  ... {len(r['failed']) - 20} more in report.json")
+    top = ", ".join(f"{k} {v}" for k, v in list(r["masks_per_label"].items())[:10])
+    print(f"  masks per label: {top or 'none'}")
+    for kind, o in r["outputs"].items():
+        print(f"  {kind}: {o.get('file') or o.get('folder')}")
+    if r["random_weights"]:
+        print("  note: the server runs RANDOM WEIGHTS: masks and labels are meaningless")
+    return 0
+
+
+def _eval(args) -> int:
+    from seglabel_client.dataset import evaluate, format_eval
+
+    result = evaluate(args.gt, args.pred)
+    print(json.dumps(result, indent=2) if args.json else format_eval(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seglabel", description="seglabel gRPC client")
     parser.add_argument("--server", default=DEFAULT_TARGET)
@@ -212,12 +278,57 @@ def main(argv: list[str] | None = None) -> int:
     txt = sub.add_parser("text", help="read the text in an image (OCR)")
     txt.add_argument("image")
     txt.add_argument("--json", action="store_true")
+    lab = sub.add_parser(
+        "label",
+        help="label every image of a folder: COCO / YOLO-seg annotations, resumable",
+        description="Label every image under DIR (recursively) with the server: COCO instance segmentation "
+        "in OUT/annotations.coco.json, YOLO-seg in OUT/yolo with --format yolo-seg, a report in "
+        "OUT/report.json. Progress is journalled in OUT/journal.jsonl: the same command continues an "
+        "interrupted run (--restart starts over).",
+    )
+    lab.add_argument("dir")
+    lab.add_argument("--out", required=True, help="output folder")
+    lab.add_argument("--format", default="coco", help="coco, yolo-seg or both (comma-separated)")
+    lab.add_argument("--mask-format", choices=["rle", "polygon"], default="rle",
+                     help="COCO segmentation: RLE (exact) or polygons (masks with holes stay RLE)")  # fmt: skip
+    lab.add_argument("--polygon-tolerance", type=float, default=1.0,
+                     help="polygon simplification in pixels (Douglas-Peucker; 0: every boundary pixel)")  # fmt: skip
+    lab.add_argument(
+        "--labels", type=_csv, help="comma-separated vocabulary = the categories (default: the server's)"
+    )
+    lab.add_argument("--no-labels", action="store_true", help="masks only, one category 'object'")
+    lab.add_argument("--grid", type=int, default=0, help="points per side (default: the server's)")
+    lab.add_argument("--max-masks", type=int, default=0)
+    lab.add_argument("--top-k", type=int, default=0)
+    lab.add_argument("--min-confidence", type=float, default=None,
+                     help="masks whose best label is under this are left out (counted in the report)")  # fmt: skip
+    lab.add_argument("--pred-iou-thresh", type=float, default=None)
+    lab.add_argument("--stability-score-thresh", type=float, default=None)
+    lab.add_argument("--box-nms-thresh", type=float, default=None)
+    lab.add_argument("--with-depth", action="store_true", help="each annotation also gets its median depth")
+    lab.add_argument(
+        "--with-text", action="store_true", help="each annotation also gets the text on it (OCR)"
+    )
+    lab.add_argument("--window", type=int, default=0, help="requests in flight (default 8)")
+    lab.add_argument("--server-wait", type=float, default=600.0,
+                     help="seconds an unreachable server is waited for before the run stops (resumable)")  # fmt: skip
+    lab.add_argument("--restart", action="store_true", help="ignore the journal in OUT and start over")
+    lab.add_argument("--resume", action="store_true", help="continue from OUT's journal (the default)")
+    lab.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev = sub.add_parser("eval", help="COCO segmentation AP/AR of annotations against ground truth")
+    ev.add_argument("--gt", required=True, help="ground truth, COCO instance segmentation JSON")
+    ev.add_argument("--pred", required=True, help="annotations.coco.json from seglabel label")
+    ev.add_argument("--json", action="store_true")
     sub.add_parser("info", help="print GetServerInfo")
     sub.add_parser("health", help="print the health status")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "segment":
             return _segment(args)
+        if args.cmd == "label":
+            return _label(args)
+        if args.cmd == "eval":
+            return _eval(args)
         with SegmenterClient(
             args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token
         ) as client:

@@ -37,8 +37,12 @@ class InvalidImage(InvalidArgument):
     pass
 
 
-class UnknownFile(SeglabelError):
+class NotFound(SeglabelError):
     kind = ErrorKind.NOT_FOUND
+
+
+class UnknownFile(NotFound):
+    pass
 
 
 class Overloaded(SeglabelError):

@@ -105,7 +105,32 @@ async def test_a_request_over_the_memory_budget_is_refused_before_any_work(make_
         assert metrics.value("seglabel_inference_count_total", stage="encoder") == encoded  # no work
         ok = await c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE)
         assert ok.mask_count == 2
-    assert server.service.budget.used == 0  # every charge released
+    runtime = server.service.runtime
+    # every request's charge released; what stays is the arena's working memory, charged once
+    assert server.service.budget.used == runtime.held_shares * runtime.share
+
+
+async def test_an_idle_server_gives_a_burst_back_and_keeps_one_image_of_working_memory(make_server, photo):
+    for keep in (True, False):
+        server = await make_server(idle_release_s=0.2, keep_working_set=keep)
+        service, runtime = server.service, server.service.runtime
+        assert runtime.kept and runtime.held_shares == 1  # the warm-up's encoder run
+        async with client_for(server) as c:
+            # three images at once: the encoder batch grows the arena, each share charged once
+            async def one(side):
+                data = big_photo(photo, side)
+                return await c.segment(data, points_per_side=2, max_masks=2, skip_labels=True, **LOOSE)
+
+            answers = await asyncio.gather(*(one(side) for side in (256, 280, 300)))
+            assert all(a.mask_count == 2 for a in answers)
+            assert runtime.held_shares >= 2 and runtime.in_use == 0
+            assert service.budget.used == runtime.held_shares * runtime.share
+        for _ in range(100):  # idle past --idle-release-s: given back
+            await asyncio.sleep(0.1)
+            if runtime.held_shares == int(keep):
+                break
+        assert runtime.held_shares == int(keep), keep
+        assert service.budget.used == runtime.held_shares * runtime.share
 
 
 def test_the_budget_refuses_what_does_not_fit_and_gets_every_byte_back():

@@ -143,7 +143,9 @@ async def test_stream_carries_the_grpc_events_and_openapi_lists_every_route(gate
     assert names.index("depth") > max(i for i, n in enumerate(names) if n == "masks")
     assert sum(len(d["masks"]) for n, d in events if n == "masks") == 3
     assert set(openapi["paths"]) == {
-        "/", "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz"
+        "/", "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz",
+        "/datasets", "/datasets/{job_id}", "/datasets/{job_id}/images", "/datasets/{job_id}/annotations.coco.json",
+        "/datasets/{job_id}/dataset.zip",
     }  # fmt: skip
 
 

@@ -157,3 +157,74 @@ async def test_the_page_and_its_files_need_no_token_but_the_api_does(make_server
     await page.dispatch_event("#token", "change")
     await page.wait_for_function("document.getElementById('server-info').textContent.includes('seglabel')")
     assert "401" not in await page.text_content("#server-info")
+
+
+async def test_the_page_labels_many_images_and_downloads_coco_and_a_zip(
+    make_server, browser, tmp_path, photo
+):
+    import zipfile
+
+    from tests.dataset_folder import crops
+
+    port = free_port()
+    await make_server(http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    files = []
+    for i, img in enumerate(crops(photo, 3)):
+        files.append(tmp_path / f"shot_{i}.png")
+        img.save(files[-1])
+    (tmp_path / "notes.png").write_text("not an image")
+    files.append(tmp_path / "notes.png")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
+    errors, missing = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await page.goto(base + "/")
+    await page.wait_for_function("document.getElementById('pred-iou').value === '0'")
+    # The grid field shows the server's default, not 0.
+    assert await page.input_value("#grid") == "16"
+    await page.fill("#grid", "4")
+    await page.fill("#max-masks", "5")
+    await page.fill("#vocabulary", "cat, dog")
+    await page.select_option("#mask-format", "polygon")
+    await page.set_input_files("#files", [str(f) for f in files])
+    await page.wait_for_selector("#dataset-status[data-state=done]", timeout=90_000)
+    rows = page.locator("#dataset tbody tr")
+    assert await rows.count() == 4
+    states = {
+        await rows.nth(i).get_attribute("data-name"): await rows.nth(i).get_attribute("data-status")
+        for i in range(4)
+    }
+    assert states == {
+        "shot_0.png": "done",
+        "shot_1.png": "done",
+        "shot_2.png": "done",
+        "notes.png": "skipped",
+    }
+    assert (await page.text_content("#dataset-status")).startswith("3 labelled, 0 failed, 1 skipped")
+
+    async with page.expect_download() as dl:
+        await page.click("#download-coco")
+    saved = tmp_path / "annotations.coco.json"
+    await (await dl.value).save_as(saved)
+    coco = json.loads(saved.read_text())
+    assert sorted(im["file_name"] for im in coco["images"]) == ["shot_0.png", "shot_1.png", "shot_2.png"]
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+    assert coco["info"]["mask_format"] == "polygon"
+    per_image = {im["id"]: 0 for im in coco["images"]}
+    for a in coco["annotations"]:
+        per_image[a["image_id"]] += 1
+    assert set(per_image.values()) == {5}
+    async with page.expect_download() as dl:
+        await page.click("#download-zip")
+    zipped = tmp_path / "dataset.zip"
+    await (await dl.value).save_as(zipped)
+    with zipfile.ZipFile(zipped) as z:
+        names = set(z.namelist())
+        assert {"annotations.coco.json", "yolo/data.yaml", "yolo/labels/shot_0.txt"} <= names
+        assert json.loads(z.read("annotations.coco.json")) == coco
+        assert "names:" in z.read("yolo/data.yaml").decode()
+    await page.screenshot(path=str(output_dir("web") / "dataset.png"), full_page=True)
+    assert not errors, errors
+    assert not missing, missing  # the favicon included

@@ -65,6 +65,17 @@ class Backend(ABC):
         """Give back memory the runtime keeps for its next runs (an allocator's arena), called when
         the server has been idle a while. Default: nothing to give back."""
 
+    @property
+    def keeps_arena(self) -> bool:
+        """Whether the models' working memory stays allocated between runs (a host arena that
+        :meth:`release_memory` gives back), rather than being freed at the end of each run."""
+        return False
+
+    def reserve(self, model: str) -> bool:
+        """Run ``model`` once on zeros so that the arena holds one run's working memory before a
+        request needs it (after :meth:`release_memory`). False where there is no arena to fill."""
+        return False
+
     def device_ops(self):
         """Device twins of the pipeline's per-mask work (select, finish, crops), or None: the
         pipeline then does that work on the host."""

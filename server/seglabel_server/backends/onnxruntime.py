@@ -182,6 +182,23 @@ class OnnxRuntimeBackend(GraphBackend):
         except Exception as exc:  # never fatal: memory just stays where it is
             log.warning("arena shrink through %s failed: %s", name, exc)
 
+    @property
+    def keeps_arena(self) -> bool:
+        return self.shared_arena
+
+    def reserve(self, model: str) -> bool:
+        graph = self.graphs.get(model)
+        if not self.shared_arena or graph is None:
+            return False
+        try:
+            graph.handle.run(
+                graph.outputs, _zeros(self.repo.manifest["models"][model]["inputs"]), self.run_options
+            )
+        except Exception as exc:  # never fatal: the next request grows the arena instead
+            log.warning("arena reserve through %s failed: %s", model, exc)
+            return False
+        return True
+
     def _passes(self, x) -> bool:
         return isinstance(x, OrtDeviceArray)
 

@@ -142,3 +142,65 @@ class MemoryBudget:
     def _release(self, nbytes: int) -> None:
         with self.lock:
             self.used -= nbytes
+
+
+class RuntimeMemory:
+    """The models' working memory on the host as budget charges, one share (:func:`runtime_bytes`)
+    per image the encoder runs at once, at most ``max_shares`` (an encoder batch: more requests in
+    flight wait for the encoder instead of growing the arena).
+
+    Where the runtime keeps an arena (``kept``), memory it grew to stays allocated between requests
+    until the server gives it back: the shares it holds are charged once, when it grows, and stay
+    charged until :meth:`released`; a request that finds a share already held is charged nothing
+    for it. Without an arena each request's share is its own, released with it."""
+
+    def __init__(self, budget: MemoryBudget, share_bytes: int, max_shares: int, kept: bool):
+        self.budget, self.share, self.max_shares, self.kept = budget, share_bytes, max_shares, kept
+        self.in_use = 0  # requests holding a share now
+        self.held: list[Charge] = []  # shares the arena holds (kept)
+        self.lock = threading.Lock()  # image headers are read in threads
+
+    @property
+    def held_shares(self) -> int:
+        return len(self.held)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the arena's shares hold charged now (requests' own charges aside)."""
+        return sum(c.nbytes for c in self.held)
+
+    def take(self) -> Charge | None:
+        """One request's share; None when an encoder batch of requests holds them already. Raises
+        like :meth:`MemoryBudget.charge` when the arena would have to grow past the budget."""
+        with self.lock:
+            if self.in_use >= self.max_shares:
+                return None
+            if not self.kept:
+                charge = self.budget.charge(self.share, self._put)
+            else:
+                if self.in_use >= len(self.held):
+                    self.held.append(self.budget.charge(self.share))
+                charge = Charge(self.budget, 0, on_release=self._put)
+            self.in_use += 1
+            return charge
+
+    def _put(self) -> None:
+        with self.lock:
+            self.in_use -= 1
+
+    def filled(self, shares: int = 1) -> None:
+        """The arena holds ``shares`` images' working memory now (a warm-up or reserve run)."""
+        if not self.kept:
+            return
+        with self.lock:
+            while len(self.held) < min(shares, self.max_shares):
+                try:
+                    self.held.append(self.budget.charge(self.share))
+                except (LimitExceeded, Overloaded):  # a budget smaller than one image: counted by requests
+                    return
+
+    def released(self) -> None:
+        """The arena gave back what no request uses (the shares in use stay charged)."""
+        with self.lock:
+            while len(self.held) > self.in_use:
+                self.held.pop().release()

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -27,12 +26,13 @@ from seglabel_server.errors import (
     clip_text,
 )
 from seglabel_server.metrics import Metrics
-from seglabel_server.models import images
+from seglabel_server.models import images, kinds
 from seglabel_server.pipeline.pipeline import DECODER_WINDOW
 from seglabel_server.service import loading
 from seglabel_server.service.budget import (
     Charge,
     MemoryBudget,
+    RuntimeMemory,
     depth_bytes,
     machine_memory_bytes,
     request_bytes,
@@ -48,6 +48,10 @@ from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParam
 log = logging.getLogger(__name__)
 
 _FILE_ID = re.compile(r"[0-9a-f]{64}")
+
+# Growth of the process since memory was last given back past which an idle server gives the
+# runtime's arena back even when it holds one image's working memory (see _release_memory).
+REGROW_BYTES = 256 << 20
 
 
 def check_file_id(file_id: str) -> None:
@@ -74,8 +78,8 @@ class SeglabelService:
         self.draining = False
         self.idle_epoch = 0  # one more each time the server goes idle: a later release checks it
         self.background: set[asyncio.Task] = set()
-        self.shares_lock = threading.Lock()
-        self.runtime_shares = 0  # requests charged the runtime's working memory (_runtime_charge)
+        self.runtime: RuntimeMemory | None = None  # the models' working memory on the host (after load)
+        self.rest_rss = 0  # RSS when memory was last given back (_release_memory)
         self.hold_s = 1.0  # moving mean of how long an admitted request holds its place (s)
         limit = cfg.max_memory_mb << 20 if cfg.max_memory_mb else machine_memory_bytes() // 2
         self.budget = MemoryBudget(limit)
@@ -98,8 +102,20 @@ class SeglabelService:
             if graphs:
                 what = "AOTInductor packages" if self.cfg.torch_compile == "aot" else "compiled engines"
                 log.info("%s: %d warm-up runs (every bucket) in %.1fs", what, graphs, seconds)
+            backend = self.loaded.backend
+            if backend.info.device == "cpu":
+                sched = self.loaded.pipeline.scheduler
+                self.runtime = RuntimeMemory(
+                    self.budget,
+                    runtime_bytes(self.loaded.repo.sam2),
+                    sched.max_batch("encoder"),
+                    backend.keeps_arena,
+                )
             if self.cfg.warmup:
                 await self._warmup()
+                if self.runtime is not None:
+                    self.runtime.filled(1)  # the warm-up's encoder run grew the arena to one image
+            self.rest_rss = memory.rss_bytes()
         except Exception as exc:
             self.load_error = str(exc)
             log.error("model loading failed: %s", exc)
@@ -197,8 +213,25 @@ class SeglabelService:
         task.add_done_callback(self.background.discard)
 
     def _release_memory(self) -> None:
-        self.loaded.backend.release_memory()
+        """With ``keep_working_set`` (the default) the runtime's arena is given back only when it
+        holds more than one image's working memory (a burst ran several encoder images at once) or
+        the process grew by over ``REGROW_BYTES`` since the last time (another model's larger
+        run), and then one encoder run on zeros fills it again: requests start warm. Without it
+        everything is given back. The C heap's free pages are returned either way."""
+        backend, runtime = self.loaded.backend, self.runtime
+        keep = self.cfg.keep_working_set and runtime is not None and runtime.kept
+        grown = runtime is not None and (
+            runtime.held_shares > 1 or memory.rss_bytes() > self.rest_rss + REGROW_BYTES
+        )
+        if not keep or grown:
+            backend.release_memory()
+            if runtime is not None:
+                runtime.released()
+            memory.trim()
+            if keep and self.inflight == 0 and backend.reserve(kinds.get("encoder").model):
+                runtime.filled(1)
         memory.trim()
+        self.rest_rss = memory.rss_bytes()
 
     def retry_after_ms(self) -> int:
         """When a refused request is likely to find room: a place frees every (mean time a request
@@ -273,21 +306,10 @@ class SeglabelService:
         return n
 
     def _runtime_charge(self, charges: list[Charge]) -> None:
-        """The models' working memory on the host, charged to at most an encoder batch of requests
-        at once (the arena they share holds that much; more requests in flight wait for the
-        encoder instead of growing it). Nothing when the models run on a GPU."""
-        if self.loaded.backend.info.device != "cpu":
-            return
-
-        def released() -> None:
-            with self.shares_lock:
-                self.runtime_shares -= 1
-
-        with self.shares_lock:  # image headers are read in threads
-            if self.runtime_shares >= self.loaded.pipeline.scheduler.max_batch("encoder"):
-                return
-            charges.append(self.budget.charge(runtime_bytes(self.loaded.repo.sam2), released))
-            self.runtime_shares += 1
+        """The models' working memory on the host (:class:`RuntimeMemory`); nothing on a GPU."""
+        share = self.runtime.take() if self.runtime is not None else None
+        if share is not None:
+            charges.append(share)
 
     async def segment(
         self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
@@ -399,4 +421,13 @@ class SeglabelService:
             "text_unavailable_reason": caps.why_not("text"),
             "served_by": self.served_by,
             "upload_store": self.files.describe(),
+            "defaults": {
+                "points_per_side": cfg.pipeline.points_per_side,
+                "max_masks": cfg.pipeline.max_masks,
+                "top_k": cfg.pipeline.top_k,
+                "pred_iou_thresh": cfg.pipeline.pred_iou_thresh,
+                "stability_score_thresh": cfg.pipeline.stability_score_thresh,
+                "box_nms_thresh": cfg.pipeline.box_nms_thresh,
+                "min_confidence": 0.0,
+            },
         }

@@ -217,4 +217,5 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         text_unavailable_reason=info["text_unavailable_reason"],
         served_by=info["served_by"],
         upload_store=info["upload_store"],
+        defaults=pb.SegmentDefaults(**info["defaults"]),
     )

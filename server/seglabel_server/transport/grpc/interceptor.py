@@ -31,6 +31,11 @@ GRPC_CODES = {
 }
 
 
+# Answers that another try of the same request may not get (a dataset job tries them again).
+TRANSIENT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.CANCELLED})  # fmt: skip
+
+
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     kind, message = error_kind(exc)
     return GRPC_CODES[kind], message

@@ -11,6 +11,7 @@ ingress deployment, which routes each call to a replica.
     GET  /depth/{file_id}           relative depth: coloured PNG (data URL), 16-bit codes, min/max
     POST /extract_text/{file_id}    {"text": full text, "lines": [...]}
     GET  /info, GET /healthz
+    POST /datasets, ...             dataset jobs: many images in, COCO / YOLO-seg out (``datasets.py``)
     GET  /                          the web page (static files shipped in the package, under /static)
 
 Bodies and answers are the gRPC messages' (``json.py``); errors are ``{"error": {"code", "message"}}``
@@ -26,7 +27,7 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -35,6 +36,7 @@ from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticat
 from seglabel_server.transport.auth import check_bearer
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
+from seglabel_server.transport.http.datasets import DatasetJobs
 from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.middleware import (
     BodyLimit,
@@ -45,7 +47,11 @@ from seglabel_server.transport.http.middleware import (
 from seglabel_server.types import RequestContext
 
 WEB = Path(__file__).with_name("web")
-PUBLIC = ("/healthz", "/")  # no token needed: health and the page (with its files under /static/)
+PUBLIC = (
+    "/healthz",
+    "/",
+    "/favicon.ico",
+)  # no token needed: health and the page (with its files under /static/)
 
 
 # The bodies' declared shapes (FastAPI validates them and lists them in /openapi.json); their fields
@@ -97,6 +103,22 @@ class SegmentBody(BaseModel):
         return convert.params_from_pb(req), req.file_id or None, req.image or None
 
 
+class DatasetOptions(BaseModel):
+    """A dataset job's options: a ``/segment`` body's (grid prompts) and how masks are written."""
+
+    vocabulary: list[str] = []
+    points_per_side: int = 0
+    max_masks: int = 0
+    top_k: int = 0
+    min_confidence: float | None = None
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+    box_nms_thresh: float | None = None
+    skip_labels: bool = False
+    mask_format: Literal["rle", "polygon"] = "rle"
+    polygon_tolerance: float = 1.0
+
+
 def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
     """(the ASGI app to serve: the routes inside their middleware, the FastAPI app itself)."""
     app = FastAPI(
@@ -137,6 +159,10 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
     async def page():
         """The web page: upload, grid segmentation with streamed labels, click to segment, COCO JSON."""
         return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(WEB / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
 
@@ -198,6 +224,47 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
             request, ctx, service.extract_text(file_id, None, opts, ctx)
         )
         return wire.flat(convert.text_response_to_pb(result, w, h, timings), "text")
+
+    jobs = DatasetJobs(service)
+    app.state.datasets = jobs
+    app.router.on_shutdown.append(jobs.close)
+
+    @app.post("/datasets")
+    async def dataset_create(options: DatasetOptions | None = None):
+        """A dataset job: images added to it are labelled with these options (``/segment``'s,
+        plus how masks are written), then downloaded as COCO JSON or a zip with COCO + YOLO-seg."""
+        job = await jobs.create((options or DatasetOptions()).model_dump(exclude_none=True))
+        return job.status()
+
+    @app.post("/datasets/{job_id}/images")
+    async def dataset_add(job_id: str, request: Request):
+        form = await request.form()
+        image = form.get("image")
+        if image is None or not hasattr(image, "read"):
+            raise InvalidArgument("multipart field 'image' (a file) is required")
+        name = str(form.get("name") or getattr(image, "filename", "") or "")
+        return await jobs.add(job_id, name, await image.read())
+
+    @app.get("/datasets/{job_id}")
+    async def dataset_status(job_id: str):
+        return jobs.get(job_id).status()
+
+    @app.get("/datasets/{job_id}/annotations.coco.json")
+    async def dataset_coco(job_id: str):
+        return FileResponse(await jobs.coco(job_id), media_type="application/json",
+                            filename="annotations.coco.json")  # fmt: skip
+
+    @app.get("/datasets/{job_id}/dataset.zip")
+    async def dataset_zip(job_id: str):
+        data = await jobs.zip(job_id)
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="dataset.zip"'})  # fmt: skip
+
+    @app.delete("/datasets/{job_id}")
+    async def dataset_delete(job_id: str):
+        jobs.get(job_id)
+        jobs.delete(job_id)
+        return {"deleted": job_id}
 
     limited = BodyLimit(app, service.max_image_bytes * 4 // 3 + (1 << 20))
     return HttpMetrics(limited, app, service.metrics), app

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 
 from google.protobuf import message_factory
@@ -351,7 +352,13 @@ def start(args: dict, grpc_port: int = 9000, http_port: int = 8000, host: str = 
 
 def main(argv: list[str] | None = None) -> int:
     """``seglabel-ray``: Ray's options, then every ``seglabel-server`` setting (the same flags and
-    ``--config`` file, from the same config dataclass) for the replicas."""
+    ``--config`` file, from the same config dataclass) for the replicas. ``seglabel-ray label ...``
+    labels a dataset on Ray Data instead (``transport/ray/datasets.py``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["label"]:
+        from seglabel_server.transport.ray import datasets
+
+        return datasets.main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ray_opts = ap.add_argument_group("Ray Serve")
     ray_opts.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")

@@ -449,19 +449,112 @@
       const labels = info.labels_unavailable_reason ? "no labels" : "labels";
       $("server-info").textContent = `${info.backend} on ${info.device} · seglabel ${info.version} · ${labels}`;
       $("vocabulary").placeholder = info.default_vocabulary.slice(0, 12).join(", ") + ", … (server default)";
+      const d = info.defaults || {};
+      if ($("grid").value === "" && d.points_per_side) $("grid").value = String(d.points_per_side);
+      if (d.max_masks) $("max-masks").placeholder = `default ${d.max_masks}`;
       if (info.random_weights) {
         $("random-warning").hidden = false;
         // As make demo does: random weights keep no mask under the default filters.
         if ($("pred-iou").value === "") $("pred-iou").value = "0";
         if ($("stability").value === "") $("stability").value = "0";
         if ($("nms").value === "") $("nms").value = "1";
-        if ($("max-masks").value === "0") $("max-masks").value = "24";
+        if ($("max-masks").value === "") $("max-masks").value = "24";
         $("filters").open = true;
       }
     } catch (err) {
       $("server-info").textContent = `server info: ${err.message}`;
     }
   }
+
+  // ------------------------------------------------------------------- many images: a job
+  // POST /datasets with the options above, each file added with its relative name (an upload waits
+  // while the server's window for the job is full), the job's status polled into the table, then
+  // its COCO JSON or zip downloaded.
+  function datasetRow(entry) {
+    const body = $("dataset").tBodies[0];
+    let tr = body.querySelector(`tr[data-name="${CSS.escape(entry.name)}"]`);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.name = entry.name;
+      for (let i = 0; i < 3; i++) tr.appendChild(document.createElement("td"));
+      body.appendChild(tr);
+    }
+    tr.dataset.status = entry.status;
+    const [name, status, masks] = tr.children;
+    name.textContent = entry.name;
+    status.textContent = entry.reason ? `${entry.status}: ${entry.reason}` : entry.status;
+    masks.textContent = entry.status === "done" ? String(entry.masks) : "";
+  }
+
+  function datasetStatus(text, kind) {
+    const el = $("dataset-status");
+    el.textContent = text;
+    el.dataset.state = kind;
+    el.classList.toggle("error", kind === "error");
+  }
+
+  async function refreshDataset() {
+    const job = state.dataset;
+    const s = await (await api(`datasets/${job.id}`, { headers: headers(false) })).json();
+    for (const e of s.images) datasetRow(e);
+    const settled = s.done + s.failed + s.skipped;
+    if (!job.adding && !s.busy) {
+      datasetStatus(`${s.done} labelled, ${s.failed} failed, ${s.skipped} skipped of ${s.total}`, "done");
+      $("download-coco").disabled = $("download-zip").disabled = s.done === 0;
+      return true;
+    }
+    datasetStatus(`labelling: ${settled} of ${job.total} images`, "busy");
+    return false;
+  }
+
+  async function labelMany(files) {
+    if (!files.length) return;
+    const body = { ...commonBody(), points_per_side: optNumber("grid") || 0, max_masks: optNumber("max-masks") || 0,
+                   mask_format: $("mask-format").value };
+    delete body.file_id;
+    delete body.return_overlay;
+    $("dataset").hidden = false;
+    $("dataset").tBodies[0].replaceChildren();
+    $("download-coco").disabled = $("download-zip").disabled = true;
+    let job;
+    try {
+      job = await (await api("datasets", { method: "POST", headers: headers(true), body: JSON.stringify(body) })).json();
+    } catch (err) {
+      datasetStatus(`dataset job: ${err.message}`, "error");
+      return;
+    }
+    state.dataset = { id: job.job_id, total: files.length, adding: true };
+    const names = files.map((f) => f.webkitRelativePath || f.name);
+    names.forEach((name) => datasetRow({ name, status: "waiting", masks: 0, reason: "" }));
+    const timer = setInterval(() => refreshDataset().catch(() => {}), 500);
+    for (let i = 0; i < files.length; i++) {
+      const form = new FormData();
+      form.append("image", files[i]);
+      form.append("name", names[i]);
+      try {
+        datasetRow(await (await api(`datasets/${job.job_id}/images`, { method: "POST", headers: headers(false), body: form })).json());
+      } catch (err) {
+        datasetRow({ name: names[i], status: "failed", masks: 0, reason: err.message });
+      }
+    }
+    state.dataset.adding = false;
+    clearInterval(timer);
+    while (!(await refreshDataset())) await new Promise((r) => setTimeout(r, 500));
+  }
+
+  async function downloadDataset(path, filename) {
+    const r = await api(`datasets/${state.dataset.id}/${path}`, { headers: headers(false) });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await r.blob());
+    a.download = filename;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  }
+
+  $("files").addEventListener("change", (e) => labelMany([...e.target.files]));
+  $("folder").addEventListener("change", (e) => labelMany([...e.target.files].filter((f) => f.type.startsWith("image/") || /\.(png|jpe?g|gif|bmp|tiff?|webp)$/i.test(f.name))));
+  $("download-coco").addEventListener("click", () => downloadDataset("annotations.coco.json", "annotations.coco.json"));
+  $("download-zip").addEventListener("click", () => downloadDataset("dataset.zip", "dataset.zip"));
 
   $("token").value = localStorage.getItem("seglabel-token") || "";
   $("token").addEventListener("change", () => { localStorage.setItem("seglabel-token", $("token").value); loadInfo(); });
@@ -472,7 +565,9 @@
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    upload(e.dataTransfer.files[0]);
+    const files = [...e.dataTransfer.files];
+    if (files.length > 1) labelMany(files);
+    else upload(files[0]);
   });
   $("controls").addEventListener("submit", (e) => { e.preventDefault(); segmentGrid(); });
   $("new-object").addEventListener("click", newObject);
