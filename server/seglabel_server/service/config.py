@@ -115,8 +115,9 @@ class ServerConfig:
     )
     idle_release_s: float = _opt(
         2.0,
-        "once no request has been in flight for this long, give memory back to the OS (the CPU arena's "
-        "unused chunks, the C heap's free pages); under load it is kept for the next requests",
+        "once no request has been in flight for this long, give memory back to the OS (the C heap's free "
+        "pages; the CPU arena beyond one image's working memory, see --keep-working-set); under load it is "
+        "kept for the next requests",
     )
     keep_working_set: bool = _opt(
         True,
