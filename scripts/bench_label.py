@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import photo
+from benchlib import photo, server_process
 from seglabel_client.bench import free_port, run_level
 from seglabel_client.client import SegmenterClient
 
@@ -124,13 +124,9 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port()
     target = f"127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "seglabel_server", "--models", args.models, "--port", str(port),
-           "--embedding-cache-mb", "0", *args.server_args]  # fmt: skip
-    log = open(os.environ.get("BENCH_LOG", "/tmp/seglabel-bench-label.log"), "w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    flags = ["--models", args.models, "--port", str(port), "--embedding-cache-mb", "0", *args.server_args]
+    with server_process(flags, os.environ.get("BENCH_LOG", "/tmp/seglabel-bench-label.log")):
         with SegmenterClient(target) as c:
-            c.wait_ready(timeout=900)
             random_weights = c.server_info().random_weights
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "images"
@@ -161,14 +157,8 @@ def main() -> int:
                         f"client memory: {n:>4} images in {seconds:6.1f} s, peak RSS {rss / 1024:6.1f} MB",
                         flush=True,
                     )
-        print(f"server: {' '.join(cmd[3:])}; grid {args.grid}, max_masks {args.max_masks}, labels on"
+        print(f"server: {' '.join(flags)}; grid {args.grid}, max_masks {args.max_masks}, labels on"
               + ("; RANDOM WEIGHTS" if random_weights else ""))  # fmt: skip
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
 
 

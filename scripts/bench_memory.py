@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
-from benchlib import metric, photo
+from benchlib import metric, photo, server_process
 from PIL import Image
 from seglabel_client.bench import free_port
 from seglabel_client.client import SegmenterClient
@@ -122,14 +121,18 @@ def main() -> int:
     ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
     args = ap.parse_args()
     port, metrics_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "seglabel_server", "--models", args.models, "--port", str(port),
-           "--metrics-port", str(metrics_port), *args.server_args]  # fmt: skip
-    log = open(os.environ.get("BENCH_LOG", "/tmp/seglabel-bench-memory.log"), "w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    flags = [
+        "--models",
+        args.models,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        *args.server_args,
+    ]
     rows, ok = [], True
-    try:
+    with server_process(flags, os.environ.get("BENCH_LOG", "/tmp/seglabel-bench-memory.log")) as server:
         with SegmenterClient(f"127.0.0.1:{port}", timeout=3600) as c:
-            c.wait_ready(timeout=900)
             hwm = reset_peak(server.pid)
             n = 0
             for size in (int(s) for s in args.sizes.split(",")):
@@ -161,14 +164,8 @@ def main() -> int:
                             f"{charged / max(1, (peak - idle) * 1024):.2f}x the peak{one}",
                             flush=True,
                         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
     print(f"peak: {'VmHWM reset per request' if hwm else 'RSS sampled every 50 ms'}; "
-          f"{'StreamSegment' if args.stream else 'Segment'}; server: {' '.join(cmd[3:])}")  # fmt: skip
+          f"{'StreamSegment' if args.stream else 'Segment'}; server: {' '.join(flags)}")  # fmt: skip
     for row in rows:
         idle, peak, charged = row[5], row[6], row[8]
         ok &= charged >= (peak - idle) * 1024

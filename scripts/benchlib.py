@@ -1,14 +1,18 @@
 """What the benchmark scripts share: the photo they run on, the predicted-IoU threshold that fixes
-the number of masks on random weights, and a server's metric (a free port is
-``seglabel_client.bench.free_port``)."""
+the number of masks on random weights, a server as a child process, and a server's metric (a free
+port is ``seglabel_client.bench.free_port``)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import urllib.request
 
 import numpy as np
 from PIL import Image
 from seglabel_api import sample_image_bytes
+from seglabel_client.client import SegmenterClient
 from seglabel_server import amg
 from seglabel_server.models import images
 from seglabel_server.models.kinds import sam2
@@ -50,3 +54,26 @@ def metric(port: int, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return float("nan")
+
+
+@contextlib.contextmanager
+def server_process(flags: list[str], log_path: str | None = None):
+    """``seglabel-server`` with ``flags`` (``--port`` among them) as a child process, yielded once it
+    is SERVING; terminated on exit (killed if it has not stopped within 60 s). Its output goes to
+    ``log_path``, or nowhere."""
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seglabel_server", *flags], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        with SegmenterClient(f"127.0.0.1:{flags[flags.index('--port') + 1]}") as c:
+            c.wait_ready(timeout=900)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_path:
+            log.close()

@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
 import sys
 import time
 from collections import Counter
 
 import grpc
 import numpy as np
-from benchlib import photo
+from benchlib import photo, server_process
 from PIL import Image
 from seglabel_client.bench import free_port
-from seglabel_client.client import AsyncSegmenterClient, SegmenterClient
+from seglabel_client.client import AsyncSegmenterClient
 
 
 async def one(c: AsyncSegmenterClient, image: bytes, kw: dict) -> str:
@@ -48,12 +47,16 @@ def main() -> int:
     ap.add_argument("server_args", nargs="*", help="extra seglabel-server flags (after --)")
     args = ap.parse_args()
     port = free_port()
-    cmd = [sys.executable, "-m", "seglabel_server", "--models", args.models, "--port", str(port),
-           "--max-inflight", str(args.max_inflight), *args.server_args]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with SegmenterClient(f"127.0.0.1:{port}") as c:
-            c.wait_ready(timeout=900)
+    flags = [
+        "--models",
+        args.models,
+        "--port",
+        str(port),
+        "--max-inflight",
+        str(args.max_inflight),
+        *args.server_args,
+    ]
+    with server_process(flags):
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(photo(640, 480))).save(buf, format="PNG")
         kw = dict(points_per_side=args.grid, max_masks=args.masks, overlay=False, pred_iou_thresh=0.0,
@@ -61,11 +64,8 @@ def main() -> int:
         t0 = time.perf_counter()
         outcomes = asyncio.run(burst(f"127.0.0.1:{port}", args.streams, buf.getvalue(), kw))
         seconds = time.perf_counter() - t0
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     print(f"{args.streams} concurrent streams (grid {args.grid}, up to {args.masks} masks, 640x480) on a server "
-          f"admitting {args.max_inflight}, {' '.join(cmd[3:])}: {dict(outcomes)} in {seconds:.1f} s")  # fmt: skip
+          f"admitting {args.max_inflight}, {' '.join(flags)}: {dict(outcomes)} in {seconds:.1f} s")  # fmt: skip
     return 0 if not any("after" in k for k in outcomes) else 1
 
 

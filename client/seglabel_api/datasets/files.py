@@ -88,14 +88,15 @@ def inventory_of(names: list[str], open_file) -> Inventory:
         try:
             with open_file(name) as f:
                 head = f.read(16)
-                if sniff(head) is not None:
+                image = sniff(head) is not None
+                if image:  # hashed in the same pass
                     h = hashlib.sha256(head)
                     while block := f.read(1 << 20):
                         h.update(block)
         except OSError as exc:
             inv.unreadable.append((name, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
             continue
-        if sniff(head) is None:
+        if not image:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 what = "empty file" if not head else "its bytes are not an image"
                 inv.unreadable.append((name, f"named like an image, but {what}"))

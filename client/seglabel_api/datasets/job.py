@@ -4,7 +4,6 @@ the outputs written from the journal and the report."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -79,6 +78,12 @@ class Progress:
     def rate(self) -> float:
         return self.this_run / max(time.monotonic() - self.t0, 1e-9)
 
+    def add(self, rec: dict) -> None:
+        """One image's record, just journalled."""
+        self.done += 1
+        self.this_run += 1
+        self.failed += not rec["ok"]
+
 
 def progress_bar(stream=sys.stderr, every_s: float = 0.5):
     """A progress callback that redraws one line: count, images/s, ETA, failures."""
@@ -111,19 +116,15 @@ def finish(
     per_label: Counter[str] = Counter()
     failed = []
     dropped = rle_kept = 0
-    with open(journal.path, "rb") as f:
-        for item in inv.items:
-            if item.sha not in journal.records:
-                continue
-            f.seek(journal.records[item.sha][1])
-            rec = json.loads(f.readline())
-            if rec["ok"]:
-                for ann in rec["anns"]:
-                    per_label[ann["label"]] += len(item.names)
-                dropped += rec.get("dropped", 0)
-                rle_kept += rec.get("rle_kept", 0)
-            else:
-                failed.extend({"file": n, "reason": rec["reason"]} for n in item.names)
+    done = [item for item in inv.items if item.sha in journal.records]
+    for item, rec in zip(done, journal.read(item.sha for item in done)):
+        if rec["ok"]:
+            for ann in rec["anns"]:
+                per_label[ann["label"]] += len(item.names)
+            dropped += rec.get("dropped", 0)
+            rle_kept += rec.get("rle_kept", 0)
+        else:
+            failed.extend({"file": n, "reason": rec["reason"]} for n in item.names)
     failed += [{"file": n, "reason": why} for n, why in inv.unreadable]
     outputs = {}
     note = (

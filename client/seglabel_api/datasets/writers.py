@@ -34,10 +34,8 @@ def done_images(inv: Inventory, journal: Journal) -> list[tuple[int, str, str]]:
 
 
 def _records(journal: Journal, images: list[tuple[int, str, str]]) -> Iterator[tuple[int, str, dict]]:
-    with open(journal.path, "rb") as f:
-        for image_id, name, sha in images:
-            f.seek(journal.records[sha][1])
-            yield image_id, name, json.loads(f.readline())
+    for (image_id, name, _), rec in zip(images, journal.read(sha for *_, sha in images)):
+        yield image_id, name, rec
 
 
 def write_coco(path: Path, inv: Inventory, journal: Journal, categories: list[str], info: dict) -> int:

@@ -90,12 +90,9 @@ async def _vocabulary(client: AsyncSegmenterClient, opts: LabelOptions) -> tuple
     return list(opts.labels or info.default_vocabulary), info
 
 
-def _window(info, opts: LabelOptions) -> int:
-    if opts.window > 0:
-        return opts.window
-    # Enough images to fill an encoder batch while the previous batch's masks are decoded and
-    # labelled; the server's admission limit is not known to clients, its pushback handles it.
-    return 8
+# Requests in flight by default: enough to fill the CPU encoder's batch of 4 while the previous
+# batch's masks are decoded and labelled; a server that is full says so with its pushback.
+WINDOW = 8
 
 
 async def label_folder_async(
@@ -129,7 +126,7 @@ async def label_folder_async(
             todo = [item for item in inv.items if journal.pending(item.sha)]
             prog = Progress(total=len(inv.items), done=len(inv.items) - len(todo))
             prog.failed = sum(1 for ok, *_ in journal.records.values() if not ok)
-            await _run(client, root, todo, journal, opts, _window(info, opts), prog, progress)
+            await _run(client, root, todo, journal, opts, opts.window or WINDOW, prog, progress)
         finally:
             journal.close()
         if progress is not None:
@@ -156,9 +153,7 @@ async def _run(client, root: Path, todo: list[Item], journal: Journal, opts, win
                        "retry": err.code() in _TRANSIENT}  # fmt: skip
             del data
             journal.append(rec)
-            prog.done += 1
-            prog.this_run += 1
-            prog.failed += not rec["ok"]
+            prog.add(rec)
             if progress is not None:
                 progress(prog)
         except BaseException as exc:  # ServerGone, a disk error: stop the run

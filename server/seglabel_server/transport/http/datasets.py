@@ -60,6 +60,8 @@ class Job:
         self.folder = folder
         self.body = {k: options[k] for k in OPTION_KEYS if k in options}
         self.body["return_overlay"] = False
+        # every image's request, resolved (and checked, as a /segment body is) once
+        self.params = convert.params_from_pb(wire.segment_request(self.body))
         self.categories = categories
         mask_format = options.get("mask_format", "rle")
         if mask_format not in annotations.MASK_FORMATS:
@@ -113,9 +115,6 @@ class DatasetJobs:
         unknown = set(options) - {*OPTION_KEYS, "mask_format", "polygon_tolerance"}
         if unknown:
             raise InvalidArgument(f"unknown dataset option(s): {', '.join(sorted(unknown))}")
-        wire.segment_request(
-            {**{k: options[k] for k in OPTION_KEYS if k in options}}
-        )  # checked like /segment
         info = await self.gateway.info()
         if options.get("skip_labels"):
             categories = ["object"]
@@ -187,10 +186,8 @@ class DatasetJobs:
 
     async def _label(self, job: Job, item: Item, data: bytes) -> None:
         try:
-            req = wire.segment_request({**job.body, "image": ""})
-            params = convert.params_from_pb(req)
             try:
-                result = await self.gateway.segment(params, None, data, RequestContext())
+                result = await self.gateway.segment(job.params, None, data, RequestContext())
                 resp = convert.result_to_pb(result)
                 rec = await asyncio.to_thread(annotations.image_record, resp, item.sha, job.opts)
             except Exception as exc:  # the image's failure, recorded; the job goes on

@@ -23,6 +23,24 @@ import types
 from pathlib import Path
 
 import numpy as np
+from seglabel_api.datasets import annotations
+from seglabel_api.datasets.files import inventory_of
+from seglabel_api.datasets.job import LabelOptions, Progress, finish, progress_bar
+from seglabel_api.datasets.journal import JobMismatch, Journal
+
+from seglabel_server.models.repository import ModelRepository
+from seglabel_server.service import SeglabelService
+from seglabel_server.service.config import (
+    ConfigError,
+    ServerConfig,
+    add_flags,
+    apply_settings,
+    settings_from_args,
+)
+from seglabel_server.transport.grpc import convert
+from seglabel_server.transport.grpc.interceptor import TRANSIENT, grpc_status
+from seglabel_server.transport.http import json as wire
+from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +74,6 @@ class LabelActor:
     """One model set: the service loaded in this actor, images read from INPUT by name."""
 
     def __init__(self, server: dict, uri: str, options: dict):
-        from seglabel_api.datasets.job import LabelOptions
-
-        from seglabel_server.service import SeglabelService
-        from seglabel_server.service.config import ServerConfig, apply_settings
-        from seglabel_server.transport.grpc import convert
-        from seglabel_server.transport.http import json as wire
-
         cfg = ServerConfig(port=0)
         apply_settings(cfg, dict(server), "seglabel-ray label")
         self.loop = asyncio.new_event_loop()
@@ -79,12 +90,6 @@ class LabelActor:
             return f.read()
 
     async def _one(self, sha: str, name: str) -> str:
-        from seglabel_api.datasets import annotations
-
-        from seglabel_server.transport.grpc import convert
-        from seglabel_server.transport.grpc.interceptor import TRANSIENT, grpc_status
-        from seglabel_server.types import RequestContext
-
         try:
             data = await asyncio.to_thread(self._read, name)
             result = await self.service.segment(self.params, None, data, RequestContext())
@@ -105,9 +110,6 @@ class LabelActor:
 
 def _server_info(server: dict):
     """What the report and COCO info say of the models (the manifest's), without loading them."""
-    from seglabel_server.models.repository import ModelRepository
-    from seglabel_server.service.config import ServerConfig, apply_settings
-
     cfg = ServerConfig(port=0)
     apply_settings(cfg, dict(server), "seglabel-ray label")
     repo = ModelRepository.load(cfg.models)
@@ -125,9 +127,6 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
     import dataclasses
 
     import ray
-    from seglabel_api.datasets.files import inventory_of
-    from seglabel_api.datasets.job import Progress, finish
-    from seglabel_api.datasets.journal import Journal
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,11 +166,9 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for line in batch["record"]:
                     rec = json.loads(line)
-                    if journal.pending(rec["sha"]) or rec["sha"] in journal.retry:
+                    if journal.pending(rec["sha"]):  # a batch run again may send a record twice
                         journal.append(rec)
-                        prog.done += 1
-                        prog.this_run += 1
-                        prog.failed += not rec["ok"]
+                        prog.add(rec)
                         if progress is not None:
                             progress(prog)
     finally:
@@ -185,9 +182,6 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seglabel_api.datasets.job import LabelOptions, progress_bar
-    from seglabel_api.datasets.journal import JobMismatch
-
     ap = argparse.ArgumentParser(
         prog="seglabel-ray label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -220,13 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         "server_args", nargs="*", help="seglabel-server flags for the actors (after --), e.g. --models"
     )
     a = ap.parse_args(argv)
-    from seglabel_server.service.config import (
-        ConfigError,
-        ServerConfig,
-        add_flags,
-        apply_settings,
-        settings_from_args,
-    )
 
     sp = argparse.ArgumentParser(prog="seglabel-ray label -- (server flags)")
     add_flags(sp, exclude=frozenset({"port", "http_port"}))
