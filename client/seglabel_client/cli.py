@@ -5,6 +5,9 @@ seglabel depth IMAGE [--out depth.png] [--raw depth.npy]
 seglabel text IMAGE [--json]
 seglabel label DIR --out OUT [--format coco,yolo-seg] [--mask-format polygon] [--labels a,b,c] [--restart]
 seglabel eval --gt gt.coco.json --pred OUT/annotations.coco.json
+seglabel vocab create|show|list|delete|add|remove ...   named vocabularies and their examples
+seglabel relabel REQUEST_ID [--vocabulary-name NAME | --labels a,b] [--label-mode multi]
+seglabel eval-labels DIR     zero-shot vs k-shot accuracy on an ImageFolder
 seglabel info | seglabel health
 """
 
@@ -46,9 +49,17 @@ def format_table(resp) -> str:
                 f"  {lab.mask_index:>4}  {lab.label:<18} {lab.confidence:>6.3f}  "
                 f"{areas.get(lab.mask_index, 0):>8}  {alts}"
             )
+        multi = [lab for lab in resp.labels if lab.labels]
+        if multi:
+            lines.append("  multi-label:")
+            lines.append(format_labels(multi))
         common = ", ".join(f"{k} x{v}" for k, v in most_common_labels(resp.labels, 5))
         lines.append(f"  most common: {common}")
         lines.append(f"  distinct labels: {len(group_by_label(resp.labels))}")
+    if resp.request_id:
+        lines.append(
+            f"  request_id {resp.request_id} (seglabel relabel / vocab add --request-id, while kept)"
+        )
     t = resp.timings
     lines.append(
         f"  time {t.total_ms:.0f} ms (encoder {t.encoder_ms:.0f}, decoder {t.decoder_ms:.0f}, "
@@ -81,6 +92,9 @@ def _segment(args) -> int:
         multimask=args.multimask,
         with_depth=args.with_depth,
         with_text=args.with_text,
+        vocabulary_name=args.vocabulary_name,
+        label_mode=args.label_mode,
+        thresholds=dict(args.threshold or ()),
     )
     with SegmenterClient(args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token) as client:
         up = client.upload(args.image)
@@ -241,6 +255,115 @@ def _eval(args) -> int:
     return 0
 
 
+def _threshold(text: str) -> tuple[str, float]:
+    label, sep, value = text.rpartition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=VALUE")
+    return label, float(value)
+
+
+def format_labels(labels) -> str:
+    """One line per mask: SINGLE its label; MULTI every label above its threshold."""
+    out = []
+    for lab in labels:
+        if lab.labels:
+            shown = ", ".join(f"{t.label} {t.confidence:.2f}>={t.threshold:.2f}" for t in lab.labels)
+        else:
+            shown = f"{lab.label} {lab.confidence:.3f}"
+        out.append(f"  {lab.mask_index:>4}  {shown}")
+    return "\n".join(out)
+
+
+def format_vocabulary(v) -> str:
+    lines = [f"{v.name}: {len(v.labels)} labels, CLIP {v.clip_model}, revision {v.revision}, "
+             f"alpha {v.alpha:g} beta {v.beta:g}, {v.stored_bytes} bytes"]  # fmt: skip
+    for lab in v.labels:
+        prompts = f" prompts {list(lab.label.prompts)}" if lab.label.prompts else ""
+        lines.append(
+            f"  {lab.label.name:<24} {lab.positives:>3} positive {lab.negatives:>3} negative  multi threshold "
+            f"{lab.threshold:.3f} ({lab.threshold_source}: {lab.threshold_note}){prompts}"
+        )
+        for e in lab.examples:
+            src = e.source
+            where = f"box ({src.box.x0:g},{src.box.y0:g},{src.box.x1:g},{src.box.y1:g})" if src.HasField("box") else (
+                "mask" if src.HasField("mask") else "whole image")  # fmt: skip
+            lines.append(f"      {e.id}  {'+' if e.positive else '-'}  {src.file_id[:12]}  {where}")
+    return "\n".join(lines)
+
+
+def _vocab(args, client) -> int:
+    from seglabel_client.client import example
+
+    op = args.vocab_cmd
+    if op == "list":
+        for v in client.list_vocabularies().vocabularies:
+            print(
+                f"{v.name:<24} {v.labels:>4} labels {v.examples:>5} examples  CLIP {v.clip_model}  rev {v.revision}"
+            )
+        return 0
+    if op == "delete":
+        client.delete_vocabulary(args.name)
+        print(f"deleted {args.name}")
+        return 0
+    if op == "create":
+        labels = [{"name": n, "prompts": [p for p in (args.prompts or {}).get(n, [])]} for n in args.labels]
+        v = client.create_vocabulary(
+            args.name, labels, replace=args.replace, alpha=args.alpha, beta=args.beta
+        )
+    elif op == "show":
+        v = client.get_vocabulary(args.name)
+    elif op == "add":
+        examples = []
+        for image in args.images:
+            fid = client.upload(image).file_id
+            examples.append(example(fid, box=args.box, negative=args.negative))
+        if args.request_id:
+            examples.append(
+                example(request_id=args.request_id, mask_index=args.mask_index, negative=args.negative)
+            )
+        got = client.add_examples(args.name, args.label, examples)
+        print(f"added {len(got.example_ids)} examples: {', '.join(got.example_ids)}")
+        v = got.vocabulary
+    else:
+        v = client.remove_examples(args.name, args.label, ids=args.ids or (), remove_label=args.remove_label)
+    print(format_vocabulary(v))
+    return 0
+
+
+def _relabel(args, client) -> int:
+    resp = client.relabel(args.request_id, labels=args.labels or (), vocabulary_name=args.vocabulary_name,
+                          label_mode=args.label_mode, top_k=args.top_k, min_confidence=args.min_confidence,
+                          thresholds=dict(args.threshold or ()))  # fmt: skip
+    if args.json:
+        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=2))
+        return 0
+    print(f"{len(resp.labels)} masks relabelled in {resp.timings.total_ms:.1f} ms (server)")
+    print(format_labels(resp.labels))
+    return 0
+
+
+def _eval_labels(args, client) -> int:
+    from seglabel_client.labels_eval import evaluate_labels, format_report
+
+    shots = tuple(int(v) for v in _csv(args.shots))
+    report = evaluate_labels(client, args.dir, shots, args.seed, args.test_fraction, args.alpha, args.beta,
+                             progress=None if args.json else _progress)  # fmt: skip
+    if not args.json:
+        sys.stderr.write("\n")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _add_label_options(p) -> None:
+    p.add_argument(
+        "--vocabulary-name", default="", help="a stored vocabulary (seglabel vocab) instead of --labels"
+    )
+    p.add_argument("--label-mode", choices=["single", "multi"], default="single",
+                   help="single: one softmax label per mask; multi: every label above its threshold")  # fmt: skip
+    p.add_argument("--threshold", type=_threshold, action="append", metavar="LABEL=VALUE",
+                   help="multi: a label's threshold for this request (repeatable)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seglabel", description="seglabel gRPC client")
     parser.add_argument("--server", default=DEFAULT_TARGET)
@@ -271,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--box-nms-thresh", type=float, default=None)
     seg.add_argument("--with-depth", action="store_true", help="also depth: per-object depth, front to back")
     seg.add_argument("--with-text", action="store_true", help="also OCR: the text on each object")
+    _add_label_options(seg)
     dep = sub.add_parser("depth", help="estimate relative depth")
     dep.add_argument("image")
     dep.add_argument("--out", help="write the coloured depth PNG here")
@@ -319,6 +443,70 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--gt", required=True, help="ground truth, COCO instance segmentation JSON")
     ev.add_argument("--pred", required=True, help="annotations.coco.json from seglabel label")
     ev.add_argument("--json", action="store_true")
+    voc = sub.add_parser(
+        "vocab",
+        help="named vocabularies: labels, prompts and few-shot examples kept on the server",
+        description="A vocabulary is a named list of labels stored on the server (memory, disk or Redis, as "
+        "uploads). Each label is scored by CLIP zero-shot against its prompts, plus a cache of its examples "
+        "(Tip-Adapter): crops like a positive example score higher, like a negative one lower. Segment "
+        "with --vocabulary-name NAME; relabel a kept answer with `seglabel relabel`.",
+    )
+    vs = voc.add_subparsers(dest="vocab_cmd", required=True)
+    vc = vs.add_parser("create", help="create (or --replace) a vocabulary")
+    vc.add_argument("name")
+    vc.add_argument("--labels", type=_csv, required=True, help="comma-separated label names")
+    vc.add_argument("--prompt", dest="prompt_list", action="append", metavar="LABEL=PROMPT",
+                    help="a prompt for a label ('{}' is replaced by its name; repeatable; default: the server's templates)")  # fmt: skip
+    vc.add_argument(
+        "--replace", action="store_true", help="overwrite a vocabulary of this name (examples dropped)"
+    )
+    vc.add_argument("--alpha", type=float, default=0.0, help="weight of the examples (0: the default, 10)")
+    vc.add_argument(
+        "--beta", type=float, default=0.0, help="sharpness of an example's reach (0: the default, 7)"
+    )
+    for name, text in (
+        ("show", "a vocabulary, its examples and thresholds"),
+        ("delete", "delete a vocabulary"),
+    ):
+        vs.add_parser(name, help=text).add_argument("name")
+    vs.add_parser("list", help="the stored vocabularies")
+    va = vs.add_parser(
+        "add", help="teach a label by examples (images, a box of each, or a mask of an answer)"
+    )
+    va.add_argument("name")
+    va.add_argument("label", help="the label (added to the vocabulary when it has none of this name)")
+    va.add_argument(
+        "images", nargs="*", help="image files: each uploaded, whole or --box of it, is an example"
+    )
+    va.add_argument("--box", type=lambda s: _pairs(s, 4)[0], help="'x0,y0,x1,y1': the region of each image")
+    va.add_argument("--request-id", default="", help="a recent answer's request_id: its mask --mask-index")
+    va.add_argument("--mask-index", type=int, default=0)
+    va.add_argument("--negative", action="store_true", help="negative examples: crops like them score lower")
+    vr = vs.add_parser("remove", help="forget a label's examples (all, or --id ...)")
+    vr.add_argument("name")
+    vr.add_argument("label")
+    vr.add_argument("--id", dest="ids", action="append", help="an example id (repeatable; default: all)")
+    vr.add_argument("--remove-label", action="store_true", help="also remove the label")
+    rl = sub.add_parser("relabel", help="score a recent answer's masks again (no SAM2, no CLIP image tower)")
+    rl.add_argument("request_id", help="SegmentResponse.request_id (seglabel segment --json prints it)")
+    rl.add_argument("--labels", type=_csv, help="comma-separated vocabulary (default: the server's)")
+    rl.add_argument("--top-k", type=int, default=0)
+    rl.add_argument("--min-confidence", type=float, default=None)
+    rl.add_argument("--json", action="store_true")
+    _add_label_options(rl)
+    el = sub.add_parser(
+        "eval-labels",
+        help="zero-shot vs k-shot label accuracy on an ImageFolder (one folder per label)",
+        description="Each image is segmented once (one box around it); a fixed-seed split per label holds half "
+        "out; the rest are examples: accuracy on the held-out images zero-shot, then with k examples per label.",
+    )
+    el.add_argument("dir")
+    el.add_argument("--shots", default="1,2,4,8,16", help="examples per label to try (comma-separated)")
+    el.add_argument("--seed", type=int, default=0)
+    el.add_argument("--test-fraction", type=float, default=0.5, help="share of each label's images held out")
+    el.add_argument("--alpha", type=float, default=0.0, help="the temporary vocabularies' alpha (0: default)")
+    el.add_argument("--beta", type=float, default=0.0, help="their beta (0: default)")
+    el.add_argument("--json", action="store_true")
     sub.add_parser("info", help="print GetServerInfo")
     sub.add_parser("health", help="print the health status")
     args = parser.parse_args(argv)
@@ -336,6 +524,17 @@ def main(argv: list[str] | None = None) -> int:
                 return _depth(args, client)
             if args.cmd == "text":
                 return _text(args, client)
+            if args.cmd == "vocab":
+                if args.vocab_cmd == "create":
+                    args.prompts = {}
+                    for item in args.prompt_list or ():
+                        label, _, prompt = item.partition("=")
+                        args.prompts.setdefault(label, []).append(prompt)
+                return _vocab(args, client)
+            if args.cmd == "relabel":
+                return _relabel(args, client)
+            if args.cmd == "eval-labels":
+                return _eval_labels(args, client)
             if args.cmd == "info":
                 print(
                     json.dumps(

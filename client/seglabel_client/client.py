@@ -86,10 +86,15 @@ def build_request(
     with_text: bool = False,
     text_box_thresh: float | None = None,
     text_min_confidence: float | None = None,
+    vocabulary_name: str = "",
+    label_mode: str = "single",
+    thresholds: dict[str, float] | None = None,
 ) -> pb.SegmentRequest:
     """A SegmentRequest. ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels.
     Thresholds left at None take the server's defaults. ``with_depth`` / ``with_text``: also the
-    depth map with per-mask depth, and the text lines with the lines inside each mask."""
+    depth map with per-mask depth, and the text lines with the lines inside each mask.
+    ``vocabulary_name``: a stored vocabulary instead of ``labels``; ``label_mode``: "single" or
+    "multi" (every label above its threshold; ``thresholds`` override the vocabulary's)."""
     if prompt_type not in _PROMPTS:
         raise ValueError(f"prompt_type must be one of {sorted(_PROMPTS)}")
     req = pb.SegmentRequest(
@@ -110,9 +115,117 @@ def build_request(
         with_depth=with_depth,
         with_text=with_text,
         text_options=text_options(text_box_thresh, text_min_confidence),
+        vocabulary_name=vocabulary_name,
+        label_mode=_mode(label_mode),
+        thresholds=thresholds or {},
     )
     _set_image(req, image, file_id)
     return req
+
+
+_MODES = {"single": pb.LABEL_MODE_SINGLE, "multi": pb.LABEL_MODE_MULTI}
+
+
+def _mode(label_mode: str) -> int:
+    if label_mode not in _MODES:
+        raise ValueError(f"label_mode must be one of {sorted(_MODES)}")
+    return _MODES[label_mode]
+
+
+def vocabulary_label(label) -> pb.VocabularyLabel:
+    """A label of CreateVocabulary: a name, (name, prompts), or a dict with name, prompts, threshold."""
+    if isinstance(label, str):
+        return pb.VocabularyLabel(name=label)
+    if isinstance(label, dict):
+        return pb.VocabularyLabel(**label)
+    name, prompts = label
+    return pb.VocabularyLabel(name=name, prompts=list(prompts))
+
+
+def example(
+    file_id: str = "",
+    *,
+    box: Sequence[float] | None = None,
+    mask: dict | None = None,
+    request_id: str = "",
+    mask_index: int = 0,
+    negative: bool = False,
+) -> pb.Example:
+    """An example for AddExamples: an uploaded image (whole, a ``box`` (x0, y0, x1, y1) of it, or a
+    ``mask`` {"size": [h, w], "counts": str} of it), or mask ``mask_index`` of the answer
+    ``request_id``; ``negative``: crops like it score lower for the label."""
+    out = pb.Example(file_id=file_id, request_id=request_id, mask_index=mask_index, negative=negative)
+    if box is not None:
+        out.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
+    if mask is not None:
+        counts = mask["counts"]
+        out.mask.CopyFrom(
+            pb.RLE(size=list(mask["size"]), counts=counts.decode() if isinstance(counts, bytes) else counts)
+        )
+    return out
+
+
+def vocabulary_requests(method: str, *args, **kw):
+    """The request message of a vocabulary method (the two clients' shared builder)."""
+    if method == "CreateVocabulary":
+        name, labels = args
+        return pb.CreateVocabularyRequest(
+            name=name, labels=[vocabulary_label(lab) for lab in labels], replace=kw.get("replace", False),
+            alpha=kw.get("alpha", 0.0), beta=kw.get("beta", 0.0),
+        )  # fmt: skip
+    if method == "GetVocabulary":
+        return pb.GetVocabularyRequest(name=args[0])
+    if method == "ListVocabularies":
+        return pb.ListVocabulariesRequest()
+    if method == "DeleteVocabulary":
+        return pb.DeleteVocabularyRequest(name=args[0])
+    if method == "AddExamples":
+        vocabulary, label, examples = args
+        return pb.AddExamplesRequest(vocabulary=vocabulary, label=label, examples=list(examples))
+    if method == "RemoveExamples":
+        vocabulary, label = args
+        return pb.RemoveExamplesRequest(vocabulary=vocabulary, label=label, example_ids=list(kw.get("ids", ())),
+                                        remove_label=kw.get("remove_label", False))  # fmt: skip
+    if method == "Relabel":
+        return pb.RelabelRequest(
+            request_id=args[0], vocabulary=list(kw.get("labels", ())), vocabulary_name=kw.get("vocabulary_name", ""),
+            label_mode=_mode(kw.get("label_mode", "single")), top_k=kw.get("top_k", 0),
+            min_confidence=kw.get("min_confidence"), thresholds=kw.get("thresholds") or {},
+        )  # fmt: skip
+    raise ValueError(method)
+
+
+class _VocabularyCalls:
+    """Vocabulary and relabel calls, shared by both clients (``_call`` is sync or async)."""
+
+    def create_vocabulary(
+        self, name: str, labels, *, replace: bool = False, alpha: float = 0.0, beta: float = 0.0
+    ):
+        """``labels``: names, (name, prompts) pairs, or dicts (name, prompts, threshold)."""
+        return self._call("CreateVocabulary", name, labels, replace=replace, alpha=alpha, beta=beta)
+
+    def get_vocabulary(self, name: str):
+        return self._call("GetVocabulary", name)
+
+    def list_vocabularies(self):
+        return self._call("ListVocabularies")
+
+    def delete_vocabulary(self, name: str):
+        return self._call("DeleteVocabulary", name)
+
+    def add_examples(self, vocabulary: str, label: str, examples):
+        """``examples``: :func:`example` messages."""
+        return self._call("AddExamples", vocabulary, label, examples)
+
+    def remove_examples(self, vocabulary: str, label: str, ids=(), remove_label: bool = False):
+        return self._call("RemoveExamples", vocabulary, label, ids=ids, remove_label=remove_label)
+
+    def relabel(self, request_id: str, *, labels=(), vocabulary_name: str = "", label_mode: str = "single",
+                top_k: int = 0, min_confidence: float | None = None, thresholds: dict | None = None):  # fmt: skip
+        """A kept answer's masks scored again (no SAM2, no CLIP image tower)."""
+        return self._call("Relabel", request_id, labels=labels, vocabulary_name=vocabulary_name,
+                          label_mode=label_mode, top_k=top_k, min_confidence=min_confidence,
+                          thresholds=thresholds)  # fmt: skip
 
 
 def text_options(box_thresh: float | None = None, min_confidence: float | None = None) -> pb.TextOptions:
@@ -153,7 +266,7 @@ def depth_array(depth: pb.DepthMap):
     return lo + q.astype(np.float32) * np.float32((hi - lo) / np.float32(65535))
 
 
-class SegmenterClient:
+class SegmenterClient(_VocabularyCalls):
     """Blocking client. ``with SegmenterClient("127.0.0.1:50051") as c: c.segment("photo.jpg")``."""
 
     def __init__(
@@ -175,6 +288,11 @@ class SegmenterClient:
 
     def close(self) -> None:
         self.channel.close()
+
+    def _call(self, method: str, *args, **kw):
+        return getattr(self.stub, method)(
+            vocabulary_requests(method, *args, **kw), timeout=self.timeout, metadata=self.metadata
+        )
 
     def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
         return self.stub.Upload(
@@ -240,7 +358,7 @@ class SegmenterClient:
             time.sleep(0.25)
 
 
-class AsyncSegmenterClient:
+class AsyncSegmenterClient(_VocabularyCalls):
     """asyncio client. ``async with AsyncSegmenterClient() as c: async for ev in c.stream_segment(...)``."""
 
     def __init__(
@@ -262,6 +380,11 @@ class AsyncSegmenterClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    def _call(self, method: str, *args, **kw):  # an awaitable call
+        return getattr(self.stub, method)(
+            vocabulary_requests(method, *args, **kw), timeout=self.timeout, metadata=self.metadata
+        )
 
     async def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
         return await self.stub.Upload(

@@ -15,6 +15,8 @@ class ErrorKind(enum.Enum):
     CANCELLED = "cancelled"  # the client went away
     UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials
     NOT_SERVED = "not_served"  # a capability this server does not have (its model is absent)
+    CONFLICT = "conflict"  # it would overwrite something that exists (a vocabulary's name)
+    PRECONDITION = "precondition"  # the server's state does not allow it (a vocabulary of another model)
     INTERNAL = "internal"  # the server's fault
 
 
@@ -80,6 +82,14 @@ class CapabilityUnavailable(SeglabelError):
     """Depth, OCR...: the model is not in the repository or failed to load; the message says which and why."""
 
     kind = ErrorKind.NOT_SERVED
+
+
+class AlreadyExists(SeglabelError):
+    kind = ErrorKind.CONFLICT
+
+
+class FailedPrecondition(SeglabelError):
+    kind = ErrorKind.PRECONDITION
 
 
 class Unauthenticated(SeglabelError):

@@ -34,6 +34,51 @@ class SegmentParams:
     with_depth: bool = False
     with_text: bool = False
     text_options: TextOptions = field(default_factory=lambda: TextOptions())
+    vocabulary_name: str = ""  # a stored vocabulary instead of ``vocabulary``
+    label_mode: str = "single"  # single | multi
+    thresholds: dict[str, float] = field(default_factory=dict)  # multi: per-label overrides
+
+
+@dataclass
+class ExampleIn:
+    """An example as a client gives it (AddExamples): an uploaded image (whole, a box of it, or a
+    mask of it), or one mask of a recent answer."""
+
+    file_id: str = ""
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1, pixels
+    mask: dict | None = None  # COCO RLE {"size": [h, w], "counts": str}
+    request_id: str = ""
+    mask_index: int = 0
+    negative: bool = False
+
+    @staticmethod
+    def from_source(source: dict, negative: bool = False) -> ExampleIn:
+        """A stored example's source (``vocabulary.StoredExample.source``) as an example again."""
+        box = source.get("box")
+        return ExampleIn(
+            file_id=source.get("file_id", ""),
+            box=tuple(box) if box else None,
+            mask=source.get("mask"),
+            negative=negative,
+        )
+
+
+@dataclass
+class LabelSpec:
+    """How masks are labelled, resolved once by the service (for Segment and Relabel alike):
+    ``entries`` (label, prompts) in order, the stored vocabulary when one is named (its examples
+    and thresholds), the mode and the request's options."""
+
+    entries: tuple[tuple[str, tuple[str, ...]], ...]
+    mode: str = "single"
+    top_k: int = 3
+    min_confidence: float = 0.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    vocabulary: object = None  # vocabulary.Vocabulary
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.entries)
 
 
 @dataclass
@@ -50,6 +95,7 @@ class SegmentJob:
     text: bool = False
     notes: dict[str, str] = field(default_factory=dict)
     complete: bool = True
+    labelling: LabelSpec | None = None  # set by the service when ``labels``
 
 
 @dataclass
@@ -111,7 +157,25 @@ class LabelResult:
     mask_index: int
     label: str
     confidence: float
-    top_k: list[tuple[str, float]]
+    top_k: list[tuple]  # (label, score) or, MULTI, (label, score, threshold)
+    labels: list[tuple[str, float, float]] = field(default_factory=list)  # MULTI: every label above
+
+
+@dataclass
+class Answer:
+    """What the server keeps of a labelled answer for Relabel and AddExamples(request_id): its
+    masks' crop embeddings (CLIP image tower outputs), the image's sha256 and the masks' RLEs
+    (an example's source), the CLIP model that embedded them."""
+
+    embeddings: np.ndarray  # float32 [K, D], row i = mask i
+    image_key: str
+    rles: list[dict]
+    clip_model: str
+    chunks: list[int]  # masks per CLIP call when it was labelled: Relabel scores the same chunks
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.embeddings.nbytes) + sum(len(r["counts"]) + 16 for r in self.rles) + 256
 
 
 @dataclass
@@ -131,6 +195,10 @@ class SegmentResult:
     mask_text: list[MaskText] = field(default_factory=list)
     depth_unavailable_reason: str = ""
     text_unavailable_reason: str = ""
+    request_id: str = ""  # set when the answer is kept for Relabel
+    label_mode: str = "single"
+    embeddings: np.ndarray | None = None  # the masks' crop embeddings (kept, never sent)
+    embedding_chunks: list[int] = field(default_factory=list)
 
 
 # Events of a streamed request; their order is documented once, on SegmentEvent in the proto.

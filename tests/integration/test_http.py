@@ -145,7 +145,8 @@ async def test_stream_carries_the_grpc_events_and_openapi_lists_every_route(gate
     assert set(openapi["paths"]) == {
         "/", "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz",
         "/datasets", "/datasets/{job_id}", "/datasets/{job_id}/images", "/datasets/{job_id}/annotations.coco.json",
-        "/datasets/{job_id}/dataset.zip",
+        "/datasets/{job_id}/dataset.zip", "/vocabularies", "/vocabularies/{name}", "/vocabularies/{name}/examples",
+        "/vocabularies/{name}/examples/remove", "/relabel",
     }  # fmt: skip
 
 

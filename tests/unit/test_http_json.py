@@ -29,8 +29,8 @@ def test_every_field_by_its_proto_name_with_the_routes_quirks():
     (mask,) = out["masks"]
     assert set(mask) == {f.name for f in pb.Mask.DESCRIPTOR.fields} and mask["point"] == [2.5, 3.5]
     assert mask["rle"] == {"size": [4, 6], "counts": "abc"} and mask["area"] == 12
-    assert out["labels"][0] == {"label": "cat", "confidence": 0.8, "mask_index": 0,
-                                "top_k": [{"label": "cat", "confidence": 0.8}]}  # fmt: skip
+    assert out["labels"][0] == {"label": "cat", "confidence": 0.8, "mask_index": 0, "labels": [],
+                                "top_k": [{"label": "cat", "confidence": 0.8, "threshold": 0.0}]}  # fmt: skip
     assert out["timings"]["total_ms"] == 5.0 and set(out["timings"]) == {
         f.name for f in pb.Timings.DESCRIPTOR.fields
     }

@@ -1,18 +1,22 @@
-"""Labels: text embeddings per vocabulary (cached), one CLIP crop per mask, zero-shot classification."""
+"""Labels: text embeddings per vocabulary (cached), one CLIP crop per mask, and the scorer of a
+vocabulary (zero-shot text, plus its examples' cache: ``scoring.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 
 from seglabel_server.models import images
 from seglabel_server.models.tokenizer import ClipTokenizer
-from seglabel_server.models.vocab import UNKNOWN_LABEL
+from seglabel_server.pipeline import scoring
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.pipeline.cpu import CpuPool
-from seglabel_server.types import LabelResult, MaskResult, RequestContext
+from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD, NEUTRAL, Scorer
+from seglabel_server.types import LabelSpec, MaskResult, RequestContext
+from seglabel_server.vocabulary import prompt_texts
 
 
 class Labeller:
@@ -31,65 +35,98 @@ class Labeller:
         self.pool = pool
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
+        self._vocab_cache: OrderedDict[tuple, Scorer] = OrderedDict()
+        self.logit_scale = float(clip_meta["logit_scale"])
 
-    async def text_embeddings(self, vocab: tuple[str, ...], ctx: RequestContext) -> np.ndarray:
-        """[V, D] template-ensembled, L2-normalised label embeddings, cached per vocabulary."""
-        cached = self._text_cache.get(vocab)
+    async def text_embeddings(
+        self, entries: tuple[tuple[str, tuple[str, ...]], ...], ctx: RequestContext
+    ) -> np.ndarray:
+        """[V, D] L2-normalised label embeddings, each the mean over its prompts (a label's own, or
+        the server's templates), cached per ``entries``."""
+        cached = self._text_cache.get(entries)
         if cached is not None:
-            self._text_cache.move_to_end(vocab)
+            self._text_cache.move_to_end(entries)
             return cached
-        lock = self._text_locks.setdefault(vocab, asyncio.Lock())
+        lock = self._text_locks.setdefault(entries, asyncio.Lock())
         try:
             async with lock:
-                if vocab in self._text_cache:
-                    return self._text_cache[vocab]
-                emb = await self._embed_vocabulary(vocab, ctx)
-                self._text_cache[vocab] = emb
+                if entries in self._text_cache:
+                    return self._text_cache[entries]
+                emb = await self._embed_entries(entries, ctx)
+                self._text_cache[entries] = emb
                 while len(self._text_cache) > self.cfg.text_cache_size:
                     self._text_cache.popitem(last=False)
                 return emb
         finally:
             # Waiters hold the lock object itself; the dict entry only serves newcomers.
-            if not lock.locked() and self._text_locks.get(vocab) is lock:
-                del self._text_locks[vocab]
+            if not lock.locked() and self._text_locks.get(entries) is lock:
+                del self._text_locks[entries]
 
-    async def _embed_vocabulary(self, vocab: tuple[str, ...], ctx: RequestContext) -> np.ndarray:
-        templates = self.cfg.templates
-        ids = self.tokenizer([t.format(v) for v in vocab for t in templates])
+    async def _embed_entries(self, entries, ctx: RequestContext) -> np.ndarray:
+        texts, owner = [], []
+        for i, (name, prompts) in enumerate(entries):
+            for t in prompt_texts(name, prompts, self.cfg.templates):
+                texts.append(t)
+                owner.append(i)
+        ids = self.tokenizer(texts)
         step = self.scheduler.max_batch("text")
         parts = await asyncio.gather(
             *[self.scheduler.run("text", ids[i : i + step], ctx) for i in range(0, len(ids), step)]
         )
-        emb = np.concatenate(parts).reshape(len(vocab), len(templates), -1).mean(axis=1)
+        flat = np.concatenate(parts).astype(np.float64)
+        emb = np.zeros((len(entries), flat.shape[1]), np.float64)
+        np.add.at(emb, np.asarray(owner), flat)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         return emb.astype(np.float32)
 
-    def classify(
-        self,
-        image_emb: np.ndarray,
-        text_emb: np.ndarray,
-        vocab,
-        first_index: int,
-        top_k: int,
-        min_confidence: float,
-    ) -> list[LabelResult]:
-        logits = self.clip["logit_scale"] * image_emb @ text_emb.T
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        out = []
-        for row, pr in enumerate(probs):
-            top = np.argsort(-pr, kind="stable")[:top_k]
-            best = float(pr[top[0]])
-            out.append(
-                LabelResult(
-                    mask_index=first_index + row,
-                    label=vocab[top[0]] if best >= min_confidence else UNKNOWN_LABEL,
-                    confidence=best,
-                    top_k=[(vocab[j], float(pr[j])) for j in top],
-                )
-            )
+    async def scorer(self, spec: LabelSpec, ctx: RequestContext) -> Scorer:
+        """What scores masks for ``spec``: text embeddings, and for a stored vocabulary its example
+        cache and MULTI thresholds (prepared once per vocabulary revision), the request's
+        threshold overrides on top."""
+        vocab = spec.vocabulary
+        multi = spec.mode == "multi"
+        if vocab is None:
+            base = Scorer(spec.labels, await self.text_embeddings(spec.entries, ctx), self.logit_scale)
+            label_thresholds = [0.0] * len(spec.entries)
+        else:
+            base = await self._prepared(vocab, ctx)
+            label_thresholds = [lab.threshold for lab in vocab.labels]
+        neutral = (await self.text_embeddings(((NEUTRAL, ()),), ctx))[0] if multi else None
+        out = replace(base, mode=spec.mode, neutral=neutral)
+        if multi:
+            default = spec.min_confidence if spec.min_confidence > 0 else DEFAULT_MULTI_THRESHOLD
+            out.thresholds, _ = scoring.thresholds(out, label_thresholds, default)
+            for name, t in spec.thresholds.items():
+                out.thresholds[spec.labels.index(name)] = t
         return out
+
+    async def _prepared(self, vocab, ctx: RequestContext) -> Scorer:
+        """A stored vocabulary's text embeddings and example cache, once per revision."""
+        key = (vocab.name, vocab.revision, vocab.clip_model, vocab.updated)
+        hit = self._vocab_cache.get(key)
+        if hit is not None:
+            self._vocab_cache.move_to_end(key)
+            return hit
+        text = await self.text_embeddings(vocab.entries(), ctx)
+        keys, values = vocab.cache() or (None, None)
+        labels = tuple(lab.name for lab in vocab.labels)
+        prepared = Scorer(labels, text, self.logit_scale, keys=keys, values=values, alpha=vocab.alpha,
+                          beta=vocab.beta)  # fmt: skip
+        self._vocab_cache[key] = prepared
+        while len(self._vocab_cache) > self.cfg.text_cache_size:
+            self._vocab_cache.popitem(last=False)
+        return prepared
+
+    async def threshold_report(
+        self, vocab, default: float, ctx: RequestContext
+    ) -> list[tuple[float, str, str]]:
+        """(threshold, source, note) per label of ``vocab`` in MULTI mode (GetVocabulary)."""
+        base = await self._prepared(vocab, ctx)
+        neutral = (await self.text_embeddings(((NEUTRAL, ()),), ctx))[0]
+        values, how = scoring.thresholds(
+            replace(base, mode="multi", neutral=neutral), [lab.threshold for lab in vocab.labels], default
+        )
+        return [(float(t), src, note) for t, (src, note) in zip(values, how)]
 
     def crops(
         self,

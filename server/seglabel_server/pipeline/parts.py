@@ -32,6 +32,8 @@ class PipelineParts:
     device_ops: Any = None  # Backend.device_ops(): the per-mask work in the backend's memory
     multi_image: bool = False  # decoder calls may mix images
     upsample_on_backend: Callable | None = None  # Backend.upsample_masks
+    answers: Any = None  # storage.AnswerCache: labelled answers kept for Relabel, owned by the service
+    clip_model: str = ""  # "<architecture>@<sha256 prefix>": what vocabularies record
 
 
 class Stopwatch:
@@ -60,6 +62,7 @@ class RequestState:
     emit: Emit | None
     clock: Stopwatch = field(default_factory=Stopwatch)
     image_dev: Any = None  # the image in the backend's memory (device path), uploaded once
+    embeddings: list = field(default_factory=list)  # the masks' crop embeddings, chunk by chunk
 
     @property
     def hw(self) -> tuple[int, int]:

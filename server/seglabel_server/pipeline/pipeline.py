@@ -18,11 +18,14 @@ from seglabel_server.pipeline.cpu import CpuPool
 from seglabel_server.pipeline.labels import Labeller
 from seglabel_server.pipeline.parts import Emit, PipelineParts, RequestState
 from seglabel_server.pipeline.scene import SceneExtras
+from seglabel_server.pipeline.scoring import Scorer
 from seglabel_server.types import (
     Accepted,
+    Answer,
     DepthResult,
     Done,
     LabelResult,
+    LabelSpec,
     LabelsUpdate,
     MaskResult,
     MasksReady,
@@ -92,7 +95,7 @@ class Pipeline:
         """What a first request would otherwise pay for, beyond one segmentation: the default
         vocabulary's text embeddings, a CLIP batch, depth and OCR."""
         if self.labels is not None:
-            await self.labels.text_embeddings(vocabulary, ctx)
+            await self.labels.text_embeddings(tuple((v, ()) for v in vocabulary), ctx)
             s = self.parts.clip["image_size"]
             await self.scheduler.run("clip", np.zeros((1, 3, s, s), np.float32), ctx)
         if self.parts.depth is not None:
@@ -126,6 +129,8 @@ class Pipeline:
             del cand
             depth, mask_depth, text, mask_text = await scene.finish(masks, req.send, ctx)
             overlay = await self._render(req, masks, labels, kept_full)
+            embeddings = np.concatenate(req.embeddings) if req.embeddings else None
+            chunks = [len(e) for e in req.embeddings]
             req.clock.timings["queue"] = ctx.queue_ms
             req.clock.timings["total"] = req.clock.total()
             result = SegmentResult(
@@ -143,7 +148,18 @@ class Pipeline:
                 mask_text=mask_text,
                 depth_unavailable_reason=job.notes.get("depth", ""),
                 text_unavailable_reason=job.notes.get("text", ""),
+                label_mode=job.labelling.mode if job.labelling else "single",
+                embeddings=embeddings,
+                embedding_chunks=chunks,
             )
+            answers = self.parts.answers
+            if answers is not None and embeddings is not None and image_key:
+                # kept before the answer goes out: a Relabel right after it finds it
+                rles = [m.rle for m in masks]
+                answers.put(
+                    ctx.request_id, Answer(embeddings, image_key, rles, self.parts.clip_model, chunks)
+                )
+                result.request_id = ctx.request_id
             await req.send(Done(result))
             return result
         finally:
@@ -246,12 +262,12 @@ class Pipeline:
         its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
         Returns (masks, labels, full masks kept for the overlay on the host path)."""
         ctx, p = req.ctx, req.job.params
-        text_emb = None
+        scorer = None
         if req.job.labels and len(cand):
             ctx.check()
-            text_emb = await self.labels.text_embeddings(p.vocabulary, ctx)
+            scorer = await self.labels.scorer(req.job.labelling, ctx)
             req.clock.mark("clip")
-        step = self.scheduler.max_batch("clip") if text_emb is not None else MASK_CHUNK
+        step = self.scheduler.max_batch("clip") if scorer is not None else MASK_CHUNK
         masks: list[MaskResult] = []
         labels: list[LabelResult] = []
         kept_full: list[np.ndarray] = []
@@ -265,8 +281,8 @@ class Pipeline:
             if not chunk:
                 continue
             await req.send(MasksReady(chunk))
-            if text_emb is not None:
-                labelled = await self._label_chunk(req, chunk, full, text_emb)
+            if scorer is not None:
+                labelled = await self._label_chunk(req, chunk, full, scorer)
                 labels += labelled
                 # total: masks labelled so far + candidates still to come (exact on the last update)
                 await req.send(LabelsUpdate(labelled, len(labels), len(masks) + len(cand) - idx.stop))
@@ -298,21 +314,55 @@ class Pipeline:
         return [r for r, _ in pairs], [m for _, m in pairs]
 
     async def _label_chunk(
-        self, req: RequestState, chunk: list[MaskResult], full: list, text_emb: np.ndarray
+        self, req: RequestState, chunk: list[MaskResult], full: list, scorer: Scorer
     ) -> list[LabelResult]:
         """CLIP labels of one chunk of masks: their crops (on the device, or on the host), one CLIP
-        call, zero-shot classification against the vocabulary's text embeddings."""
+        call, scores against the vocabulary (``scorer``); the crop embeddings are kept in
+        ``req.embeddings`` for the answer cache."""
         if self.device_ops is not None:  # the uploaded image and the device masks
             image = await self._on_device(req)
             pix = await self.pool.run(self.labels.crops_on_device, self.device_ops, image, chunk, full)
         else:
             pix = await self.labels.crops_parallel(req.image, chunk, full, req.ctx)
         req.clock.mark("crops")
-        emb = await self.scheduler.run("clip", pix, req.ctx)
-        p = req.job.params
-        out = self.labels.classify(emb, text_emb, p.vocabulary, chunk[0].index, p.top_k, p.min_confidence)
+        emb = np.asarray(await self.scheduler.run("clip", pix, req.ctx), np.float32)
+        req.embeddings.append(emb)
+        spec = req.job.labelling
+        out = scorer.classify(emb, chunk[0].index, spec.top_k, spec.min_confidence)
         req.clock.mark("clip")
         return out
+
+    async def embed_regions(self, image: np.ndarray, regions: list, ctx: RequestContext) -> np.ndarray:
+        """[N, D] CLIP image embeddings of ``regions`` of ``image``: (full-size bool mask or None,
+        (x, y, w, h) box) each, cut exactly as a mask's crop for labelling (host path)."""
+        c, cfg = self.parts.clip, self.cfg
+
+        def cut() -> np.ndarray:
+            return np.stack([
+                images.clip_crop(image, mask, box, c["image_size"], c["mean"], c["std"], cfg.crop_context,
+                                 cfg.crop_background_keep)
+                for mask, box in regions
+            ])  # fmt: skip
+
+        pix = await self.pool.run(cut)
+        step = self.scheduler.max_batch("clip")
+        parts = [await self.scheduler.run("clip", pix[i : i + step], ctx) for i in range(0, len(pix), step)]
+        return np.concatenate(parts).astype(np.float32)
+
+    async def relabel(self, embeddings: np.ndarray, chunks: list[int], spec: LabelSpec, ctx: RequestContext):
+        """Labels of kept crop embeddings under ``spec``, scored in the chunks the answer was
+        labelled in (``chunks``: their sizes; the same arithmetic as a Segment: equal results)."""
+        scorer = await self.labels.scorer(spec, ctx)
+
+        def score() -> list[LabelResult]:
+            out: list[LabelResult] = []
+            i = 0
+            for n in chunks:
+                out += scorer.classify(embeddings[i : i + n], i, spec.top_k, spec.min_confidence)
+                i += n
+            return out
+
+        return await self.pool.run(score) if len(embeddings) > 256 else score()
 
     async def _render(
         self, req: RequestState, masks: list[MaskResult], labels: list[LabelResult], kept_full: list

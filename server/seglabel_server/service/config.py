@@ -105,6 +105,19 @@ class ServerConfig:
         "image embeddings (SAM2 encoder outputs, 16 MB per image for hiera at 1024 px) kept by image sha256, "
         "least recently used dropped past this; clicks on a seen image skip the encoder (0: off)",
     )
+    vocabulary_store: str = _opt(
+        "",
+        "where named vocabularies live: memory, disk:PATH or redis://host:port/db (empty: the upload "
+        "store's choice; disk:PATH keeps them in PATH/vocabularies)",
+    )
+    max_vocabularies: int = _opt(1000, "vocabularies stored at most")
+    max_examples_per_label: int = _opt(1000, "examples one label of a vocabulary may hold")
+    max_vocabulary_mb: int = _opt(32, "largest vocabulary record (labels, prompts and example embeddings)")
+    answer_cache_mb: int = _opt(
+        64,
+        "recent answers' crop embeddings kept for Relabel and AddExamples(request_id), 2 KB per mask "
+        "(ViT-B-32), least recently used dropped past this (0: off)",
+    )
     max_memory_mb: int = _opt(
         0, "memory budget for requests in flight, each charged its peak bound (0: half the machine's memory)"
     )

@@ -56,6 +56,12 @@ class Loaded:
         self.pipeline.close()
 
 
+def clip_model_id(clip: dict) -> str:
+    """What a vocabulary records of the CLIP model its examples were embedded with."""
+    spec = clip.get("spec") or {}
+    return f"{spec.get('architecture', 'clip')}@{str(clip.get('sha256', ''))[:16]}"
+
+
 def load(cfg: ServerConfig, metrics: Metrics | None = None) -> Loaded:
     """The repository ``cfg.models`` on ``cfg``'s backend. The required models must load; an optional
     family that is absent or fails to load is left out, and :class:`Capabilities` says why."""
@@ -142,6 +148,7 @@ def build_pipeline(
         device_ops=backend.device_ops(),
         multi_image="multi_image" in backend.capabilities,
         upsample_on_backend=backend.upsample_masks,
+        clip_model=clip_model_id(repo.clip) if tokenizer is not None else "",
     )
     pipeline = Pipeline(
         cfg.pipeline, parts, cfg.cpu_threads or (os.cpu_count() or 2), max(2, cfg.max_inflight)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.service.capabilities import Capabilities
-from seglabel_server.types import SegmentJob, SegmentParams, TextOptions
+from seglabel_server.types import LabelSpec, SegmentJob, SegmentParams, TextOptions
+from seglabel_server.vocabulary import check_name
 
 
 def _unit(name: str, v: float | None, default: float) -> float:
@@ -36,14 +37,7 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         raise InvalidArgument("max_masks and top_k must not be negative")
     if p.max_masks > c.max_masks_limit:
         raise LimitExceeded(f"max_masks {p.max_masks} is over the limit {c.max_masks_limit}")
-    vocab = tuple(p.vocabulary) or c.vocabulary
-    cleaned = tuple(dict.fromkeys(v.strip() for v in vocab))
-    if any(not v for v in cleaned):
-        raise InvalidArgument("vocabulary entries must not be empty")
-    if any(len(v) > c.max_label_chars for v in cleaned):
-        raise InvalidArgument(f"vocabulary entries must be at most {c.max_label_chars} characters")
-    if len(cleaned) > c.max_vocabulary:
-        raise LimitExceeded(f"vocabulary of {len(cleaned)} labels is over the limit {c.max_vocabulary}")
+    cleaned, top_k = resolve_labels(c, p)
     return SegmentParams(
         prompt_type=p.prompt_type,
         points_per_side=pps,
@@ -51,7 +45,7 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         boxes=list(p.boxes),
         max_masks=p.max_masks or c.max_masks,
         vocabulary=cleaned,
-        top_k=min(p.top_k or c.top_k, len(cleaned)),
+        top_k=top_k,
         min_confidence=_unit("min_confidence", p.min_confidence, 0.0),
         return_overlay=p.return_overlay,
         skip_labels=p.skip_labels,
@@ -64,7 +58,36 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         with_depth=p.with_depth,
         with_text=p.with_text,
         text_options=resolve_text(c, p.text_options),
+        vocabulary_name=p.vocabulary_name,
+        label_mode=p.label_mode,
+        thresholds=dict(p.thresholds),
     )
+
+
+def resolve_labels(c: PipelineConfig, p: SegmentParams) -> tuple[tuple[str, ...], int]:
+    """(the label list, top_k) of a request that labels: its list or the server's default when it
+    names no stored vocabulary (whose labels the service reads); label_mode and thresholds checked."""
+    if p.label_mode not in ("single", "multi"):
+        raise InvalidArgument(f"unknown label_mode {p.label_mode!r}")
+    for name, t in p.thresholds.items():
+        if not (0.0 <= t <= 1.0):
+            raise InvalidArgument(f"threshold of {name!r} must be within [0, 1], got {t}")
+    if p.top_k < 0:
+        raise InvalidArgument("top_k must not be negative")
+    if p.vocabulary_name:
+        if p.vocabulary:
+            raise InvalidArgument("give vocabulary (a list) or vocabulary_name, not both")
+        check_name(p.vocabulary_name)
+        return (), p.top_k or c.top_k  # capped at the vocabulary's size once it is read
+    vocab = tuple(p.vocabulary) or c.vocabulary
+    cleaned = tuple(dict.fromkeys(v.strip() for v in vocab))
+    if any(not v for v in cleaned):
+        raise InvalidArgument("vocabulary entries must not be empty")
+    if any(len(v) > c.max_label_chars for v in cleaned):
+        raise InvalidArgument(f"vocabulary entries must be at most {c.max_label_chars} characters")
+    if len(cleaned) > c.max_vocabulary:
+        raise LimitExceeded(f"vocabulary of {len(cleaned)} labels is over the limit {c.max_vocabulary}")
+    return cleaned, min(p.top_k or c.top_k, len(cleaned))
 
 
 def resolve_text(c: PipelineConfig, o: TextOptions | None) -> TextOptions:
@@ -72,6 +95,24 @@ def resolve_text(c: PipelineConfig, o: TextOptions | None) -> TextOptions:
     return TextOptions(
         box_thresh=_unit("text box_thresh", o.box_thresh, c.text_box_thresh),
         min_confidence=_unit("text min_confidence", o.min_confidence, c.text_min_confidence),
+    )
+
+
+def label_spec(p: SegmentParams, vocab=None) -> LabelSpec:
+    """How resolved params ``p`` label masks: their list, or ``vocab`` (the stored vocabulary
+    ``p.vocabulary_name`` names, read by the service). Thresholds must name its labels."""
+    entries = vocab.entries() if vocab is not None else tuple((v, ()) for v in p.vocabulary)
+    labels = [name for name, _ in entries]
+    for t in p.thresholds:
+        if t not in labels:
+            raise InvalidArgument(f"thresholds: {t!r} is not a label of this vocabulary")
+    return LabelSpec(
+        entries=entries,
+        mode=p.label_mode,
+        top_k=min(p.top_k, len(labels)),
+        min_confidence=p.min_confidence,
+        thresholds=dict(p.thresholds),
+        vocabulary=vocab,
     )
 
 
@@ -101,9 +142,11 @@ def plan_segment(c: PipelineConfig, p: SegmentParams, caps: Capabilities) -> Seg
         notes["depth"] = caps.why_not("depth")
     if p.with_text and not caps.serves("text"):
         notes["text"] = caps.why_not("text")
+    labels = "labels" not in notes
     return SegmentJob(
         params=p,
-        labels="labels" not in notes,
+        labels=labels,
+        labelling=label_spec(p) if labels and not p.vocabulary_name else None,
         depth=p.with_depth and "depth" not in notes,
         text=p.with_text and "text" not in notes,
         notes=notes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -19,8 +20,10 @@ import numpy as np
 from seglabel_server import __version__, memory
 from seglabel_server.errors import (
     CapabilityUnavailable,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
+    NotFound,
     Overloaded,
     Unavailable,
     clip_text,
@@ -28,6 +31,7 @@ from seglabel_server.errors import (
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import images, kinds
 from seglabel_server.pipeline.pipeline import DECODER_WINDOW
+from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
 from seglabel_server.service import loading
 from seglabel_server.service.budget import (
     Charge,
@@ -41,8 +45,17 @@ from seglabel_server.service.budget import (
 )
 from seglabel_server.service.capabilities import Capabilities
 from seglabel_server.service.config import ServerConfig
-from seglabel_server.service.params import check_prompts_inside, plan_segment, resolve_text
+from seglabel_server.service.params import (
+    _unit,
+    check_prompts_inside,
+    plan_segment,
+    resolve_labels,
+    resolve_text,
+)
+from seglabel_server.service.vocabularies import Vocabularies
 from seglabel_server.storage import uploads
+from seglabel_server.storage.answers import AnswerCache
+from seglabel_server.storage.vocabularies import open_vocabularies
 from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParams, SegmentResult, TextOptions
 
 log = logging.getLogger(__name__)
@@ -69,6 +82,8 @@ class SeglabelService:
         # who answers: the Ray Serve replica sets its replica id here
         self.served_by = f"{socket.gethostname()}:{os.getpid()}"
         self.files = uploads.open_store(cfg.upload_store, cfg.upload_cache_mb << 20, cfg.upload_ttl_s)
+        self.vocabularies = Vocabularies(self, open_vocabularies(cfg.vocabulary_store or cfg.upload_store))
+        self.answers: AnswerCache | None = None
         self.loaded: loading.Loaded | None = None
         self.ready = asyncio.Event()
         self.load_error: str = ""
@@ -96,6 +111,10 @@ class SeglabelService:
         t0 = time.perf_counter()
         try:
             self.loaded = await asyncio.to_thread(loading.load, self.cfg, self.metrics)
+            if self.cfg.answer_cache_mb > 0 and self.capabilities.serves("labels"):
+                shared = self.cfg.upload_store if self.files.shared else ""
+                self.answers = AnswerCache(self.cfg.answer_cache_mb << 20, shared, self.cfg.upload_ttl_s)
+                self.loaded.pipeline.parts.answers = self.answers
             cache = self.loaded.embeddings
             self.metrics.embedding_bytes.set_function(lambda: cache.bytes if cache is not None else 0)
             graphs, seconds = await asyncio.to_thread(self.loaded.backend.warm_up)
@@ -148,6 +167,9 @@ class SeglabelService:
             await asyncio.to_thread(self.loaded.close)
             self.loaded.backend.close()
         self.files.close()
+        self.vocabularies.store.close()
+        if self.answers is not None:
+            self.answers.close()
 
     def drain(self) -> None:
         """Refuse new requests (UNAVAILABLE); those in flight go on."""
@@ -269,7 +291,7 @@ class SeglabelService:
             if file_id:
                 data = self.files.get(file_id)  # disk or network: off the event loop
             self._check_size(data)
-            key = file_id or (hashlib.sha256(data).hexdigest() if cache is not None else None)
+            key = file_id or hashlib.sha256(data).hexdigest()
             image = cache.image(key) if cache is not None and key else None
             if image is not None:  # seen before: decoded already
                 admit(image.shape[1], image.shape[0])
@@ -316,6 +338,8 @@ class SeglabelService:
     ) -> SegmentResult:
         async with self._admitted() as charges:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
+            if job.labels and job.params.vocabulary_name:
+                job.labelling = await self.vocabularies.spec(job.params, ctx)
             image, decode_ms, key = await self._image(
                 file_id, data, charges, lambda w, h: self._segment_bytes(job, w, h), "SegmentRequest",
                 self._runtime_charge,
@@ -325,6 +349,31 @@ class SeglabelService:
             result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
             result.timings["total"] += decode_ms
             return result
+
+    async def relabel(self, request_id: str, params: SegmentParams, ctx: RequestContext):
+        """(labels, label mode, timings in ms) of a kept answer's masks scored under ``params``'
+        labelling options (vocabulary or vocabulary_name, label_mode, top_k, min_confidence,
+        thresholds); no model runs but the text tower for labels not seen before."""
+        t0 = time.perf_counter()
+        self._require_ready()
+        self._require("labels", "relabelling")
+        answer = self.answers.get(request_id) if self.answers is not None and request_id else None
+        if answer is None:
+            raise NotFound(
+                f"no answer {clip_text(request_id)} is kept here: it expired from the answer cache "
+                f"(--answer-cache-mb {self.cfg.answer_cache_mb}), was answered without labels, or never "
+                "existed; segment the image again"
+            )
+        if answer.clip_model != self.vocabularies.clip_model:
+            raise FailedPrecondition(f"answer {request_id} was labelled by CLIP model {answer.clip_model}")
+        cleaned, top_k = resolve_labels(self.cfg.pipeline, params)
+        p = dataclasses.replace(params, vocabulary=cleaned, top_k=top_k,
+                                min_confidence=_unit("min_confidence", params.min_confidence, 0.0))  # fmt: skip
+        spec = await self.vocabularies.spec(p, ctx)
+        t1 = time.perf_counter()
+        labels = await self.loaded.pipeline.relabel(answer.embeddings, answer.chunks, spec, ctx)
+        total = (time.perf_counter() - t0) * 1000.0
+        return labels, spec.mode, {"clip": (time.perf_counter() - t1) * 1000.0, "total": total}
 
     async def segment_events(
         self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext
@@ -415,6 +464,10 @@ class SeglabelService:
                 "max_masks": cfg.pipeline.max_masks_limit,
                 "max_memory_bytes": self.budget.limit,
                 "embedding_cache_bytes": cfg.embedding_cache_mb << 20,
+                "max_vocabularies": cfg.max_vocabularies,
+                "max_examples_per_label": cfg.max_examples_per_label,
+                "max_vocabulary_bytes": cfg.max_vocabulary_mb << 20,
+                "answer_cache_bytes": (cfg.answer_cache_mb << 20) if self.answers is not None else 0,
             },
             "labels_unavailable_reason": caps.why_not("labels"),
             "depth_unavailable_reason": caps.why_not("depth"),
@@ -429,5 +482,8 @@ class SeglabelService:
                 "stability_score_thresh": cfg.pipeline.stability_score_thresh,
                 "box_nms_thresh": cfg.pipeline.box_nms_thresh,
                 "min_confidence": 0.0,
+                "multi_label_threshold": DEFAULT_MULTI_THRESHOLD,
             },
+            "vocabulary_store": self.vocabularies.store.describe(),
+            "clip_model": self.vocabularies.clip_model,
         }

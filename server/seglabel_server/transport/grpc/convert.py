@@ -5,11 +5,13 @@ from __future__ import annotations
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server.errors import InvalidArgument
+from seglabel_server.service.vocabularies import LabelIn
 from seglabel_server.types import (
     Accepted,
     DepthReady,
     DepthResult,
     Done,
+    ExampleIn,
     LabelResult,
     LabelsUpdate,
     MaskResult,
@@ -21,6 +23,7 @@ from seglabel_server.types import (
     TextReady,
     TextResult,
 )
+from seglabel_server.vocabulary import Vocabulary
 
 _PROMPTS = {
     pb.PROMPT_TYPE_UNSPECIFIED: "grid",
@@ -65,7 +68,95 @@ def params_from_pb(req: pb.SegmentRequest) -> SegmentParams:
         with_depth=req.with_depth,
         with_text=req.with_text,
         text_options=text_options_from_pb(req.text_options),
+        vocabulary_name=req.vocabulary_name,
+        label_mode=label_mode_from_pb(req.label_mode),
+        thresholds=dict(req.thresholds),
     )
+
+
+_MODES = {pb.LABEL_MODE_UNSPECIFIED: "single", pb.LABEL_MODE_SINGLE: "single", pb.LABEL_MODE_MULTI: "multi"}
+_MODES_PB = {"single": pb.LABEL_MODE_SINGLE, "multi": pb.LABEL_MODE_MULTI}
+
+
+def label_mode_from_pb(mode: int) -> str:
+    if mode not in _MODES:
+        raise InvalidArgument(f"unknown label_mode {mode}")
+    return _MODES[mode]
+
+
+def relabel_params_from_pb(req: pb.RelabelRequest) -> SegmentParams:
+    """A Relabel's labelling options, as the SegmentParams fields they share."""
+    return SegmentParams(
+        vocabulary=tuple(req.vocabulary),
+        vocabulary_name=req.vocabulary_name,
+        label_mode=label_mode_from_pb(req.label_mode),
+        top_k=req.top_k,
+        min_confidence=req.min_confidence if req.HasField("min_confidence") else None,
+        thresholds=dict(req.thresholds),
+    )
+
+
+def relabel_to_pb(request_id: str, labels, mode: str, timings) -> pb.RelabelResponse:
+    return pb.RelabelResponse(
+        labels=[label_to_pb(lab) for lab in labels],
+        request_id=request_id,
+        label_mode=_MODES_PB[mode],
+        timings=timings_to_pb(timings),
+    )
+
+
+def rle_from_pb(rle: pb.RLE) -> dict:
+    return {"size": list(rle.size), "counts": rle.counts}
+
+
+def example_from_pb(e: pb.Example) -> ExampleIn:
+    return ExampleIn(
+        file_id=e.file_id,
+        box=(e.box.x0, e.box.y0, e.box.x1, e.box.y1) if e.HasField("box") else None,
+        mask=rle_from_pb(e.mask) if e.HasField("mask") else None,
+        request_id=e.request_id,
+        mask_index=e.mask_index,
+        negative=e.negative,
+    )
+
+
+def labels_in_from_pb(labels) -> list[LabelIn]:
+    return [LabelIn(lab.name, tuple(lab.prompts), lab.threshold) for lab in labels]
+
+
+def _source_to_pb(source: dict, positive: bool) -> pb.Example:
+    out = pb.Example(file_id=source.get("file_id", ""), negative=not positive)
+    if source.get("box"):
+        x0, y0, x1, y1 = source["box"]
+        out.box.CopyFrom(pb.Box(x0=x0, y0=y0, x1=x1, y1=y1))
+    if source.get("mask"):
+        out.mask.CopyFrom(pb.RLE(size=source["mask"]["size"], counts=source["mask"]["counts"]))
+    return out
+
+
+def vocabulary_to_pb(v: Vocabulary, thresholds=None) -> pb.Vocabulary:
+    """``thresholds``: (value, source, note) per label (the MULTI thresholds it gets)."""
+    out = pb.Vocabulary(name=v.name, clip_model=v.clip_model, revision=v.revision, alpha=v.alpha,
+                        beta=v.beta, stored_bytes=len(v.to_json()))  # fmt: skip
+    for i, lab in enumerate(v.labels):
+        info = pb.VocabularyLabelInfo(
+            label=pb.VocabularyLabel(name=lab.name, prompts=list(lab.prompts), threshold=lab.threshold),
+            examples=[
+                pb.StoredExample(id=e.id, positive=e.positive, source=_source_to_pb(e.source, e.positive))
+                for e in lab.examples
+            ],  # fmt: skip
+            positives=lab.positives,
+            negatives=lab.negatives,
+        )
+        if thresholds is not None:
+            info.threshold, info.threshold_source, info.threshold_note = thresholds[i]
+        out.labels.append(info)
+    return out
+
+
+def vocabulary_summary_to_pb(v: Vocabulary) -> pb.VocabularySummary:
+    return pb.VocabularySummary(name=v.name, labels=len(v.labels), examples=v.examples, clip_model=v.clip_model,
+                                revision=v.revision)  # fmt: skip
 
 
 def text_options_from_pb(o: pb.TextOptions) -> TextOptions:
@@ -136,12 +227,17 @@ def mask_to_pb(m: MaskResult) -> pb.Mask:
     return out
 
 
+def _score_to_pb(score: tuple) -> pb.LabelScore:
+    return pb.LabelScore(label=score[0], confidence=score[1], threshold=score[2] if len(score) > 2 else 0.0)
+
+
 def label_to_pb(lab: LabelResult) -> pb.Label:
     return pb.Label(
         label=lab.label,
         confidence=lab.confidence,
         mask_index=lab.mask_index,
-        top_k=[pb.LabelScore(label=n, confidence=c) for n, c in lab.top_k],
+        top_k=[_score_to_pb(t) for t in lab.top_k],
+        labels=[_score_to_pb(t) for t in lab.labels],
     )
 
 
@@ -161,6 +257,8 @@ def result_to_pb(r: SegmentResult, include_masks: bool = True) -> pb.SegmentResp
         labels_unavailable_reason=r.labels_unavailable_reason,
         depth_unavailable_reason=r.depth_unavailable_reason,
         text_unavailable_reason=r.text_unavailable_reason,
+        request_id=r.request_id,
+        label_mode=_MODES_PB[r.label_mode],
     )
     if include_masks:
         if r.depth is not None:
@@ -218,4 +316,6 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         served_by=info["served_by"],
         upload_store=info["upload_store"],
         defaults=pb.SegmentDefaults(**info["defaults"]),
+        vocabulary_store=info["vocabulary_store"],
+        clip_model=info["clip_model"],
     )

@@ -27,6 +27,8 @@ GRPC_CODES = {
     ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorKind.NOT_SERVED: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

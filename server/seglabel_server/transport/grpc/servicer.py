@@ -68,6 +68,54 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
     async def GetServerInfo(self, request, context) -> pb.ServerInfo:
         return convert.info_to_pb(self.service.info())
 
+    async def CreateVocabulary(self, request: pb.CreateVocabularyRequest, context) -> pb.Vocabulary:
+        vocab, thresholds = await self.service.vocabularies.create(
+            request.name,
+            convert.labels_in_from_pb(request.labels),
+            request.replace,
+            request.alpha,
+            request.beta,
+        )
+        return convert.vocabulary_to_pb(vocab, thresholds)
+
+    async def GetVocabulary(self, request: pb.GetVocabularyRequest, context) -> pb.Vocabulary:
+        return convert.vocabulary_to_pb(
+            *await self.service.vocabularies.get(request.name, _context_for(context))
+        )
+
+    async def ListVocabularies(self, request, context) -> pb.ListVocabulariesResponse:
+        vocabs = await self.service.vocabularies.names()
+        return pb.ListVocabulariesResponse(vocabularies=[convert.vocabulary_summary_to_pb(v) for v in vocabs])
+
+    async def DeleteVocabulary(
+        self, request: pb.DeleteVocabularyRequest, context
+    ) -> pb.DeleteVocabularyResponse:
+        return pb.DeleteVocabularyResponse(deleted=await self.service.vocabularies.delete(request.name))
+
+    async def AddExamples(self, request: pb.AddExamplesRequest, context) -> pb.AddExamplesResponse:
+        ctx = _context_for(context)
+        try:
+            (vocab, thresholds), ids = await self.service.vocabularies.add_examples(
+                request.vocabulary, request.label, [convert.example_from_pb(e) for e in request.examples], ctx
+            )
+        finally:
+            ctx.cancel()
+        return pb.AddExamplesResponse(vocabulary=convert.vocabulary_to_pb(vocab, thresholds), example_ids=ids)
+
+    async def RemoveExamples(self, request: pb.RemoveExamplesRequest, context) -> pb.Vocabulary:
+        return convert.vocabulary_to_pb(
+            *await self.service.vocabularies.remove_examples(
+                request.vocabulary, request.label, list(request.example_ids), request.remove_label
+            )
+        )
+
+    async def Relabel(self, request: pb.RelabelRequest, context) -> pb.RelabelResponse:
+        ctx = _context_for(context)
+        labels, mode, timings = await self.service.relabel(
+            request.request_id, convert.relabel_params_from_pb(request), ctx
+        )
+        return convert.relabel_to_pb(request.request_id, labels, mode, timings)
+
     async def StreamSegment(self, request: pb.SegmentRequest, context):
         """Events while the work runs; a client that goes away cancels the work (the generator is
         closed, and with it the service's stream and everything the request queued)."""

@@ -11,6 +11,9 @@ ingress deployment, which routes each call to a replica.
     GET  /depth/{file_id}           relative depth: coloured PNG (data URL), 16-bit codes, min/max
     POST /extract_text/{file_id}    {"text": full text, "lines": [...]}
     GET  /info, GET /healthz
+    GET/POST /vocabularies, GET/DELETE /vocabularies/{name}, POST /vocabularies/{name}/examples,
+    POST /vocabularies/{name}/examples/remove, POST /relabel
+                                    named vocabularies, few-shot examples, relabelling (CreateVocabulary...)
     POST /datasets, ...             dataset jobs: many images in, COCO / YOLO-seg out (``datasets.py``)
     GET  /                          the web page (static files shipped in the package, under /static)
 
@@ -25,11 +28,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server import __version__
 from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticated, error_kind
@@ -96,6 +100,9 @@ class SegmentBody(BaseModel):
     with_depth: bool = False
     with_text: bool = False
     text_options: TextOptionsIn = TextOptionsIn()
+    vocabulary_name: str = Field("", description="a stored vocabulary instead of the list")
+    label_mode: Literal["single", "multi"] = "single"
+    thresholds: dict[str, float] = {}
 
     def call(self) -> tuple:
         """(params, file_id, image bytes): what the service's segment call takes."""
@@ -224,6 +231,61 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
             request, ctx, service.extract_text(file_id, None, opts, ctx)
         )
         return wire.flat(convert.text_response_to_pb(result, w, h, timings), "text")
+
+    # -- vocabularies and relabelling: bodies and answers are the gRPC messages' ----------------
+    @app.get("/vocabularies")
+    async def vocabularies_list():
+        vocabs = await service.vocabularies("names")
+        return wire.message_json(
+            pb.ListVocabulariesResponse(vocabularies=[convert.vocabulary_summary_to_pb(v) for v in vocabs])
+        )
+
+    @app.post("/vocabularies")
+    async def vocabulary_create(body: dict = Body(...)):
+        """``{"name", "labels": ["cat", {"name", "prompts", "threshold"}], "replace", "alpha", "beta"}``."""
+        req = wire.parse(body, pb.CreateVocabularyRequest())
+        got = await service.vocabularies(
+            "create", req.name, convert.labels_in_from_pb(req.labels), req.replace, req.alpha, req.beta
+        )
+        return wire.message_json(convert.vocabulary_to_pb(*got))
+
+    @app.get("/vocabularies/{name}")
+    async def vocabulary_get(name: str):
+        return wire.message_json(convert.vocabulary_to_pb(*await service.vocabularies("get", name)))
+
+    @app.delete("/vocabularies/{name}")
+    async def vocabulary_delete(name: str):
+        return {"deleted": await service.vocabularies("delete", name)}
+
+    @app.post("/vocabularies/{name}/examples")
+    async def vocabulary_add(name: str, body: dict = Body(...)):
+        """``{"label", "examples": [{"file_id", "box": {x0,y0,x1,y1}} | {"request_id", "mask_index"},
+        "negative"...]}`` -> ``{"vocabulary", "example_ids"}``."""
+        req = wire.parse({**body, "vocabulary": name}, pb.AddExamplesRequest())
+        examples = [convert.example_from_pb(e) for e in req.examples]
+        (vocab, thresholds), ids = await service.vocabularies("add_examples", name, req.label, examples)
+        return wire.message_json(
+            pb.AddExamplesResponse(vocabulary=convert.vocabulary_to_pb(vocab, thresholds), example_ids=ids)
+        )
+
+    @app.post("/vocabularies/{name}/examples/remove")
+    async def vocabulary_remove(name: str, body: dict = Body(...)):
+        """``{"label", "example_ids": [] (all), "remove_label": false}``."""
+        req = wire.parse({**body, "vocabulary": name}, pb.RemoveExamplesRequest())
+        got = await service.vocabularies(
+            "remove_examples", name, req.label, list(req.example_ids), req.remove_label
+        )
+        return wire.message_json(convert.vocabulary_to_pb(*got))
+
+    @app.post("/relabel")
+    async def relabel(body: dict = Body(...)):
+        """``{"request_id", "vocabulary": [...] | "vocabulary_name", "label_mode", "top_k",
+        "min_confidence", "thresholds"}``: a kept answer's masks scored again, in milliseconds."""
+        req = wire.parse(body, pb.RelabelRequest())
+        labels, mode, timings = await service.relabel(
+            req.request_id, convert.relabel_params_from_pb(req), RequestContext()
+        )
+        return wire.message_json(convert.relabel_to_pb(req.request_id, labels, mode, timings))
 
     jobs = DatasetJobs(service)
     app.state.datasets = jobs

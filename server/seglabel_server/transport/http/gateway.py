@@ -37,6 +37,12 @@ class Gateway(Protocol):
         self, file_id: str | None, data: bytes | None, options: TextOptions | None, ctx: RequestContext
     ): ...
 
+    async def vocabularies(self, op: str, *args):
+        """``service.vocabularies.<op>(*args)`` (create, get, names, delete, add_examples,
+        remove_examples); a RequestContext argument is the call's own."""
+
+    async def relabel(self, request_id: str, params: SegmentParams, ctx: RequestContext): ...
+
 
 class LocalGateway:
     """The in-process service (the server's own loop): calls it directly."""
@@ -66,3 +72,22 @@ class LocalGateway:
 
     def extract_text(self, file_id, data, options, ctx):
         return self.service.extract_text(file_id, data, options, ctx)
+
+    async def vocabularies(self, op: str, *args):
+        return await vocabulary_call(self.service, op, *args)
+
+    def relabel(self, request_id, params, ctx):
+        return self.service.relabel(request_id, params, ctx)
+
+
+VOCABULARY_CALLS = ("create", "get", "names", "delete", "add_examples", "remove_examples")
+
+
+async def vocabulary_call(service, op: str, *args):
+    """One of the service's vocabulary calls by name (the HTTP routes' one entry, here and on a Ray
+    replica); calls that embed or load get a RequestContext of their own."""
+    if op not in VOCABULARY_CALLS:
+        raise ValueError(f"not a vocabulary call: {op}")
+    if op in ("get", "add_examples"):
+        args = (*args, RequestContext())
+    return await getattr(service.vocabularies, op)(*args)

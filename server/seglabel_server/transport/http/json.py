@@ -121,6 +121,8 @@ def segment_request(body: dict) -> pb.SegmentRequest:
     image = body.pop("image", None)
     body["prompt_type"] = _PROMPTS[body.get("prompt_type", "grid")]
     body.setdefault("return_overlay", True)
+    if isinstance(body.get("label_mode"), str):
+        body["label_mode"] = _MODES.get(body["label_mode"], body["label_mode"])
     try:
         req = json_format.ParseDict(body, pb.SegmentRequest())
     except json_format.ParseError as exc:
@@ -131,6 +133,25 @@ def segment_request(body: dict) -> pb.SegmentRequest:
         except ValueError as exc:
             raise InvalidArgument("image must be base64 (optionally a data: URL)") from exc
     return req
+
+
+_MODES = {"single": "LABEL_MODE_SINGLE", "multi": "LABEL_MODE_MULTI"}
+
+
+def parse(body, message):
+    """A JSON body as the gRPC request ``message`` (a new instance of its class); ``label_mode`` may
+    be "single" / "multi", a vocabulary's ``labels`` plain names."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    body = {k: v for k, v in body.items() if v is not None}
+    if isinstance(body.get("label_mode"), str):
+        body["label_mode"] = _MODES.get(body["label_mode"], body["label_mode"])
+    if isinstance(message, pb.CreateVocabularyRequest) and isinstance(body.get("labels"), list):
+        body["labels"] = [{"name": lab} if isinstance(lab, str) else lab for lab in body["labels"]]
+    try:
+        return json_format.ParseDict(body, message)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(f"malformed request: {exc}") from None
 
 
 def text_options(body: dict | None) -> pb.TextOptions:

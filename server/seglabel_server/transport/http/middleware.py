@@ -16,6 +16,8 @@ HTTP_STATUS = {
     ErrorKind.INVALID: 400,
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.PRECONDITION: 412,
     ErrorKind.OVER_LIMIT: 429,  # a full server or queue; a request over a size limit is 413
     ErrorKind.CANCELLED: 499,
     ErrorKind.INTERNAL: 500,

@@ -51,6 +51,7 @@ from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 from seglabel_server.transport.http.app import create_app
+from seglabel_server.transport.http.gateway import vocabulary_call
 from seglabel_server.transport.ray.gateway import RemoteGateway, call_replica, pack, stream_replica, unpack
 from seglabel_server.types import RequestContext
 
@@ -145,8 +146,10 @@ class SeglabelReplica:
                 reply = service.info()
             elif name == "upload":
                 reply = await asyncio.to_thread(service.upload, *args)
-            elif name in ("segment", "estimate_depth", "extract_text"):
+            elif name in ("segment", "estimate_depth", "extract_text", "relabel"):
                 reply = await getattr(service, name)(*args, ctx)
+            elif name == "vocabularies":
+                reply = await vocabulary_call(service, *args)
             else:
                 raise ValueError(f"not a service call: {name}")
         except SeglabelError as exc:
@@ -180,7 +183,8 @@ def pin_to_cpus(local_rank: int, n: int) -> list[int]:
     return chosen
 
 
-UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo")
+UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo", "CreateVocabulary", "GetVocabulary",
+         "ListVocabularies", "DeleteVocabulary", "AddExamples", "RemoveExamples", "Relabel")  # fmt: skip
 _METHODS = pb.DESCRIPTOR.services_by_name["Segmenter"].methods_by_name
 
 
@@ -263,6 +267,27 @@ class SeglabelIngress:
 
     async def GetServerInfo(self, request, grpc_context=None):
         return await self._unary("GetServerInfo", request, grpc_context)
+
+    async def CreateVocabulary(self, request, grpc_context=None):
+        return await self._unary("CreateVocabulary", request, grpc_context)
+
+    async def GetVocabulary(self, request, grpc_context=None):
+        return await self._unary("GetVocabulary", request, grpc_context)
+
+    async def ListVocabularies(self, request, grpc_context=None):
+        return await self._unary("ListVocabularies", request, grpc_context)
+
+    async def DeleteVocabulary(self, request, grpc_context=None):
+        return await self._unary("DeleteVocabulary", request, grpc_context)
+
+    async def AddExamples(self, request, grpc_context=None):
+        return await self._unary("AddExamples", request, grpc_context)
+
+    async def RemoveExamples(self, request, grpc_context=None):
+        return await self._unary("RemoveExamples", request, grpc_context)
+
+    async def Relabel(self, request, grpc_context=None):
+        return await self._unary("Relabel", request, grpc_context)
 
     async def StreamSegment(self, request, grpc_context=None):
         """Retried on another replica only while no event was sent; after that a lost replica ends

@@ -125,6 +125,12 @@ class RemoteGateway:
     async def extract_text(self, file_id, data, options, ctx):
         return await self._invoke("extract_text", file_id, data, options)
 
+    async def vocabularies(self, op: str, *args):
+        return await self._invoke("vocabularies", op, *args)
+
+    async def relabel(self, request_id, params, ctx):
+        return await self._invoke("relabel", request_id, params)
+
     async def segment_events(self, params, file_id, data, ctx) -> AsyncIterator[object]:
         events = stream_replica(
             lambda: self.replicas.options(stream=True).events.remote(params, file_id, data), "segment stream"

@@ -1,0 +1,355 @@
+"""Named vocabularies and their examples: checked, embedded and stored, and resolved into the
+:class:`LabelSpec` a Segment or a Relabel is scored with. Raises the domain's typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import numpy as np
+
+from seglabel_server import amg
+from seglabel_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    UnknownFile,
+    clip_text,
+)
+from seglabel_server.models import images
+from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
+from seglabel_server.service.params import label_spec
+from seglabel_server.storage.vocabularies import VocabularyStore, unknown
+from seglabel_server.types import ExampleIn, LabelSpec, RequestContext, SegmentParams
+from seglabel_server.vocabulary import (
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    StoredExample,
+    VocabLabel,
+    Vocabulary,
+    check_label,
+    check_name,
+    check_prompts,
+)
+
+
+@dataclasses.dataclass
+class LabelIn:
+    name: str
+    prompts: tuple[str, ...] = ()
+    threshold: float = 0.0
+
+
+class Vocabularies:
+    """The vocabulary calls of the service. ``service`` gives the pieces it needs: the store, the
+    upload store, the pipeline (CLIP), the answer cache, limits, and image decoding under the
+    memory budget."""
+
+    def __init__(self, service, store: VocabularyStore):
+        self.service = service
+        self.store = store
+        self.parsed: dict[str, tuple[object, Vocabulary]] = {}  # name -> (store version, record)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    @property
+    def cfg(self):
+        return self.service.cfg
+
+    @property
+    def clip_model(self) -> str:
+        loaded = self.service.loaded
+        return loaded.pipeline.parts.clip_model if loaded is not None else ""
+
+    def _max_chars(self) -> int:
+        return self.cfg.pipeline.max_label_chars
+
+    def _require_clip(self) -> None:
+        self.service._require_ready()
+        self.service._require("labels", "vocabularies (CLIP labels)")
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    async def load(self, name: str, ctx: RequestContext | None = None) -> Vocabulary:
+        """The stored vocabulary ``name`` (NotFound), parsed once per store version, built with this
+        server's CLIP model: one of another model is re-embedded from its examples' sources first
+        (FailedPrecondition when one is gone)."""
+        check_name(name)
+        version = await self._run(self.store.version, name)
+        if version is None:
+            self.parsed.pop(name, None)
+            raise unknown(name)
+        hit = self.parsed.get(name)
+        if hit is None or hit[0] != version:
+            got = await self._run(self.store.get, name)
+            if got is None:
+                raise unknown(name)
+            hit = (got[0], Vocabulary.from_json(got[1]))
+            self.parsed[name] = hit
+        vocab = hit[1]
+        if vocab.clip_model != self.clip_model and self.clip_model:
+            vocab = await self._rebuild(vocab, ctx or RequestContext())
+        return vocab
+
+    async def _rebuild(self, vocab: Vocabulary, ctx: RequestContext) -> Vocabulary:
+        """Every example embedded again with this server's CLIP model, from the upload its source
+        names; written back (the stored record then says this model)."""
+        examples = [(lab.name, e) for lab in vocab.labels for e in lab.examples]
+        sources = [ExampleIn.from_source(e.source, not e.positive) for _, e in examples]
+        missing = [i for i, s in enumerate(sources) if not s.file_id]
+        why = (
+            f"vocabulary {vocab.name!r} was built with CLIP model {vocab.clip_model}, this server runs "
+            f"{self.clip_model}"
+        )
+        if missing:
+            raise FailedPrecondition(
+                f"{why}; {len(missing)} of its examples have no stored source to embed again: create it "
+                "again on this server (or serve it with the model it was built with)"
+            )
+        try:
+            embedded = await self._embed(sources, ctx) if sources else []
+        except (InvalidArgument, NotFound) as exc:
+            raise FailedPrecondition(f"{why}; its examples cannot be embedded again ({exc})") from None
+        new = {e.id: emb for (_, e), (emb, _) in zip(examples, embedded)}
+        old_model, model = vocab.clip_model, self.clip_model
+
+        def rebuild(current: bytes | None) -> bytes:
+            v = Vocabulary.from_json(current)
+            if v.clip_model != old_model:
+                return current  # rebuilt meanwhile (another request or replica)
+            for lab in v.labels:
+                lab.examples = [
+                    dataclasses.replace(e, embedding=new[e.id]) for e in lab.examples if e.id in new
+                ]
+            v.clip_model, v.revision, v.updated = model, v.revision + 1, time.time()
+            return v.to_json()
+
+        record = await self._run(self.store.update, vocab.name, rebuild)
+        return Vocabulary.from_json(record)
+
+    # -- examples -> embeddings -----------------------------------------------------------------
+    async def _embed(self, examples: list[ExampleIn], ctx: RequestContext) -> list[tuple[np.ndarray, dict]]:
+        """(embedding, source) per example, in order; every example checked before any CLIP run.
+        Images are decoded once per file_id, under the memory budget."""
+        answers = self.service.loaded.pipeline.parts.answers
+        out: list = [None] * len(examples)
+        by_file: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            where = f"example {i + 1}"
+            if ex.request_id:
+                answer = answers.get(ex.request_id) if answers is not None else None
+                if answer is None:
+                    raise NotFound(
+                        f"{where}: no answer {clip_text(ex.request_id)} kept here (expired from the answer "
+                        "cache, or never labelled): segment again, or give file_id and mask"
+                    )
+                if answer.clip_model != self.clip_model:
+                    raise FailedPrecondition(
+                        f"{where}: answer {ex.request_id} was labelled by another CLIP model"
+                    )
+                if not 0 <= ex.mask_index < len(answer.embeddings):
+                    raise InvalidArgument(
+                        f"{where}: mask_index {ex.mask_index} is not a mask of answer {ex.request_id} "
+                        f"({len(answer.embeddings)} masks)"
+                    )
+                source = {"file_id": answer.image_key, "mask": answer.rles[ex.mask_index]}
+                out[i] = (answer.embeddings[ex.mask_index].copy(), source)
+            elif ex.file_id:
+                by_file.setdefault(ex.file_id, []).append(i)
+            else:
+                raise InvalidArgument(f"{where}: give file_id (with an optional box or mask) or request_id")
+        for file_id, idx in by_file.items():
+            image = await self._image(file_id, idx[0])
+            regions = [_region(examples[i], image.shape[1], image.shape[0], f"example {i + 1}") for i in idx]
+            ctx.check()
+            emb = await self.service.loaded.pipeline.embed_regions(image, [r[:2] for r in regions], ctx)
+            for i, e, r in zip(idx, emb, regions):
+                out[i] = (e / np.linalg.norm(e), r[2])
+        return out
+
+    async def _image(self, file_id: str, first: int) -> np.ndarray:
+        from seglabel_server.service.service import check_file_id
+
+        try:
+            check_file_id(file_id)
+            data = await self._run(self.service.files.get, file_id)
+        except (UnknownFile, InvalidArgument) as exc:
+            raise InvalidArgument(f"example {first + 1}: {exc}") from None
+        return await self._run(images.decode_image, data, self.cfg.max_image_pixels)
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def describe(self, vocab: Vocabulary, ctx: RequestContext | None = None):
+        """(vocabulary, its MULTI thresholds per label: (value, source, note))."""
+        return vocab, await self.thresholds(vocab, ctx or RequestContext())
+
+    async def get(self, name: str, ctx: RequestContext):
+        self.service._require_ready()
+        return await self.describe(await self.load(name, ctx), ctx)
+
+    async def create(self, name: str, labels: list[LabelIn], replace: bool, alpha: float, beta: float):
+        """(vocabulary, thresholds) as :meth:`describe`."""
+        self._require_clip()
+        check_name(name)
+        checked, seen = [], set()
+        for lab in labels:
+            n = check_label(lab.name, self._max_chars())
+            if n in seen:
+                raise InvalidArgument(f"label {clip_text(n)} is given twice")
+            seen.add(n)
+            if not (0.0 <= lab.threshold <= 1.0):
+                raise InvalidArgument(f"label {clip_text(n)}: threshold must be within [0, 1]")
+            checked.append(VocabLabel(n, check_prompts(n, lab.prompts, self._max_chars()), lab.threshold))
+        if len(checked) > self.cfg.pipeline.max_vocabulary:
+            raise LimitExceeded(f"{len(checked)} labels is over the limit {self.cfg.pipeline.max_vocabulary}")
+        for what, v in (("alpha", alpha), ("beta", beta)):
+            if not (0.0 <= v <= 1000.0):  # also NaN
+                raise InvalidArgument(f"{what} must be within [0, 1000] (0: the default), got {v}")
+        vocab = Vocabulary(name, checked, self.clip_model, alpha or DEFAULT_ALPHA, beta or DEFAULT_BETA)
+        record = vocab.to_json()
+        self._check_bytes(name, record)
+        names = await self._run(self.store.names)
+        if name not in names and len(names) >= self.cfg.max_vocabularies:
+            raise LimitExceeded(f"{len(names)} vocabularies stored: the limit is {self.cfg.max_vocabularies}")
+        await self._run(self.store.create, name, record, replace)
+        self.parsed.pop(name, None)
+        return await self.describe(vocab)
+
+    def _check_bytes(self, name: str, record: bytes) -> None:
+        limit = self.cfg.max_vocabulary_mb << 20
+        if len(record) > limit:
+            raise LimitExceeded(f"vocabulary {name!r} would take {len(record)} bytes: the limit is {limit}")
+
+    async def delete(self, name: str) -> bool:
+        check_name(name)
+        self.parsed.pop(name, None)
+        if not await self._run(self.store.delete, name):
+            raise unknown(name)
+        return True
+
+    async def names(self) -> list[Vocabulary]:
+        out = []
+        for name in await self._run(self.store.names):
+            got = await self._run(self.store.get, name)
+            if got is not None:
+                out.append(Vocabulary.from_json(got[1]))
+        return out
+
+    async def add_examples(self, name: str, label: str, examples: list[ExampleIn], ctx: RequestContext):
+        """((vocabulary after, thresholds), new example ids). Nothing is written unless every example
+        is good."""
+        self._require_clip()
+        label = check_label(label, self._max_chars())
+        if not examples:
+            raise InvalidArgument("AddExamples needs at least one example")
+        if len(examples) > self.cfg.max_examples_per_label:
+            raise LimitExceeded(
+                f"{len(examples)} examples is over the limit {self.cfg.max_examples_per_label}"
+            )
+        await self.load(name, ctx)  # NotFound first, and a vocabulary of another model rebuilt
+        async with self.service._admitted() as charges:
+            charges.append(self.service.budget.charge(self._example_bytes(examples)))
+            embedded = await self._embed(examples, ctx)
+        new = [StoredExample.new(not ex.negative, emb, src) for ex, (emb, src) in zip(examples, embedded)]
+        model, cfg = self.clip_model, self.cfg
+
+        def add(current: bytes | None) -> bytes:
+            v = Vocabulary.from_json(current)
+            if v.clip_model != model:
+                raise FailedPrecondition(f"vocabulary {name!r} changed CLIP model meanwhile; retry")
+            lab = v.label(label)
+            if lab is None:
+                if len(v.labels) >= cfg.pipeline.max_vocabulary:
+                    raise LimitExceeded(f"vocabulary {name!r} has {len(v.labels)} labels: the limit")
+                lab = VocabLabel(label)
+                v.labels.append(lab)
+            if len(lab.examples) + len(new) > cfg.max_examples_per_label:
+                raise LimitExceeded(
+                    f"label {label!r} would hold {len(lab.examples) + len(new)} examples: the limit is "
+                    f"{cfg.max_examples_per_label}"
+                )
+            lab.examples += new
+            v.revision, v.updated = v.revision + 1, time.time()
+            record = v.to_json()
+            self._check_bytes(name, record)
+            return record
+
+        record = await self._run(self.store.update, name, add)
+        return await self.describe(Vocabulary.from_json(record), ctx), [e.id for e in new]
+
+    def _example_bytes(self, examples: list[ExampleIn]) -> int:
+        """Budget charge of embedding examples: the largest image decoded, its region masks, crops."""
+        pixels = self.cfg.max_image_pixels if any(e.file_id for e in examples) else 0
+        return min(pixels, 16_000_000) * 5 + len(examples) * 3 * 224 * 224 * 4
+
+    async def remove_examples(self, name: str, label: str, ids: list[str], remove_label: bool):
+        """(vocabulary after, thresholds)."""
+        self.service._require_ready()
+        check_name(name)
+
+        def remove(current: bytes | None) -> bytes:
+            v = Vocabulary.from_json(current)
+            lab = v.label(label)
+            if lab is None:
+                raise NotFound(f"vocabulary {name!r} has no label {clip_text(label)}")
+            if ids:
+                unknown_ids = set(ids) - {e.id for e in lab.examples}
+                if unknown_ids:
+                    raise NotFound(f"label {label!r} has no example {sorted(unknown_ids)[0]!r}")
+                lab.examples = [e for e in lab.examples if e.id not in set(ids)]
+            else:
+                lab.examples = []
+            if remove_label:
+                v.labels.remove(lab)
+            v.revision, v.updated = v.revision + 1, time.time()
+            return v.to_json()
+
+        record = await self._run(self.store.update, name, remove)
+        return await self.describe(Vocabulary.from_json(record))
+
+    async def thresholds(self, vocab: Vocabulary, ctx: RequestContext) -> list[tuple[float, str, str]]:
+        labeller = self.service.loaded.pipeline.labels
+        if labeller is None or vocab.clip_model != self.clip_model:
+            return [(DEFAULT_MULTI_THRESHOLD, "default", "CLIP unavailable") for _ in vocab.labels]
+        return await labeller.threshold_report(vocab, DEFAULT_MULTI_THRESHOLD, ctx)
+
+    # -- a request's labels ---------------------------------------------------------------------
+    async def spec(self, p: SegmentParams, ctx: RequestContext) -> LabelSpec:
+        """The LabelSpec of resolved params ``p`` (a list, or a stored vocabulary, loaded here)."""
+        if not p.vocabulary_name:
+            return label_spec(p)
+        vocab = await self.load(p.vocabulary_name, ctx)
+        if not vocab.labels:
+            raise FailedPrecondition(f"vocabulary {vocab.name!r} has no labels yet: add examples or labels")
+        return label_spec(p, vocab)
+
+
+def _region(ex: ExampleIn, w: int, h: int, where: str) -> tuple[np.ndarray | None, tuple, dict]:
+    """(full-size mask, (x, y, w, h) box, source) of an image example; InvalidArgument when its box
+    or mask is empty or not inside the image."""
+    if ex.box is not None and ex.mask is not None:
+        raise InvalidArgument(f"{where}: give a box or a mask, not both")
+    if ex.box is not None:
+        x0, y0, x1, y1 = ex.box
+        if not (x1 > x0 and y1 > y0):
+            raise InvalidArgument(f"{where}: box ({x0}, {y0}, {x1}, {y1}) is empty (x1 > x0 and y1 > y0)")
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            raise InvalidArgument(f"{where}: box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
+        mask = np.zeros((h, w), bool)
+        mask[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+        return mask, (x0, y0, x1 - x0, y1 - y0), {"file_id": ex.file_id, "box": [x0, y0, x1, y1]}
+    if ex.mask is not None:
+        size = list(ex.mask.get("size", []))
+        if size != [h, w]:
+            raise InvalidArgument(f"{where}: mask size {size} is not the image's [{h}, {w}]")
+        try:
+            mask = amg.decode_rle(ex.mask)
+        except Exception as exc:
+            raise InvalidArgument(f"{where}: mask is not a valid COCO RLE ({exc})") from None
+        if not mask.any():
+            raise InvalidArgument(f"{where}: mask is empty")
+        x0, y0, x1, y1 = amg.masks_to_boxes(mask[None])[0]
+        box = (float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1))
+        return mask, box, {"file_id": ex.file_id, "mask": {"size": size, "counts": ex.mask["counts"]}}
+    return np.ones((h, w), bool), (0.0, 0.0, float(w), float(h)), {"file_id": ex.file_id}
