@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-gpu gpu-wheels soak clean
+.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -62,14 +62,15 @@ models: $(MODELS)/manifest.json
 serve: models
 	$(VENV)/bin/seglabel-server --models $(MODELS) --port $(PORT)
 
-# Redis for the shared upload store (Debian's redis-server; make system-deps installs it): in the
-# background on 127.0.0.1:$(REDIS_PORT), no persistence, least recently used dropped past REDIS_MAXMEMORY.
+# Redis for the shared upload and vocabulary stores (Debian's redis-server; make system-deps installs
+# it): in the background on 127.0.0.1:$(REDIS_PORT), no persistence; past REDIS_MAXMEMORY the least
+# recently used key with an expiry (uploads, kept answers) is dropped, never a vocabulary (none has one).
 REDIS_PORT ?= 6379
 REDIS_MAXMEMORY ?= 2gb
 redis: system-deps
 	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && echo "redis already on :$(REDIS_PORT)" || \
 	  redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-	    --maxmemory $(REDIS_MAXMEMORY) --maxmemory-policy allkeys-lru --logfile /tmp/seglabel-redis.log
+	    --maxmemory $(REDIS_MAXMEMORY) --maxmemory-policy volatile-lru --logfile /tmp/seglabel-redis.log
 
 # The service on Ray Serve (local cluster on this machine): replicas behind Ray's gRPC proxy on
 # :$(RAY_GRPC_PORT), uploads in Redis. Ctrl-C stops it.
@@ -134,6 +135,10 @@ SOAK_SECONDS ?= 300
 SOAK_SERVER_ARGS ?=
 soak: models
 	$(PY) scripts/soak.py --models $(MODELS) --duration $(SOAK_SECONDS) -- $(SOAK_SERVER_ARGS)
+
+# Labels that learn: scoring cost of 1,000 examples for 50 masks, and Relabel's p50 on a server.
+bench-learn: models
+	$(PY) scripts/bench_learn.py --models $(MODELS)
 
 # One request's memory (peak over the idle server, RSS after, the budget's estimate against the
 # peak; and over the same request for 1 mask): grid 16 / 32 / 64 at 1 and 4 MP, 1000 masks, then

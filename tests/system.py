@@ -77,7 +77,7 @@ class RedisProcess:
                 "--maxmemory",
                 maxmemory,
                 "--maxmemory-policy",
-                "allkeys-lru",
+                "volatile-lru",  # as make redis: vocabularies (no expiry) are never dropped
             ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -203,6 +203,7 @@ def _label(args) -> int:
 
     opts = LabelOptions(
         labels=tuple(args.labels or ()),
+        vocabulary_name=args.vocabulary_name,
         points_per_side=args.grid,
         max_masks=args.max_masks,
         top_k=args.top_k,
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument(
         "--labels", type=_csv, help="comma-separated vocabulary = the categories (default: the server's)"
     )
+    lab.add_argument("--vocabulary-name", default="",
+                     help="a stored vocabulary (seglabel vocab): its labels are the categories")  # fmt: skip
     lab.add_argument("--no-labels", action="store_true", help="masks only, one category 'object'")
     lab.add_argument("--grid", type=int, default=0, help="points per side (default: the server's)")
     lab.add_argument("--max-masks", type=int, default=0)

@@ -49,6 +49,11 @@ async def test_vocab_commands_and_eval_labels(make_server, tmp_path, capsys):
     out = await asyncio.to_thread(run, "relabel", seg["request_id"], "--labels", "cat,dog")
     assert "masks relabelled in" in out
     assert "shapes" in await asyncio.to_thread(run, "vocab", "list")
+    # a dataset labelled with the stored vocabulary: its labels are the categories
+    out = await asyncio.to_thread(run, "label", str(tmp_path / "folder"), "--out", str(tmp_path / "labelled"),
+                                  "--vocabulary-name", "shapes", "--quiet", "--grid", "2")  # fmt: skip
+    coco = json.loads((tmp_path / "labelled" / "annotations.coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["disc", "bars"] and "15 of 15 images labelled" in out
     out = await asyncio.to_thread(run, "vocab", "remove", "shapes", "disc")
     assert "0 positive" in out
     await asyncio.to_thread(run, "vocab", "delete", "shapes")

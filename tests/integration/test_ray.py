@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 from seglabel_client import sample_image_bytes
-from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request
+from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request, vocabulary_requests
 from seglabel_server.storage.uploads import RedisStore
 
 from tests.system import free_port, need, output_dir
@@ -299,3 +299,42 @@ def test_http_loses_no_request_when_a_replica_is_killed(ray_http):
     (output_dir("ray") / "fault-http.txt").write_text(report + "\n")
     assert sum(outcomes.values()) == 30 and set(outcomes) <= {200, 503}, outcomes
     assert outcomes[200] >= 24
+
+
+def test_vocabularies_and_relabel_on_both_replicas(ray_serve, ray_http, photo_bytes):
+    """A vocabulary taught through one replica labels on the other (the Redis store), and a
+    Relabel finds its answer whichever replica takes it (answers are mirrored in Redis); the HTTP
+    routes reach them through Ray's HTTP proxy."""
+    from seglabel_client.client import example
+
+    with SegmenterClient(ray_serve) as c:
+        fid = c.upload(photo_bytes).file_id
+        c.create_vocabulary("ray-vocab", ["cat", "dog"], replace=True, alpha=100)
+        first, replica = None, None
+        for _ in range(20):
+            resp, call = c.stub.Segment.with_call(
+                build_request(None, file_id=fid, vocabulary_name="ray-vocab", **{**REQUEST, "labels": ()}),
+                metadata=c.metadata,
+            )
+            first, replica = first or resp, replica or dict(call.trailing_metadata())["seglabel-replica"]
+            if dict(call.trailing_metadata())["seglabel-replica"] != replica:
+                break
+        c.add_examples("ray-vocab", "part-7731", [example(request_id=first.request_id, mask_index=0)])
+        seen, labels = set(), []
+        for _ in range(20):
+            resp, call = c.stub.Relabel.with_call(
+                vocabulary_requests("Relabel", first.request_id, vocabulary_name="ray-vocab"),
+                metadata=c.metadata,
+            )
+            seen.add(dict(call.trailing_metadata())["seglabel-replica"])
+            labels.append([(lab.label, lab.confidence) for lab in resp.labels])
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2 and all(x == labels[0] for x in labels) and labels[0][0][0] == "part-7731"
+    listed = requests.get(f"{ray_http}/vocabularies").json()
+    assert "ray-vocab" in [v["name"] for v in listed["vocabularies"]]
+    again = requests.post(
+        f"{ray_http}/relabel", json={"request_id": first.request_id, "vocabulary_name": "ray-vocab"}
+    )
+    assert again.status_code == 200 and again.json()["labels"][0]["label"] == "part-7731"
+    assert requests.delete(f"{ray_http}/vocabularies/ray-vocab").json() == {"deleted": True}

@@ -4,6 +4,7 @@ A screenshot is left in test-output/web/."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -228,3 +229,56 @@ async def test_the_page_labels_many_images_and_downloads_coco_and_a_zip(
     await page.screenshot(path=str(output_dir("web") / "dataset.png"), full_page=True)
     assert not errors, errors
     assert not missing, missing  # the favicon included
+
+
+async def test_the_page_corrects_a_label_and_relabels_every_mask(make_server, browser, tmp_path):
+    """Click a mask's label, type the right one: the mask becomes an example in the stored
+    vocabulary and the image's masks are relabelled from their kept crop embeddings."""
+    import requests
+
+    port = free_port()
+    await make_server(http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    labels = ["person", "rocket", "flag", "sky", "helmet"]
+    # Random weights: text margins ~10x real CLIP's, so the vocabulary's examples weigh alpha 100.
+    made = await asyncio.to_thread(  # the server shares this event loop: never block it
+        requests.post, f"{base}/vocabularies", json={"name": "page", "labels": labels, "alpha": 100}
+    )
+    assert made.status_code == 200
+    photo = tmp_path / PHOTO
+    photo.write_bytes(sample_image_bytes(PHOTO))
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors, seen = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: seen.append((r.method, r.url.removeprefix(base))))
+    await page.goto(base + "/")
+    await page.wait_for_function("document.getElementById('pred-iou').value === '0'")
+    await page.set_input_files("#file", str(photo))
+    await page.wait_for_selector("#status[data-state=ready]")
+    await page.fill("#grid", "4")
+    await page.fill("#max-masks", "6")
+    await page.fill("#vocabulary", ", ".join(labels))
+    await page.click("#segment")
+    await page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    rows = page.locator("#labels tbody tr[data-source=grid]")
+    assert await page.evaluate("window.seglabel.objects.every(o => o.requestId)")
+
+    await rows.nth(0).locator("td").nth(2).click()
+    assert await page.is_visible("#correct")
+    await page.fill("#correct-label", "part-7731")
+    await page.click("#correct button[type=submit]")
+    await page.wait_for_selector("#status[data-state=done], #status[data-state=error]", timeout=30_000)
+    status = await page.text_content("#status")
+    assert status.startswith("taught “part-7731”") and "ms (server)" in status, status
+    assert (await rows.nth(0).locator("td").nth(2).text_content()) == "part-7731"
+    assert await page.is_checked("#use-taught")
+    assert ("POST", "/vocabularies/page/examples") in seen and ("POST", "/relabel") in seen
+    vocab = (await asyncio.to_thread(requests.get, f"{base}/vocabularies/page")).json()
+    taught = [lab for lab in vocab["labels"] if lab["label"]["name"] == "part-7731"]
+    assert taught and taught[0]["positives"] == 1
+    # the next segmentation labels with the taught vocabulary
+    await page.click("#segment")
+    await page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    body = await page.evaluate("JSON.stringify(window.seglabel.objects.map(o => o.label))")
+    assert "part-7731" in body
+    assert errors == []

@@ -20,6 +20,8 @@ class LabelOptions:
     """What each image is asked for (the Segment request's options) and what is written."""
 
     labels: tuple[str, ...] = ()  # vocabulary (empty: the server's default)
+    vocabulary_name: str = ""  # a stored vocabulary instead (its labels are the categories)
+    vocabulary_revision: int = 0  # the stored vocabulary's revision when the job started (journalled)
     points_per_side: int = 0  # 0: the server's default grid
     max_masks: int = 0
     top_k: int = 0
@@ -41,9 +43,11 @@ class LabelOptions:
         """What decides the annotations: a journal made with other values is not continued."""
         keep = ("labels", "points_per_side", "max_masks", "top_k", "min_confidence", "pred_iou_thresh",
                 "stability_score_thresh", "box_nms_thresh", "skip_labels", "with_depth", "with_text",
-                "mask_format", "polygon_tolerance")  # fmt: skip
+                "mask_format", "polygon_tolerance", "vocabulary_name", "vocabulary_revision")  # fmt: skip
         d = {k: getattr(self, k) for k in keep}
         d["labels"] = list(d["labels"])
+        if not self.vocabulary_name:  # as journals written before vocabularies existed
+            del d["vocabulary_name"], d["vocabulary_revision"]
         d["yolo"] = "yolo-seg" in self.formats
         return d
 
@@ -52,7 +56,8 @@ class LabelOptions:
         their proto names."""
         body = dict(
             points_per_side=self.points_per_side,
-            vocabulary=list(self.labels),
+            vocabulary=[] if self.vocabulary_name else list(self.labels),
+            vocabulary_name=self.vocabulary_name or None,
             max_masks=self.max_masks,
             top_k=self.top_k,
             min_confidence=self.min_confidence,

@@ -79,15 +79,26 @@ async def _retrying(call, opts: LabelOptions):
             raise
 
 
-async def _vocabulary(client: AsyncSegmenterClient, opts: LabelOptions) -> tuple[list[str], object]:
+async def _vocabulary(client: AsyncSegmenterClient, opts: LabelOptions) -> tuple[list[str], object, int]:
+    """(categories, server info, the stored vocabulary's revision or 0)."""
     info = await _retrying(client.server_info, opts)
     if opts.skip_labels:
-        return ["object"], info
+        return ["object"], info, 0
     if info.labels_unavailable_reason:
         raise RuntimeError(
             f"the server cannot label ({info.labels_unavailable_reason}); pass --no-labels for masks only"
         )
-    return list(opts.labels or info.default_vocabulary), info
+    if opts.vocabulary_name:
+        if opts.labels:
+            raise ValueError("give --labels or --vocabulary-name, not both")
+        try:
+            vocab = await _retrying(lambda: client.get_vocabulary(opts.vocabulary_name), opts)
+        except grpc.aio.AioRpcError as err:
+            raise RuntimeError(
+                f"vocabulary {opts.vocabulary_name!r}: {err.code().name}: {err.details()}"
+            ) from None
+        return [lab.label.name for lab in vocab.labels], info, vocab.revision
+    return list(opts.labels or info.default_vocabulary), info, 0
 
 
 # Requests in flight by default: enough to fill the CPU encoder's batch of 4 while the previous
@@ -119,8 +130,11 @@ async def label_folder_async(
     t0 = time.monotonic()
     inv: Inventory = await asyncio.to_thread(inventory, root, [out])
     async with AsyncSegmenterClient(server, timeout=opts.timeout, tls_ca=tls_ca, token=token) as client:
-        categories, info = await _vocabulary(client, opts)
-        opts = dataclasses.replace(opts, labels=tuple(categories) if not opts.skip_labels else ())
+        categories, info, revision = await _vocabulary(client, opts)
+        if opts.vocabulary_name:  # the journal records which revision labelled: a changed one is a new job
+            opts = dataclasses.replace(opts, vocabulary_revision=revision)
+        else:
+            opts = dataclasses.replace(opts, labels=tuple(categories) if not opts.skip_labels else ())
         journal = Journal(out / "journal.jsonl", opts.job(), restart=restart)
         try:
             todo = [item for item in inv.items if journal.pending(item.sha)]

@@ -24,7 +24,7 @@ def cache_logits(
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warning for large |x|
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + e^-x), no overflow, exact in both tails
 
 
 @dataclass
@@ -74,22 +74,27 @@ class Scorer:
         first; "unknown" when none is."""
         probs = self.scores(emb)
         names, out = self.labels, []
-        for row, pr in enumerate(probs):
-            top = np.argsort(-pr, kind="stable")[:top_k]
-            best = float(pr[top[0]])
-            if self.mode == "multi":
-                th = self.thresholds
-                above = [j for j in np.argsort(-pr, kind="stable") if pr[j] >= th[j]]
+        order = np.argsort(-probs, axis=1, kind="stable")
+        if self.mode == "multi":
+            th = self.thresholds
+            ranked = np.take_along_axis(probs, order, axis=1)
+            passed = ranked >= th[order]
+            for row in range(len(probs)):
+                o, r = order[row], ranked[row]
+                above = [(names[j], float(v), float(th[j])) for j, v, ok in zip(o, r, passed[row]) if ok]
                 out.append(
                     LabelResult(
                         mask_index=first_index + row,
-                        label=names[above[0]] if above else UNKNOWN_LABEL,
-                        confidence=float(pr[above[0]]) if above else best,
-                        top_k=[(names[j], float(pr[j]), float(th[j])) for j in top],
-                        labels=[(names[j], float(pr[j]), float(th[j])) for j in above],
+                        label=above[0][0] if above else UNKNOWN_LABEL,
+                        confidence=above[0][1] if above else float(r[0]),
+                        top_k=[(names[j], float(v), float(th[j])) for j, v in zip(o[:top_k], r[:top_k])],
+                        labels=above,
                     )
                 )
-                continue
+            return out
+        for row, pr in enumerate(probs):
+            top = order[row, :top_k]
+            best = float(pr[top[0]])
             out.append(
                 LabelResult(
                     mask_index=first_index + row,

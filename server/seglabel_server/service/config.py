@@ -112,11 +112,16 @@ class ServerConfig:
     )
     max_vocabularies: int = _opt(1000, "vocabularies stored at most")
     max_examples_per_label: int = _opt(1000, "examples one label of a vocabulary may hold")
-    max_vocabulary_mb: int = _opt(32, "largest vocabulary record (labels, prompts and example embeddings)")
+    max_vocabulary_mb: int = _opt(
+        64, "largest vocabulary record (labels, prompts, example embeddings and their sources: a mask's RLE)"
+    )
     answer_cache_mb: int = _opt(
         64,
         "recent answers' crop embeddings kept for Relabel and AddExamples(request_id), 2 KB per mask "
         "(ViT-B-32), least recently used dropped past this (0: off)",
+    )
+    answer_ttl_s: int = _opt(
+        3600, "redis upload store: kept answers are also written there (any replica relabels them) for this long"
     )
     max_memory_mb: int = _opt(
         0, "memory budget for requests in flight, each charged its peak bound (0: half the machine's memory)"

@@ -113,7 +113,7 @@ class SeglabelService:
             self.loaded = await asyncio.to_thread(loading.load, self.cfg, self.metrics)
             if self.cfg.answer_cache_mb > 0 and self.capabilities.serves("labels"):
                 shared = self.cfg.upload_store if self.files.shared else ""
-                self.answers = AnswerCache(self.cfg.answer_cache_mb << 20, shared, self.cfg.upload_ttl_s)
+                self.answers = AnswerCache(self.cfg.answer_cache_mb << 20, shared, self.cfg.answer_ttl_s)
                 self.loaded.pipeline.parts.answers = self.answers
             cache = self.loaded.embeddings
             self.metrics.embedding_bytes.set_function(lambda: cache.bytes if cache is not None else 0)
@@ -357,7 +357,7 @@ class SeglabelService:
         t0 = time.perf_counter()
         self._require_ready()
         self._require("labels", "relabelling")
-        answer = self.answers.get(request_id) if self.answers is not None and request_id else None
+        answer = await self.answers.get_async(request_id) if self.answers is not None and request_id else None
         if answer is None:
             raise NotFound(
                 f"no answer {clip_text(request_id)} is kept here: it expired from the answer cache "

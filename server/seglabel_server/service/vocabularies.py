@@ -139,7 +139,7 @@ class Vocabularies:
         for i, ex in enumerate(examples):
             where = f"example {i + 1}"
             if ex.request_id:
-                answer = answers.get(ex.request_id) if answers is not None else None
+                answer = await answers.get_async(ex.request_id) if answers is not None else None
                 if answer is None:
                     raise NotFound(
                         f"{where}: no answer {clip_text(ex.request_id)} kept here (expired from the answer "

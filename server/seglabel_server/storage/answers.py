@@ -5,6 +5,7 @@ was made, so a Relabel routed to another replica finds it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -32,6 +33,20 @@ class AnswerCache:
             import redis
 
             self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+    @property
+    def shared(self) -> bool:
+        """Whether put / get may wait on the network (call them from a thread then)."""
+        return self.redis is not None
+
+    async def put_async(self, request_id: str, answer: Answer) -> None:
+        if self.shared:
+            await asyncio.to_thread(self.put, request_id, answer)
+        else:
+            self.put(request_id, answer)
+
+    async def get_async(self, request_id: str) -> Answer | None:
+        return await asyncio.to_thread(self.get, request_id) if self.shared else self.get(request_id)
 
     def put(self, request_id: str, answer: Answer) -> None:
         if answer.nbytes > self.max_bytes:

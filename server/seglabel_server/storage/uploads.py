@@ -118,20 +118,6 @@ class DiskStore(UploadStore):
     def _blobs(self):
         return (p for p in self.root.glob("??/*") if len(p.name) == 64)
 
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with _quiet():
-                os.unlink(tmp)
-            raise
-
     def put(self, data: bytes, filename: str = "") -> str:
         file_id = file_id_of(data)
         path = self._path(file_id)
@@ -140,10 +126,10 @@ class DiskStore(UploadStore):
             if path.exists():
                 os.utime(path)
             else:
-                self._write(path, data)
+                write_atomically(path, data)
                 self.total += len(data)
             if filename:
-                self._write(path.with_name(file_id + ".name"), filename.encode())
+                write_atomically(path.with_name(file_id + ".name"), filename.encode())
             self._evict(keep=path)
         return file_id
 
@@ -237,6 +223,22 @@ class RedisStore(UploadStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` in ``path`` whole or not at all: a temporary file in the same folder, synced, then
+    renamed into place (a reader, another process, or this one after a crash sees old or new)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _quiet():
+            os.unlink(tmp)
+        raise
 
 
 class _quiet:

@@ -21,12 +21,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from seglabel_server.errors import AlreadyExists, NotFound, Unavailable, clip_text
+from seglabel_server.storage.uploads import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +161,7 @@ class DiskVocabularies(VocabularyStore):
                     raise unknown(name) from None
                 current = None
             record = fn(current)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(record)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomically(path, record)
             return record
 
     def delete(self, name):

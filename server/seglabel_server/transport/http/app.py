@@ -114,6 +114,7 @@ class DatasetOptions(BaseModel):
     """A dataset job's options: a ``/segment`` body's (grid prompts) and how masks are written."""
 
     vocabulary: list[str] = []
+    vocabulary_name: str | None = None
     points_per_side: int = 0
     max_masks: int = 0
     top_k: int = 0

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[^\x00-\x1f\\\\:*?\"<>|]{1,400}")
 OPTION_KEYS = ("vocabulary", "points_per_side", "max_masks", "top_k", "min_confidence", "pred_iou_thresh",
-               "stability_score_thresh", "box_nms_thresh", "skip_labels")  # fmt: skip
+               "stability_score_thresh", "box_nms_thresh", "skip_labels", "vocabulary_name")  # fmt: skip
 
 
 def clean_name(name: str) -> str:
@@ -121,7 +121,11 @@ class DatasetJobs:
         else:
             if info["labels_unavailable_reason"]:
                 raise InvalidArgument(f"this server cannot label: {info['labels_unavailable_reason']}")
-            categories = list(options.get("vocabulary") or info["default_vocabulary"])
+            if options.get("vocabulary_name"):  # a stored vocabulary: its labels are the categories
+                vocab, _ = await self.gateway.vocabularies("get", options["vocabulary_name"])
+                categories = [lab.name for lab in vocab.labels]
+            else:
+                categories = list(options.get("vocabulary") or info["default_vocabulary"])
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
         try:

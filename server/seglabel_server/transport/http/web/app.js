@@ -1,7 +1,10 @@
 // seglabel's web page: upload or drop an image, grid segmentation with labels streamed over
 // Server-Sent Events, an overlay drawn here from the masks' COCO RLE, hover to highlight, click to
 // segment one object (the server's embedding cache answers clicks on a seen image without the
-// encoder), and a COCO-style JSON download. Plain browser JavaScript, no build step, no CDN.
+// encoder), a COCO-style JSON download, and corrections: alt-click a mask (or its row's label), type
+// the right label, and the mask becomes an example of it in a stored vocabulary; every mask of the
+// image is then relabelled from its kept crop embedding (/relabel, milliseconds). Plain browser
+// JavaScript, no build step, no CDN.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -15,6 +18,7 @@
     streaming: null,  // AbortController of the running stream
     serving: false,   // health said SERVING
     clickBusy: false, clickDirty: false, nextKey: 1,
+    correcting: null, // the object whose label is being corrected
   };
 
   // --------------------------------------------------------------------------------- helpers
@@ -55,9 +59,15 @@
     return $("vocabulary").value.split(/[,\n]/).map((s) => s.trim()).filter(Boolean);
   }
 
+  function labelling() {
+    const out = { top_k: optNumber("top-k") || 0, label_mode: $("multi").checked ? "multi" : "single" };
+    if ($("use-taught").checked && $("teach-vocab").value.trim()) out.vocabulary_name = $("teach-vocab").value.trim();
+    else out.vocabulary = vocabulary();
+    return out;
+  }
+
   function commonBody() {
-    const body = { file_id: state.fileId, vocabulary: vocabulary(), top_k: optNumber("top-k") || 0,
-                   return_overlay: false };
+    const body = { file_id: state.fileId, ...labelling(), return_overlay: false };
     const filters = { pred_iou_thresh: optNumber("pred-iou"), stability_score_thresh: optNumber("stability"),
                       box_nms_thresh: optNumber("nms") };
     for (const [k, v] of Object.entries(filters)) if (v !== null) body[k] = v;
@@ -131,7 +141,13 @@
   }
 
   function setLabel(obj, lab) {
-    Object.assign(obj, { label: lab.label, confidence: lab.confidence, top_k: lab.top_k || [] });
+    Object.assign(obj, { label: lab.label, confidence: lab.confidence, top_k: lab.top_k || [], labels: lab.labels || [] });
+  }
+
+  // MULTI: every label above its threshold; SINGLE: the label.
+  function shownLabel(o) {
+    if (o.labels && o.labels.length) return o.labels.map((t) => t.label).join(", ");
+    return o.label;
   }
 
   // ------------------------------------------------------------------------------ rendering
@@ -200,10 +216,11 @@
       tr.dataset.source = o.source;
       if (!o.pixels || (o.label === null && !$("labels").dataset.nolabels)) tr.classList.add("pending");
       if (o.key === state.hover) tr.classList.add("hl");
+      if (o.changed) tr.classList.add("changed");
       const cells = [
         `<span style="background: rgb(${o.rgb.join(",")})"></span>`,
         o.source === "grid" ? String(o.index) : `click ${o.points.length}`,
-        o.label ?? (o.pixels ? "…" : "segmenting…"),
+        o.label === null ? (o.pixels ? "…" : "segmenting…") : shownLabel(o),
         o.confidence === null ? "" : o.confidence.toFixed(3),
         o.area === undefined ? "" : String(o.area),
         o.source,
@@ -213,6 +230,10 @@
         if (i === 0) { td.className = "swatch"; td.innerHTML = html; } else td.textContent = html;
         if (i === 3 || i === 4) td.classList.add("num");
         if (i === 2 && o.top_k.length > 1) td.title = o.top_k.map((t) => `${t.label} ${t.confidence.toFixed(3)}`).join("\n");
+        if (i === 2 && o.requestId) {
+          td.classList.add("label-cell");
+          td.addEventListener("click", () => startCorrection(o));
+        }
         tr.appendChild(td);
       });
       tr.addEventListener("mouseenter", () => highlight(o.key));
@@ -311,6 +332,7 @@
 
   function onEvent(name, ev, byIndex, t0) {
     if (name === "accepted") {
+      byIndex.requestId = ev.request_id;
       setStatus(`accepted (${ev.width}×${ev.height}), encoding…`, "busy");
     } else if (name === "progress") {
       $("progress").value = ev.fraction;
@@ -330,6 +352,8 @@
       renderTable();
     } else if (name === "summary") {
       $("labels").dataset.nolabels = ev.labels_unavailable_reason ? "1" : "";
+      // the answer is kept for relabelling only when it was labelled (request_id set)
+      if (ev.request_id) for (const o of byIndex.values()) o.requestId = ev.request_id;
       const ms = Math.round(performance.now() - t0);
       const why = ev.labels_unavailable_reason ? ` (no labels: ${ev.labels_unavailable_reason})` : "";
       setStatus(`${ev.mask_count} masks, ${ev.labels.length} labels in ${ms} ms${why}`, "done");
@@ -379,6 +403,7 @@
       setMask(obj, best);
       const lab = r.labels.find((l) => l.mask_index === best.index);
       if (lab) setLabel(obj, lab);
+      obj.requestId = r.request_id || null;
       const enc = r.timings.encoder_ms;
       const cached = enc === undefined ? "" : ` · encoder ${enc.toFixed(1)} ms`;
       setStatus(`object: ${obj.label ?? "(no label)"} in ${ms} ms${cached}`, "done");
@@ -388,6 +413,80 @@
       render();
       renderTable();
     }
+  }
+
+  // ----------------------------------------------------------------------------- corrections
+  function startCorrection(obj) {
+    if (!obj || !obj.requestId) {
+      setStatus("this mask has no kept answer to correct (labels were not computed)", "error");
+      return;
+    }
+    state.correcting = obj;
+    $("correct-which").textContent = obj.source === "grid" ? `#${obj.index}` : "(clicked object)";
+    const known = new Set([...vocabulary(), ...(state.info?.default_vocabulary || []), ...state.objects.map((o) => o.label).filter(Boolean)]);
+    $("correct-labels").replaceChildren(...[...known].map((v) => Object.assign(document.createElement("option"), { value: v })));
+    $("correct-label").value = "";
+    $("correct").hidden = false;
+    $("correct-label").focus();
+  }
+
+  // The stored vocabulary corrections go into: created on the first one from the labels in use.
+  async function ensureTaughtVocabulary(name) {
+    const r = await fetch(`vocabularies/${encodeURIComponent(name)}`, { headers: headers(false) });
+    if (r.ok) return;
+    if (r.status !== 404) await api(`vocabularies/${encodeURIComponent(name)}`, { headers: headers(false) });
+    const labels = vocabulary().length ? vocabulary() : state.info?.default_vocabulary || [];
+    await api("vocabularies", { method: "POST", headers: headers(true), body: JSON.stringify({ name, labels }) });
+  }
+
+  async function teach(negative) {
+    const obj = state.correcting, label = $("correct-label").value.trim(), name = $("teach-vocab").value.trim();
+    if (!obj || !label || !name) return;
+    $("correct").hidden = true;
+    state.correcting = null;
+    const t0 = performance.now();
+    try {
+      setStatus(`teaching “${label}” into ${name}…`, "busy");
+      await ensureTaughtVocabulary(name);
+      const example = { request_id: obj.requestId, mask_index: obj.index, negative };
+      await api(`vocabularies/${encodeURIComponent(name)}/examples`, {
+        method: "POST", headers: headers(true), body: JSON.stringify({ label, examples: [example] }) });
+      $("use-taught").checked = true;
+      const { changed, serverMs } = await relabelAll(name);
+      const ms = Math.round(performance.now() - t0);
+      setStatus(`${negative ? "not" : "taught"} “${label}”: ${changed} mask(s) changed label; relabelled in ` +
+                `${serverMs.toFixed(1)} ms (server), ${ms} ms in all`, "done");
+    } catch (err) {
+      setStatus(`teaching failed: ${err.message}`, "error");
+    }
+  }
+
+  // Every object's answer scored again against the vocabulary (no model runs), labels updated.
+  async function relabelAll(name) {
+    const byAnswer = new Map();
+    for (const o of state.objects) if (o.requestId) {
+      if (!byAnswer.has(o.requestId)) byAnswer.set(o.requestId, []);
+      byAnswer.get(o.requestId).push(o);
+    }
+    let changed = 0, serverMs = 0;
+    for (const [requestId, objs] of byAnswer) {
+      const body = { request_id: requestId, ...labelling(), vocabulary_name: name };
+      delete body.vocabulary;
+      const r = await (await api("relabel", { method: "POST", headers: headers(true), body: JSON.stringify(body) })).json();
+      serverMs += r.timings.total_ms;
+      const byMask = new Map(r.labels.map((l) => [l.mask_index, l]));
+      for (const o of objs) {
+        const lab = byMask.get(o.index);
+        if (!lab) continue;
+        const before = shownLabel(o);
+        setLabel(o, lab);
+        o.changed = before !== shownLabel(o);
+        changed += o.changed;
+      }
+    }
+    render();
+    renderTable();
+    return { changed, serverMs };
   }
 
   function newObject() {
@@ -513,6 +612,7 @@
                    mask_format: $("mask-format").value };
     delete body.file_id;
     delete body.return_overlay;
+    delete body.label_mode;  // a dataset's annotations carry one category per mask
     $("dataset").hidden = false;
     $("dataset").tBodies[0].replaceChildren();
     $("download-coco").disabled = $("download-zip").disabled = true;
@@ -578,7 +678,18 @@
     renderTable();
   });
   $("download").addEventListener("click", download);
-  overlay.addEventListener("click", click);
+  $("correct").addEventListener("submit", (e) => { e.preventDefault(); teach(false); });
+  $("correct-negative").addEventListener("click", () => teach(true));
+  $("correct-cancel").addEventListener("click", () => { $("correct").hidden = true; state.correcting = null; });
+  overlay.addEventListener("click", (e) => {
+    if (e.altKey) {  // alt-click: correct the label of the mask under the pointer
+      const { x, y } = imagePoint(e);
+      const i = state.topAt ? state.topAt[Math.floor(y) * state.width + Math.floor(x)] : -1;
+      if (i >= 0 && state.objects[i]) startCorrection(state.objects[i]);
+      return;
+    }
+    click(e);
+  });
   overlay.addEventListener("mousemove", (e) => {
     if (!state.topAt) return;
     const { x, y } = imagePoint(e);
@@ -597,6 +708,7 @@
     }
   });
   window.seglabel = state;  // for the console (and the browser test)
+  window.seglabelCorrect = (key) => startCorrection(state.objects.find((o) => o.key === key));
   setStatus("drop or choose an image", "idle");
   loadInfo();
 })();
