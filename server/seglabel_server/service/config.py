@@ -121,7 +121,8 @@ class ServerConfig:
         "(ViT-B-32), least recently used dropped past this (0: off)",
     )
     answer_ttl_s: int = _opt(
-        3600, "redis upload store: kept answers are also written there (any replica relabels them) for this long"
+        3600,
+        "redis upload store: kept answers are also written there (any replica relabels them) for this long",
     )
     max_memory_mb: int = _opt(
         0, "memory budget for requests in flight, each charged its peak bound (0: half the machine's memory)"
