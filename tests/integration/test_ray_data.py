@@ -111,3 +111,26 @@ async def test_ray_data_gives_the_command_lines_annotations_and_survives_a_kille
     for txt in (tmp_path / "client" / "yolo" / "labels").rglob("*.txt"):
         rel = txt.relative_to(tmp_path / "client" / "yolo" / "labels")
         assert (out / "yolo" / "labels" / rel).read_text() == txt.read_text()
+
+
+def test_a_stored_vocabulary_names_the_categories_from_a_shared_store(tiny_repo, tmp_path):
+    """--vocabulary-name: the driver reads the vocabulary the actors will label with; a store the
+    actors cannot share (memory) is refused before anything starts."""
+    try:
+        from seglabel_server.transport.ray.datasets import _stored_vocabulary
+    except ImportError as exc:
+        need("ray", f"ray[data] is not installed ({exc})")
+    from seglabel_server.service.config import ServerConfig
+    from seglabel_server.storage.vocabularies import open_vocabularies
+    from seglabel_server.vocabulary import VocabLabel, Vocabulary
+
+    with pytest.raises(ValueError, match="share"):
+        _stored_vocabulary(ServerConfig(models=str(tiny_repo)), "parts")
+    spec = f"disk:{tmp_path}"
+    open_vocabularies(spec).create(
+        "parts", Vocabulary("parts", [VocabLabel("bolt"), VocabLabel("nut")], "m").to_json()
+    )
+    cfg = ServerConfig(models=str(tiny_repo), vocabulary_store=spec)
+    assert [lab.name for lab in _stored_vocabulary(cfg, "parts").labels] == ["bolt", "nut"]
+    with pytest.raises(ValueError, match="no vocabulary"):
+        _stored_vocabulary(cfg, "other")

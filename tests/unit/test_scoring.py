@@ -156,3 +156,15 @@ def test_store_updates_are_atomic_and_a_failed_update_writes_nothing(kind, tmp_p
         t.join()
     assert Vocabulary.from_json(store.get("v")[1]).revision == 41
     assert store.names() == ["v"] and store.delete("v") and not store.delete("v") and store.get("v") is None
+
+
+def test_a_vocabulary_created_again_has_a_new_version_on_redis(redis_url):
+    from seglabel_server.storage.vocabularies import RedisVocabularies
+
+    store = RedisVocabularies(redis_url, prefix="seglabel:test-vocab:")
+    store.create("again", b"one", replace=True)
+    first = store.version("again")
+    store.delete("again")
+    store.create("again", b"two")
+    assert store.version("again") != first and store.get("again")[1] == b"two"
+    store.delete("again")

@@ -156,9 +156,8 @@ class Pipeline:
             if answers is not None and embeddings is not None and image_key:
                 # kept before the answer goes out: a Relabel right after it finds it
                 rles = [m.rle for m in masks]
-                answers.put(
-                    ctx.request_id, Answer(embeddings, image_key, rles, self.parts.clip_model, chunks)
-                )
+                answer = Answer(embeddings, image_key, rles, self.parts.clip_model, chunks)
+                await answers.put_async(ctx.request_id, answer)
                 result.request_id = ctx.request_id
             await req.send(Done(result))
             return result

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,13 +199,15 @@ class RedisVocabularies(VocabularyStore):
                 f"vocabulary store {self.url} unreachable ({type(exc).__name__}): retry later"
             ) from exc
 
+    # A version is (revision, creation token): a vocabulary deleted and created again starts its
+    # revisions over, and must not look like the one a replica parsed before.
     def get(self, name):
-        rev, record = self._call(self.client.hmget, self.prefix + name, "revision", "record")
-        return None if record is None else (int(rev), record)
+        rev, created, record = self._call(self.client.hmget, self.prefix + name, "revision", "created", "record")
+        return None if record is None else ((int(rev), created), record)
 
     def version(self, name):
-        rev = self._call(self.client.hget, self.prefix + name, "revision")
-        return None if rev is None else int(rev)
+        rev, created = self._call(self.client.hmget, self.prefix + name, "revision", "created")
+        return None if rev is None else (int(rev), created)
 
     def update(self, name, fn, create=False):
         key = self.prefix + name
@@ -219,6 +222,8 @@ class RedisVocabularies(VocabularyStore):
                     pipe.multi()
                     pipe.hset(key, "record", record)
                     pipe.hincrby(key, "revision", 1)
+                    if current is None:
+                        pipe.hset(key, "created", uuid.uuid4().hex)
                     self._call(pipe.execute)
                     return record
                 except self.redis.exceptions.WatchError:

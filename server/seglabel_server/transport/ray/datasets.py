@@ -119,6 +119,25 @@ def _server_info(server: dict):
     return cfg, types.SimpleNamespace(models=models, random_weights=bool(repo.random_weights))
 
 
+def _stored_vocabulary(cfg: ServerConfig, name: str):
+    """The stored vocabulary the actors will label with: their store must be one they share."""
+    from seglabel_server.storage.vocabularies import MemoryVocabularies, open_vocabularies
+    from seglabel_server.vocabulary import Vocabulary
+
+    store = open_vocabularies(cfg.vocabulary_store or cfg.upload_store)
+    try:
+        if isinstance(store, MemoryVocabularies):
+            raise ValueError(
+                "--vocabulary-name needs a store the actors share: --vocabulary-store disk:PATH or redis://"
+            )
+        got = store.get(name)
+        if got is None:
+            raise ValueError(f"no vocabulary {name!r} in {store.describe()}")
+        return Vocabulary.from_json(got[1])
+    finally:
+        store.close()
+
+
 def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num_cpus: float = 1.0,
           num_gpus: float = 0.0, batch_size: int = 4, restart: bool = False, progress=None,
           memory_bytes: int = 0) -> dict:  # fmt: skip
@@ -138,6 +157,10 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
     cfg, info = _server_info(server)
     if options.skip_labels:
         categories = ["object"]
+    elif options.vocabulary_name:
+        vocab = _stored_vocabulary(cfg, options.vocabulary_name)
+        categories = [lab.name for lab in vocab.labels]
+        options = dataclasses.replace(options, vocabulary_revision=vocab.revision)
     else:
         categories = list(options.labels or cfg.pipeline.vocabulary)
         options = dataclasses.replace(options, labels=tuple(categories))
@@ -200,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-format", choices=["rle", "polygon"], default="rle")
     ap.add_argument("--polygon-tolerance", type=float, default=1.0)
     ap.add_argument("--labels", help="comma-separated vocabulary (default: the server's)")
+    ap.add_argument("--vocabulary-name", default="",
+                    help="a stored vocabulary (in --vocabulary-store, disk or redis, after --) as the categories")  # fmt: skip
     ap.add_argument("--no-labels", action="store_true")
     ap.add_argument("--grid", type=int, default=0)
     ap.add_argument("--max-masks", type=int, default=0)
@@ -224,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     opts = LabelOptions(
         labels=tuple(v.strip() for v in (a.labels or "").split(",") if v.strip()),
+        vocabulary_name=a.vocabulary_name,
         points_per_side=a.grid, max_masks=a.max_masks, top_k=a.top_k, min_confidence=a.min_confidence,
         pred_iou_thresh=a.pred_iou_thresh, stability_score_thresh=a.stability_score_thresh,
         box_nms_thresh=a.box_nms_thresh, skip_labels=a.no_labels,
