@@ -202,7 +202,9 @@ class RedisVocabularies(VocabularyStore):
     # A version is (revision, creation token): a vocabulary deleted and created again starts its
     # revisions over, and must not look like the one a replica parsed before.
     def get(self, name):
-        rev, created, record = self._call(self.client.hmget, self.prefix + name, "revision", "created", "record")
+        rev, created, record = self._call(
+            self.client.hmget, self.prefix + name, "revision", "created", "record"
+        )
         return None if record is None else ((int(rev), created), record)
 
     def version(self, name):
