@@ -343,12 +343,17 @@ def _relabel(args, client) -> int:
     return 0
 
 
+def _segmented(done: int, total: int) -> None:
+    sys.stderr.write(f"\rsegmented {done}/{total} images (one mask each)")
+    sys.stderr.flush()
+
+
 def _eval_labels(args, client) -> int:
     from seglabel_client.labels_eval import evaluate_labels, format_report
 
     shots = tuple(int(v) for v in _csv(args.shots))
     report = evaluate_labels(client, args.dir, shots, args.seed, args.test_fraction, args.alpha, args.beta,
-                             progress=None if args.json else _progress)  # fmt: skip
+                             progress=None if args.json else _segmented)  # fmt: skip
     if not args.json:
         sys.stderr.write("\n")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
