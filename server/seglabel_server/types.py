@@ -197,8 +197,6 @@ class SegmentResult:
     text_unavailable_reason: str = ""
     request_id: str = ""  # set when the answer is kept for Relabel
     label_mode: str = "single"
-    embeddings: np.ndarray | None = None  # the masks' crop embeddings (kept, never sent)
-    embedding_chunks: list[int] = field(default_factory=list)
 
 
 # Events of a streamed request; their order is documented once, on SegmentEvent in the proto.

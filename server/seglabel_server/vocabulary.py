@@ -109,6 +109,7 @@ class Vocabulary:
     beta: float = DEFAULT_BETA
     revision: int = 1
     updated: float = field(default_factory=time.time)
+    stored_bytes: int = 0  # the record's size as read or written (not part of it)
 
     def label(self, name: str) -> VocabLabel | None:
         return next((lab for lab in self.labels if lab.name == name), None)
@@ -170,6 +171,7 @@ class Vocabulary:
     def from_json(data: bytes | str) -> Vocabulary:
         d = json.loads(data)
         return Vocabulary(
+            stored_bytes=len(data),
             name=d["name"],
             clip_model=d["clip_model"],
             alpha=float(d["alpha"]),

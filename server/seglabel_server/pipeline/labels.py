@@ -36,6 +36,7 @@ class Labeller:
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
         self._vocab_cache: OrderedDict[tuple, Scorer] = OrderedDict()
+        self._fits: OrderedDict[tuple, tuple] = OrderedDict()  # a vocabulary's MULTI thresholds, per revision
         self.logit_scale = float(clip_meta["logit_scale"])
 
     async def text_embeddings(
@@ -81,28 +82,37 @@ class Labeller:
 
     async def scorer(self, spec: LabelSpec, ctx: RequestContext) -> Scorer:
         """What scores masks for ``spec``: text embeddings, and for a stored vocabulary its example
-        cache and MULTI thresholds (prepared once per vocabulary revision), the request's
-        threshold overrides on top."""
+        cache (prepared once per vocabulary revision); MULTI adds the neutral prompt and the
+        thresholds (the vocabulary's set and fitted ones, fitted once per revision; the request's
+        default and overrides on top)."""
         vocab = spec.vocabulary
-        multi = spec.mode == "multi"
         if vocab is None:
             base = Scorer(spec.labels, await self.text_embeddings(spec.entries, ctx), self.logit_scale)
-            label_thresholds = [0.0] * len(spec.entries)
         else:
             base = await self._prepared(vocab, ctx)
-            label_thresholds = [lab.threshold for lab in vocab.labels]
-        neutral = (await self.text_embeddings(((NEUTRAL, ()),), ctx))[0] if multi else None
-        out = replace(base, mode=spec.mode, neutral=neutral)
-        if multi:
-            default = spec.min_confidence if spec.min_confidence > 0 else DEFAULT_MULTI_THRESHOLD
-            out.thresholds, _ = scoring.thresholds(out, label_thresholds, default)
-            for name, t in spec.thresholds.items():
-                out.thresholds[spec.labels.index(name)] = t
-        return out
+        if spec.mode != "multi":
+            return base
+        multi = replace(base, mode="multi", neutral=(await self.text_embeddings(((NEUTRAL, ()),), ctx))[0])
+        fitted, _ = self._fitted(multi, vocab)
+        default = spec.min_confidence if spec.min_confidence > 0 else DEFAULT_MULTI_THRESHOLD
+        multi.thresholds = np.where(np.isnan(fitted), default, fitted).astype(np.float32)
+        for name, t in spec.thresholds.items():
+            multi.thresholds[spec.labels.index(name)] = t
+        return multi
+
+    @staticmethod
+    def _key(vocab) -> tuple:
+        return (vocab.name, vocab.revision, vocab.clip_model, vocab.updated)
+
+    def _remember(self, cache: OrderedDict, key: tuple, value):
+        cache[key] = value
+        while len(cache) > self.cfg.text_cache_size:
+            cache.popitem(last=False)
+        return value
 
     async def _prepared(self, vocab, ctx: RequestContext) -> Scorer:
         """A stored vocabulary's text embeddings and example cache, once per revision."""
-        key = (vocab.name, vocab.revision, vocab.clip_model, vocab.updated)
+        key = self._key(vocab)
         hit = self._vocab_cache.get(key)
         if hit is not None:
             self._vocab_cache.move_to_end(key)
@@ -112,21 +122,29 @@ class Labeller:
         labels = tuple(lab.name for lab in vocab.labels)
         prepared = Scorer(labels, text, self.logit_scale, keys=keys, values=values, alpha=vocab.alpha,
                           beta=vocab.beta)  # fmt: skip
-        self._vocab_cache[key] = prepared
-        while len(self._vocab_cache) > self.cfg.text_cache_size:
-            self._vocab_cache.popitem(last=False)
-        return prepared
+        return self._remember(self._vocab_cache, key, prepared)
+
+    def _fitted(self, multi: Scorer, vocab) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """MULTI thresholds a vocabulary sets or fits (NaN: the request's default) and where each
+        comes from; the leave-one-out fit is O(examples^2), so once per revision."""
+        if vocab is None:
+            return np.full(len(multi.labels), np.nan, np.float32), []
+        key = self._key(vocab)
+        hit = self._fits.get(key)
+        if hit is None:
+            hit = self._remember(
+                self._fits, key, scoring.thresholds(multi, [lab.threshold for lab in vocab.labels], np.nan)
+            )
+        return hit
 
     async def threshold_report(
         self, vocab, default: float, ctx: RequestContext
     ) -> list[tuple[float, str, str]]:
         """(threshold, source, note) per label of ``vocab`` in MULTI mode (GetVocabulary)."""
-        base = await self._prepared(vocab, ctx)
-        neutral = (await self.text_embeddings(((NEUTRAL, ()),), ctx))[0]
-        values, how = scoring.thresholds(
-            replace(base, mode="multi", neutral=neutral), [lab.threshold for lab in vocab.labels], default
-        )
-        return [(float(t), src, note) for t, (src, note) in zip(values, how)]
+        spec = LabelSpec(vocab.entries(), "multi", min_confidence=default, vocabulary=vocab)
+        multi = await self.scorer(spec, ctx)
+        _, how = self._fitted(multi, vocab)
+        return [(float(t), src, note) for t, (src, note) in zip(multi.thresholds, how)]
 
     def crops(
         self,

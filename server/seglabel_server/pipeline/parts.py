@@ -62,7 +62,7 @@ class RequestState:
     emit: Emit | None
     clock: Stopwatch = field(default_factory=Stopwatch)
     image_dev: Any = None  # the image in the backend's memory (device path), uploaded once
-    embeddings: list = field(default_factory=list)  # the masks' crop embeddings, chunk by chunk
+    embeddings: list = field(default_factory=list)  # crop embeddings per chunk, when answers are kept
 
     @property
     def hw(self) -> tuple[int, int]:

@@ -129,8 +129,6 @@ class Pipeline:
             del cand
             depth, mask_depth, text, mask_text = await scene.finish(masks, req.send, ctx)
             overlay = await self._render(req, masks, labels, kept_full)
-            embeddings = np.concatenate(req.embeddings) if req.embeddings else None
-            chunks = [len(e) for e in req.embeddings]
             req.clock.timings["queue"] = ctx.queue_ms
             req.clock.timings["total"] = req.clock.total()
             result = SegmentResult(
@@ -149,15 +147,13 @@ class Pipeline:
                 depth_unavailable_reason=job.notes.get("depth", ""),
                 text_unavailable_reason=job.notes.get("text", ""),
                 label_mode=job.labelling.mode if job.labelling else "single",
-                embeddings=embeddings,
-                embedding_chunks=chunks,
             )
-            answers = self.parts.answers
-            if answers is not None and embeddings is not None and image_key:
+            if req.embeddings and image_key:
                 # kept before the answer goes out: a Relabel right after it finds it
-                rles = [m.rle for m in masks]
-                answer = Answer(embeddings, image_key, rles, self.parts.clip_model, chunks)
-                await answers.put_async(ctx.request_id, answer)
+                chunks = [len(e) for e in req.embeddings]
+                answer = Answer(np.concatenate(req.embeddings), image_key, [m.rle for m in masks],
+                                self.parts.clip_model, chunks)  # fmt: skip
+                await self.parts.answers.put_async(ctx.request_id, answer)
                 result.request_id = ctx.request_id
             await req.send(Done(result))
             return result
@@ -325,7 +321,8 @@ class Pipeline:
             pix = await self.labels.crops_parallel(req.image, chunk, full, req.ctx)
         req.clock.mark("crops")
         emb = np.asarray(await self.scheduler.run("clip", pix, req.ctx), np.float32)
-        req.embeddings.append(emb)
+        if self.parts.answers is not None:  # kept for Relabel
+            req.embeddings.append(emb)
         spec = req.job.labelling
         out = scorer.classify(emb, chunk[0].index, spec.top_k, spec.min_confidence)
         req.clock.mark("clip")

@@ -3,6 +3,8 @@ service; :func:`plan_segment` also decides what the answer will hold from what t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.service.capabilities import Capabilities
@@ -62,6 +64,14 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         label_mode=p.label_mode,
         thresholds=dict(p.thresholds),
     )
+
+
+def resolve_relabel(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
+    """A Relabel's labelling options (``p``'s label fields) checked and completed, as :func:`resolve`
+    does for a Segment's."""
+    cleaned, top_k = resolve_labels(c, p)
+    min_confidence = _unit("min_confidence", p.min_confidence, 0.0)
+    return replace(p, vocabulary=cleaned, top_k=top_k, min_confidence=min_confidence)
 
 
 def resolve_labels(c: PipelineConfig, p: SegmentParams) -> tuple[tuple[str, ...], int]:

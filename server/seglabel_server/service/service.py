@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -45,34 +43,20 @@ from seglabel_server.service.budget import (
 )
 from seglabel_server.service.capabilities import Capabilities
 from seglabel_server.service.config import ServerConfig
-from seglabel_server.service.params import (
-    _unit,
-    check_prompts_inside,
-    plan_segment,
-    resolve_labels,
-    resolve_text,
-)
+from seglabel_server.service.params import check_prompts_inside, plan_segment, resolve_relabel, resolve_text
 from seglabel_server.service.vocabularies import Vocabularies
 from seglabel_server.storage import uploads
 from seglabel_server.storage.answers import AnswerCache
+from seglabel_server.storage.uploads import check_file_id
 from seglabel_server.storage.vocabularies import open_vocabularies
 from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParams, SegmentResult, TextOptions
 
 log = logging.getLogger(__name__)
 
-_FILE_ID = re.compile(r"[0-9a-f]{64}")
 
 # Growth of the process since memory was last given back past which an idle server gives the
 # runtime's arena back even when it holds one image's working memory (see _release_memory).
 REGROW_BYTES = 256 << 20
-
-
-def check_file_id(file_id: str) -> None:
-    """An upload id is a sha256 in lowercase hex; anything else is refused before any lookup."""
-    if not _FILE_ID.fullmatch(file_id):
-        raise InvalidArgument(
-            f"file_id must be 64 lowercase hex characters (a sha256), got {clip_text(file_id)}"
-        )
 
 
 class SeglabelService:
@@ -366,10 +350,7 @@ class SeglabelService:
             )
         if answer.clip_model != self.vocabularies.clip_model:
             raise FailedPrecondition(f"answer {request_id} was labelled by CLIP model {answer.clip_model}")
-        cleaned, top_k = resolve_labels(self.cfg.pipeline, params)
-        p = dataclasses.replace(params, vocabulary=cleaned, top_k=top_k,
-                                min_confidence=_unit("min_confidence", params.min_confidence, 0.0))  # fmt: skip
-        spec = await self.vocabularies.spec(p, ctx)
+        spec = await self.vocabularies.spec(resolve_relabel(self.cfg.pipeline, params), ctx)
         t1 = time.perf_counter()
         labels = await self.loaded.pipeline.relabel(answer.embeddings, answer.chunks, spec, ctx)
         total = (time.perf_counter() - t0) * 1000.0

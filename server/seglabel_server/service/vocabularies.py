@@ -21,6 +21,7 @@ from seglabel_server.errors import (
 from seglabel_server.models import images
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
 from seglabel_server.service.params import label_spec
+from seglabel_server.storage.uploads import check_file_id
 from seglabel_server.storage.vocabularies import VocabularyStore, unknown
 from seglabel_server.types import ExampleIn, LabelSpec, RequestContext, SegmentParams
 from seglabel_server.vocabulary import (
@@ -170,8 +171,6 @@ class Vocabularies:
         return out
 
     async def _image(self, file_id: str, first: int) -> np.ndarray:
-        from seglabel_server.service.service import check_file_id
-
         try:
             check_file_id(file_id)
             data = await self._run(self.service.files.get, file_id)
@@ -208,6 +207,7 @@ class Vocabularies:
                 raise InvalidArgument(f"{what} must be within [0, 1000] (0: the default), got {v}")
         vocab = Vocabulary(name, checked, self.clip_model, alpha or DEFAULT_ALPHA, beta or DEFAULT_BETA)
         record = vocab.to_json()
+        vocab.stored_bytes = len(record)
         self._check_bytes(name, record)
         names = await self._run(self.store.names)
         if name not in names and len(names) >= self.cfg.max_vocabularies:

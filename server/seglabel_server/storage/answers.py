@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from seglabel_server.storage.backing import redis_client
 from seglabel_server.types import Answer
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,8 @@ class AnswerCache:
         self.lock = threading.Lock()
         self.ttl_s, self.prefix = ttl_s, prefix
         self.redis = None
-        if redis_url and max_bytes > 0:
-            import redis
-
-            self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        if redis_url and max_bytes > 0:  # errors are logged, not raised: the local copy still serves
+            self.redis = redis_client(redis_url, timeout_s=5)
 
     @property
     def shared(self) -> bool:

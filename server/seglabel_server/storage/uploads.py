@@ -18,19 +18,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import re
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
-from seglabel_server.errors import InvalidArgument, Unavailable, UnknownFile, clip_text
+from seglabel_server.errors import InvalidArgument, UnknownFile, clip_text
+from seglabel_server.storage.backing import RedisBacked, store_kind, write_atomically
 
 log = logging.getLogger(__name__)
 
 
 def file_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_FILE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_file_id(file_id: str) -> None:
+    """An upload id is a sha256 in lowercase hex; anything else is refused before any lookup."""
+    if not _FILE_ID.fullmatch(file_id):
+        raise InvalidArgument(
+            f"file_id must be 64 lowercase hex characters (a sha256), got {clip_text(file_id)}"
+        )
 
 
 def unknown(file_id: str) -> UnknownFile:
@@ -174,26 +186,16 @@ class DiskStore(UploadStore):
         return f"disk {self.root} (up to {self.max_bytes >> 20} MiB)"
 
 
-class RedisStore(UploadStore):
+class RedisStore(RedisBacked, UploadStore):
     """One hash per upload, ``<prefix><sha256>`` -> {data, filename}, expiring ``ttl_s`` after its
     last use (refreshed on read). Every replica pointed at the same Redis sees the same uploads."""
 
     shared = True
+    what = "upload store"
 
     def __init__(self, url: str, ttl_s: int, prefix: str = "seglabel:upload:"):
-        import redis  # the optional dependency: pip install 'seglabel[cluster]'
-
-        self.url, self.ttl_s, self.prefix = url, ttl_s, prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self.errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-    def _call(self, fn, *args):
-        try:
-            return fn(*args)
-        except self.errors as exc:
-            raise Unavailable(
-                f"upload store {self.url} unreachable ({type(exc).__name__}): retry later"
-            ) from exc
+        self._connect(url)
+        self.ttl_s, self.prefix = ttl_s, prefix
 
     def put(self, data: bytes, filename: str = "") -> str:
         file_id = file_id_of(data)
@@ -221,25 +223,6 @@ class RedisStore(UploadStore):
     def describe(self) -> str:
         return f"redis {self.url} (entries expire {self.ttl_s}s after last use)"
 
-    def close(self) -> None:
-        self.client.close()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` in ``path`` whole or not at all: a temporary file in the same folder, synced, then
-    renamed into place (a reader, another process, or this one after a crash sees old or new)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _quiet():
-            os.unlink(tmp)
-        raise
-
 
 class _quiet:
     """``with _quiet():`` ignores a file that another process removed or renamed meanwhile."""
@@ -253,13 +236,9 @@ class _quiet:
 
 def open_store(spec: str, max_bytes: int, ttl_s: int) -> UploadStore:
     """``memory``, ``disk:PATH`` or ``redis://host:port/db`` (``rediss://`` for TLS)."""
-    if spec in ("", "memory"):
+    kind, where = store_kind(spec, "--upload-store")
+    if kind == "memory":
         return MemoryStore(max_bytes)
-    if spec.startswith("disk:"):
-        path = spec[len("disk:") :]
-        if not path:
-            raise InvalidArgument("--upload-store disk:PATH needs a folder")
-        return DiskStore(path, max_bytes)
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(spec, ttl_s)
-    raise InvalidArgument(f"--upload-store must be memory, disk:PATH or redis://host:port/db, got {spec!r}")
+    if kind == "disk":
+        return DiskStore(where, max_bytes)
+    return RedisStore(where, ttl_s)

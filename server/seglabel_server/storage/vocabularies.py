@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seglabel_server.errors import AlreadyExists, NotFound, Unavailable, clip_text
-from seglabel_server.storage.uploads import write_atomically
+from seglabel_server.storage.backing import RedisBacked, store_kind, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -180,24 +180,13 @@ class DiskVocabularies(VocabularyStore):
         return f"disk {self.root}"
 
 
-class RedisVocabularies(VocabularyStore):
+class RedisVocabularies(RedisBacked, VocabularyStore):
     ATTEMPTS = 50  # optimistic transactions retried on conflict (many writers to one vocabulary)
+    what = "vocabulary store"
 
     def __init__(self, url: str, prefix: str = "seglabel:vocab:"):
-        import redis
-
-        self.url, self.prefix = url, prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self.redis = redis
-        self.errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-    def _call(self, fn, *args):
-        try:
-            return fn(*args)
-        except self.errors as exc:
-            raise Unavailable(
-                f"vocabulary store {self.url} unreachable ({type(exc).__name__}): retry later"
-            ) from exc
+        self._connect(url)
+        self.prefix = prefix
 
     # A version is (revision, creation token): a vocabulary deleted and created again starts its
     # revisions over, and must not look like the one a replica parsed before.
@@ -242,20 +231,12 @@ class RedisVocabularies(VocabularyStore):
     def describe(self) -> str:
         return f"redis {self.url}"
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def open_vocabularies(spec: str) -> VocabularyStore:
     """``memory``, ``disk:PATH`` or ``redis://...`` (the upload store's spec by default)."""
-    if spec in ("", "memory"):
+    kind, where = store_kind(spec, "--vocabulary-store")
+    if kind == "memory":
         return MemoryVocabularies()
-    if spec.startswith("disk:") and spec[len("disk:") :]:
-        return DiskVocabularies(spec[len("disk:") :])
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisVocabularies(spec)
-    from seglabel_server.errors import InvalidArgument
-
-    raise InvalidArgument(
-        f"--vocabulary-store must be memory, disk:PATH or redis://host:port/db, got {spec!r}"
-    )
+    if kind == "disk":
+        return DiskVocabularies(where)
+    return RedisVocabularies(where)

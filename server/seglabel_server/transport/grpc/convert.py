@@ -137,7 +137,7 @@ def _source_to_pb(source: dict, positive: bool) -> pb.Example:
 def vocabulary_to_pb(v: Vocabulary, thresholds=None) -> pb.Vocabulary:
     """``thresholds``: (value, source, note) per label (the MULTI thresholds it gets)."""
     out = pb.Vocabulary(name=v.name, clip_model=v.clip_model, revision=v.revision, alpha=v.alpha,
-                        beta=v.beta, stored_bytes=len(v.to_json()))  # fmt: skip
+                        beta=v.beta, stored_bytes=v.stored_bytes)  # fmt: skip
     for i, lab in enumerate(v.labels):
         info = pb.VocabularyLabelInfo(
             label=pb.VocabularyLabel(name=lab.name, prompts=list(lab.prompts), threshold=lab.threshold),
