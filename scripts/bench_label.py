@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import photo, server_process
+from seglabel_api.options import SegmentOptions
 from seglabel_client.bench import free_port, run_level
 from seglabel_client.client import SegmenterClient
 
@@ -88,6 +89,7 @@ def ray_rates(root: Path, tmp: Path, args) -> None:
     """seglabel-ray label over the folder on a local Ray cluster, one CPU and one runtime thread per
     actor, for each actor count: images/s (actors' model loading included, as a user waits for it)."""
     import ray
+    from seglabel_api.datasets.job import dataset_request
     from seglabel_client.dataset import LabelOptions
     from seglabel_server.transport.ray import datasets
 
@@ -96,7 +98,7 @@ def ray_rates(root: Path, tmp: Path, args) -> None:
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         for n in counts:
-            opts = LabelOptions(points_per_side=args.grid, max_masks=args.max_masks)
+            opts = LabelOptions(dataset_request(points_per_side=args.grid, max_masks=args.max_masks))
             t0 = time.perf_counter()
             report = datasets.label(str(root), tmp / f"ray{n}", opts, {"models": args.models, "threads": 1,
                                     "embedding_cache_mb": 0}, actors=n, num_cpus=1, batch_size=4)  # fmt: skip
@@ -133,7 +135,7 @@ def main() -> int:
             write_folder(root, args.images)
             files = sorted(root.rglob("*.png"))
             data = [p.read_bytes() for p in files]
-            kw = dict(points_per_side=args.grid, max_masks=args.max_masks, overlay=False)
+            kw = SegmentOptions(points_per_side=args.grid, max_masks=args.max_masks)
             best = (0.0, 0)
             for conc in (int(c) for c in args.concurrency.split(",")):
                 samples, errors, wall = asyncio.run(run_level(target, data, conc, len(data), 0, kw))

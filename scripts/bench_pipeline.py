@@ -49,14 +49,14 @@ def ours(args) -> dict:
     from seglabel_server.models.repository import ModelRepository
     from seglabel_server.service import build_pipeline
     from seglabel_server.service.config import ServerConfig
-    from seglabel_server.types import RequestContext, SegmentParams
+    from seglabel_server.types import RequestContext, SegmentOptions
 
     image = photo(args.width, args.height)
     repo = ModelRepository.load(args.models)
     backend = create_backend("onnxruntime", repo)
     cfg = ServerConfig()
     pipe = build_pipeline(backend, repo, cfg)
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=args.grid,
         pred_iou_thresh=args.iou,
         stability_score_thresh=0.0,
@@ -73,7 +73,7 @@ def ours(args) -> dict:
     unfiltered = replace(params, pred_iou_thresh=0.0, max_masks=args.masks)
 
     out: dict = {"runs": [], "unfiltered_runs": []}
-    asyncio.run(run(SegmentParams(prompt_type="points", points=[(10.0, 10.0, 1)])))  # warm-up
+    asyncio.run(run(SegmentOptions(prompt_type="points", points=[(10.0, 10.0, 1)])))  # warm-up
     for _ in range(args.repeat):
         for key, p in (("runs", params), ("unfiltered_runs", unfiltered)):
             t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def ours(args) -> dict:
             out.setdefault(f"{key}_labels", [(lab.label, lab.confidence) for lab in res.labels])
     out["peak_rss_mb"] = peak_rss_mb()
     if args.leak_requests:
-        small = SegmentParams(
+        small = SegmentOptions(
             points_per_side=4,
             pred_iou_thresh=0.0,
             stability_score_thresh=0.0,

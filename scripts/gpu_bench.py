@@ -52,7 +52,7 @@ from seglabel_server.models.repository import ModelRepository
 from seglabel_server.models.vocab import DEFAULT_VOCABULARY
 from seglabel_server.service import build_pipeline
 from seglabel_server.service.config import ServerConfig
-from seglabel_server.types import RequestContext, SegmentParams
+from seglabel_server.types import RequestContext, SegmentOptions
 
 # engine name -> server flags (device appended by the script)
 ENGINES = {
@@ -124,8 +124,8 @@ def timed(fn, device: str, repeat: int = 3) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def params_for(grid: int, iou: float, masks: int) -> SegmentParams:
-    return SegmentParams(
+def params_for(grid: int, iou: float, masks: int) -> SegmentOptions:
+    return SegmentOptions(
         points_per_side=grid,
         pred_iou_thresh=iou,
         stability_score_thresh=0.0,
@@ -458,14 +458,8 @@ def measure(
     conc: list[int],
     requests: int,
 ) -> list[dict]:
-    kw = dict(
-        points_per_side=grid,
-        max_masks=masks,
-        overlay=False,
-        pred_iou_thresh=iou,
-        stability_score_thresh=0.0,
-        box_nms_thresh=1.0,
-    )
+    kw = SegmentOptions(points_per_side=grid, max_masks=masks, pred_iou_thresh=iou,
+                        stability_score_thresh=0.0, box_nms_thresh=1.0)  # fmt: skip
     image = image_file.read_bytes()
     rows = []
     for c in conc:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from seglabel_api import options
+from seglabel_api.options import SegmentOptions
 
 from seglabel_client import SAMPLE_IMAGES, sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
@@ -68,12 +70,12 @@ class Row:
     server_stages_p50_ms: dict
 
 
-async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> Sample:
+async def one_request(client: AsyncSegmenterClient, image: bytes, request: SegmentOptions) -> Sample:
     t0 = time.perf_counter()
     first_mask = first_label = float("nan")
     summary = None
     masks = 0
-    async for ev in client.stream_segment(image, **kw):
+    async for ev in client.stream_segment(image, options=request):
         kind = ev.WhichOneof("event")
         now = time.perf_counter() - t0
         if kind == "masks":
@@ -91,11 +93,11 @@ async def one_request(client: AsyncSegmenterClient, image: bytes, kw: dict) -> S
 
 
 async def run_level(
-    target: str, images: list[bytes], concurrency: int, requests: int, warmup: int, kw: dict
+    target: str, images: list[bytes], concurrency: int, requests: int, warmup: int, request: SegmentOptions
 ) -> tuple[list[Sample], int, float]:
     async with AsyncSegmenterClient(target, timeout=600) as client:
         for i in range(warmup):
-            await one_request(client, images[i % len(images)], kw)
+            await one_request(client, images[i % len(images)], request)
         samples: list[Sample] = []
         errors = 0
         counter = iter(range(requests))
@@ -104,7 +106,7 @@ async def run_level(
             nonlocal errors
             for i in counter:
                 try:
-                    samples.append(await one_request(client, images[i % len(images)], kw))
+                    samples.append(await one_request(client, images[i % len(images)], request))
                 except Exception as exc:  # counted, reported; the sweep goes on
                     errors += 1
                     print(f"  request failed: {exc}", file=sys.stderr)
@@ -189,28 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 2 x concurrency))")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--image", action="append", default=[], help="image files (default: bundled photos)")
-    ap.add_argument("--grid", type=int, default=8)
-    ap.add_argument("--max-masks", type=int, default=16)
-    ap.add_argument("--pred-iou-thresh", type=float, default=None)
-    ap.add_argument("--stability-score-thresh", type=float, default=None)
-    ap.add_argument("--box-nms-thresh", type=float, default=None)
+    options.add_flags(ap, options.BENCH, defaults={"points_per_side": 8, "max_masks": 16})
     ap.add_argument("--out", default="bench-results/seglabel-bench", help="prefix for .csv, .json and .png")
     args = ap.parse_args(argv)
     servers = [s.split("=", 1) if "=" in s else (s, s) for s in (args.server or ["server=127.0.0.1:50051"])]
     images = [Path(p).read_bytes() for p in args.image] or [sample_image_bytes(n) for n in SAMPLE_IMAGES]
-    kw = dict(
-        points_per_side=args.grid,
-        max_masks=args.max_masks,
-        overlay=False,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-    )
+    request = options.from_args(args, options.BENCH)  # no overlay: a client that streams masks draws its own
     rows = []
     for label, target in servers:
         for c in (int(v) for v in args.concurrency.split(",")):
             n = args.requests or max(8, 2 * c)
-            samples, errors, wall = asyncio.run(run_level(target, images, c, n, args.warmup, kw))
+            samples, errors, wall = asyncio.run(run_level(target, images, c, n, args.warmup, request))
             rows.append(summarize(label, c, samples, errors, wall))
             print(format_table(rows[-1:]).splitlines()[2], flush=True)
     print()

@@ -1,19 +1,26 @@
-"""Sync and asyncio clients over the generated stubs. Only the public gRPC API is used."""
+"""Sync and asyncio clients over the generated stubs. Only the public gRPC API is used.
+
+Every call is written once (:class:`Calls`): it builds its request and hands the stub's method to
+``_unary`` or ``_stream``, which :class:`SegmenterClient` runs (blocking) and
+:class:`AsyncSegmenterClient` returns as an awaitable (or an async iterator)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from seglabel_api import options as request_options
+from seglabel_api.options import SegmentOptions
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-_PROMPTS = {"grid": pb.PROMPT_TYPE_GRID, "points": pb.PROMPT_TYPE_POINTS, "box": pb.PROMPT_TYPE_BOX}
 # gRPC's own retry policy: calls answered UNAVAILABLE (a replica starting, draining or gone) are
 # tried again with exponential backoff, at most 4 attempts, honouring the server's
 # grpc-retry-pushback-ms; throttled when more than about 1 in 10 calls fail (a bounded retry
@@ -43,8 +50,6 @@ _CHANNEL_OPTIONS = [
 ]
 
 ImageLike = bytes | str | os.PathLike
-
-
 TOKEN_ENV = "SEGLABEL_TOKEN"
 
 
@@ -61,75 +66,30 @@ def _open_channel(grpc_api, target: str, tls_ca: str | os.PathLike | None, token
 
 
 def _image_bytes(image: ImageLike) -> bytes:
-    return image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+    return bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
 
 
+# -- requests ------------------------------------------------------------------------------------------
 def build_request(
-    image: ImageLike | None = None,
-    *,
-    file_id: str | None = None,
-    prompt_type: str = "grid",
-    points_per_side: int = 0,
-    points: Iterable[Sequence[float]] = (),
-    boxes: Iterable[Sequence[float]] = (),
-    labels: Iterable[str] = (),
-    max_masks: int = 0,
-    top_k: int = 0,
-    min_confidence: float | None = None,
-    overlay: bool = True,
-    skip_labels: bool = False,
-    multimask: bool = False,
-    pred_iou_thresh: float | None = None,
-    stability_score_thresh: float | None = None,
-    box_nms_thresh: float | None = None,
-    with_depth: bool = False,
-    with_text: bool = False,
-    text_box_thresh: float | None = None,
-    text_min_confidence: float | None = None,
-    vocabulary_name: str = "",
-    label_mode: str = "single",
-    thresholds: dict[str, float] | None = None,
+    image: ImageLike | None = None, *, file_id: str | None = None, options: SegmentOptions | None = None, **kw
 ) -> pb.SegmentRequest:
-    """A SegmentRequest. ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels.
-    Thresholds left at None take the server's defaults. ``with_depth`` / ``with_text``: also the
-    depth map with per-mask depth, and the text lines with the lines inside each mask.
-    ``vocabulary_name``: a stored vocabulary instead of ``labels``; ``label_mode``: "single" or
-    "multi" (every label above its threshold; ``thresholds`` override the vocabulary's)."""
-    if prompt_type not in _PROMPTS:
-        raise ValueError(f"prompt_type must be one of {sorted(_PROMPTS)}")
-    req = pb.SegmentRequest(
-        prompt_type=_PROMPTS[prompt_type],
-        points_per_side=points_per_side,
-        max_masks=max_masks,
-        vocabulary=list(labels),
-        top_k=top_k,
-        return_overlay=overlay,
-        skip_labels=skip_labels,
-        multimask=multimask,
-        min_confidence=min_confidence,
-        pred_iou_thresh=pred_iou_thresh,
-        stability_score_thresh=stability_score_thresh,
-        box_nms_thresh=box_nms_thresh,
-        points=[pb.Point(x=p[0], y=p[1], positive=bool(p[2]) if len(p) > 2 else True) for p in points],
-        boxes=[pb.Box(x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for b in boxes],
-        with_depth=with_depth,
-        with_text=with_text,
-        text_options=text_options(text_box_thresh, text_min_confidence),
-        vocabulary_name=vocabulary_name,
-        label_mode=_mode(label_mode),
-        thresholds=thresholds or {},
-    )
-    _set_image(req, image, file_id)
-    return req
+    """A SegmentRequest for ``image`` (bytes or a path) or an uploaded ``file_id``. Its options are
+    ``options`` (a :class:`~seglabel_api.options.SegmentOptions`) with keyword arguments of the same
+    names on top (``seglabel_api.options`` declares each; ``labels`` is ``vocabulary``, ``overlay``
+    ``return_overlay``). ``points``: (x, y) or (x, y, positive); ``boxes``: (x0, y0, x1, y1), pixels;
+    unset thresholds take the server's defaults. Unlike the bare message, the overlay is rendered
+    unless ``overlay=False`` (or ``options`` says)."""
+    if options is None and not {"overlay", "return_overlay"} & set(kw):
+        kw["overlay"] = True
+    opts = request_options.from_kwargs(request_options.SEGMENT, base=options, **kw)
+    return _set_image(request_options.to_pb(opts, pb.SegmentRequest()), image, file_id)
 
 
-_MODES = {"single": pb.LABEL_MODE_SINGLE, "multi": pb.LABEL_MODE_MULTI}
-
-
-def _mode(label_mode: str) -> int:
-    if label_mode not in _MODES:
-        raise ValueError(f"label_mode must be one of {sorted(_MODES)}")
-    return _MODES[label_mode]
+def relabel_request(request_id: str, options: SegmentOptions | None = None, **kw) -> pb.RelabelRequest:
+    """A RelabelRequest: the labelling options of ``seglabel_api.options`` (vocabulary / ``labels``,
+    vocabulary_name, label_mode, top_k, min_confidence, thresholds)."""
+    opts = request_options.from_kwargs(request_options.RELABEL, base=options, **kw)
+    return request_options.to_pb(opts, pb.RelabelRequest(request_id=request_id), request_options.RELABEL)
 
 
 def vocabulary_label(label) -> pb.VocabularyLabel:
@@ -142,15 +102,8 @@ def vocabulary_label(label) -> pb.VocabularyLabel:
     return pb.VocabularyLabel(name=name, prompts=list(prompts))
 
 
-def example(
-    file_id: str = "",
-    *,
-    box: Sequence[float] | None = None,
-    mask: dict | None = None,
-    request_id: str = "",
-    mask_index: int = 0,
-    negative: bool = False,
-) -> pb.Example:
+def example(file_id: str = "", *, box: Sequence[float] | None = None, mask: dict | None = None,
+            request_id: str = "", mask_index: int = 0, negative: bool = False) -> pb.Example:  # fmt: skip
     """An example for AddExamples: an uploaded image (whole, a ``box`` (x0, y0, x1, y1) of it, or a
     ``mask`` {"size": [h, w], "counts": str} of it), or mask ``mask_index`` of the answer
     ``request_id``; ``negative``: crops like it score lower for the label."""
@@ -163,69 +116,6 @@ def example(
             pb.RLE(size=list(mask["size"]), counts=counts.decode() if isinstance(counts, bytes) else counts)
         )
     return out
-
-
-def vocabulary_requests(method: str, *args, **kw):
-    """The request message of a vocabulary method (the two clients' shared builder)."""
-    if method == "CreateVocabulary":
-        name, labels = args
-        return pb.CreateVocabularyRequest(
-            name=name, labels=[vocabulary_label(lab) for lab in labels], replace=kw.get("replace", False),
-            alpha=kw.get("alpha", 0.0), beta=kw.get("beta", 0.0),
-        )  # fmt: skip
-    if method == "GetVocabulary":
-        return pb.GetVocabularyRequest(name=args[0])
-    if method == "ListVocabularies":
-        return pb.ListVocabulariesRequest()
-    if method == "DeleteVocabulary":
-        return pb.DeleteVocabularyRequest(name=args[0])
-    if method == "AddExamples":
-        vocabulary, label, examples = args
-        return pb.AddExamplesRequest(vocabulary=vocabulary, label=label, examples=list(examples))
-    if method == "RemoveExamples":
-        vocabulary, label = args
-        return pb.RemoveExamplesRequest(vocabulary=vocabulary, label=label, example_ids=list(kw.get("ids", ())),
-                                        remove_label=kw.get("remove_label", False))  # fmt: skip
-    if method == "Relabel":
-        return pb.RelabelRequest(
-            request_id=args[0], vocabulary=list(kw.get("labels", ())), vocabulary_name=kw.get("vocabulary_name", ""),
-            label_mode=_mode(kw.get("label_mode", "single")), top_k=kw.get("top_k", 0),
-            min_confidence=kw.get("min_confidence"), thresholds=kw.get("thresholds") or {},
-        )  # fmt: skip
-    raise ValueError(method)
-
-
-class _VocabularyCalls:
-    """Vocabulary and relabel calls, shared by both clients (``_call`` is sync or async)."""
-
-    def create_vocabulary(
-        self, name: str, labels, *, replace: bool = False, alpha: float = 0.0, beta: float = 0.0
-    ):
-        """``labels``: names, (name, prompts) pairs, or dicts (name, prompts, threshold)."""
-        return self._call("CreateVocabulary", name, labels, replace=replace, alpha=alpha, beta=beta)
-
-    def get_vocabulary(self, name: str):
-        return self._call("GetVocabulary", name)
-
-    def list_vocabularies(self):
-        return self._call("ListVocabularies")
-
-    def delete_vocabulary(self, name: str):
-        return self._call("DeleteVocabulary", name)
-
-    def add_examples(self, vocabulary: str, label: str, examples):
-        """``examples``: :func:`example` messages."""
-        return self._call("AddExamples", vocabulary, label, examples)
-
-    def remove_examples(self, vocabulary: str, label: str, ids=(), remove_label: bool = False):
-        return self._call("RemoveExamples", vocabulary, label, ids=ids, remove_label=remove_label)
-
-    def relabel(self, request_id: str, *, labels=(), vocabulary_name: str = "", label_mode: str = "single",
-                top_k: int = 0, min_confidence: float | None = None, thresholds: dict | None = None):  # fmt: skip
-        """A kept answer's masks scored again (no SAM2, no CLIP image tower)."""
-        return self._call("Relabel", request_id, labels=labels, vocabulary_name=vocabulary_name,
-                          label_mode=label_mode, top_k=top_k, min_confidence=min_confidence,
-                          thresholds=thresholds)  # fmt: skip
 
 
 def text_options(box_thresh: float | None = None, min_confidence: float | None = None) -> pb.TextOptions:
@@ -246,13 +136,8 @@ def depth_request(image: ImageLike | None = None, *, file_id: str | None = None)
     return _set_image(pb.EstimateDepthRequest(), image, file_id)
 
 
-def text_request(
-    image: ImageLike | None = None,
-    *,
-    file_id: str | None = None,
-    box_thresh: float | None = None,
-    min_confidence: float | None = None,
-) -> pb.ExtractTextRequest:
+def text_request(image: ImageLike | None = None, *, file_id: str | None = None, box_thresh: float | None = None,
+                 min_confidence: float | None = None) -> pb.ExtractTextRequest:  # fmt: skip
     return _set_image(pb.ExtractTextRequest(options=text_options(box_thresh, min_confidence)), image, file_id)
 
 
@@ -266,18 +151,97 @@ def depth_array(depth: pb.DepthMap):
     return lo + q.astype(np.float32) * np.float32((hi - lo) / np.float32(65535))
 
 
-class SegmenterClient(_VocabularyCalls):
+def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+# -- the calls, once ---------------------------------------------------------------------------------------
+class Calls:
+    """Every call of ``seglabel.v1.Segmenter`` (and the health check), written once for both clients.
+    The sync client returns each answer, the async one an awaitable of it (streams: an iterator,
+    an async iterator)."""
+
+    stub: pb_grpc.SegmenterStub
+    health_stub: health_pb2_grpc.HealthStub
+    timeout: float | None
+
+    def _unary(self, method, request, timeout: float | None = None, then: Callable | None = None) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, method, request, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def upload(self, image: ImageLike, filename: str = "") -> Any:
+        """UploadResponse: the image's file_id (its sha256), size and name."""
+        return self._unary(self.stub.Upload, pb.UploadRequest(image=_image_bytes(image), filename=filename))
+
+    def segment(self, image: ImageLike | None = None, timeout: float | None = None, **kw) -> Any:
+        """SegmentResponse; ``kw``: ``file_id`` and the options of :func:`build_request`."""
+        return self._unary(self.stub.Segment, build_request(image, **kw), timeout)
+
+    def stream_segment(self, image: ImageLike | None = None, timeout: float | None = None, **kw) -> Any:
+        """SegmentEvents as the server sends them (:func:`seglabel_client.stream.merge` makes the
+        SegmentResponse of them); leaving the loop early stops the server's work."""
+        return self._stream(self.stub.StreamSegment, build_request(image, **kw), timeout)
+
+    def estimate_depth(self, image: ImageLike | None = None, *, file_id: str | None = None,
+                       timeout: float | None = None) -> Any:  # fmt: skip
+        return self._unary(self.stub.EstimateDepth, depth_request(image, file_id=file_id), timeout)
+
+    def extract_text(self, image: ImageLike | None = None, *, timeout: float | None = None, **kw) -> Any:
+        """``kw``: ``file_id``, ``box_thresh``, ``min_confidence``."""
+        return self._unary(self.stub.ExtractText, text_request(image, **kw), timeout)
+
+    def server_info(self) -> Any:
+        return self._unary(self.stub.GetServerInfo, pb.GetServerInfoRequest())
+
+    def health(self, service: str = "") -> Any:
+        """The health status' name: SERVING once the models are loaded and warm."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        return self._unary(self.health_stub.Check, request, self.timeout or 5, then=_status_name)
+
+    def create_vocabulary(self, name: str, labels, *, replace: bool = False, alpha: float = 0.0,
+                          beta: float = 0.0) -> Any:  # fmt: skip
+        """``labels``: names, (name, prompts) pairs, or dicts (name, prompts, threshold)."""
+        request = pb.CreateVocabularyRequest(name=name, labels=[vocabulary_label(lab) for lab in labels],
+                                             replace=replace, alpha=alpha, beta=beta)  # fmt: skip
+        return self._unary(self.stub.CreateVocabulary, request)
+
+    def get_vocabulary(self, name: str) -> Any:
+        return self._unary(self.stub.GetVocabulary, pb.GetVocabularyRequest(name=name))
+
+    def list_vocabularies(self) -> Any:
+        return self._unary(self.stub.ListVocabularies, pb.ListVocabulariesRequest())
+
+    def delete_vocabulary(self, name: str) -> Any:
+        return self._unary(self.stub.DeleteVocabulary, pb.DeleteVocabularyRequest(name=name))
+
+    def add_examples(self, vocabulary: str, label: str, examples: Iterable[pb.Example]) -> Any:
+        """``examples``: :func:`example` messages."""
+        request = pb.AddExamplesRequest(vocabulary=vocabulary, label=label, examples=list(examples))
+        return self._unary(self.stub.AddExamples, request)
+
+    def remove_examples(
+        self, vocabulary: str, label: str, ids: Iterable[str] = (), remove_label: bool = False
+    ) -> Any:
+        request = pb.RemoveExamplesRequest(vocabulary=vocabulary, label=label, example_ids=list(ids),
+                                           remove_label=remove_label)  # fmt: skip
+        return self._unary(self.stub.RemoveExamples, request)
+
+    def relabel(self, request_id: str, **kw) -> Any:
+        """A kept answer's masks scored again (no SAM2, no CLIP image tower); ``kw``: the labelling
+        options of :func:`relabel_request`."""
+        return self._unary(self.stub.Relabel, relabel_request(request_id, **kw))
+
+
+class SegmenterClient(Calls):
     """Blocking client. ``with SegmenterClient("127.0.0.1:50051") as c: c.segment("photo.jpg")``."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float | None = None,
-        tls_ca: str | os.PathLike | None = None,
-        token: str | None = None,
-    ):
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None,
+                 tls_ca: str | os.PathLike | None = None, token: str | None = None):  # fmt: skip
         self.channel, self.metadata = _open_channel(grpc, target, tls_ca, token)
         self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
 
     def __enter__(self):
@@ -289,63 +253,16 @@ class SegmenterClient(_VocabularyCalls):
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, method: str, *args, **kw):
-        return getattr(self.stub, method)(
-            vocabulary_requests(method, *args, **kw), timeout=self.timeout, metadata=self.metadata
-        )
+    def _unary(self, method, request, timeout=None, then=None):
+        reply = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        return then(reply) if then is not None else reply
 
-    def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
-        return self.stub.Upload(
-            pb.UploadRequest(image=_image_bytes(image), filename=filename),
-            timeout=self.timeout,
-            metadata=self.metadata,
-        )
-
-    def segment(
-        self, image: ImageLike | None = None, timeout: float | None = None, **kw
-    ) -> pb.SegmentResponse:
-        return self.stub.Segment(
-            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    def stream_segment(
-        self, image: ImageLike | None = None, timeout: float | None = None, **kw
-    ) -> Iterator[pb.SegmentEvent]:
-        """Yields events; breaking out of the loop (or ``.cancel()`` on the call) stops the server's work."""
-        return self.stub.StreamSegment(
-            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    def estimate_depth(
-        self, image: ImageLike | None = None, *, file_id: str | None = None, timeout: float | None = None
-    ) -> pb.EstimateDepthResponse:
-        return self.stub.EstimateDepth(
-            depth_request(image, file_id=file_id), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    def extract_text(
-        self, image: ImageLike | None = None, *, timeout: float | None = None, **kw
-    ) -> pb.ExtractTextResponse:
-        return self.stub.ExtractText(
-            text_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    def server_info(self) -> pb.ServerInfo:
-        return self.stub.GetServerInfo(
-            pb.GetServerInfoRequest(), timeout=self.timeout, metadata=self.metadata
-        )
-
-    def health(self, service: str = "") -> str:
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        resp = stub.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5, metadata=self.metadata
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    def _stream(self, method, request, timeout=None):
+        """The call itself: iterate it for the events, ``.cancel()`` it to stop the server's work."""
+        return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Block until health says SERVING (models loaded and warm)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -358,18 +275,14 @@ class SegmenterClient(_VocabularyCalls):
             time.sleep(0.25)
 
 
-class AsyncSegmenterClient(_VocabularyCalls):
+class AsyncSegmenterClient(Calls):
     """asyncio client. ``async with AsyncSegmenterClient() as c: async for ev in c.stream_segment(...)``."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float | None = None,
-        tls_ca: str | os.PathLike | None = None,
-        token: str | None = None,
-    ):
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None,
+                 tls_ca: str | os.PathLike | None = None, token: str | None = None):  # fmt: skip
         self.channel, self.metadata = _open_channel(grpc.aio, target, tls_ca, token)
         self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
 
     async def __aenter__(self):
@@ -381,59 +294,14 @@ class AsyncSegmenterClient(_VocabularyCalls):
     async def close(self) -> None:
         await self.channel.close()
 
-    def _call(self, method: str, *args, **kw):  # an awaitable call
-        return getattr(self.stub, method)(
-            vocabulary_requests(method, *args, **kw), timeout=self.timeout, metadata=self.metadata
-        )
+    async def _unary(self, method, request, timeout=None, then=None):
+        reply = await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        return then(reply) if then is not None else reply
 
-    async def upload(self, image: ImageLike, filename: str = "") -> pb.UploadResponse:
-        return await self.stub.Upload(
-            pb.UploadRequest(image=_image_bytes(image), filename=filename),
-            timeout=self.timeout,
-            metadata=self.metadata,
-        )
-
-    async def segment(
-        self, image: ImageLike | None = None, timeout: float | None = None, **kw
-    ) -> pb.SegmentResponse:
-        return await self.stub.Segment(
-            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    async def stream_segment(
-        self, image: ImageLike | None = None, timeout: float | None = None, **kw
-    ) -> AsyncIterator[pb.SegmentEvent]:
-        call = self.stub.StreamSegment(
-            build_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
+    async def _stream(self, method, request, timeout=None) -> AsyncIterator:
+        call = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
         try:
             async for ev in call:
                 yield ev
         finally:
             call.cancel()
-
-    async def estimate_depth(
-        self, image: ImageLike | None = None, *, file_id: str | None = None, timeout: float | None = None
-    ) -> pb.EstimateDepthResponse:
-        return await self.stub.EstimateDepth(
-            depth_request(image, file_id=file_id), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    async def extract_text(
-        self, image: ImageLike | None = None, *, timeout: float | None = None, **kw
-    ) -> pb.ExtractTextResponse:
-        return await self.stub.ExtractText(
-            text_request(image, **kw), timeout=timeout or self.timeout, metadata=self.metadata
-        )
-
-    async def server_info(self) -> pb.ServerInfo:
-        return await self.stub.GetServerInfo(
-            pb.GetServerInfoRequest(), timeout=self.timeout, metadata=self.metadata
-        )
-
-    async def health(self, service: str = "") -> str:
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        resp = await stub.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5, metadata=self.metadata
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -9,34 +9,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+from seglabel_api.options import SegmentOptions as SegmentOptions  # re-exported: see below
 
 from seglabel_server.errors import Cancelled, DeadlineExceeded
 
-
-@dataclass
-class SegmentParams:
-    """What a client asked for. Zero / empty means "server default" (resolved by the service)."""
-
-    prompt_type: str = "grid"  # grid | points | box
-    points_per_side: int = 0
-    points: list[tuple[float, float, int]] = field(default_factory=list)  # (x, y, 1 fg / 0 bg), pixels
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # x0, y0, x1, y1, pixels
-    max_masks: int = 0
-    vocabulary: tuple[str, ...] = ()
-    top_k: int = 0
-    min_confidence: float | None = None
-    return_overlay: bool = False
-    skip_labels: bool = False
-    multimask: bool = False
-    pred_iou_thresh: float | None = None  # None: server default
-    stability_score_thresh: float | None = None
-    box_nms_thresh: float | None = None
-    with_depth: bool = False
-    with_text: bool = False
-    text_options: TextOptions = field(default_factory=lambda: TextOptions())
-    vocabulary_name: str = ""  # a stored vocabulary instead of ``vocabulary``
-    label_mode: str = "single"  # single | multi
-    thresholds: dict[str, float] = field(default_factory=dict)  # multi: per-label overrides
+# What a client asks of one image (SegmentOptions) is declared once, with every option's meaning,
+# in the contract package (``seglabel_api.options``) and run here as it is; zero / empty / None is
+# "the server's default", filled once by the service (``service.params``).
 
 
 @dataclass
@@ -89,7 +68,7 @@ class SegmentJob:
     not (not served here, or skipped at the client's request); ``complete`` is False when something
     asked for cannot be produced."""
 
-    params: SegmentParams
+    params: SegmentOptions
     labels: bool = False
     depth: bool = False
     text: bool = False

@@ -78,9 +78,9 @@ def _answers(backend, repo, image, cfg=None, concurrent: int = 1):
 
     from seglabel_server.service import build_pipeline
     from seglabel_server.service.config import ServerConfig
-    from seglabel_server.types import RequestContext, SegmentParams
+    from seglabel_server.types import RequestContext, SegmentOptions
 
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=40
     )
     pipe = build_pipeline(backend, repo, cfg or ServerConfig())

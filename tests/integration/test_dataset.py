@@ -16,6 +16,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from seglabel_api.datasets.annotations import POLYGON_MIN_IOU, segmentation
+from seglabel_api.datasets.job import dataset_request
 from seglabel_client.bench import free_port
 from seglabel_client.dataset import LabelOptions, ServerGone, evaluate, label_folder_async
 from seglabel_server.service.config import ServerConfig
@@ -52,7 +53,9 @@ async def test_a_folder_becomes_coco_and_yolo_that_users_tools_read(make_server,
     server = await make_server()
     target = f"127.0.0.1:{server.port}"
     out = tmp_path / "out"
-    opts = LabelOptions(formats=("coco", "yolo-seg"), labels=("cat", "dog", "part-7731"), **OPTS)
+    opts = LabelOptions(
+        dataset_request(labels=("cat", "dog", "part-7731"), **OPTS), formats=("coco", "yolo-seg")
+    )
     report = await label_folder_async(root, out, target, opts)
     # the report: every image, the duplicate once, undecodable files named with their reason
     assert report["images"] == expect["images"] + 1  # + the truncated JPEG (an image until decoded)
@@ -119,9 +122,7 @@ async def test_a_folder_becomes_coco_and_yolo_that_users_tools_read(make_server,
 
     # polygon mode: polygons redraw their mask (IoU >= 0.9); masks with holes stay RLE
     out_p = tmp_path / "out_polygon"
-    await label_folder_async(
-        root, out_p, target, LabelOptions(mask_format="polygon", labels=opts.labels, **OPTS)
-    )
+    await label_folder_async(root, out_p, target, LabelOptions(opts.request, mask_format="polygon"))
     poly = _coco(out_p / "annotations.coco.json")
     info = poly.dataset["info"]
     assert "holes" in info["segmentation"] and info["mask_format"] == "polygon"
@@ -185,7 +186,9 @@ async def test_a_killed_run_continues_where_it_stopped_and_gives_the_same_files(
     server = await make_server()
     target = f"127.0.0.1:{server.port}"
     whole = tmp_path / "whole"
-    await label_folder_async(root, whole, target, LabelOptions(formats=("coco", "yolo-seg"), **OPTS))
+    await label_folder_async(
+        root, whole, target, LabelOptions(dataset_request(**OPTS), formats=("coco", "yolo-seg"))
+    )
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "seglabel_client.cli", "--server", target, "label", str(root), "--out", str(out),
@@ -234,7 +237,9 @@ async def test_a_server_that_comes_late_is_waited_for_and_one_that_never_comes_s
     port = free_port()
     target = f"127.0.0.1:{port}"
     with pytest.raises(ServerGone, match="run the same command again"):
-        await label_folder_async(root, tmp_path / "never", target, LabelOptions(server_wait_s=1.0, **OPTS))
+        await label_folder_async(
+            root, tmp_path / "never", target, LabelOptions(dataset_request(**OPTS), server_wait_s=1.0)
+        )
 
     async def start_later():
         await asyncio.sleep(1.5)
@@ -243,7 +248,9 @@ async def test_a_server_that_comes_late_is_waited_for_and_one_that_never_comes_s
         return server
 
     late = asyncio.create_task(start_later())
-    report = await label_folder_async(root, tmp_path / "late", target, LabelOptions(server_wait_s=60, **OPTS))
+    report = await label_folder_async(
+        root, tmp_path / "late", target, LabelOptions(dataset_request(**OPTS), server_wait_s=60)
+    )
     server = await late
     try:
         assert report["labelled"] == 3 and not report["failed"]

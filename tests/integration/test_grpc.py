@@ -216,12 +216,12 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
     from seglabel_server.errors import Unavailable
 
     server = await make_server()
-    labels = server.service.loaded.pipeline.labels
+    path = server.service.loaded.pipeline.mask_path
 
-    async def gone(image, masks, full, ctx):
+    async def gone(req, chunk, full, ctx):
         raise Unavailable("text tower went away")
 
-    monkeypatch.setattr(labels, "crops_parallel", gone)
+    monkeypatch.setattr(path, "crops", gone)
     metrics = server.service.metrics
     async with client_for(server) as c:
         kinds = []
@@ -234,10 +234,10 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
             metrics.value("seglabel_request_failure_total", method="StreamSegment", code="UNAVAILABLE") == 1
         )
 
-        async def broken(image, masks, full, ctx):
+        async def broken(req, chunk, full, ctx):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(labels, "crops_parallel", broken)
+        monkeypatch.setattr(path, "crops", broken)
         code, msg = await _status(c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE))
         assert code == grpc.StatusCode.INTERNAL and "boom" in msg
         assert metrics.value("seglabel_request_failure_total", method="Segment", code="INTERNAL") == 1

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 from seglabel_client import sample_image_bytes
-from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request, vocabulary_requests
+from seglabel_client.client import AsyncSegmenterClient, SegmenterClient, build_request, relabel_request
 from seglabel_server.storage.uploads import RedisStore
 
 from tests.system import free_port, need, output_dir
@@ -323,7 +323,7 @@ def test_vocabularies_and_relabel_on_both_replicas(ray_serve, ray_http, photo_by
         seen, labels = set(), []
         for _ in range(20):
             resp, call = c.stub.Relabel.with_call(
-                vocabulary_requests("Relabel", first.request_id, vocabulary_name="ray-vocab"),
+                relabel_request(first.request_id, vocabulary_name="ray-vocab"),
                 metadata=c.metadata,
             )
             seen.add(dict(call.trailing_metadata())["seglabel-replica"])

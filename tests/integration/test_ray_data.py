@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from seglabel_api.datasets.job import dataset_request
 from seglabel_client.dataset import LabelOptions, label_folder_async
 
 from tests.dataset_folder import crops, make_folder
@@ -20,9 +21,7 @@ from tests.system import need
 pytestmark = pytest.mark.slow  # a local Ray cluster
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-OPTS = dict(
-    points_per_side=4, max_masks=6, labels=("cat", "dog", "part-7731"), formats=("coco", "yolo-seg"), **LOOSE
-)
+REQUEST = dict(points_per_side=4, max_masks=6, labels=("cat", "dog", "part-7731"), **LOOSE)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,12 @@ async def test_ray_data_gives_the_command_lines_annotations_and_survives_a_kille
     make_folder(root, photo)
     for i, img in enumerate(crops(photo, 14)[4:]):  # more images, so that a kill lands mid-run
         img.save(root / f"more_{i:02d}.png")
-    await label_folder_async(root, tmp_path / "client", target, LabelOptions(**OPTS))
+    await label_folder_async(
+        root,
+        tmp_path / "client",
+        target,
+        LabelOptions(dataset_request(**REQUEST), formats=("coco", "yolo-seg")),
+    )
     want = _coco(tmp_path / "client" / "annotations.coco.json")
 
     out = tmp_path / "ray"
@@ -96,7 +100,7 @@ async def test_ray_data_gives_the_command_lines_annotations_and_survives_a_kille
         datasets.label,
         str(root),
         out,
-        LabelOptions(**OPTS),
+        LabelOptions(dataset_request(**REQUEST), formats=("coco", "yolo-seg")),
         {"models": str(tiny_repo)},
         actors=2,
         batch_size=2,

@@ -8,11 +8,11 @@ from seglabel_server import amg
 from seglabel_server.models.repository import ModelRepository
 from seglabel_server.service import build_pipeline
 from seglabel_server.service.config import ServerConfig
-from seglabel_server.types import RequestContext, SegmentParams
+from seglabel_server.types import RequestContext, SegmentOptions
 
 
 def run_pipeline(
-    backend, repo_dir, params: SegmentParams, image: np.ndarray, cfg: ServerConfig | None = None
+    backend, repo_dir, params: SegmentOptions, image: np.ndarray, cfg: ServerConfig | None = None
 ):
     pipe = build_pipeline(backend, ModelRepository.load(repo_dir), cfg or ServerConfig())
     try:

@@ -89,7 +89,7 @@ def test_compiled_engines_match_eager_and_answer_equal_on_both_photos(tiny_repo,
     from seglabel_client import sample_image_bytes
     from seglabel_server.service import build_pipeline
     from seglabel_server.service.config import ServerConfig
-    from seglabel_server.types import RequestContext, SegmentParams
+    from seglabel_server.types import RequestContext, SegmentOptions
 
     from .conftest import pair_ious, rles
 
@@ -121,7 +121,7 @@ def test_compiled_engines_match_eager_and_answer_equal_on_both_photos(tiny_repo,
     assert err < 1e-4 and b.kept.tolist() == a.kept.tolist()
     assert rel_l2(b.masks.numpy(), a.masks.numpy()) < 1e-4 and rel_l2(b.iou, a.iou) < 1e-4
     eager_be = create_backend("torch", repo, models=models)
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=12
     )
     for name in ("astronaut.jpg", "coffee.jpg"):

@@ -19,23 +19,23 @@ from seglabel_server.models.kinds import sam2
 from seglabel_server.models.repository import ModelRepository
 from seglabel_server.service import build_pipeline
 from seglabel_server.service.config import ServerConfig
-from seglabel_server.types import RequestContext, SegmentParams
+from seglabel_server.types import RequestContext, SegmentOptions
 
 from .conftest import crisp, pair_ious, rles
 
 PHOTOS = ("astronaut.jpg", "coffee.jpg")
 PARAMS = {
-    "grid-all": SegmentParams(
+    "grid-all": SegmentOptions(
         points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=192
     ),
-    "grid-filtered": SegmentParams(
+    "grid-filtered": SegmentOptions(
         points_per_side=8, pred_iou_thresh=0.6, stability_score_thresh=0.9, box_nms_thresh=0.7, max_masks=100
     ),
-    "points-multimask": SegmentParams(
+    "points-multimask": SegmentOptions(
         prompt_type="points", points=[(100, 100, 1), (200, 220, 0)], multimask=True
     ),
-    "points": SegmentParams(prompt_type="points", points=[(300, 150, 1)]),
-    "boxes": SegmentParams(prompt_type="box", boxes=[(50, 60, 300, 400), (10, 10, 200, 200)]),
+    "points": SegmentOptions(prompt_type="points", points=[(300, 150, 1)]),
+    "boxes": SegmentOptions(prompt_type="box", boxes=[(50, 60, 300, 400), (10, 10, 200, 200)]),
 }
 
 
@@ -47,6 +47,7 @@ def pipes(tiny_repo):
         be = crisp(create_backend("torch", repo, mask_path=path))
         assert (be.device_ops() is not None) == (path == "device")
         out[path] = build_pipeline(be, repo, ServerConfig())
+        assert out[path].pipeline.mask_path.name == path  # chosen once, when the pipeline is built
     yield out
     for p in out.values():
         p.close()
@@ -97,11 +98,11 @@ def test_device_crops_match_host_crops(pipes, images):
         result = run(pipes["host"], PARAMS["grid-all"], image)
         masks = result.masks[:32]
         full = [amg.decode_rle(m.rle) for m in masks]
-        host = pipes["host"].pipeline.labels.crops(image, masks, full)
-        ops = pipes["device"].pipeline.device_ops
-        dev = pipes["device"].pipeline.labels.crops_on_device(
-            ops, ops.upload(image), masks, torch.from_numpy(np.stack(full))
-        )
+        host = pipes["host"].pipeline.mask_path.cut(image, masks, full)
+        path = pipes["device"].pipeline.mask_path
+        c, ops = path.crop, path.ops
+        dev = ops.crops(ops.upload(image), torch.from_numpy(np.stack(full)), [m.bbox for m in masks], c.size,
+                        c.mean, c.std, c.context, c.background_keep)  # fmt: skip
         levels = np.abs(host - dev.numpy()) * np.asarray(clip["std"]).reshape(1, 3, 1, 1) * 255
         print(
             f"{name}: CLIP crops mean |diff| {levels.mean():.2f} levels (max {levels.max():.1f}) over {len(masks)}"
@@ -110,7 +111,7 @@ def test_device_crops_match_host_crops(pipes, images):
 
 
 def test_overlay_from_device_masks_equals_the_host_overlay(pipes, images):
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, max_masks=8, return_overlay=True
     )
     host = run(pipes["host"], params, images["astronaut.jpg"])
@@ -223,7 +224,7 @@ def test_onnxruntime_io_binding_equals_plain_runs(tiny_repo, images, monkeypatch
     feature_shapes = {tuple(v.shape) for v in fb[0].arrays.values()}
     assert copies and not feature_shapes & set(copies)  # decoder outputs came to the host, features never
     monkeypatch.undo()
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, max_masks=40
     )
     for name, image in images.items():

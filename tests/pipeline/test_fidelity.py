@@ -11,7 +11,7 @@ from seglabel_export.reference import sam2_generator
 from seglabel_server.backends import create_backend
 from seglabel_server.models.repository import ModelRepository
 from seglabel_server.models.vocab import TEMPLATES
-from seglabel_server.types import SegmentParams
+from seglabel_server.types import SegmentOptions
 
 from .conftest import crisp, decoded, pair_ious, rles, run_pipeline
 
@@ -46,7 +46,7 @@ def reference(backend, image, iou, stab, nms):
 )
 def test_grid_matches_sam2_automatic_mask_generator(crisp_torch, tiny_repo, photo, iou, stab, nms, strict):
     ref = reference(crisp_torch, photo, iou, stab, nms)
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=GRID,
         pred_iou_thresh=iou,
         stability_score_thresh=stab,
@@ -72,7 +72,7 @@ def test_grid_matches_sam2_automatic_mask_generator(crisp_torch, tiny_repo, phot
 
 
 def test_onnxruntime_equals_torch(ort_backend, torch_backend, tiny_repo, photo):
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=GRID,
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
@@ -92,7 +92,7 @@ def test_onnxruntime_equals_torch(ort_backend, torch_backend, tiny_repo, photo):
 
 def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_backend, tiny_repo, photo):
     vocab = ("person", "dog", "sky", "flag", "rocket", "tree", "car")
-    params = SegmentParams(
+    params = SegmentOptions(
         points_per_side=8,
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
@@ -103,7 +103,7 @@ def test_labels_equal_open_clip_zero_shot_on_the_same_crops(ort_backend, torch_b
     )
     result, pipe = run_pipeline(ort_backend, tiny_repo, params, photo)
     masks = decoded(result)
-    crops = torch.from_numpy(pipe.pipeline.labels.crops(photo, result.masks, masks))
+    crops = torch.from_numpy(pipe.pipeline.mask_path.cut(photo, result.masks, masks))
     clip = torch_backend.mods["clip_image_encoder"].clip
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.no_grad():

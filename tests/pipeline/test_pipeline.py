@@ -11,7 +11,7 @@ import pytest
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.models.kinds import sam2
 from seglabel_server.models.repository import ModelRepository
-from seglabel_server.types import SegmentParams
+from seglabel_server.types import SegmentOptions
 
 from .conftest import decoded, run_pipeline
 
@@ -20,9 +20,9 @@ LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
 
 def test_points_prompt_gives_one_mask_or_three(ort_backend, tiny_repo, photo):
     pts = [(250.0, 200.0, 1), (100.0, 400.0, 0)]
-    one, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(prompt_type="points", points=pts), photo)
+    one, _ = run_pipeline(ort_backend, tiny_repo, SegmentOptions(prompt_type="points", points=pts), photo)
     three, _ = run_pipeline(
-        ort_backend, tiny_repo, SegmentParams(prompt_type="points", points=pts, multimask=True), photo
+        ort_backend, tiny_repo, SegmentOptions(prompt_type="points", points=pts, multimask=True), photo
     )
     assert len(one.masks) == 1 and len(three.masks) == 3
     ious = [m.predicted_iou for m in three.masks]
@@ -33,13 +33,13 @@ def test_points_prompt_gives_one_mask_or_three(ort_backend, tiny_repo, photo):
 
 def test_box_prompt_gives_one_mask_per_box(ort_backend, tiny_repo, photo):
     boxes = [(10.0, 20.0, 200.0, 300.0), (300.0, 300.0, 500.0, 500.0)]
-    res, _ = run_pipeline(ort_backend, tiny_repo, SegmentParams(prompt_type="box", boxes=boxes), photo)
+    res, _ = run_pipeline(ort_backend, tiny_repo, SegmentOptions(prompt_type="box", boxes=boxes), photo)
     assert len(res.masks) == 2 and all(m.point is None for m in res.masks)
 
 
 def test_grid_masks_carry_their_prompt_point_and_max_masks_holds(ort_backend, tiny_repo, photo):
     res, _ = run_pipeline(
-        ort_backend, tiny_repo, SegmentParams(points_per_side=4, max_masks=7, **LOOSE), photo
+        ort_backend, tiny_repo, SegmentOptions(points_per_side=4, max_masks=7, **LOOSE), photo
     )
     assert len(res.masks) == 7
     for m in res.masks:
@@ -77,29 +77,29 @@ def test_iou_filter_inside_the_decoder_changes_no_result(ort_backend, tiny_repo,
         [
             m.predicted_iou
             for m in run_pipeline(
-                be, tiny_repo, SegmentParams(pred_iou_thresh=0.0, skip_labels=True, **grid), photo
+                be, tiny_repo, SegmentOptions(pred_iou_thresh=0.0, skip_labels=True, **grid), photo
             )[0].masks
         ]
     )
     t = float((ious[len(ious) // 2] + ious[len(ious) // 2 + 1]) / 2)
-    res, _ = run_pipeline(be, tiny_repo, SegmentParams(pred_iou_thresh=t, skip_labels=True, **grid), photo)
+    res, _ = run_pipeline(be, tiny_repo, SegmentOptions(pred_iou_thresh=t, skip_labels=True, **grid), photo)
     assert len(res.masks) == int((ious > t).sum()) > 0
     assert all(m.predicted_iou > t for m in res.masks)
-    empty, _ = run_pipeline(be, tiny_repo, SegmentParams(pred_iou_thresh=1.0, **grid), photo)
+    empty, _ = run_pipeline(be, tiny_repo, SegmentOptions(pred_iou_thresh=1.0, **grid), photo)
     assert empty.masks == [] and empty.labels == []
 
 
 @pytest.mark.parametrize(
     "params,err",
     [
-        (SegmentParams(prompt_type="points"), InvalidArgument),
-        (SegmentParams(prompt_type="box"), InvalidArgument),
-        (SegmentParams(prompt_type="points", points=[(9999.0, 1.0, 1)]), InvalidArgument),
-        (SegmentParams(prompt_type="box", boxes=[(50.0, 50.0, 10.0, 60.0)]), InvalidArgument),
-        (SegmentParams(points_per_side=1000), LimitExceeded),
-        (SegmentParams(pred_iou_thresh=1.5), InvalidArgument),
-        (SegmentParams(vocabulary=("dog", " ")), InvalidArgument),
-        (SegmentParams(vocabulary=tuple(f"w{i}" for i in range(5000))), LimitExceeded),
+        (SegmentOptions(prompt_type="points"), InvalidArgument),
+        (SegmentOptions(prompt_type="box"), InvalidArgument),
+        (SegmentOptions(prompt_type="points", points=[(9999.0, 1.0, 1)]), InvalidArgument),
+        (SegmentOptions(prompt_type="box", boxes=[(50.0, 50.0, 10.0, 60.0)]), InvalidArgument),
+        (SegmentOptions(points_per_side=1000), LimitExceeded),
+        (SegmentOptions(pred_iou_thresh=1.5), InvalidArgument),
+        (SegmentOptions(vocabulary=("dog", " ")), InvalidArgument),
+        (SegmentOptions(vocabulary=tuple(f"w{i}" for i in range(5000))), LimitExceeded),
     ],
 )
 def test_bad_requests_raise_typed_errors(ort_backend, tiny_repo, photo, params, err):
@@ -112,7 +112,7 @@ def test_segmentation_works_without_clip_and_says_why(tiny_repo_no_clip, photo):
 
     backend = create_backend("onnxruntime", ModelRepository.load(tiny_repo_no_clip))
     res, _ = run_pipeline(
-        backend, tiny_repo_no_clip, SegmentParams(points_per_side=4, max_masks=5, **LOOSE), photo
+        backend, tiny_repo_no_clip, SegmentOptions(points_per_side=4, max_masks=5, **LOOSE), photo
     )
     assert len(res.masks) == 5 and res.labels == []
     assert "CLIP" in res.labels_unavailable_reason
@@ -122,7 +122,7 @@ def test_custom_vocabulary_and_min_confidence(ort_backend, tiny_repo, photo):
     res, _ = run_pipeline(
         ort_backend,
         tiny_repo,
-        SegmentParams(
+        SegmentOptions(
             points_per_side=4, max_masks=4, vocabulary=("a", "b", "c"), top_k=5, min_confidence=0.99, **LOOSE
         ),
         photo,
@@ -141,7 +141,7 @@ def test_overlay_is_a_png_of_the_image_size(ort_backend, tiny_repo, photo):
     res, _ = run_pipeline(
         ort_backend,
         tiny_repo,
-        SegmentParams(points_per_side=4, max_masks=3, return_overlay=True, **LOOSE),
+        SegmentOptions(points_per_side=4, max_masks=3, return_overlay=True, **LOOSE),
         photo,
     )
     img = Image.open(io.BytesIO(res.overlay_png))

@@ -8,7 +8,7 @@ import pytest
 from seglabel_server import amg
 from seglabel_server.models.kinds.sam2 import DecoderOutput, MaskLogits
 from seglabel_server.pipeline.masks import CandidateSet, select
-from seglabel_server.types import SegmentParams
+from seglabel_server.types import SegmentOptions
 
 LOW = 16
 SAM = {"low_res_size": LOW, "mask_threshold": 0.0}
@@ -36,7 +36,7 @@ def outputs(rng, calls: int, per_call: int, ties: bool) -> list[DecoderOutput]:
     return outs
 
 
-def all_at_once(p: SegmentParams, outs: list[DecoderOutput], grid: np.ndarray):
+def all_at_once(p: SegmentOptions, outs: list[DecoderOutput], grid: np.ndarray):
     """The filter over every output at once: (logits, iou, stability, points)."""
     logits, iou, stab, prompt, offset = [], [], [], [], 0
     for o in outs:
@@ -70,7 +70,7 @@ def test_one_call_at_a_time_equals_all_at_once(nms, max_masks, thresholds, ties)
     rng = np.random.default_rng(max_masks + int(nms * 10) + int(ties))
     outs = outputs(rng, calls=6, per_call=12, ties=ties)
     grid = rng.random((6 * 12, 2)) * [HW[1], HW[0]]
-    p = SegmentParams(
+    p = SegmentOptions(
         points_per_side=1,
         pred_iou_thresh=thresholds[0],
         stability_score_thresh=thresholds[1],
@@ -94,7 +94,7 @@ def test_with_nms_off_it_keeps_at_most_max_masks_logits_between_calls():
     rng = np.random.default_rng(3)
     outs = outputs(rng, calls=10, per_call=12, ties=False)
     grid = rng.random((120, 2))
-    p = SegmentParams(points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    p = SegmentOptions(points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                       box_nms_thresh=1.0, max_masks=7)  # fmt: skip
     cands, offset = CandidateSet(p, grid, HW, SAM), 0
     for o in outs:

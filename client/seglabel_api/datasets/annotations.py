@@ -101,9 +101,9 @@ def image_record(resp, sha: str, options) -> dict:
     anns, dropped, kept_rle = [], 0, 0
     for m in resp.masks:
         lab = labels.get(m.index)
-        if options.skip_labels:
+        if options.request.skip_labels:
             name, score = "object", float(m.predicted_iou)
-        elif lab is None or (lab.label == "unknown" and "unknown" not in options.labels):
+        elif lab is None or (lab.label == "unknown" and "unknown" not in options.request.vocabulary):
             dropped += 1  # under --min-confidence (or no label): not a labelled object
             continue
         else:

@@ -7,31 +7,29 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from seglabel_api import options
 from seglabel_api.datasets import annotations, writers
+from seglabel_api.options import SegmentOptions
 
 FORMATS = ("coco", "yolo-seg")
 
 
+def dataset_request(**kw) -> SegmentOptions:
+    """A dataset job's request options from keyword arguments (``options.from_kwargs`` over the
+    options a dataset job takes: grid prompts, filters, labels, depth and text)."""
+    return options.from_kwargs(options.DATASET, **kw)
+
+
 @dataclass
 class LabelOptions:
-    """What each image is asked for (the Segment request's options) and what is written."""
+    """What each image is asked for (``request``: the dataset options of a Segment request; its
+    prompts are always the grid, no overlay) and what is written."""
 
-    labels: tuple[str, ...] = ()  # vocabulary (empty: the server's default)
-    vocabulary_name: str = ""  # a stored vocabulary instead (its labels are the categories)
+    request: SegmentOptions = field(default_factory=SegmentOptions)
     vocabulary_revision: int = 0  # the stored vocabulary's revision when the job started (journalled)
-    points_per_side: int = 0  # 0: the server's default grid
-    max_masks: int = 0
-    top_k: int = 0
-    min_confidence: float | None = None
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-    box_nms_thresh: float | None = None
-    skip_labels: bool = False  # masks only: one category, "object"
-    with_depth: bool = False
-    with_text: bool = False
     formats: tuple[str, ...] = ("coco",)
     mask_format: str = "rle"  # rle | polygon
     polygon_tolerance: float = 1.0  # pixels (Douglas-Peucker); 0 keeps every boundary pixel
@@ -39,37 +37,42 @@ class LabelOptions:
     timeout: float = 900.0  # per request, seconds
     server_wait_s: float = 600.0  # how long an unreachable server is waited for before the run stops
 
-    def job(self) -> dict:
-        """What decides the annotations: a journal made with other values is not continued."""
-        keep = ("labels", "points_per_side", "max_masks", "top_k", "min_confidence", "pred_iou_thresh",
-                "stability_score_thresh", "box_nms_thresh", "skip_labels", "with_depth", "with_text",
-                "mask_format", "polygon_tolerance", "vocabulary_name", "vocabulary_revision")  # fmt: skip
-        d = {k: getattr(self, k) for k in keep}
-        d["labels"] = list(d["labels"])
-        if not self.vocabulary_name:  # as journals written before vocabularies existed
-            del d["vocabulary_name"], d["vocabulary_revision"]
-        d["yolo"] = "yolo-seg" in self.formats
-        return d
+    def __post_init__(self) -> None:
+        outside = sorted(options.to_json(self.request, skip_defaults=True).keys()
+                         - options.to_json(self.request, options.DATASET).keys())  # fmt: skip
+        if outside:
+            raise ValueError(f"a dataset job does not take {', '.join(outside)}")
 
-    def body(self) -> dict:
-        """The SegmentRequest's fields (grid prompts: the unspecified prompt type; no overlay), by
-        their proto names."""
-        body = dict(
-            points_per_side=self.points_per_side,
-            vocabulary=[] if self.vocabulary_name else list(self.labels),
-            vocabulary_name=self.vocabulary_name or None,
-            max_masks=self.max_masks,
-            top_k=self.top_k,
-            min_confidence=self.min_confidence,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            box_nms_thresh=self.box_nms_thresh,
-            skip_labels=self.skip_labels,
-            with_depth=self.with_depth,
-            with_text=self.with_text,
-            return_overlay=False,
-        )
-        return {k: v for k, v in body.items() if v is not None}
+    def job(self) -> dict:
+        """What decides the annotations (a journal made with other values is not continued): the
+        request's dataset options and how masks are written, each left out at its default, so that
+        a journal written before an option existed still names the same job (:func:`same_job`)."""
+        d = {**options.to_json(self.request, options.DATASET), "mask_format": self.mask_format,
+             "polygon_tolerance": self.polygon_tolerance, "yolo": "yolo-seg" in self.formats,
+             "vocabulary_revision": self.vocabulary_revision}  # fmt: skip
+        return canonical_job(d)
+
+    def segment_request(self) -> SegmentOptions:
+        """Each image's Segment request: grid prompts, no overlay."""
+        return replace(self.request, prompt_type="grid", return_overlay=False)
+
+
+# What a journal's job held by default, and keys an older journal wrote under another name.
+_JOB_DEFAULTS = {"mask_format": "rle", "polygon_tolerance": 1.0, "yolo": False, "vocabulary_revision": 0}
+_JOB_RENAMED = {"labels": "vocabulary"}
+
+
+def canonical_job(job: dict) -> dict:
+    """A journal's job without the values every job has by default (the declared defaults of the
+    request options, and the writers'): two jobs are the same job when these are equal."""
+    out = {}
+    declared = {f.name: options.default(f) for f in options.declared()}
+    for key, value in job.items():
+        key = _JOB_RENAMED.get(key, key)
+        base = declared.get(key, _JOB_DEFAULTS.get(key, object()))
+        if value != options.jsonable(base):
+            out[key] = value
+    return out
 
 
 @dataclass

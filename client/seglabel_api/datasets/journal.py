@@ -20,9 +20,12 @@ class JobMismatch(ValueError):
 class Journal:
     """``records``: sha -> (ok, byte offset of the latest record for it, width, height)."""
 
-    def __init__(self, path: Path, job: dict, restart: bool = False):
+    def __init__(self, path: Path, job: dict, restart: bool = False, canonical=None):
+        """``canonical``: how a job written by an earlier version is read before it is compared
+        (``job.canonical_job``: defaults left out, renamed keys); ``job`` is in that form."""
         self.path = Path(path)
         self.job = job
+        self.canonical = canonical or (lambda j: j)
         self.records: dict[str, tuple[bool, int, int, int]] = {}
         self.retry: set[str] = set()  # failures worth another try on the next run
         self.resumed = 0
@@ -53,8 +56,8 @@ class Journal:
                 f.close()
                 self._start()  # killed while the header was written: nothing was done yet
                 return
-            if header.get("seglabel_journal") != VERSION or header["job"] != self.job:
-                theirs = header.get("job", {})
+            theirs = self.canonical(header["job"]) if isinstance(header["job"], dict) else {}
+            if header.get("seglabel_journal") != VERSION or theirs != self.job:
                 diff = sorted(k for k in set(theirs) | set(self.job) if theirs.get(k) != self.job.get(k))
                 raise JobMismatch(
                     f"{self.path.parent} holds the journal of another job (it differs in: {', '.join(diff)}); "

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
+from seglabel_api import options
 from seglabel_api.datasets import annotations
 from seglabel_api.datasets.files import Inventory, Item, inventory
-from seglabel_api.datasets.job import FORMATS, LabelOptions, Progress, finish
+from seglabel_api.datasets.job import FORMATS, LabelOptions, Progress, canonical_job, finish
 from seglabel_api.datasets.journal import Journal
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
@@ -44,7 +44,7 @@ def _pushback_ms(err: grpc.aio.AioRpcError) -> int | None:
 
 async def _segment(client: AsyncSegmenterClient, data: bytes, opts: LabelOptions):
     """One image's Segment call under the job's retry policy (:func:`_retrying`)."""
-    req = json_format.ParseDict(opts.body(), pb.SegmentRequest())
+    req = options.to_pb(opts.segment_request(), pb.SegmentRequest())
     req.image = data
     return await _retrying(
         lambda: client.stub.Segment(req, timeout=opts.timeout, metadata=client.metadata), opts
@@ -82,23 +82,24 @@ async def _retrying(call, opts: LabelOptions):
 async def _vocabulary(client: AsyncSegmenterClient, opts: LabelOptions) -> tuple[list[str], object, int]:
     """(categories, server info, the stored vocabulary's revision or 0)."""
     info = await _retrying(client.server_info, opts)
-    if opts.skip_labels:
+    request = opts.request
+    if request.skip_labels:
         return ["object"], info, 0
     if info.labels_unavailable_reason:
         raise RuntimeError(
             f"the server cannot label ({info.labels_unavailable_reason}); pass --no-labels for masks only"
         )
-    if opts.vocabulary_name:
-        if opts.labels:
+    if request.vocabulary_name:
+        if request.vocabulary:
             raise ValueError("give --labels or --vocabulary-name, not both")
         try:
-            vocab = await _retrying(lambda: client.get_vocabulary(opts.vocabulary_name), opts)
+            vocab = await _retrying(lambda: client.get_vocabulary(request.vocabulary_name), opts)
         except grpc.aio.AioRpcError as err:
             raise RuntimeError(
-                f"vocabulary {opts.vocabulary_name!r}: {err.code().name}: {err.details()}"
+                f"vocabulary {request.vocabulary_name!r}: {err.code().name}: {err.details()}"
             ) from None
         return [lab.label.name for lab in vocab.labels], info, vocab.revision
-    return list(opts.labels or info.default_vocabulary), info, 0
+    return list(request.vocabulary or info.default_vocabulary), info, 0
 
 
 # Requests in flight by default: enough to fill the CPU encoder's batch of 4 while the previous
@@ -131,11 +132,14 @@ async def label_folder_async(
     inv: Inventory = await asyncio.to_thread(inventory, root, [out])
     async with AsyncSegmenterClient(server, timeout=opts.timeout, tls_ca=tls_ca, token=token) as client:
         categories, info, revision = await _vocabulary(client, opts)
-        if opts.vocabulary_name:  # the journal records which revision labelled: a changed one is a new job
+        if (
+            opts.request.vocabulary_name
+        ):  # the journal records which revision labelled: a changed one is a new job
             opts = dataclasses.replace(opts, vocabulary_revision=revision)
-        else:
-            opts = dataclasses.replace(opts, labels=tuple(categories) if not opts.skip_labels else ())
-        journal = Journal(out / "journal.jsonl", opts.job(), restart=restart)
+        else:  # the categories, written down: a server whose default changes labels a new job
+            vocabulary = () if opts.request.skip_labels else tuple(categories)
+            opts = dataclasses.replace(opts, request=dataclasses.replace(opts.request, vocabulary=vocabulary))
+        journal = Journal(out / "journal.jsonl", opts.job(), restart=restart, canonical=canonical_job)
         try:
             todo = [item for item in inv.items if journal.pending(item.sha)]
             prog = Progress(total=len(inv.items), done=len(inv.items) - len(todo))

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from seglabel_server.amg import MaskData
+from seglabel_server.types import MaskResult
 
 
 @dataclass
@@ -21,6 +24,42 @@ class BackendInfo:
     device: str
     providers: list[str] = field(default_factory=list)
     precision: str = "fp32"
+
+
+class LogitOps(Protocol):
+    """Low-res logits where a mask path keeps them (numpy arrays, or tensors in a backend's
+    memory): what the grid's candidate filter (``pipeline.masks.CandidateSet``) does with them."""
+
+    def take(self, out, rows: np.ndarray, cands: np.ndarray) -> Any:
+        """Candidates (prompt row, candidate) of one decoder output: [K,L,L] logits."""
+
+    def low_res_boxes(self, logits, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """([K,4] inclusive low-res boxes, [K] non-empty) as host arrays."""
+
+    def rows(self, block, idx: np.ndarray) -> Any: ...
+
+    def stack(self, rows: list) -> Any: ...
+
+
+class DeviceMaskOps(LogitOps, Protocol):
+    """The per-mask kernels a backend runs in its own memory (:meth:`Backend.device_ops`), each the
+    twin of a host step and tested equal to it; ``pipeline.mask_path.DeviceMaskPath`` runs them."""
+
+    def upload(self, image: np.ndarray) -> Any:
+        """RGB uint8 [H,W,3] -> the image in the backend's memory (its one copy there)."""
+
+    def sam_preprocess(self, image, size: int, mean, std) -> Any:
+        """The uploaded image -> the encoder's input, as ``models.images.sam_preprocess``."""
+
+    def prompted(self, p, outs: list, sam: dict) -> MaskData:
+        """Point / box prompts' masks, as ``pipeline.masks.prompted``."""
+
+    def finish(self, cand: MaskData, hw, threshold: float) -> tuple[list[MaskResult], Any]:
+        """Survivors upsampled, empty ones dropped: (MaskResults without index, full masks there)."""
+
+    def crops(self, image, full, boxes_xywh: list, size: int, mean, std, context: float,
+              background_keep: float) -> Any:  # fmt: skip
+        """CLIP inputs of the masks, as ``models.images.clip_crop``."""
 
 
 class Backend(ABC):
@@ -76,7 +115,7 @@ class Backend(ABC):
         request needs it (after :meth:`release_memory`). False where there is no arena to fill."""
         return False
 
-    def device_ops(self):
+    def device_ops(self) -> DeviceMaskOps | None:
         """Device twins of the pipeline's per-mask work (select, finish, crops), or None: the
         pipeline then does that work on the host."""
         return None

@@ -1,5 +1,5 @@
-"""Labels: text embeddings per vocabulary (cached), one CLIP crop per mask, and the scorer of a
-vocabulary (zero-shot text, plus its examples' cache: ``scoring.py``)."""
+"""Labels: text embeddings per vocabulary (cached) and the scorer of a vocabulary (zero-shot text,
+plus its examples' cache: ``scoring.py``); the masks' crops are the mask path's (``mask_path.py``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from seglabel_server.models import images
 from seglabel_server.models.tokenizer import ClipTokenizer
 from seglabel_server.pipeline import scoring
 from seglabel_server.pipeline.config import PipelineConfig
-from seglabel_server.pipeline.cpu import CpuPool
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD, NEUTRAL, Scorer
-from seglabel_server.types import LabelSpec, MaskResult, RequestContext
+from seglabel_server.types import LabelSpec, RequestContext
 from seglabel_server.vocabulary import prompt_texts
 
 
@@ -26,13 +24,11 @@ class Labeller:
         clip_meta: dict,
         scheduler,
         tokenizer: ClipTokenizer,
-        pool: CpuPool,
     ):
         self.cfg = cfg
         self.clip = clip_meta
         self.scheduler = scheduler
         self.tokenizer = tokenizer
-        self.pool = pool
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
         self._vocab_cache: OrderedDict[tuple, Scorer] = OrderedDict()
@@ -145,59 +141,3 @@ class Labeller:
         multi = await self.scorer(spec, ctx)
         _, how = self._fitted(multi, vocab)
         return [(float(t), src, note) for t, (src, note) in zip(multi.thresholds, how)]
-
-    def crops(
-        self,
-        image: np.ndarray,
-        masks: list[MaskResult],
-        full: list[np.ndarray],
-        ctx: RequestContext | None = None,
-    ) -> np.ndarray:
-        """[K,3,S,S] CLIP inputs, one per mask (its box with context, background faded); stops between
-        masks once ``ctx`` is done."""
-        c = self.clip
-
-        def check():
-            if ctx is not None:
-                ctx.check()
-            return True
-
-        return np.stack(
-            [
-                images.clip_crop(
-                    image,
-                    m_full,
-                    m.bbox,
-                    c["image_size"],
-                    c["mean"],
-                    c["std"],
-                    self.cfg.crop_context,
-                    self.cfg.crop_background_keep,
-                )
-                for m, m_full in zip(masks, full)
-                if check()
-            ]
-        )
-
-    def crops_on_device(self, ops, image, masks: list[MaskResult], full):
-        """[K,3,S,S] CLIP inputs cut in the backend's memory (``ops``: Backend.device_ops) from the
-        uploaded image and the full masks there; the host twin is :meth:`crops`."""
-        c = self.clip
-        return ops.crops(
-            image,
-            full,
-            [m.bbox for m in masks],
-            c["image_size"],
-            c["mean"],
-            c["std"],
-            self.cfg.crop_context,
-            self.cfg.crop_background_keep,
-        )
-
-    async def crops_parallel(
-        self, image: np.ndarray, masks: list[MaskResult], full: list[np.ndarray], ctx: RequestContext
-    ) -> np.ndarray:
-        parts = await self.pool.parallel(
-            lambda r: self.crops(image, masks[r.start : r.stop], full[r.start : r.stop], ctx), len(masks)
-        )
-        return np.concatenate(parts)

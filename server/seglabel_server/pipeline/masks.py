@@ -8,11 +8,11 @@ import numpy as np
 from seglabel_server import amg
 from seglabel_server.amg import MaskData
 from seglabel_server.models.kinds.sam2 import DecoderOutput
-from seglabel_server.types import MaskResult, SegmentParams
+from seglabel_server.types import MaskResult, SegmentOptions
 
 
 def prompts(
-    p: SegmentParams, hw: tuple[int, int], size: int
+    p: SegmentOptions, hw: tuple[int, int], size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(coords [N,P,2] model frame, labels [N,P] int32, grid points [N,2] original pixels or None)."""
     h, w = hw
@@ -92,7 +92,7 @@ class CandidateSet:
 
     _META = ("iou", "stability", "key", "boxes", "where")
 
-    def __init__(self, p: SegmentParams, grid_points: np.ndarray, hw, sam: dict, ops=HOST):
+    def __init__(self, p: SegmentOptions, grid_points: np.ndarray, hw, sam: dict, ops=HOST):
         self.p, self.grid, self.hw, self.ops = p, grid_points, hw, ops
         self.low, self.threshold = sam["low_res_size"], sam["mask_threshold"]
         self.limit = p.max_masks if p.box_nms_thresh >= 1.0 else None
@@ -116,10 +116,11 @@ class CandidateSet:
         iou = np.asarray(out.iou[out.kept], np.float32).reshape(-1)
         stab = np.asarray(out.stability, np.float32).reshape(-1)
         keep = np.ones(len(iou), bool)
-        if p.pred_iou_thresh > 0:
-            keep &= iou > p.pred_iou_thresh
-        if p.stability_score_thresh > 0:
-            keep &= stab >= p.stability_score_thresh
+        min_iou, min_stability = p.pred_iou_thresh, p.stability_score_thresh  # 0: that filter is off
+        if min_iou > 0:
+            keep &= iou > min_iou
+        if min_stability > 0:
+            keep &= stab >= min_stability
         idx = np.nonzero(keep)[0]
         key = (out.kept[idx // 3].astype(np.int64) + offset) * 3 + idx % 3
         if self.limit is not None and len(self) >= self.limit:
@@ -193,7 +194,7 @@ class CandidateSet:
 
 
 def select(
-    p: SegmentParams, outs: list[DecoderOutput], grid_points: np.ndarray | None, hw, sam: dict, ops=HOST
+    p: SegmentOptions, outs: list[DecoderOutput], grid_points: np.ndarray | None, hw, sam: dict, ops=HOST
 ) -> MaskData:
     """Candidates that pass the filters, best first: columns logits [K,L,L], iou, stability, point.
 
@@ -209,7 +210,7 @@ def select(
     return cands.result()
 
 
-def prompted(p: SegmentParams, outs: list[DecoderOutput], sam: dict) -> MaskData:
+def prompted(p: SegmentOptions, outs: list[DecoderOutput], sam: dict) -> MaskData:
     """Point / box prompts: one mask per prompt (sam2's single-mask answer), or its 3 candidates
     best first with ``multimask``; at most ``max_masks``."""
     low = sam["low_res_size"]

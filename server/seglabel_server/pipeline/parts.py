@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from seglabel_server.backends.base import DeviceMaskOps
 from seglabel_server.models.tokenizer import ClipTokenizer
 from seglabel_server.pipeline.ocr import OcrEngine
 from seglabel_server.scheduler import Scheduler
@@ -29,7 +30,7 @@ class PipelineParts:
     depth: dict | None = None  # the repository's depth section
     ocr: OcrEngine | None = None
     embeddings: Any = None  # storage.EmbeddingCache, owned by the service
-    device_ops: Any = None  # Backend.device_ops(): the per-mask work in the backend's memory
+    device_ops: DeviceMaskOps | None = None  # Backend.device_ops(): per-mask kernels in its memory
     multi_image: bool = False  # decoder calls may mix images
     upsample_on_backend: Callable | None = None  # Backend.upsample_masks
     answers: Any = None  # storage.AnswerCache: labelled answers kept for Relabel, owned by the service

@@ -7,7 +7,6 @@ from collections import deque
 
 import numpy as np
 
-from seglabel_server import amg
 from seglabel_server.amg import MaskData
 from seglabel_server.models import images
 from seglabel_server.models.kinds.sam2 import DecodeRequest, ImageFeatures
@@ -16,6 +15,7 @@ from seglabel_server.pipeline import render
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.pipeline.cpu import CpuPool
 from seglabel_server.pipeline.labels import Labeller
+from seglabel_server.pipeline.mask_path import CropSpec, mask_path
 from seglabel_server.pipeline.parts import Emit, PipelineParts, RequestState
 from seglabel_server.pipeline.scene import SceneExtras
 from seglabel_server.pipeline.scoring import Scorer
@@ -53,14 +53,21 @@ class Pipeline:
         self.parts = parts
         self.sam = parts.sam
         self.scheduler = parts.scheduler
-        self.device_ops = parts.device_ops
         self.pool = CpuPool(cpu_threads)
         # OCR threads wait on the scheduler between rapidocr's steps: a pool of their own, so that
         # they never hold the CPU threads of the mask pipeline.
         self.ocr_pool = CpuPool(ocr_threads, "seglabel-ocr")
-        self.finisher = mask_ops.MaskFinisher(parts.sam, parts.upsample_on_backend)
+        c = parts.clip
+        self.crop = (
+            CropSpec(c["image_size"], c["mean"], c["std"], cfg.crop_context, cfg.crop_background_keep)
+            if c
+            else None
+        )
+        self.mask_path = mask_path(
+            parts.sam, self.pool, self.crop, parts.device_ops, parts.upsample_on_backend
+        )
         self.labels = (
-            Labeller(cfg, parts.clip, parts.scheduler, parts.tokenizer, self.pool)
+            Labeller(cfg, parts.clip, parts.scheduler, parts.tokenizer)
             if parts.clip is not None and parts.tokenizer is not None
             else None
         )
@@ -160,12 +167,6 @@ class Pipeline:
         finally:
             await scene.cancel()
 
-    async def _on_device(self, req: RequestState):
-        """The image in the backend's memory, uploaded once (for the encoder or the crops)."""
-        if req.image_dev is None:
-            req.image_dev = await self.pool.run(self.device_ops.upload, req.image)
-        return req.image_dev
-
     async def _encode(self, req: RequestState, image_key: str | None, scene: SceneExtras) -> ImageFeatures:
         """The image's features: from the embedding cache, or one encoder call (cached after). Depth
         and OCR start once the encoder call is queued."""
@@ -176,17 +177,13 @@ class Pipeline:
         def start_scene() -> None:
             scene.start(
                 self.estimate_depth(req.image, ctx) if req.job.depth else None,
-                self.extract_text(req.image, ctx, p.text_options) if req.job.text else None,
+                self.extract_text(req.image, ctx, TextOptions(p.text_box_thresh, p.text_min_confidence))
+                if req.job.text
+                else None,
             )
 
         if feats is None:
-            s, mean, std = self.sam["image_size"], self.sam["pixel_mean"], self.sam["pixel_std"]
-            if self.device_ops is not None:
-                x = await self.pool.run(
-                    self.device_ops.sam_preprocess, await self._on_device(req), s, mean, std
-                )
-            else:
-                x = await self.pool.run(images.sam_preprocess, req.image, s, mean, std)
+            x = await self.mask_path.encoder_input(req)
             req.clock.mark("decode_image")
             encoded = self.scheduler.submit("encoder", x, ctx)  # queued before the scene's work
             start_scene()
@@ -210,8 +207,11 @@ class Pipeline:
         # sam2's predicted-IoU filter runs inside the decoder: prompts with no candidate above it are
         # never upscaled.
         min_iou = p.pred_iou_thresh if p.prompt_type == "grid" and p.pred_iou_thresh > 0 else -np.inf
-        ops = self.device_ops if self.device_ops is not None else mask_ops.HOST
-        cands = mask_ops.CandidateSet(p, grid, req.hw, self.sam, ops) if grid is not None else None
+        cands = (
+            mask_ops.CandidateSet(p, grid, req.hw, self.sam, self.mask_path.logits)
+            if grid is not None
+            else None
+        )
         outs: list = []  # point / box prompts: few outputs, kept whole
         starts = range(0, len(coords), step)
         pending: deque = deque()
@@ -242,11 +242,9 @@ class Pipeline:
                 fut.cancel()
         req.clock.mark("decoder")
         ctx.check()
-        if cands is not None:
-            cand = await self.pool.run(cands.result)
-        else:
-            prompted = self.device_ops.prompted if self.device_ops is not None else mask_ops.prompted
-            cand = await self.pool.run(prompted, p, outs, self.sam)
+        cand = (
+            await self.pool.run(cands.result) if cands is not None else await self.mask_path.prompted(p, outs)
+        )
         req.clock.mark("filter")
         return cand
 
@@ -255,7 +253,7 @@ class Pipeline:
     ) -> tuple[list[MaskResult], list[LabelResult], list[np.ndarray]]:
         """Masks go out, and are labelled, a chunk at a time: a full-resolution mask is dropped once
         its crop is cut (kept only for the overlay), so memory follows the chunk, not the answer.
-        Returns (masks, labels, full masks kept for the overlay on the host path)."""
+        Returns (masks, labels, full masks kept for the overlay where the path hands them out)."""
         ctx, p = req.ctx, req.job.params
         scorer = None
         if req.job.labels and len(cand):
@@ -281,44 +279,29 @@ class Pipeline:
                 labels += labelled
                 # total: masks labelled so far + candidates still to come (exact on the last update)
                 await req.send(LabelsUpdate(labelled, len(labels), len(masks) + len(cand) - idx.stop))
-            if self.device_ops is None:  # device masks: depth/text joins and the overlay decode the RLEs
-                await scene.add_chunk(chunk, full, ctx)
-                if p.return_overlay:
-                    kept_full += full
+            host = self.mask_path.host_masks(full)  # [] on the device: joins and overlay decode the RLEs
+            await scene.add_chunk(chunk, host, ctx)
+            if p.return_overlay:
+                kept_full += host
         if not masks:
             await req.send(MasksReady([]))
         return masks, labels, kept_full
 
-    async def finish_masks(
-        self, cand: MaskData, hw, ctx: RequestContext | None = None, idx: range | None = None
-    ) -> tuple[list[MaskResult], list]:
+    async def finish_masks(self, cand: MaskData, hw, ctx: RequestContext, idx: range | None = None):
         """Survivors ``idx`` (default: all) upsampled to the original size, empty ones dropped, RLE +
-        exact box + area; the per-mask work is spread over the CPU pool and stops once ``ctx`` is
-        done. Indices are left to the caller."""
+        exact box + area (the mask path's :meth:`~mask_path.MaskPath.finish`); stops once ``ctx`` is
+        done. Indices are left to the caller. Returns (MaskResults, their full masks)."""
         idx = range(len(cand)) if idx is None else idx
         sub = MaskData(**{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")})
-        if self.device_ops is not None:  # full masks stay on the device
-            if ctx is not None:
-                ctx.check()
-            return await self.pool.run(self.device_ops.finish, sub, hw, self.sam["mask_threshold"])
-        full_masks = await self.pool.run(self.finisher.upsample, sub, hw)
-        parts = await self.pool.parallel(
-            lambda r: self.finisher.describe(sub, r, full_masks, hw, ctx), len(sub)
-        )
-        pairs = [pair for part in parts for pair in part]
-        return [r for r, _ in pairs], [m for _, m in pairs]
+        return await self.mask_path.finish(sub, hw, ctx)
 
     async def _label_chunk(
         self, req: RequestState, chunk: list[MaskResult], full: list, scorer: Scorer
     ) -> list[LabelResult]:
-        """CLIP labels of one chunk of masks: their crops (on the device, or on the host), one CLIP
-        call, scores against the vocabulary (``scorer``); the crop embeddings are kept in
-        ``req.embeddings`` for the answer cache."""
-        if self.device_ops is not None:  # the uploaded image and the device masks
-            image = await self._on_device(req)
-            pix = await self.pool.run(self.labels.crops_on_device, self.device_ops, image, chunk, full)
-        else:
-            pix = await self.labels.crops_parallel(req.image, chunk, full, req.ctx)
+        """CLIP labels of one chunk of masks: their crops (the mask path's), one CLIP call, scores
+        against the vocabulary (``scorer``); the crop embeddings are kept in ``req.embeddings`` for
+        the answer cache."""
+        pix = await self.mask_path.crops(req, chunk, full, req.ctx)
         req.clock.mark("crops")
         emb = np.asarray(await self.scheduler.run("clip", pix, req.ctx), np.float32)
         if self.parts.answers is not None:  # kept for Relabel
@@ -331,12 +314,11 @@ class Pipeline:
     async def embed_regions(self, image: np.ndarray, regions: list, ctx: RequestContext) -> np.ndarray:
         """[N, D] CLIP image embeddings of ``regions`` of ``image``: (full-size bool mask or None,
         (x, y, w, h) box) each, cut exactly as a mask's crop for labelling (host path)."""
-        c, cfg = self.parts.clip, self.cfg
+        c = self.crop
 
         def cut() -> np.ndarray:
             return np.stack([
-                images.clip_crop(image, mask, box, c["image_size"], c["mean"], c["std"], cfg.crop_context,
-                                 cfg.crop_background_keep)
+                images.clip_crop(image, mask, box, c.size, c.mean, c.std, c.context, c.background_keep)
                 for mask, box in regions
             ])  # fmt: skip
 
@@ -363,14 +345,13 @@ class Pipeline:
     async def _render(
         self, req: RequestState, masks: list[MaskResult], labels: list[LabelResult], kept_full: list
     ) -> bytes:
-        """The overlay PNG when asked for (masks decoded from their RLE on the device path)."""
+        """The overlay PNG when asked for (the mask path's full masks on the host)."""
         if not req.job.params.return_overlay:
             return b""
         captions = [""] * len(masks)
         for lab in labels:
             captions[lab.mask_index] = f"{lab.label} {lab.confidence:.2f}"
-        if self.device_ops is not None:
-            kept_full = await self.pool.run(lambda: [amg.decode_rle(m.rle) for m in masks])
+        kept_full = await self.mask_path.overlay_masks(masks, kept_full)
         overlay = await self.pool.run(
             render.render_overlay, req.image, kept_full, captions, 0.45, req.ctx.check
         )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from seglabel_server.errors import LimitExceeded, Overloaded
-from seglabel_server.types import SegmentParams
+from seglabel_server.types import SegmentOptions
 
 MB = 1 << 20
 
@@ -31,7 +31,7 @@ ENCODER_WORKING_X = 72
 
 
 def request_bytes(
-    p: SegmentParams,
+    p: SegmentOptions,
     width: int,
     height: int,
     sam: dict,

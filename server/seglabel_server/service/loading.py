@@ -24,7 +24,7 @@ from seglabel_server.service.capabilities import HINTS, Capabilities
 from seglabel_server.service.config import ServerConfig
 from seglabel_server.service.params import check_prompts_inside, plan_segment
 from seglabel_server.storage.embedding_cache import EmbeddingCache
-from seglabel_server.types import RequestContext, SegmentParams, SegmentResult
+from seglabel_server.types import RequestContext, SegmentOptions, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Loaded:
     capabilities: Capabilities
     embeddings: EmbeddingCache | None
 
-    async def run(self, params: SegmentParams, image: np.ndarray, ctx: RequestContext, emit=None,
+    async def run(self, params: SegmentOptions, image: np.ndarray, ctx: RequestContext, emit=None,
                   image_key: str | None = None) -> SegmentResult:  # fmt: skip
         """``params`` planned (resolved and checked, as the service does) and run on ``image``."""
         job = plan_segment(self.cfg.pipeline, params, self.capabilities)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from seglabel_api import options
+
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.service.capabilities import Capabilities
-from seglabel_server.types import LabelSpec, SegmentJob, SegmentParams, TextOptions
+from seglabel_server.types import LabelSpec, SegmentJob, SegmentOptions, TextOptions
 from seglabel_server.vocabulary import check_name
 
 
@@ -20,15 +22,18 @@ def _unit(name: str, v: float | None, default: float) -> float:
     return float(v)
 
 
-def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
-    """Fill defaults, enforce limits; raises InvalidArgument / LimitExceeded."""
+def _check_units(p: SegmentOptions) -> None:
+    for name, v in options.out_of_range(p):
+        raise InvalidArgument(f"{name} must be within [0, 1], got {v}")
+
+
+def resolve(c: PipelineConfig, p: SegmentOptions) -> SegmentOptions:
+    """Fill defaults (every unset option the server's configuration holds), enforce limits; raises
+    InvalidArgument / LimitExceeded."""
     if p.prompt_type not in ("grid", "points", "box"):
         raise InvalidArgument(f"unknown prompt_type {p.prompt_type!r}")
-    pps = p.points_per_side or c.points_per_side
-    if pps < 1:
+    if p.points_per_side < 0:
         raise InvalidArgument(f"points_per_side must be positive, got {p.points_per_side}")
-    if pps > c.max_points_per_side:
-        raise LimitExceeded(f"points_per_side {pps} is over the limit {c.max_points_per_side}")
     if p.prompt_type == "points" and not p.points:
         raise InvalidArgument("prompt_type POINTS needs at least one point")
     if p.prompt_type == "box" and not p.boxes:
@@ -39,42 +44,33 @@ def resolve(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
         raise InvalidArgument("max_masks and top_k must not be negative")
     if p.max_masks > c.max_masks_limit:
         raise LimitExceeded(f"max_masks {p.max_masks} is over the limit {c.max_masks_limit}")
+    _check_units(p)
+    p = options.with_defaults(p, c)
+    if p.points_per_side < 1:
+        raise InvalidArgument(f"points_per_side must be positive, got {p.points_per_side}")
+    if p.points_per_side > c.max_points_per_side:
+        raise LimitExceeded(f"points_per_side {p.points_per_side} is over the limit {c.max_points_per_side}")
     cleaned, top_k = resolve_labels(c, p)
-    return SegmentParams(
-        prompt_type=p.prompt_type,
-        points_per_side=pps,
-        points=list(p.points),
-        boxes=list(p.boxes),
-        max_masks=p.max_masks or c.max_masks,
+    return replace(
+        p,
+        points=tuple(p.points),
+        boxes=tuple(p.boxes),
         vocabulary=cleaned,
         top_k=top_k,
-        min_confidence=_unit("min_confidence", p.min_confidence, 0.0),
-        return_overlay=p.return_overlay,
-        skip_labels=p.skip_labels,
-        multimask=p.multimask,
-        pred_iou_thresh=_unit("pred_iou_thresh", p.pred_iou_thresh, c.pred_iou_thresh),
-        stability_score_thresh=_unit(
-            "stability_score_thresh", p.stability_score_thresh, c.stability_score_thresh
-        ),
-        box_nms_thresh=_unit("box_nms_thresh", p.box_nms_thresh, c.box_nms_thresh),
-        with_depth=p.with_depth,
-        with_text=p.with_text,
-        text_options=resolve_text(c, p.text_options),
-        vocabulary_name=p.vocabulary_name,
-        label_mode=p.label_mode,
+        min_confidence=p.min_confidence or 0.0,
         thresholds=dict(p.thresholds),
     )
 
 
-def resolve_relabel(c: PipelineConfig, p: SegmentParams) -> SegmentParams:
+def resolve_relabel(c: PipelineConfig, p: SegmentOptions) -> SegmentOptions:
     """A Relabel's labelling options (``p``'s label fields) checked and completed, as :func:`resolve`
     does for a Segment's."""
+    _check_units(p)
     cleaned, top_k = resolve_labels(c, p)
-    min_confidence = _unit("min_confidence", p.min_confidence, 0.0)
-    return replace(p, vocabulary=cleaned, top_k=top_k, min_confidence=min_confidence)
+    return replace(p, vocabulary=cleaned, top_k=top_k, min_confidence=p.min_confidence or 0.0)
 
 
-def resolve_labels(c: PipelineConfig, p: SegmentParams) -> tuple[tuple[str, ...], int]:
+def resolve_labels(c: PipelineConfig, p: SegmentOptions) -> tuple[tuple[str, ...], int]:
     """(the label list, top_k) of a request that labels: its list or the server's default when it
     names no stored vocabulary (whose labels the service reads); label_mode and thresholds checked."""
     if p.label_mode not in ("single", "multi"):
@@ -108,7 +104,7 @@ def resolve_text(c: PipelineConfig, o: TextOptions | None) -> TextOptions:
     )
 
 
-def label_spec(p: SegmentParams, vocab=None) -> LabelSpec:
+def label_spec(p: SegmentOptions, vocab=None) -> LabelSpec:
     """How resolved params ``p`` label masks: their list, or ``vocab`` (the stored vocabulary
     ``p.vocabulary_name`` names, read by the service). Thresholds must name its labels."""
     entries = vocab.entries() if vocab is not None else tuple((v, ()) for v in p.vocabulary)
@@ -126,7 +122,7 @@ def label_spec(p: SegmentParams, vocab=None) -> LabelSpec:
     )
 
 
-def check_prompts_inside(p: SegmentParams, w: int, h: int) -> None:
+def check_prompts_inside(p: SegmentOptions, w: int, h: int) -> None:
     for x, y, _ in p.points:
         if not (0 <= x <= w and 0 <= y <= h):
             raise InvalidArgument(f"point ({x}, {y}) is outside the {w}x{h} image")
@@ -137,7 +133,7 @@ def check_prompts_inside(p: SegmentParams, w: int, h: int) -> None:
             raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
 
 
-def plan_segment(c: PipelineConfig, p: SegmentParams, caps: Capabilities) -> SegmentJob:
+def plan_segment(c: PipelineConfig, p: SegmentOptions, caps: Capabilities) -> SegmentJob:
     """The job the pipeline runs for ``p``: parameters resolved (raises InvalidArgument /
     LimitExceeded), labels, depth and text decided from what was asked and what is served, and a
     note for each that is left out. Prompts are checked against the image later, once its size is

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
+from seglabel_api import options
 
 from seglabel_server import __version__, memory
 from seglabel_server.errors import (
@@ -49,7 +50,7 @@ from seglabel_server.storage import uploads
 from seglabel_server.storage.answers import AnswerCache
 from seglabel_server.storage.uploads import check_file_id
 from seglabel_server.storage.vocabularies import open_vocabularies
-from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentParams, SegmentResult, TextOptions
+from seglabel_server.types import Done, RequestContext, SegmentJob, SegmentOptions, SegmentResult, TextOptions
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class SeglabelService:
         """One small request through every model, and the default vocabulary's text embeddings."""
         image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
         ctx = RequestContext(request_id="warmup")
-        await self.loaded.run(SegmentParams(prompt_type="points", points=[(32.0, 32.0, 1)]), image, ctx)
+        await self.loaded.run(SegmentOptions(prompt_type="points", points=[(32.0, 32.0, 1)]), image, ctx)
         await self.loaded.pipeline.warm_up(tuple(self.cfg.pipeline.vocabulary), image, ctx)
 
     async def close(self) -> None:
@@ -318,7 +319,7 @@ class SeglabelService:
             charges.append(share)
 
     async def segment(
-        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
+        self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
     ) -> SegmentResult:
         async with self._admitted() as charges:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
@@ -334,7 +335,7 @@ class SeglabelService:
             result.timings["total"] += decode_ms
             return result
 
-    async def relabel(self, request_id: str, params: SegmentParams, ctx: RequestContext):
+    async def relabel(self, request_id: str, params: SegmentOptions, ctx: RequestContext):
         """(labels, label mode, timings in ms) of a kept answer's masks scored under ``params``'
         labelling options (vocabulary or vocabulary_name, label_mode, top_k, min_confidence,
         thresholds); no model runs but the text tower for labels not seen before."""
@@ -357,7 +358,7 @@ class SeglabelService:
         return labels, spec.mode, {"clip": (time.perf_counter() - t1) * 1000.0, "total": total}
 
     async def segment_events(
-        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext
+        self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext
     ) -> AsyncIterator[object]:
         """A Segment request as its stream of events (the proto's ``SegmentEvent`` order), ending
         with ``Done``; the request's error, if any, is raised after the events sent before it. The
@@ -455,16 +456,12 @@ class SeglabelService:
             "text_unavailable_reason": caps.why_not("text"),
             "served_by": self.served_by,
             "upload_store": self.files.describe(),
+            # every option the server fills when a request leaves it unset (seglabel_api.options)
             "defaults": {
-                "points_per_side": cfg.pipeline.points_per_side,
-                "max_masks": cfg.pipeline.max_masks,
-                "top_k": cfg.pipeline.top_k,
-                "pred_iou_thresh": cfg.pipeline.pred_iou_thresh,
-                "stability_score_thresh": cfg.pipeline.stability_score_thresh,
-                "box_nms_thresh": cfg.pipeline.box_nms_thresh,
+                **options.server_defaults(cfg.pipeline),
                 "min_confidence": 0.0,
                 "multi_label_threshold": DEFAULT_MULTI_THRESHOLD,
-            },
+            },  # fmt: skip
             "vocabulary_store": self.vocabularies.store.describe(),
             "clip_model": self.vocabularies.clip_model,
         }

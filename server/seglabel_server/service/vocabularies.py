@@ -23,7 +23,7 @@ from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
 from seglabel_server.service.params import label_spec
 from seglabel_server.storage.uploads import check_file_id
 from seglabel_server.storage.vocabularies import VocabularyStore, unknown
-from seglabel_server.types import ExampleIn, LabelSpec, RequestContext, SegmentParams
+from seglabel_server.types import ExampleIn, LabelSpec, RequestContext, SegmentOptions
 from seglabel_server.vocabulary import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,
@@ -315,7 +315,7 @@ class Vocabularies:
         return await labeller.threshold_report(vocab, DEFAULT_MULTI_THRESHOLD, ctx)
 
     # -- a request's labels ---------------------------------------------------------------------
-    async def spec(self, p: SegmentParams, ctx: RequestContext) -> LabelSpec:
+    async def spec(self, p: SegmentOptions, ctx: RequestContext) -> LabelSpec:
         """The LabelSpec of resolved params ``p`` (a list, or a stored vocabulary, loaded here)."""
         if not p.vocabulary_name:
             return label_spec(p)

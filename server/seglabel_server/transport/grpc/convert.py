@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server.errors import InvalidArgument
@@ -17,7 +18,7 @@ from seglabel_server.types import (
     MaskResult,
     MasksReady,
     Progress,
-    SegmentParams,
+    SegmentOptions,
     SegmentResult,
     TextOptions,
     TextReady,
@@ -25,12 +26,6 @@ from seglabel_server.types import (
 )
 from seglabel_server.vocabulary import Vocabulary
 
-_PROMPTS = {
-    pb.PROMPT_TYPE_UNSPECIFIED: "grid",
-    pb.PROMPT_TYPE_GRID: "grid",
-    pb.PROMPT_TYPE_POINTS: "points",
-    pb.PROMPT_TYPE_BOX: "box",
-}
 _TIMING_FIELDS = {
     "queue": "queue_ms",
     "decode_image": "decode_image_ms",
@@ -47,60 +42,32 @@ _TIMING_FIELDS = {
 }
 
 
-def params_from_pb(req: pb.SegmentRequest) -> SegmentParams:
-    if req.prompt_type not in _PROMPTS:
-        raise InvalidArgument(f"unknown prompt_type {req.prompt_type}")
-    return SegmentParams(
-        prompt_type=_PROMPTS[req.prompt_type],
-        points_per_side=req.points_per_side,
-        points=[(p.x, p.y, 1 if p.positive else 0) for p in req.points],
-        boxes=[(b.x0, b.y0, b.x1, b.y1) for b in req.boxes],
-        max_masks=req.max_masks,
-        vocabulary=tuple(req.vocabulary),
-        top_k=req.top_k,
-        min_confidence=req.min_confidence if req.HasField("min_confidence") else None,
-        return_overlay=req.return_overlay,
-        skip_labels=req.skip_labels,
-        multimask=req.multimask,
-        pred_iou_thresh=req.pred_iou_thresh if req.HasField("pred_iou_thresh") else None,
-        stability_score_thresh=req.stability_score_thresh if req.HasField("stability_score_thresh") else None,
-        box_nms_thresh=req.box_nms_thresh if req.HasField("box_nms_thresh") else None,
-        with_depth=req.with_depth,
-        with_text=req.with_text,
-        text_options=text_options_from_pb(req.text_options),
-        vocabulary_name=req.vocabulary_name,
-        label_mode=label_mode_from_pb(req.label_mode),
-        thresholds=dict(req.thresholds),
-    )
+def _mode_pb(mode: str) -> int:
+    return options.enum_number(pb.LabelMode.DESCRIPTOR, mode)
 
 
-_MODES = {pb.LABEL_MODE_UNSPECIFIED: "single", pb.LABEL_MODE_SINGLE: "single", pb.LABEL_MODE_MULTI: "multi"}
-_MODES_PB = {"single": pb.LABEL_MODE_SINGLE, "multi": pb.LABEL_MODE_MULTI}
+def params_from_pb(req: pb.SegmentRequest) -> SegmentOptions:
+    """A SegmentRequest's options, mapped by their declaration (``seglabel_api.options``)."""
+    return _options(req, None)
 
 
-def label_mode_from_pb(mode: int) -> str:
-    if mode not in _MODES:
-        raise InvalidArgument(f"unknown label_mode {mode}")
-    return _MODES[mode]
+def relabel_params_from_pb(req: pb.RelabelRequest) -> SegmentOptions:
+    """A Relabel's labelling options, as the SegmentOptions fields they share."""
+    return _options(req, options.RELABEL)
 
 
-def relabel_params_from_pb(req: pb.RelabelRequest) -> SegmentParams:
-    """A Relabel's labelling options, as the SegmentParams fields they share."""
-    return SegmentParams(
-        vocabulary=tuple(req.vocabulary),
-        vocabulary_name=req.vocabulary_name,
-        label_mode=label_mode_from_pb(req.label_mode),
-        top_k=req.top_k,
-        min_confidence=req.min_confidence if req.HasField("min_confidence") else None,
-        thresholds=dict(req.thresholds),
-    )
+def _options(req, scope: str | None) -> SegmentOptions:
+    try:
+        return options.from_pb(req, scope)
+    except ValueError as exc:  # an enum number the proto does not define
+        raise InvalidArgument(str(exc)) from None
 
 
 def relabel_to_pb(request_id: str, labels, mode: str, timings) -> pb.RelabelResponse:
     return pb.RelabelResponse(
         labels=[label_to_pb(lab) for lab in labels],
         request_id=request_id,
-        label_mode=_MODES_PB[mode],
+        label_mode=_mode_pb(mode),
         timings=timings_to_pb(timings),
     )
 
@@ -258,7 +225,7 @@ def result_to_pb(r: SegmentResult, include_masks: bool = True) -> pb.SegmentResp
         depth_unavailable_reason=r.depth_unavailable_reason,
         text_unavailable_reason=r.text_unavailable_reason,
         request_id=r.request_id,
-        label_mode=_MODES_PB[r.label_mode],
+        label_mode=_mode_pb(r.label_mode),
     )
     if include_masks:
         if r.depth is not None:

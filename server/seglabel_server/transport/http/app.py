@@ -21,8 +21,6 @@ Bodies and answers are the gRPC messages' (``json.py``); errors are ``{"error": 
 with the status of their kind (``middleware.py``); the bearer token is the gRPC one.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 from pathlib import Path
@@ -33,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server import __version__
@@ -40,6 +39,7 @@ from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticat
 from seglabel_server.transport.auth import check_bearer
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
+from seglabel_server.transport.http import schema
 from seglabel_server.transport.http.datasets import DatasetJobs
 from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.middleware import (
@@ -58,73 +58,29 @@ PUBLIC = (
 )  # no token needed: health and the page (with its files under /static/)
 
 
-# The bodies' declared shapes (FastAPI validates them and lists them in /openapi.json); their fields
-# are the gRPC request's, read by ``json.segment_request``.
-class PointIn(BaseModel):
-    x: float
-    y: float
-    positive: bool = True
-
-
-class BoxIn(BaseModel):
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-
-class TextOptionsIn(BaseModel):
-    box_thresh: float | None = None
-    min_confidence: float | None = None
-
-
-class SegmentBody(BaseModel):
-    """As the original ``/segment``, plus the gRPC request's options (0 / absent: server default)."""
-
-    file_id: str | None = None
-    image: str | None = Field(None, description="base64 of the encoded image, instead of file_id")
-    prompt_type: Literal["grid", "points", "box"] = "grid"
-    points_per_side: int = 0
-    points: list[PointIn] = []
-    boxes: list[BoxIn] = []
-    max_masks: int = 0
-    vocabulary: list[str] = []
-    top_k: int = 0
-    min_confidence: float | None = None
-    return_overlay: bool = True
-    skip_labels: bool = False
-    multimask: bool = False
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-    box_nms_thresh: float | None = None
-    with_depth: bool = False
-    with_text: bool = False
-    text_options: TextOptionsIn = TextOptionsIn()
-    vocabulary_name: str = Field("", description="a stored vocabulary instead of the list")
-    label_mode: Literal["single", "multi"] = "single"
-    thresholds: dict[str, float] = {}
-
+class _SegmentCall(BaseModel):
     def call(self) -> tuple:
-        """(params, file_id, image bytes): what the service's segment call takes."""
+        """(options, file_id, image bytes): what the service's segment call takes."""
         req = wire.segment_request(self.model_dump())
         return convert.params_from_pb(req), req.file_id or None, req.image or None
 
 
-class DatasetOptions(BaseModel):
-    """A dataset job's options: a ``/segment`` body's (grid prompts) and how masks are written."""
+def segment_body() -> type[BaseModel]:
+    """As the original ``/segment``, plus every option of a Segment request (0 / absent: the server's
+    default); the overlay is rendered unless ``return_overlay`` is false."""
+    return schema.options_model(
+        "SegmentBody", options.SEGMENT, _SegmentCall, defaults={"return_overlay": True},
+        extra={"file_id": (str | None, None),
+               "image": (str | None, Field(None, description="base64 of the encoded image, instead of file_id"))},
+    )  # fmt: skip
 
-    vocabulary: list[str] = []
-    vocabulary_name: str | None = None
-    points_per_side: int = 0
-    max_masks: int = 0
-    top_k: int = 0
-    min_confidence: float | None = None
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-    box_nms_thresh: float | None = None
-    skip_labels: bool = False
-    mask_format: Literal["rle", "polygon"] = "rle"
-    polygon_tolerance: float = 1.0
+
+def dataset_options() -> type[BaseModel]:
+    """A dataset job's options: a ``/segment`` body's (grid prompts) and how masks are written."""
+    return schema.options_model(
+        "DatasetOptions", options.DATASET,
+        extra={"mask_format": (Literal["rle", "polygon"], "rle"), "polygon_tolerance": (float, 1.0)},
+    )  # fmt: skip
 
 
 def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
@@ -134,6 +90,11 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
         description="SAM2.1 segmentation + CLIP labels, depth and OCR over HTTP/JSON (the gRPC API's twin).",
         version=__version__,
     )
+    # Annotations below are evaluated when each route is defined (no postponed annotations in this
+    # module): the bodies' models are built here, from the options' declaration as it is now.
+    SegmentBody = segment_body()
+    DatasetOptions = dataset_options()
+    TextOptionsIn = schema.TextOptionsIn
 
     @app.exception_handler(SeglabelError)
     async def _domain(request: Request, exc: SeglabelError):

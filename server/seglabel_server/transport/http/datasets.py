@@ -28,6 +28,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from seglabel_api import options
 from seglabel_api.datasets import annotations, writers
 from seglabel_api.datasets.files import Inventory, Item, sniff
 from seglabel_api.datasets.job import LabelOptions
@@ -42,8 +43,12 @@ from seglabel_server.types import RequestContext
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[^\x00-\x1f\\\\:*?\"<>|]{1,400}")
-OPTION_KEYS = ("vocabulary", "points_per_side", "max_masks", "top_k", "min_confidence", "pred_iou_thresh",
-               "stability_score_thresh", "box_nms_thresh", "skip_labels", "vocabulary_name")  # fmt: skip
+WRITER_KEYS = ("mask_format", "polygon_tolerance")
+
+
+def option_keys() -> set[str]:
+    """A dataset job's request options, by their JSON (proto) names."""
+    return {options.proto_path(f).split(".")[0] for f in options.declared(options.DATASET)}
 
 
 def clean_name(name: str) -> str:
@@ -55,26 +60,25 @@ def clean_name(name: str) -> str:
 
 
 class Job:
-    def __init__(self, folder: Path, options: dict, categories: list[str], window: int):
+    def __init__(self, folder: Path, settings: dict, categories: list[str], window: int):
+        """``settings``: the job's JSON options (a dataset body: request options and how masks are
+        written)."""
         self.id = folder.name
         self.folder = folder
-        self.body = {k: options[k] for k in OPTION_KEYS if k in options}
-        self.body["return_overlay"] = False
-        # every image's request, resolved (and checked, as a /segment body is) once
-        self.params = convert.params_from_pb(wire.segment_request(self.body))
+        body = {k: v for k, v in settings.items() if k not in WRITER_KEYS}
+        # every image's request, read (and checked, as a /segment body is) once
+        request = convert.params_from_pb(wire.segment_request({**body, "return_overlay": False}))
         self.categories = categories
-        mask_format = options.get("mask_format", "rle")
+        mask_format = settings.get("mask_format", "rle")
         if mask_format not in annotations.MASK_FORMATS:
             raise InvalidArgument(f"mask_format must be one of {annotations.MASK_FORMATS}")
-        tolerance = float(options.get("polygon_tolerance", 1.0))
+        tolerance = float(settings.get("polygon_tolerance", 1.0))
         if not 0 <= tolerance <= 100:
             raise InvalidArgument("polygon_tolerance must be between 0 and 100 pixels")
-        self.opts = LabelOptions(labels=tuple(categories), skip_labels=bool(options.get("skip_labels")),
-                                 formats=("coco", "yolo-seg"), mask_format=mask_format,
+        self.opts = LabelOptions(request, formats=("coco", "yolo-seg"), mask_format=mask_format,
                                  polygon_tolerance=tolerance)  # fmt: skip
-        self.journal = Journal(
-            folder / "journal.jsonl", {"job": self.id, **self.body, "mask_format": mask_format}
-        )
+        self.params = self.opts.segment_request()
+        self.journal = Journal(folder / "journal.jsonl", {"job": self.id, **self.opts.job()})
         self.inv = Inventory(items=[], skipped=[], unreadable=[])
         self.by_sha: dict[str, Item] = {}
         self.entries: list[dict] = []  # one per added name, in order: name, status, masks, reason
@@ -105,31 +109,31 @@ class DatasetJobs:
             if now - job.touched > self.ttl_s and not job.tasks:
                 self.delete(job.id)
 
-    async def create(self, options: dict) -> Job:
+    async def create(self, settings: dict) -> Job:
         self._expire()
         if len(self.jobs) >= self.max_jobs:
             idle = [j for j in self.jobs.values() if not j.tasks]
             if not idle:
                 raise Overloaded(f"{self.max_jobs} dataset jobs are running; retry later", 5000)
             self.delete(min(idle, key=lambda j: j.touched).id)
-        unknown = set(options) - {*OPTION_KEYS, "mask_format", "polygon_tolerance"}
+        unknown = set(settings) - option_keys() - set(WRITER_KEYS)
         if unknown:
             raise InvalidArgument(f"unknown dataset option(s): {', '.join(sorted(unknown))}")
         info = await self.gateway.info()
-        if options.get("skip_labels"):
+        if settings.get("skip_labels"):
             categories = ["object"]
         else:
             if info["labels_unavailable_reason"]:
                 raise InvalidArgument(f"this server cannot label: {info['labels_unavailable_reason']}")
-            if options.get("vocabulary_name"):  # a stored vocabulary: its labels are the categories
-                vocab, _ = await self.gateway.vocabularies("get", options["vocabulary_name"])
+            if settings.get("vocabulary_name"):  # a stored vocabulary: its labels are the categories
+                vocab, _ = await self.gateway.vocabularies("get", settings["vocabulary_name"])
                 categories = [lab.name for lab in vocab.labels]
             else:
-                categories = list(options.get("vocabulary") or info["default_vocabulary"])
+                categories = list(settings.get("vocabulary") or info["default_vocabulary"])
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
         try:
-            job = Job(folder, options, categories, self.window)
+            job = Job(folder, settings, categories, self.window)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise

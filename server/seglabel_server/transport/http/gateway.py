@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from seglabel_server.metrics import Metrics
-from seglabel_server.types import RequestContext, SegmentParams, TextOptions
+from seglabel_server.types import RequestContext, SegmentOptions, TextOptions
 
 
 class Gateway(Protocol):
@@ -24,11 +24,11 @@ class Gateway(Protocol):
     async def upload(self, data: bytes, filename: str) -> tuple[str, int, int]: ...
 
     async def segment(
-        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext
+        self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext
     ): ...
 
     def segment_events(
-        self, params: SegmentParams, file_id: str | None, data: bytes | None, ctx: RequestContext
+        self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext
     ) -> AsyncIterator[object]: ...
 
     async def estimate_depth(self, file_id: str | None, data: bytes | None, ctx: RequestContext): ...
@@ -41,7 +41,7 @@ class Gateway(Protocol):
         """``service.vocabularies.<op>(*args)`` (create, get, names, delete, add_examples,
         remove_examples); a RequestContext argument is the call's own."""
 
-    async def relabel(self, request_id: str, params: SegmentParams, ctx: RequestContext): ...
+    async def relabel(self, request_id: str, params: SegmentOptions, ctx: RequestContext): ...
 
 
 class LocalGateway:

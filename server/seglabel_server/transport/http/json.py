@@ -7,7 +7,9 @@ application's routes promise it:
 - images are data URLs (``segmented_image``; a depth map's ``colorized_png`` as ``depth_image``);
 - a mask's ``point`` is ``[x, y]`` (or null), a text line's ``box`` is ``[[x, y], ...]``;
 - a text result's full text is ``text``;
-- a request's ``prompt_type`` is ``"grid" | "points" | "box"`` and ``image`` may be a data URL;
+- a request's enums are their short names (``prompt_type`` ``"grid" | "points" | "box"``,
+  ``label_mode`` ``"single" | "multi"``; the proto's names are accepted too) and ``image`` may be
+  a data URL;
 - ``return_overlay`` defaults to true.
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server.errors import InvalidArgument
@@ -112,21 +115,26 @@ def flat(msg: Message, inner: str) -> dict:
     return {**out.pop(inner), **out}
 
 
-_PROMPTS = {"grid": "PROMPT_TYPE_GRID", "points": "PROMPT_TYPE_POINTS", "box": "PROMPT_TYPE_BOX"}
+def _enums(body: dict, message) -> dict:
+    """``body`` with each enum field given by its short name ("points", "multi") as the proto's
+    name (PROMPT_TYPE_POINTS, LABEL_MODE_MULTI)."""
+    out = dict(body)
+    for name, value in body.items():
+        fd = message.DESCRIPTOR.fields_by_name.get(name)
+        if fd is not None and fd.enum_type is not None and isinstance(value, str) and value.islower():
+            try:
+                out[name] = fd.enum_type.values_by_number[options.enum_number(fd.enum_type, value)].name
+            except ValueError as exc:
+                raise InvalidArgument(f"malformed request: {exc}") from None
+    return out
 
 
 def segment_request(body: dict) -> pb.SegmentRequest:
     """A ``/segment`` body (already validated against its declared shape) as the gRPC request."""
     body = {k: v for k, v in body.items() if v is not None}
     image = body.pop("image", None)
-    body["prompt_type"] = _PROMPTS[body.get("prompt_type", "grid")]
     body.setdefault("return_overlay", True)
-    if isinstance(body.get("label_mode"), str):
-        body["label_mode"] = _MODES.get(body["label_mode"], body["label_mode"])
-    try:
-        req = json_format.ParseDict(body, pb.SegmentRequest())
-    except json_format.ParseError as exc:
-        raise InvalidArgument(f"malformed request: {exc}") from None
+    req = parse(body, pb.SegmentRequest())
     if image is not None:
         try:
             req.image = base64.b64decode(image.split(",", 1)[-1], validate=True)
@@ -135,17 +143,12 @@ def segment_request(body: dict) -> pb.SegmentRequest:
     return req
 
 
-_MODES = {"single": "LABEL_MODE_SINGLE", "multi": "LABEL_MODE_MULTI"}
-
-
 def parse(body, message):
-    """A JSON body as the gRPC request ``message`` (a new instance of its class); ``label_mode`` may
-    be "single" / "multi", a vocabulary's ``labels`` plain names."""
+    """A JSON body as the gRPC request ``message`` (a new instance of its class); an enum may be
+    given by its short name ("multi"), a vocabulary's ``labels`` as plain names."""
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object")
-    body = {k: v for k, v in body.items() if v is not None}
-    if isinstance(body.get("label_mode"), str):
-        body["label_mode"] = _MODES.get(body["label_mode"], body["label_mode"])
+    body = _enums({k: v for k, v in body.items() if v is not None}, message)
     if isinstance(message, pb.CreateVocabularyRequest) and isinstance(body.get("labels"), list):
         body["labels"] = [{"name": lab} if isinstance(lab, str) else lab for lab in body["labels"]]
     try:

@@ -23,9 +23,10 @@ import types
 from pathlib import Path
 
 import numpy as np
+from seglabel_api import options as request_options
 from seglabel_api.datasets import annotations
 from seglabel_api.datasets.files import inventory_of
-from seglabel_api.datasets.job import LabelOptions, Progress, finish, progress_bar
+from seglabel_api.datasets.job import LabelOptions, Progress, canonical_job, finish, progress_bar
 from seglabel_api.datasets.journal import JobMismatch, Journal
 
 from seglabel_server.models.repository import ModelRepository
@@ -39,7 +40,6 @@ from seglabel_server.service.config import (
 )
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.grpc.interceptor import TRANSIENT, grpc_status
-from seglabel_server.transport.http import json as wire
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,15 @@ def list_files(filesystem, base: str, exclude: str | None = None) -> list[str]:
 class LabelActor:
     """One model set: the service loaded in this actor, images read from INPUT by name."""
 
-    def __init__(self, server: dict, uri: str, options: dict):
+    def __init__(self, server: dict, uri: str, options: LabelOptions):
         cfg = ServerConfig(port=0)
         apply_settings(cfg, dict(server), "seglabel-ray label")
         self.loop = asyncio.new_event_loop()
         self.service = SeglabelService(cfg)
         self.loop.run_until_complete(self.service.load())
         self.fs, self.base, _ = resolve(uri)
-        self.opts = LabelOptions(
-            **{**options, "labels": tuple(options["labels"]), "formats": tuple(options["formats"])}
-        )
-        self.params = convert.params_from_pb(wire.segment_request(self.opts.body()))
+        self.opts = options
+        self.params = options.segment_request()
 
     def _read(self, name: str) -> bytes:
         with self.fs.open_input_stream(f"{self.base}/{name}") as f:
@@ -155,28 +153,30 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
     names = list_files(filesystem, base, exclude)
     inv = inventory_of(names, lambda name: filesystem.open_input_stream(f"{base}/{name}"))
     cfg, info = _server_info(server)
-    if options.skip_labels:
+    request = options.request
+    if request.skip_labels:
         categories = ["object"]
-    elif options.vocabulary_name:
-        vocab = _stored_vocabulary(cfg, options.vocabulary_name)
+    elif request.vocabulary_name:
+        vocab = _stored_vocabulary(cfg, request.vocabulary_name)
         categories = [lab.name for lab in vocab.labels]
         options = dataclasses.replace(options, vocabulary_revision=vocab.revision)
     else:
-        categories = list(options.labels or cfg.pipeline.vocabulary)
-        options = dataclasses.replace(options, labels=tuple(categories))
-    journal = Journal(out / "journal.jsonl", options.job(), restart=restart)
+        categories = list(request.vocabulary or cfg.pipeline.vocabulary)
+        options = dataclasses.replace(
+            options, request=dataclasses.replace(request, vocabulary=tuple(categories))
+        )
+    journal = Journal(out / "journal.jsonl", options.job(), restart=restart, canonical=canonical_job)
     todo = [{"sha": item.sha, "name": item.names[0]} for item in inv.items if journal.pending(item.sha)]
     prog = Progress(total=len(inv.items), done=len(inv.items) - len(todo))
     try:
         if todo:
-            kw = {k: v for k, v in dataclasses.asdict(options).items()}
             ds = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
             ds = ds.map_batches(
                 LabelActor,
                 fn_constructor_kwargs={
                     "server": server,
                     "uri": uri if local is None else str(local),
-                    "options": kw,
+                    "options": options,
                 },
                 batch_size=batch_size,
                 compute=ray.data.ActorPoolStrategy(size=actors),
@@ -222,19 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default="coco", help="coco, yolo-seg or both (comma-separated)")
     ap.add_argument("--mask-format", choices=["rle", "polygon"], default="rle")
     ap.add_argument("--polygon-tolerance", type=float, default=1.0)
-    ap.add_argument("--labels", help="comma-separated vocabulary (default: the server's)")
-    ap.add_argument("--vocabulary-name", default="",
-                    help="a stored vocabulary (in --vocabulary-store, disk or redis, after --) as the categories")  # fmt: skip
-    ap.add_argument("--no-labels", action="store_true")
-    ap.add_argument("--grid", type=int, default=0)
-    ap.add_argument("--max-masks", type=int, default=0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--min-confidence", type=float, default=None)
-    ap.add_argument("--pred-iou-thresh", type=float, default=None)
-    ap.add_argument("--stability-score-thresh", type=float, default=None)
-    ap.add_argument("--box-nms-thresh", type=float, default=None)
     ap.add_argument("--restart", action="store_true")
     ap.add_argument("--quiet", action="store_true")
+    request_options.add_flags(ap, request_options.DATASET)
     ap.add_argument(
         "server_args", nargs="*", help="seglabel-server flags for the actors (after --), e.g. --models"
     )
@@ -248,14 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         ap.error(str(exc))
     opts = LabelOptions(
-        labels=tuple(v.strip() for v in (a.labels or "").split(",") if v.strip()),
-        vocabulary_name=a.vocabulary_name,
-        points_per_side=a.grid, max_masks=a.max_masks, top_k=a.top_k, min_confidence=a.min_confidence,
-        pred_iou_thresh=a.pred_iou_thresh, stability_score_thresh=a.stability_score_thresh,
-        box_nms_thresh=a.box_nms_thresh, skip_labels=a.no_labels,
+        request_options.from_args(a, request_options.DATASET),
         formats=tuple(v.strip() for v in a.format.split(",") if v.strip()),
-        mask_format=a.mask_format, polygon_tolerance=a.polygon_tolerance,
-    )  # fmt: skip
+        mask_format=a.mask_format,
+        polygon_tolerance=a.polygon_tolerance,
+    )
     import ray
 
     if not ray.is_initialized():
