@@ -87,6 +87,16 @@ class Metrics:
             "Peak-memory bounds charged by requests in flight",
             registry=r,
         )
+        self.arena_images = Gauge(
+            "seglabel_memory_arena_images",
+            "Images' working memory the models' host arena holds between requests (each charged once)",
+            registry=r,
+        )
+        self.arena_bytes = Gauge(
+            "seglabel_memory_arena_held_bytes",
+            "Budget bytes the models' host arena holds between requests (part of the budget used)",
+            registry=r,
+        )
         self.tasks = Gauge("seglabel_asyncio_tasks", "asyncio tasks alive in the server's loop", registry=r)
         self.embedding_hits = Counter(
             "seglabel_embedding_cache_hits",

@@ -27,3 +27,19 @@ async def make_server(tiny_repo):
     yield make
     for server in servers:
         await server.stop(0)
+
+
+def metric(server, name: str, **labels) -> float:
+    """A metric as the server's Prometheus endpoint (--metrics-port) shows it: what an operator sees
+    of requests in flight, the memory budget and the stages' queues."""
+    return server.service.metrics.value(name, **labels)
+
+
+def in_flight(server) -> float:
+    return metric(server, "seglabel_requests_in_flight")
+
+
+def budget_at_rest(server) -> bool:
+    """Nothing in flight, and the budget holds only the models' arena (charged once, kept)."""
+    used = metric(server, "seglabel_memory_budget_used_bytes")
+    return in_flight(server) == 0 and used == metric(server, "seglabel_memory_arena_held_bytes")

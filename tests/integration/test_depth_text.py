@@ -16,6 +16,8 @@ from seglabel_client import sample_image_bytes
 from seglabel_client.analysis import scene_summary
 from seglabel_client.client import AsyncSegmenterClient, depth_array, text_request
 
+from tests.integration.conftest import budget_at_rest, in_flight, metric
+
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
 # scikit-image's page photo (a photographed book page), line by line as printed.
@@ -262,15 +264,15 @@ async def test_cancelled_ocr_stops_and_metrics_cover_the_new_stages(make_server,
         with pytest.raises(asyncio.CancelledError):
             await call
         for _ in range(200):  # the cancelled OCR thread stops at its next model call
-            if server.service.inflight == 0:
+            if in_flight(server) == 0:
                 break
             await asyncio.sleep(0.05)
-        assert (
-            server.service.inflight == 0 and server.service.budget.used == server.service.runtime.held_bytes
-        )
+        assert budget_at_rest(server)
         assert metrics.value("seglabel_request_failure_total", method="ExtractText", code="CANCELLED") == 1
         await c.estimate_depth(sample_image_bytes("coffee.jpg"))
         await c.extract_text(image)
     for stage in ("depth", "ocr_det", "ocr_cls", "ocr_rec"):
         assert metrics.value("seglabel_execution_count_total", stage=stage) > 0, stage
-    assert not any(server.service.loaded.pipeline.scheduler.queues.values())
+    stages = ("encoder", "decoder", "clip", "text", "depth", "ocr_det", "ocr_cls", "ocr_rec")
+    assert not any(metric(server, "seglabel_queue_depth", stage=s) for s in stages)  # nothing left behind
+    assert not any(metric(server, "seglabel_backlog_depth", stage=s) for s in stages)

@@ -13,6 +13,8 @@ from PIL import Image
 from seglabel_client.client import AsyncSegmenterClient, build_request
 from seglabel_server.models.vocab import DEFAULT_VOCABULARY
 
+from tests.integration.conftest import in_flight
+
 from ..conftest import distinct_images
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -83,10 +85,10 @@ async def test_cancelling_a_stream_stops_the_work(make_server, photo_bytes):
                 call.cancel()
                 break
         for _ in range(200):
-            if server.service.inflight == 0:
+            if in_flight(server) == 0:
                 break
             await asyncio.sleep(0.02)
-        assert server.service.inflight == 0
+        assert in_flight(server) == 0
         labelled = metrics.value("seglabel_inference_count_total", stage="clip")
         await asyncio.sleep(0.3)
         assert metrics.value("seglabel_inference_count_total", stage="clip") == labelled  # nothing more runs
@@ -164,7 +166,7 @@ async def test_overload_is_refused_at_once_while_admitted_work_finishes(make_ser
     async with client_for(server) as c:
         first = asyncio.ensure_future(c.segment(photo_bytes, points_per_side=12, **LOOSE))
         for _ in range(500):
-            if server.service.inflight == 1:
+            if in_flight(server) == 1:
                 break
             await asyncio.sleep(0.005)
         code, msg = await _status(c.segment(photo_bytes, points_per_side=2))
@@ -216,7 +218,7 @@ async def test_a_failure_mid_stream_ends_it_with_the_mapped_status(make_server, 
     from seglabel_server.errors import Unavailable
 
     server = await make_server()
-    path = server.service.loaded.pipeline.mask_path
+    path = server.service.lifecycle.loaded.pipeline.mask_path
 
     async def gone(req, chunk, full, ctx):
         raise Unavailable("text tower went away")
@@ -250,7 +252,7 @@ async def test_upload_keeps_the_filename_and_success_tells_when_labels_are_missi
     full, no_clip = await make_server(), await make_server(load_clip=False)
     async with client_for(full) as c:
         up = await c.upload(photo_bytes, filename="astronaut.jpg")
-        assert up.filename == "astronaut.jpg" and full.service.files.filename(up.file_id) == "astronaut.jpg"
+        assert up.filename == "astronaut.jpg" and full.service.images.files.filename(up.file_id) == "astronaut.jpg"
         assert (await c.upload(photo_bytes)).filename == ""
         resp = await c.segment(file_id=up.file_id, points_per_side=2, max_masks=2, **LOOSE)
         assert resp.success and resp.labels

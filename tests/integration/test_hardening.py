@@ -17,6 +17,8 @@ from seglabel_server.service.budget import MemoryBudget
 from seglabel_server.service.config import ServerConfig
 from seglabel_server.transport.server import create_server
 
+from tests.integration.conftest import budget_at_rest, in_flight, metric
+
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
 
@@ -105,16 +107,15 @@ async def test_a_request_over_the_memory_budget_is_refused_before_any_work(make_
         assert metrics.value("seglabel_inference_count_total", stage="encoder") == encoded  # no work
         ok = await c.segment(photo_bytes, points_per_side=2, max_masks=2, **LOOSE)
         assert ok.mask_count == 2
-    runtime = server.service.runtime
     # every request's charge released; what stays is the arena's working memory, charged once
-    assert server.service.budget.used == runtime.held_shares * runtime.share
+    assert budget_at_rest(server) and metric(server, "seglabel_memory_arena_images") >= 1
 
 
 async def test_an_idle_server_gives_a_burst_back_and_keeps_one_image_of_working_memory(make_server, photo):
     for keep in (True, False):
         server = await make_server(idle_release_s=0.2, keep_working_set=keep)
-        service, runtime = server.service, server.service.runtime
-        assert runtime.kept and runtime.held_shares == 1  # the warm-up's encoder run
+        arena = lambda server=server: metric(server, "seglabel_memory_arena_images")  # noqa: E731
+        assert arena() == 1  # the warm-up's encoder run
         async with client_for(server) as c:
             # three images at once: the encoder batch grows the arena, each share charged once
             async def one(side):
@@ -123,14 +124,13 @@ async def test_an_idle_server_gives_a_burst_back_and_keeps_one_image_of_working_
 
             answers = await asyncio.gather(*(one(side) for side in (256, 280, 300)))
             assert all(a.mask_count == 2 for a in answers)
-            assert runtime.held_shares >= 2 and runtime.in_use == 0
-            assert service.budget.used == runtime.held_shares * runtime.share
+            assert arena() >= 2 and budget_at_rest(server)
         for _ in range(100):  # idle past --idle-release-s: given back
             await asyncio.sleep(0.1)
-            if runtime.held_shares == int(keep):
+            if arena() == int(keep):
                 break
-        assert runtime.held_shares == int(keep), keep
-        assert service.budget.used == runtime.held_shares * runtime.share
+        assert arena() == int(keep), keep
+        assert budget_at_rest(server)
 
 
 def test_the_budget_refuses_what_does_not_fit_and_gets_every_byte_back():
@@ -212,9 +212,9 @@ async def test_an_unread_stream_is_ended_after_the_stall_limit(make_server, phot
         first = await call.read()
         assert first.WhichOneof("event") == "accepted"
         deadline = time.monotonic() + 60
-        while server.service.inflight and time.monotonic() < deadline:
+        while in_flight(server) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)  # read nothing: the masks and the overlay fill the window
-        assert server.service.inflight == 0
+        assert in_flight(server) == 0
         failures = server.service.metrics.value(
             "seglabel_request_failure_total", method="StreamSegment", code="RESOURCE_EXHAUSTED"
         )

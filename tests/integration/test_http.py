@@ -14,6 +14,7 @@ import requests
 from PIL import Image
 from seglabel_client import sample_image_bytes
 
+from tests.integration.conftest import in_flight
 from tests.system import free_port
 
 LOOSE = {"pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 1}
@@ -189,10 +190,10 @@ async def test_a_client_that_goes_away_cancels_its_unary_request(make_server, sc
     assert metrics.value("seglabel_http_requests_total", route="/segment", status="499") == 1
     assert metrics.value("seglabel_http_requests_total", route="/segment", status="200") == 0
     for _ in range(100):
-        if server.service.inflight == 0:
+        if in_flight(server) == 0:
             break
         await asyncio.sleep(0.05)
-    assert server.service.inflight == 0
+    assert in_flight(server) == 0
     # and the server answers the next request normally
     ok = await asyncio.to_thread(requests.get, f"{base}/depth/{'0' * 64}")
     assert ok.status_code == 404

@@ -9,6 +9,8 @@ import asyncio
 import grpc
 from seglabel_client.client import AsyncSegmenterClient, build_request
 
+from tests.integration.conftest import budget_at_rest, in_flight, metric
+
 from ..conftest import distinct_images
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -29,15 +31,14 @@ async def test_more_streams_than_the_queues_hold_all_finish(make_server):
     """24 streams of 5 decoder calls and several CLIP calls each, on stage windows of 4 items: the
     work waits for room instead of being refused, and every stream ends with its answer."""
     server = await make_server(max_inflight=32, max_queue=4, max_batch={"decoder": 8, "clip": 4})
-    sched = server.service.loaded.pipeline.scheduler
     most = {"decoder": 0, "clip": 0}
     stop = asyncio.Event()
 
     async def watch() -> None:
         while not stop.is_set():
             for s in most:
-                most[s] = max(most[s], len(sched.backlog[s]))
-                assert len(sched.queues[s]) <= 4
+                most[s] = max(most[s], metric(server, "seglabel_backlog_depth", stage=s))
+                assert metric(server, "seglabel_queue_depth", stage=s) <= 4
             await asyncio.sleep(0.002)
 
     watcher = asyncio.create_task(watch())
@@ -51,7 +52,7 @@ async def test_more_streams_than_the_queues_hold_all_finish(make_server):
     assert [code for code, _ in results] == ["OK"] * 24
     assert all(kinds[0] == "accepted" and kinds[-1] == "summary" for _, kinds in results)
     assert most["decoder"] > 0  # the work did outgrow the window
-    assert server.service.inflight == 0 and server.service.budget.used == server.service.runtime.held_bytes
+    assert budget_at_rest(server)
 
 
 async def test_a_full_server_refuses_up_front_with_a_pushback(make_server, photo_bytes):
@@ -62,7 +63,7 @@ async def test_a_full_server_refuses_up_front_with_a_pushback(make_server, photo
     async with AsyncSegmenterClient(f"127.0.0.1:{server.port}", timeout=300) as c:
         held = [asyncio.ensure_future(stream(c, img, points_per_side=16, **LOOSE)) for img in images]
         for _ in range(2000):
-            if server.service.inflight == 2:
+            if in_flight(server) == 2:
                 break
             await asyncio.sleep(0.005)
         refused = []

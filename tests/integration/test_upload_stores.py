@@ -112,13 +112,13 @@ async def test_an_upload_on_disk_survives_a_server_restart(make_server, photo_by
         after = await c.segment(file_id=fid, points_per_side=2, max_masks=2, overlay=False, **LOOSE)
         info = await c.server_info()
     assert [m.rle.counts for m in after.masks] == [m.rle.counts for m in before.masks]
-    assert second.service.files.filename(fid) == "astronaut.jpg"
+    assert second.service.images.files.filename(fid) == "astronaut.jpg"
     assert "disk" in info.upload_store
     # the in-memory store (the default) does not survive: a restarted server says NOT_FOUND
     mem, mem_fid, _ = await _upload_and_segment(make_server, sample_image_bytes("coffee.jpg"), "memory")
     await mem.stop(0)
     fresh = await make_server()
-    assert isinstance(fresh.service.files, MemoryStore) and ServerConfig().upload_store == "memory"
+    assert isinstance(fresh.service.images.files, MemoryStore) and ServerConfig().upload_store == "memory"
     async with AsyncSegmenterClient(f"127.0.0.1:{fresh.port}") as c:
         with pytest.raises(Exception, match="NOT_FOUND|unknown file_id"):
             await c.segment(file_id=mem_fid, points_per_side=2, overlay=False)

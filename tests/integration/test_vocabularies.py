@@ -321,7 +321,7 @@ async def test_relabel_of_an_expired_answer_is_not_found(make_server):
     server = await make_server()
     async with client_for(server) as c:
         r = await c.segment(data, prompt_type="box", boxes=[box], labels=["a", "b"], overlay=False)
-        server.service.answers.entries.clear()  # what eviction does
+        server.service.lifecycle.answers.entries.clear()  # what eviction does
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.relabel(r.request_id, labels=["a", "b"])
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "answer cache" in err.value.details()

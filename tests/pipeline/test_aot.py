@@ -105,6 +105,8 @@ def test_a_server_without_its_packages_says_how_to_build_them(tiny_repo):
     service = SeglabelService(cfg)
     with pytest.raises(ModelError, match="no AOTInductor package"):
         asyncio.run(service.load())
-    assert (
-        "seglabel-export aot" in service.load_error and "--device cpu --precision fp32" in service.load_error
-    )
+    from seglabel_server.errors import Unavailable
+
+    with pytest.raises(Unavailable) as refused:  # what every call is answered with
+        service.lifecycle.require_ready()
+    assert "seglabel-export aot" in str(refused.value) and "--device cpu --precision fp32" in str(refused.value)

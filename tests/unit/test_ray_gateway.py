@@ -14,7 +14,9 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 from ray.exceptions import RayActorError  # noqa: E402
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb  # noqa: E402
 from seglabel_server.errors import Overloaded, Unavailable, UnknownFile  # noqa: E402
+from seglabel_server.transport.grpc.servicer import SegmenterServicer  # noqa: E402
 from seglabel_server.transport.http.app import create_app  # noqa: E402
+from seglabel_server.transport.http.gateway import GATEWAY_CALLS, LocalGateway  # noqa: E402
 from seglabel_server.transport.ray import app as ray_app  # noqa: E402
 from seglabel_server.transport.ray.gateway import RemoteGateway, pack  # noqa: E402
 
@@ -45,7 +47,7 @@ class Handle:
 
 async def test_a_lost_replica_is_retried_and_domain_errors_keep_their_kind():
     handle = Handle(
-        invoke=[
+        gateway=[
             RayActorError(),
             (("abc", 4, 5), "replica-2", None),
             (None, "replica-1", pack(Overloaded("full; retry later", retry_after_ms=300))),
@@ -53,14 +55,16 @@ async def test_a_lost_replica_is_retried_and_domain_errors_keep_their_kind():
     )
     gateway = RemoteGateway(handle, 1 << 20)
     assert await gateway.upload(b"png", "a.png") == ("abc", 4, 5)
-    assert len(handle.invoke.calls) == 2  # the first replica died, the second answered
+    assert len(handle.gateway.calls) == 2  # the first replica died, the second answered
+    # the replica is asked for the in-process gateway's method itself, not a name
+    assert handle.gateway.calls[0] == (LocalGateway.upload, b"png", "a.png") and LocalGateway.upload in GATEWAY_CALLS
     with pytest.raises(Overloaded) as err:
         await gateway.segment(None, "f" * 64, None, None)
     assert str(err.value) == "full; retry later" and err.value.retry_after_ms == 300
 
 
 async def test_no_replica_left_is_unavailable_with_a_pushback():
-    gateway = RemoteGateway(Handle(invoke=[RayActorError(), RayActorError(), RayActorError()]), 1 << 20)
+    gateway = RemoteGateway(Handle(gateway=[RayActorError(), RayActorError(), RayActorError()]), 1 << 20)
     with pytest.raises(Unavailable) as err:
         await gateway.info()
     assert err.value.retry_after_ms == 1000
@@ -112,6 +116,7 @@ async def test_the_grpc_methods_ask_for_the_token_and_answer_domain_errors_with_
     served = GrpcContext(ok)
     assert await node.Segment(pb.SegmentRequest(), served) == reply
     assert served.code is None and ("seglabel-replica", "r2") in served.trailers
+    assert handle.call.calls[-1][0] is SegmenterServicer.Segment  # the servicer's method, not a name
 
 
 async def asgi_get(app, path: str, headers: dict[str, str]) -> tuple[int, dict, bytes]:
@@ -137,11 +142,11 @@ async def asgi_get(app, path: str, headers: dict[str, str]) -> tuple[int, dict, 
 
 
 async def test_the_http_routes_on_ray_ask_for_the_same_token():
-    handle = Handle(invoke=[(None, "r1", pack(UnknownFile("unknown file_id"))), (True, "r1", None)])
+    handle = Handle(gateway=[(None, "r1", pack(UnknownFile("unknown file_id"))), (True, "r1", None)])
     asgi, _ = create_app(RemoteGateway(handle, 1 << 20), "s3cret")
     status, _, body = await asgi_get(asgi, f"/depth/{'0' * 64}", {})
     assert (
-        status == 401 and json.loads(body)["error"]["code"] == "unauthenticated" and not handle.invoke.calls
+        status == 401 and json.loads(body)["error"]["code"] == "unauthenticated" and not handle.gateway.calls
     )
     status, _, body = await asgi_get(asgi, f"/depth/{'0' * 64}", {"authorization": "Bearer s3cret"})
     assert status == 404 and json.loads(body)["error"]["message"] == "unknown file_id"

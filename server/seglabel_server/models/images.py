@@ -4,6 +4,7 @@ the server share these, so an exported graph is checked on exactly what it is fe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -17,37 +18,53 @@ from seglabel_server.errors import InvalidImage, LimitExceeded, SeglabelError
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000, check=None) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 [H,W,3], EXIF orientation applied. Only ALLOWED_FORMATS are
-    opened; ``check(width, height)``, when given, runs after the header is read and before the
-    pixels are decoded (admission by size). Error messages never echo library internals."""
-    if not data:
-        raise InvalidImage("image is empty")
+@contextlib.contextmanager
+def _decoding(max_pixels: int):
+    """Pillow's failures as the domain's: a bomb is LimitExceeded, anything else InvalidImage (the
+    message never echoes library internals)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            except Image.UnidentifiedImageError:
-                raise InvalidImage(
-                    f"cannot decode image: not one of the accepted formats ({', '.join(ALLOWED_FORMATS)})"
-                ) from None
-            w, h = img.size
-            if w * h > max_pixels:
-                raise LimitExceeded(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-            if check is not None:
-                check(w, h)
-            img = ImageOps.exif_transpose(img)
-            arr = np.asarray(img.convert("RGB"))
+            yield
     except SeglabelError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise LimitExceeded(f"image too large to decode safely (over {max_pixels} pixels)") from None
     except Exception as exc:
         raise InvalidImage(f"cannot decode image: truncated or corrupt data ({type(exc).__name__})") from None
+
+
+def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Encoded bytes opened and their header read, the pixels not decoded yet (admission charges the
+    request by its size first): only ALLOWED_FORMATS, at most ``max_pixels``."""
+    if not data:
+        raise InvalidImage("image is empty")
+    with _decoding(max_pixels):
+        try:
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except Image.UnidentifiedImageError:
+            raise InvalidImage(
+                f"cannot decode image: not one of the accepted formats ({', '.join(ALLOWED_FORMATS)})"
+            ) from None
+        w, h = img.size
+        if w * h > max_pixels:
+            raise LimitExceeded(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    return img
+
+
+def decode_opened(img: Image.Image, max_pixels: int = 40_000_000) -> np.ndarray:
+    """An opened image's pixels: RGB uint8 [H,W,3], EXIF orientation applied."""
+    with _decoding(max_pixels):
+        arr = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     if arr.shape[0] < 8 or arr.shape[1] < 8:
         raise InvalidImage(f"image is {arr.shape[1]}x{arr.shape[0]}; at least 8x8 pixels are needed")
     return arr
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 [H,W,3], EXIF orientation applied (:func:`open_image`, then
+    :func:`decode_opened`)."""
+    return decode_opened(open_image(data, max_pixels), max_pixels)
 
 
 def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:

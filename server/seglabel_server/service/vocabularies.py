@@ -10,18 +10,13 @@ import time
 import numpy as np
 
 from seglabel_server import amg
-from seglabel_server.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    LimitExceeded,
-    NotFound,
-    UnknownFile,
-    clip_text,
-)
-from seglabel_server.models import images
+from seglabel_server.errors import FailedPrecondition, InvalidArgument, LimitExceeded, NotFound, clip_text
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
+from seglabel_server.service.admission import Admission
+from seglabel_server.service.config import ServerConfig
+from seglabel_server.service.image_source import ImageSource
+from seglabel_server.service.lifecycle import Lifecycle
 from seglabel_server.service.params import label_spec
-from seglabel_server.storage.uploads import check_file_id
 from seglabel_server.storage.vocabularies import VocabularyStore, unknown
 from seglabel_server.types import ExampleIn, LabelSpec, RequestContext, SegmentOptions
 from seglabel_server.vocabulary import (
@@ -44,31 +39,28 @@ class LabelIn:
 
 
 class Vocabularies:
-    """The vocabulary calls of the service. ``service`` gives the pieces it needs: the store, the
-    upload store, the pipeline (CLIP), the answer cache, limits, and image decoding under the
-    memory budget."""
+    """The vocabulary calls of the service, over the vocabulary ``store``: the loaded models (CLIP,
+    the answer cache) and readiness from ``lifecycle``, the memory budget from ``admission``, the
+    examples' images from ``images``."""
 
-    def __init__(self, service, store: VocabularyStore):
-        self.service = service
-        self.store = store
+    def __init__(self, store: VocabularyStore, cfg: ServerConfig, lifecycle: Lifecycle, admission: Admission,
+                 images: ImageSource):  # fmt: skip
+        self.store, self.cfg = store, cfg
+        self.lifecycle, self.admission, self.images = lifecycle, admission, images
         self.parsed: dict[str, tuple[object, Vocabulary]] = {}  # name -> (store version, record)
 
     # -- pieces ---------------------------------------------------------------------------------
     @property
-    def cfg(self):
-        return self.service.cfg
-
-    @property
     def clip_model(self) -> str:
-        loaded = self.service.loaded
+        loaded = self.lifecycle.loaded
         return loaded.pipeline.parts.clip_model if loaded is not None else ""
 
     def _max_chars(self) -> int:
         return self.cfg.pipeline.max_label_chars
 
     def _require_clip(self) -> None:
-        self.service._require_ready()
-        self.service._require("labels", "vocabularies (CLIP labels)")
+        self.lifecycle.require_ready()
+        self.lifecycle.require("labels", "vocabularies (CLIP labels)")
 
     async def _run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -134,7 +126,7 @@ class Vocabularies:
     async def _embed(self, examples: list[ExampleIn], ctx: RequestContext) -> list[tuple[np.ndarray, dict]]:
         """(embedding, source) per example, in order; every example checked before any CLIP run.
         Images are decoded once per file_id, under the memory budget."""
-        answers = self.service.loaded.pipeline.parts.answers
+        answers, pipeline = self.lifecycle.answers, self.lifecycle.loaded.pipeline
         out: list = [None] * len(examples)
         by_file: dict[str, list[int]] = {}
         for i, ex in enumerate(examples):
@@ -162,21 +154,16 @@ class Vocabularies:
             else:
                 raise InvalidArgument(f"{where}: give file_id (with an optional box or mask) or request_id")
         for file_id, idx in by_file.items():
-            image = await self._image(file_id, idx[0])
+            try:
+                image = await self.images.read(file_id)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"example {idx[0] + 1}: {exc}") from None
             regions = [_region(examples[i], image.shape[1], image.shape[0], f"example {i + 1}") for i in idx]
             ctx.check()
-            emb = await self.service.loaded.pipeline.embed_regions(image, [r[:2] for r in regions], ctx)
+            emb = await pipeline.embed_regions(image, [r[:2] for r in regions], ctx)
             for i, e, r in zip(idx, emb, regions):
                 out[i] = (e / np.linalg.norm(e), r[2])
         return out
-
-    async def _image(self, file_id: str, first: int) -> np.ndarray:
-        try:
-            check_file_id(file_id)
-            data = await self._run(self.service.files.get, file_id)
-        except (UnknownFile, InvalidArgument) as exc:
-            raise InvalidArgument(f"example {first + 1}: {exc}") from None
-        return await self._run(images.decode_image, data, self.cfg.max_image_pixels)
 
     # -- calls ----------------------------------------------------------------------------------
     async def describe(self, vocab: Vocabulary, ctx: RequestContext | None = None):
@@ -184,7 +171,7 @@ class Vocabularies:
         return vocab, await self.thresholds(vocab, ctx or RequestContext())
 
     async def get(self, name: str, ctx: RequestContext):
-        self.service._require_ready()
+        self.lifecycle.require_ready()
         return await self.describe(await self.load(name, ctx), ctx)
 
     async def create(self, name: str, labels: list[LabelIn], replace: bool, alpha: float, beta: float):
@@ -248,8 +235,9 @@ class Vocabularies:
                 f"{len(examples)} examples is over the limit {self.cfg.max_examples_per_label}"
             )
         await self.load(name, ctx)  # NotFound first, and a vocabulary of another model rebuilt
-        async with self.service._admitted() as charges:
-            charges.append(self.service.budget.charge(self._example_bytes(examples)))
+        self.lifecycle.require_ready()
+        async with self.admission.admit() as ticket:
+            ticket.charge(self._example_bytes(examples))
             embedded = await self._embed(examples, ctx)
         new = [StoredExample.new(not ex.negative, emb, src) for ex, (emb, src) in zip(examples, embedded)]
         model, cfg = self.clip_model, self.cfg
@@ -285,7 +273,7 @@ class Vocabularies:
 
     async def remove_examples(self, name: str, label: str, ids: list[str], remove_label: bool):
         """(vocabulary after, thresholds)."""
-        self.service._require_ready()
+        self.lifecycle.require_ready()
         check_name(name)
 
         def remove(current: bytes | None) -> bytes:
@@ -309,7 +297,7 @@ class Vocabularies:
         return await self.describe(Vocabulary.from_json(record))
 
     async def thresholds(self, vocab: Vocabulary, ctx: RequestContext) -> list[tuple[float, str, str]]:
-        labeller = self.service.loaded.pipeline.labels
+        labeller = self.lifecycle.loaded.pipeline.labels
         if labeller is None or vocab.clip_model != self.clip_model:
             return [(DEFAULT_MULTI_THRESHOLD, "default", "CLIP unavailable") for _ in vocab.labels]
         return await labeller.threshold_report(vocab, DEFAULT_MULTI_THRESHOLD, ctx)

@@ -57,7 +57,7 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.drain()
         try:
-            await asyncio.wait_for(self.service.idle.wait(), seconds)
+            await asyncio.wait_for(self.service.admission.idle.wait(), seconds)
             return True
         except asyncio.TimeoutError:
             return False
@@ -203,7 +203,7 @@ async def serve(cfg: ServerConfig) -> int:
         log.info("SERVING")
         await stop.wait()
     loading.cancel()
-    log.info("draining: %d requests in flight, up to %.1fs", server.service.inflight, cfg.drain_seconds)
+    log.info("draining: %d requests in flight, up to %.1fs", server.service.admission.inflight, cfg.drain_seconds)
     t0 = loop.time()
     finished = await server.drain(cfg.drain_seconds)
     log.info("drained" if finished else "drain time over: ending the requests still in flight")

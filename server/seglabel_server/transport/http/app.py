@@ -197,7 +197,7 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
     # -- vocabularies and relabelling: bodies and answers are the gRPC messages' ----------------
     @app.get("/vocabularies")
     async def vocabularies_list():
-        vocabs = await service.vocabularies("names")
+        vocabs = await service.list_vocabularies()
         return wire.message_json(
             pb.ListVocabulariesResponse(vocabularies=[convert.vocabulary_summary_to_pb(v) for v in vocabs])
         )
@@ -206,18 +206,18 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
     async def vocabulary_create(body: dict = Body(...)):
         """``{"name", "labels": ["cat", {"name", "prompts", "threshold"}], "replace", "alpha", "beta"}``."""
         req = wire.parse(body, pb.CreateVocabularyRequest())
-        got = await service.vocabularies(
-            "create", req.name, convert.labels_in_from_pb(req.labels), req.replace, req.alpha, req.beta
+        got = await service.create_vocabulary(
+            req.name, convert.labels_in_from_pb(req.labels), req.replace, req.alpha, req.beta
         )
         return wire.message_json(convert.vocabulary_to_pb(*got))
 
     @app.get("/vocabularies/{name}")
     async def vocabulary_get(name: str):
-        return wire.message_json(convert.vocabulary_to_pb(*await service.vocabularies("get", name)))
+        return wire.message_json(convert.vocabulary_to_pb(*await service.get_vocabulary(name)))
 
     @app.delete("/vocabularies/{name}")
     async def vocabulary_delete(name: str):
-        return {"deleted": await service.vocabularies("delete", name)}
+        return {"deleted": await service.delete_vocabulary(name)}
 
     @app.post("/vocabularies/{name}/examples")
     async def vocabulary_add(name: str, body: dict = Body(...)):
@@ -225,7 +225,7 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
         "negative"...]}`` -> ``{"vocabulary", "example_ids"}``."""
         req = wire.parse({**body, "vocabulary": name}, pb.AddExamplesRequest())
         examples = [convert.example_from_pb(e) for e in req.examples]
-        (vocab, thresholds), ids = await service.vocabularies("add_examples", name, req.label, examples)
+        (vocab, thresholds), ids = await service.add_examples(name, req.label, examples)
         return wire.message_json(
             pb.AddExamplesResponse(vocabulary=convert.vocabulary_to_pb(vocab, thresholds), example_ids=ids)
         )
@@ -234,9 +234,7 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
     async def vocabulary_remove(name: str, body: dict = Body(...)):
         """``{"label", "example_ids": [] (all), "remove_label": false}``."""
         req = wire.parse({**body, "vocabulary": name}, pb.RemoveExamplesRequest())
-        got = await service.vocabularies(
-            "remove_examples", name, req.label, list(req.example_ids), req.remove_label
-        )
+        got = await service.remove_examples(name, req.label, list(req.example_ids), req.remove_label)
         return wire.message_json(convert.vocabulary_to_pb(*got))
 
     @app.post("/relabel")

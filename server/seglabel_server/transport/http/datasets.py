@@ -126,7 +126,7 @@ class DatasetJobs:
             if info["labels_unavailable_reason"]:
                 raise InvalidArgument(f"this server cannot label: {info['labels_unavailable_reason']}")
             if settings.get("vocabulary_name"):  # a stored vocabulary: its labels are the categories
-                vocab, _ = await self.gateway.vocabularies("get", settings["vocabulary_name"])
+                vocab, _ = await self.gateway.get_vocabulary(settings["vocabulary_name"])
                 categories = [lab.name for lab in vocab.labels]
             else:
                 categories = list(settings.get("vocabulary") or info["default_vocabulary"])

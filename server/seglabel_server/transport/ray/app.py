@@ -32,11 +32,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
-from google.protobuf import message_factory
-from grpc_health.v1 import health_pb2
 from ray import serve
-from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server.errors import SeglabelError
 from seglabel_server.service import SeglabelService
@@ -47,12 +45,11 @@ from seglabel_server.service.config import (
     apply_settings,
     settings_from_args,
 )
-from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
-from seglabel_server.transport.http.app import create_app
-from seglabel_server.transport.http.gateway import vocabulary_call
-from seglabel_server.transport.ray.gateway import RemoteGateway, call_replica, pack, stream_replica, unpack
+from seglabel_server.transport.http.gateway import GATEWAY_CALLS, LocalGateway
+from seglabel_server.transport.ray.gateway import pack
+from seglabel_server.transport.ray.ingress import UNARY, SeglabelIngress
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ SERVICER_FUNCTIONS = [
     "seglabel_server.transport.ray.proxy.add_segmenter",
     "seglabel_server.transport.ray.proxy.add_health",
 ]
-REPLICA_HEADER = "seglabel-replica"
 
 
 class _NoDeadline:
@@ -103,13 +99,14 @@ class SeglabelReplica:
         if ctx:  # "<Ray replica id> <host>:<pid>"
             self.service.served_by = f"{ctx.replica_id.unique_id} {self.service.served_by}"
         self.servicer = SegmenterServicer(self.service)
+        self.local = LocalGateway(self.service)
         t0 = time.perf_counter()
         await self.service.load()  # the replica starts (and is routed to) only once this is done
         log.info("replica %s SERVING after %.1fs (uploads: %s)", self.service.served_by,
-                 time.perf_counter() - t0, self.service.files.describe())  # fmt: skip
+                 time.perf_counter() - t0, self.service.images.files.describe())  # fmt: skip
 
     async def check_health(self) -> None:
-        if not self.service.ready.is_set() or self.service.draining:
+        if not self.service.serving:
             raise RuntimeError(f"replica {self.service.served_by} is not serving")
 
     def _refused(self, what: str, exc: SeglabelError) -> tuple:
@@ -117,14 +114,14 @@ class SeglabelReplica:
         serve_log.info("request %s %s: %s %s", _request_id(), what, code.name, details)
         return None, self.service.served_by, pack(exc)
 
-    async def call(self, method: str, request):
-        """A unary gRPC method of Segmenter."""
+    async def call(self, method: Callable, request):
+        """A unary gRPC method of Segmenter (``ingress.UNARY``: a SegmenterServicer method)."""
         if method not in UNARY:
-            raise ValueError(f"not a unary method of Segmenter: {method}")
+            raise ValueError(f"not a unary method of Segmenter: {method!r}")
         try:
-            reply = await getattr(self.servicer, method)(request, _NoDeadline())
+            reply = await method(self.servicer, request, _NoDeadline())
         except SeglabelError as exc:
-            return self._refused(method, exc)
+            return self._refused(method.__name__, exc)
         return reply, self.service.served_by, None
 
     async def stream(self, request):
@@ -135,28 +132,20 @@ class SeglabelReplica:
         except SeglabelError as exc:
             yield self._refused("StreamSegment", exc)
 
-    async def invoke(self, name: str, *args):
-        """A service call for the HTTP routes (``gateway.RemoteGateway``), on domain types."""
+    async def gateway(self, method: Callable, *args):
+        """A call of the HTTP routes (``gateway.RemoteGateway``): ``method``, one of LocalGateway's
+        (``GATEWAY_CALLS``), run here with a RequestContext of its own, cancelled on the way out
+        (whatever it queued is dropped: a cancelled call, or nothing left)."""
+        if method not in GATEWAY_CALLS:
+            raise ValueError(f"not a gateway call: {method!r}")
         ctx = RequestContext()
-        service = self.service
         try:
-            if name == "serving":
-                reply = service.ready.is_set() and not service.draining
-            elif name == "info":
-                reply = service.info()
-            elif name == "upload":
-                reply = await asyncio.to_thread(service.upload, *args)
-            elif name in ("segment", "estimate_depth", "extract_text", "relabel"):
-                reply = await getattr(service, name)(*args, ctx)
-            elif name == "vocabularies":
-                reply = await vocabulary_call(service, *args)
-            else:
-                raise ValueError(f"not a service call: {name}")
+            reply = await method(self.local, *args, ctx=ctx)
         except SeglabelError as exc:
-            return self._refused(f"HTTP {name}", exc)
+            return self._refused(f"HTTP {method.__name__}", exc)
         finally:
-            ctx.cancel()  # whatever it queued is dropped (a cancelled call, or nothing left)
-        return reply, service.served_by, None
+            ctx.cancel()
+        return reply, self.service.served_by, None
 
     async def events(self, params, file_id, data):
         """A Segment request's stream of domain events (``service.segment_events``)."""
@@ -167,7 +156,7 @@ class SeglabelReplica:
             yield self._refused("HTTP segment stream", exc)
 
     async def serving(self) -> bool:
-        return self.service.ready.is_set() and not self.service.draining
+        return self.service.serving
 
 
 def pin_to_cpus(local_rank: int, n: int) -> list[int]:
@@ -181,154 +170,6 @@ def pin_to_cpus(local_rank: int, n: int) -> list[int]:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(task), chosen)
     return chosen
-
-
-UNARY = ("Upload", "Segment", "EstimateDepth", "ExtractText", "GetServerInfo", "CreateVocabulary", "GetVocabulary",
-         "ListVocabularies", "DeleteVocabulary", "AddExamples", "RemoveExamples", "Relabel")  # fmt: skip
-_METHODS = pb.DESCRIPTOR.services_by_name["Segmenter"].methods_by_name
-
-
-def _empty_reply(method: str):
-    """An empty answer of ``method``'s type: sent with the error status set on the context."""
-    return message_factory.GetMessageClass(_METHODS[method].output_type)()
-
-
-@serve.deployment(name="SeglabelIngress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-@serve.ingress()
-class SeglabelIngress:
-    """What Ray Serve's proxies call: the ``seglabel.v1.Segmenter`` methods and ``grpc.health.v1``
-    ``Check`` (gRPC proxy), and the HTTP/JSON routes and web page (HTTP proxy, the FastAPI app of
-    ``transport.http``). Holds no model; routes each call to a replica through Ray's deployment
-    handle (Ray picks the replica), turns a replica's death into a retry on another one (before a
-    stream's first event) or UNAVAILABLE, domain errors into their status codes (set on the
-    context, not raised), checks the bearer token when one is configured, and names the replica
-    that answered in the trailing metadata ``seglabel-replica``."""
-
-    def __init__(self, replicas, server: dict | None = None):
-        self.replicas = replicas
-        cfg = ServerConfig()
-        apply_settings(cfg, dict(server or {}), "the Ray application's args.server")
-        self.token = read_token(cfg.auth_token_file)
-        self.gateway = RemoteGateway(replicas, cfg.max_image_bytes)
-
-    def __serve_build_asgi_app__(self):
-        asgi, _ = create_app(self.gateway, self.token)
-        return asgi
-
-    @staticmethod
-    def _fail(grpc_context, exc: SeglabelError) -> None:
-        code, details = grpc_status(exc)
-        if grpc_context is not None:
-            grpc_context.set_code(code)
-            grpc_context.set_details(details)
-            pushback = exc.retry_after_ms
-            if pushback:
-                grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback)))])
-
-    def _authorized(self, grpc_context) -> bool:
-        if not self.token:
-            return True
-        sent = dict(grpc_context.invocation_metadata()).get("authorization", "") if grpc_context else ""
-        try:
-            check_bearer(sent, self.token)
-            return True
-        except SeglabelError as exc:
-            self._fail(grpc_context, exc)
-            return False
-
-    async def _unary(self, method: str, request, grpc_context):
-        if not self._authorized(grpc_context):
-            return _empty_reply(method)
-        try:
-            reply, replica, error = await call_replica(
-                lambda: self.replicas.call.remote(method, request), method
-            )
-        except Exception as exc:
-            self._fail(grpc_context, as_domain(exc))
-            return _empty_reply(method)
-        if error is not None:
-            self._fail(grpc_context, unpack(error))
-            return _empty_reply(method)
-        if grpc_context is not None:
-            grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
-        return reply
-
-    async def Upload(self, request, grpc_context=None):
-        return await self._unary("Upload", request, grpc_context)
-
-    async def Segment(self, request, grpc_context=None):
-        return await self._unary("Segment", request, grpc_context)
-
-    async def EstimateDepth(self, request, grpc_context=None):
-        return await self._unary("EstimateDepth", request, grpc_context)
-
-    async def ExtractText(self, request, grpc_context=None):
-        return await self._unary("ExtractText", request, grpc_context)
-
-    async def GetServerInfo(self, request, grpc_context=None):
-        return await self._unary("GetServerInfo", request, grpc_context)
-
-    async def CreateVocabulary(self, request, grpc_context=None):
-        return await self._unary("CreateVocabulary", request, grpc_context)
-
-    async def GetVocabulary(self, request, grpc_context=None):
-        return await self._unary("GetVocabulary", request, grpc_context)
-
-    async def ListVocabularies(self, request, grpc_context=None):
-        return await self._unary("ListVocabularies", request, grpc_context)
-
-    async def DeleteVocabulary(self, request, grpc_context=None):
-        return await self._unary("DeleteVocabulary", request, grpc_context)
-
-    async def AddExamples(self, request, grpc_context=None):
-        return await self._unary("AddExamples", request, grpc_context)
-
-    async def RemoveExamples(self, request, grpc_context=None):
-        return await self._unary("RemoveExamples", request, grpc_context)
-
-    async def Relabel(self, request, grpc_context=None):
-        return await self._unary("Relabel", request, grpc_context)
-
-    async def StreamSegment(self, request, grpc_context=None):
-        """Retried on another replica only while no event was sent; after that a lost replica ends
-        the stream with UNAVAILABLE (the client decides: gRPC never retries a committed stream)."""
-        if not self._authorized(grpc_context):
-            return
-        events = stream_replica(
-            lambda: self.replicas.options(stream=True).stream.remote(request), "StreamSegment"
-        )
-        sent = 0
-        try:
-            async with contextlib.aclosing(events):
-                async for event, replica, error in events:
-                    if error is not None:
-                        self._fail(grpc_context, unpack(error))
-                        return
-                    if sent == 0 and grpc_context is not None:
-                        grpc_context.set_trailing_metadata([(REPLICA_HEADER, replica)])
-                    sent += 1
-                    yield event
-        except Exception as exc:
-            self._fail(grpc_context, as_domain(exc))
-
-    async def Check(self, request, grpc_context=None):
-        """SERVING when a replica answers that it is (models loaded and warm)."""
-        try:
-            serving = await self.replicas.serving.remote()
-        except Exception:
-            serving = False
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        return health_pb2.HealthCheckResponse(status=status)
-
-
-def as_domain(exc: BaseException) -> SeglabelError:
-    """A non-domain failure (a bug in a replica) as INTERNAL, its traceback logged once here."""
-    if isinstance(exc, SeglabelError):
-        return exc
-    log.error("replica call failed", exc_info=exc)
-    return SeglabelError(f"internal error ({type(exc).__name__})")
 
 
 def build(args: dict) -> serve.Application:

@@ -15,6 +15,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from seglabel_server import errors
 from seglabel_server.errors import SeglabelError, Unavailable
 from seglabel_server.metrics import Metrics
+from seglabel_server.transport.http.gateway import LocalGateway
 
 log = logging.getLogger(__name__)
 
@@ -90,48 +91,66 @@ async def stream_replica(start: Callable[[], AsyncIterator], what: str) -> Async
 
 
 class RemoteGateway:
-    """:class:`~seglabel_server.transport.http.gateway.Gateway` over the replicas' ``invoke`` and
-    ``events`` methods (``transport.ray.app.SeglabelReplica``)."""
+    """:class:`~seglabel_server.transport.http.gateway.Gateway` over the replicas
+    (``transport.ray.app.SeglabelReplica``): each call is the in-process gateway's method of the same
+    name, run on a replica (``SeglabelReplica.gateway``); a stream is its ``events``."""
 
     def __init__(self, replicas, max_image_bytes: int):
         self.replicas = replicas
         self.max_image_bytes = max_image_bytes
         self.metrics = Metrics()  # the HTTP counters of this ingress
 
-    async def _invoke(self, name: str, *args):
-        value, _, error = await call_replica(lambda: self.replicas.invoke.remote(name, *args), name)
+    async def _call(self, method: Callable, *args):
+        """``method`` (a LocalGateway method) with ``args`` on a replica, which gives it a
+        RequestContext of its own."""
+        value, _, error = await call_replica(lambda: self.replicas.gateway.remote(method, *args), method.__name__)
         if error is not None:
             raise unpack(error)
         return value
 
-    async def serving(self) -> bool:
+    async def serving(self, ctx=None) -> bool:
         try:
-            return bool(await self._invoke("serving"))
+            return bool(await self._call(LocalGateway.serving))
         except Exception:
             return False
 
-    async def info(self) -> dict:
-        return await self._invoke("info")
+    async def info(self, ctx=None) -> dict:
+        return await self._call(LocalGateway.info)
 
-    async def upload(self, data: bytes, filename: str) -> tuple[str, int, int]:
-        return await self._invoke("upload", data, filename)
+    async def upload(self, data, filename, ctx=None):
+        return await self._call(LocalGateway.upload, data, filename)
 
-    async def segment(self, params, file_id, data, ctx):
-        return await self._invoke("segment", params, file_id, data)
+    async def segment(self, params, file_id, data, ctx=None):
+        return await self._call(LocalGateway.segment, params, file_id, data)
 
-    async def estimate_depth(self, file_id, data, ctx):
-        return await self._invoke("estimate_depth", file_id, data)
+    async def estimate_depth(self, file_id, data, ctx=None):
+        return await self._call(LocalGateway.estimate_depth, file_id, data)
 
-    async def extract_text(self, file_id, data, options, ctx):
-        return await self._invoke("extract_text", file_id, data, options)
+    async def extract_text(self, file_id, data, options, ctx=None):
+        return await self._call(LocalGateway.extract_text, file_id, data, options)
 
-    async def vocabularies(self, op: str, *args):
-        return await self._invoke("vocabularies", op, *args)
+    async def relabel(self, request_id, params, ctx=None):
+        return await self._call(LocalGateway.relabel, request_id, params)
 
-    async def relabel(self, request_id, params, ctx):
-        return await self._invoke("relabel", request_id, params)
+    async def create_vocabulary(self, name, labels, replace, alpha, beta, ctx=None):
+        return await self._call(LocalGateway.create_vocabulary, name, labels, replace, alpha, beta)
 
-    async def segment_events(self, params, file_id, data, ctx) -> AsyncIterator[object]:
+    async def get_vocabulary(self, name, ctx=None):
+        return await self._call(LocalGateway.get_vocabulary, name)
+
+    async def list_vocabularies(self, ctx=None):
+        return await self._call(LocalGateway.list_vocabularies)
+
+    async def delete_vocabulary(self, name, ctx=None):
+        return await self._call(LocalGateway.delete_vocabulary, name)
+
+    async def add_examples(self, name, label, examples, ctx=None):
+        return await self._call(LocalGateway.add_examples, name, label, examples)
+
+    async def remove_examples(self, name, label, ids, remove_label, ctx=None):
+        return await self._call(LocalGateway.remove_examples, name, label, ids, remove_label)
+
+    async def segment_events(self, params, file_id, data, ctx=None) -> AsyncIterator[object]:
         events = stream_replica(
             lambda: self.replicas.options(stream=True).events.remote(params, file_id, data), "segment stream"
         )

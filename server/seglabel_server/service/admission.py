@@ -1,0 +1,100 @@
+"""Admission, the service's door: at most ``max_inflight`` requests at once, and each admitted request
+charged an upper bound of its peak memory against the budget before any work (its :class:`Ticket`).
+A request that does not fit is refused at once with a pushback (when a place is likely to free)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from seglabel_server.errors import Overloaded
+from seglabel_server.metrics import Metrics
+from seglabel_server.service.budget import Charge, MemoryBudget, RuntimeMemory
+
+
+class Ticket:
+    """One admitted request: the memory it was charged, released when it leaves."""
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+        self.charges: list[Charge] = []
+
+    def charge(self, nbytes: int) -> None:
+        """Charge ``nbytes`` of peak memory: Overloaded (with a pushback) while the budget is full,
+        LimitExceeded when the request could never fit."""
+        try:
+            self.charges.append(self._admission.budget.charge(nbytes))
+        except Overloaded as exc:
+            raise self._admission.refused("memory", exc) from None
+
+    def take_runtime(self) -> None:
+        """A share of the models' working memory on the host (:class:`RuntimeMemory`); nothing when
+        the models run elsewhere (a GPU), or an encoder batch of requests holds the shares already."""
+        runtime = self._admission.runtime
+        if runtime is None:
+            return
+        try:
+            share = runtime.take()
+        except Overloaded as exc:
+            raise self._admission.refused("memory", exc) from None
+        if share is not None:
+            self.charges.append(share)
+
+    def release(self) -> None:
+        for c in self.charges:
+            c.release()
+        self.charges.clear()
+
+
+class Admission:
+    """``inflight``: requests admitted now; ``idle`` is set whenever there are none, and
+    ``on_idle`` (the lifecycle's) runs each time the last one leaves. ``runtime``: the models'
+    working memory on the host as charges (set once they are loaded, where they run on the host)."""
+
+    def __init__(self, max_inflight: int, budget: MemoryBudget, metrics: Metrics):
+        self.max_inflight, self.budget, self.metrics = max_inflight, budget, metrics
+        self.runtime: RuntimeMemory | None = None
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.on_idle: Callable[[], None] | None = None
+        self.hold_s = 1.0  # moving mean of how long an admitted request holds its place (s)
+        metrics.inflight.set_function(lambda: self.inflight)
+        metrics.budget_used.set_function(lambda: self.budget.used)
+        metrics.arena_images.set_function(lambda: self.runtime.held_shares if self.runtime else 0)
+        metrics.arena_bytes.set_function(lambda: self.runtime.held_bytes if self.runtime else 0)
+
+    def retry_after_ms(self) -> int:
+        """When a refused request is likely to find room: a place frees every (mean time a request
+        is held / requests in flight), on average; between 50 ms and 10 s."""
+        return int(min(10_000, max(50, 1000 * self.hold_s / max(1, self.inflight))))
+
+    def refused(self, why: str, exc: Overloaded) -> Overloaded:
+        """``exc`` counted (``seglabel_rejected{stage=why}``) and given the pushback."""
+        self.metrics.rejected.labels(why).inc()
+        exc.retry_after_ms = self.retry_after_ms()
+        return exc
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[Ticket]:
+        """One request in: counted against ``max_inflight`` (Overloaded when full), its ticket's
+        charges released whatever the exit."""
+        if self.inflight >= self.max_inflight:
+            raise self.refused(
+                "admission", Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight}); retry later")
+            )
+        self.inflight += 1
+        self.idle.clear()
+        ticket, t0 = Ticket(self), time.monotonic()
+        try:
+            yield ticket
+        finally:
+            self.hold_s += 0.2 * (time.monotonic() - t0 - self.hold_s)
+            self.inflight -= 1
+            ticket.release()
+            if self.inflight == 0:
+                self.idle.set()
+                if self.on_idle is not None:
+                    self.on_idle()
