@@ -110,8 +110,9 @@ test: $(VENV)/.installed proto system-deps
 test-fast: $(VENV)/.installed proto
 	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu" $(PYTEST_ARGS) tests
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check server export client tests scripts
+	$(VENV)/bin/mypy
 
 bench-pipeline: models
 	$(PY) scripts/bench_pipeline.py --models $(MODELS)

@@ -8,8 +8,8 @@ of a nested field), whether the server's configuration fills it when it is unset
 
 - the protobuf mapping, by the proto's own field names and types (:func:`to_pb`, :func:`from_pb`);
 - the client's keyword arguments (:func:`from_kwargs`);
-- every command's flags (:func:`add_flags`, :func:`from_args`): ``seglabel segment``, ``label``,
-  ``relabel``, ``seglabel-bench``, ``seglabel-ray label``;
+- every command's flags (``seglabel_api.flags``): ``seglabel segment``, ``label``, ``relabel``,
+  ``seglabel-bench``, ``seglabel-ray label``;
 - the server's parameters (the server runs this very class; :func:`with_defaults` fills it);
 - the HTTP JSON models (``seglabel_server.transport.http.schema``) and a dataset job's stored
   options (``seglabel_api.datasets.job.LabelOptions``).
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import typing
 from collections.abc import Iterable
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 SEGMENT = "segment"  # Segment / StreamSegment, the HTTP /segment body, seglabel segment
@@ -86,62 +86,84 @@ def parse_threshold(text: str) -> tuple[str, float]:
 
 
 # -- the declaration -------------------------------------------------------------------------------
+# Which commands take an option: a grid's (every command that sends a Segment), the labelling ones.
 _GRID = {SEGMENT, DATASET, BENCH}
 _LABELS = {SEGMENT, DATASET, RELABEL}
+_EXTRAS = {SEGMENT, DATASET}
 
 
 @dataclass
 class SegmentOptions:
     """What a client asks of one image. Zero, empty or None is "the server's default"; the server
-    fills those once (``with_defaults``) and runs exactly the result."""
+    fills those once (:func:`with_defaults`) and runs exactly the result."""
 
-    prompt_type: str = option("grid", "how masks are prompted: a grid over the image, points or boxes",
-                              scopes={SEGMENT}, flag="prompt", choices=("grid", "points", "box"))  # fmt: skip
-    points_per_side: int = option(0, "GRID: points per side of the prompt grid (0: the server's default)",
-                                  scopes=_GRID, flag="grid", server_default=True)  # fmt: skip
+    # -- prompts
+    prompt_type: str = option(
+        "grid", "how masks are prompted: a grid over the image, points or boxes",
+        scopes={SEGMENT}, flag="prompt", choices=("grid", "points", "box"))  # fmt: skip
+    points_per_side: int = option(
+        0, "GRID: points per side of the prompt grid (0: the server's default)",
+        scopes=_GRID, flag="grid", server_default=True)  # fmt: skip
     points: tuple[tuple[float, float, int], ...] = option(
         (), "POINTS (and a BOX's refinement): points in pixels, positive unless the third number is 0",
         scopes={SEGMENT}, parse=parse_points, metavar="'x,y[,positive];...'")  # fmt: skip
     boxes: tuple[tuple[float, float, float, float], ...] = option(
-        (), "BOX: one mask per box (x0, y0, x1, y1 in pixels)", scopes={SEGMENT}, parse=parse_boxes,
-        metavar="'x0,y0,x1,y1;...'")  # fmt: skip
-    multimask: bool = option(False, "POINTS/BOX: each prompt's three candidate masks instead of one",
-                             scopes={SEGMENT})  # fmt: skip
-    max_masks: int = option(0, "keep at most this many masks, the best first (0: the server's default)",
-                            scopes=_GRID, server_default=True)  # fmt: skip
-    pred_iou_thresh: float | None = option(None, "GRID: keep masks whose predicted IoU is above this "
-                                           "(0: off; unset: the server's)", scopes=_GRID, unit=True, server_default=True)  # fmt: skip
-    stability_score_thresh: float | None = option(None, "GRID: keep masks at least this stable (0: off; unset: the server's)", scopes=_GRID, unit=True, server_default=True)  # fmt: skip
-    box_nms_thresh: float | None = option(None, "GRID: box NMS IoU threshold (1: keep every box; unset: the "
-                                          "server's)", scopes=_GRID, unit=True, server_default=True)  # fmt: skip
-    vocabulary: tuple[str, ...] = option((), "labels to classify against, comma-separated (empty: the "
-                                         "server's default vocabulary); a dataset's categories", scopes=_LABELS,
-                                         flag="labels", alias="labels", parse=parse_csv, metavar="a,b,c")  # fmt: skip
-    vocabulary_name: str = option("", "a stored vocabulary (seglabel vocab) to label with, instead of a list",
-                                  scopes=_LABELS)  # fmt: skip
-    label_mode: str = option("single", "single: one softmax label per mask; multi: every label at or above "
-                             "its threshold", scopes={SEGMENT, RELABEL}, choices=("single", "multi"))  # fmt: skip
-    thresholds: dict[str, float] = option(dict, "multi: a label's threshold for this request, over the "
-                                          "vocabulary's (repeatable)", scopes={SEGMENT, RELABEL}, flag="threshold",
-                                          parse=parse_threshold, metavar="LABEL=VALUE", append=True)  # fmt: skip
-    top_k: int = option(0, "alternative labels per mask (0: the server's default)", scopes=_LABELS,
-                        server_default=True)  # fmt: skip
-    min_confidence: float | None = option(None, "labels under this confidence are 'unknown' (a dataset job "
-                                          "leaves such masks out; unset: 0)", scopes=_LABELS, unit=True)  # fmt: skip
-    skip_labels: bool = option(False, "masks only, no CLIP labels (a dataset's one category: 'object')",
-                               scopes={SEGMENT, DATASET}, flag="no-labels")  # fmt: skip
-    return_overlay: bool = option(False, "render the overlay PNG of the masks and their labels",
-                                  scopes={SEGMENT}, alias="overlay", cli=False)  # fmt: skip
-    with_depth: bool = option(False, "also depth: the depth map and each mask's depth, front to back",
-                              scopes={SEGMENT, DATASET})  # fmt: skip
-    with_text: bool = option(False, "also OCR: the text lines and the text on each mask",
-                             scopes={SEGMENT, DATASET})  # fmt: skip
-    text_box_thresh: float | None = option(None, "with text: keep a detected text box whose mean probability "
-                                           "is at least this (unset: the server's)", scopes={SEGMENT, DATASET},
-                                           proto="text_options.box_thresh", unit=True, server_default=True)  # fmt: skip
-    text_min_confidence: float | None = option(None, "with text: keep a line recognised with at least this "
-                                               "confidence (unset: the server's)", scopes={SEGMENT, DATASET},
-                                               proto="text_options.min_confidence", unit=True, server_default=True)  # fmt: skip
+        (), "BOX: one mask per box (x0, y0, x1, y1 in pixels)",
+        scopes={SEGMENT}, parse=parse_boxes, metavar="'x0,y0,x1,y1;...'")  # fmt: skip
+    multimask: bool = option(
+        False, "POINTS/BOX: each prompt's three candidate masks instead of one",
+        scopes={SEGMENT})  # fmt: skip
+    # -- filters
+    max_masks: int = option(
+        0, "keep at most this many masks, the best first (0: the server's default)",
+        scopes=_GRID, server_default=True)  # fmt: skip
+    pred_iou_thresh: float | None = option(
+        None, "GRID: keep masks whose predicted IoU is above this (0: off; unset: the server's)",
+        scopes=_GRID, unit=True, server_default=True)  # fmt: skip
+    stability_score_thresh: float | None = option(
+        None, "GRID: keep masks at least this stable (0: off; unset: the server's)",
+        scopes=_GRID, unit=True, server_default=True)  # fmt: skip
+    box_nms_thresh: float | None = option(
+        None, "GRID: box NMS IoU threshold (1: keep every box; unset: the server's)",
+        scopes=_GRID, unit=True, server_default=True)  # fmt: skip
+    # -- labels
+    vocabulary: tuple[str, ...] = option(
+        (), "labels to classify against, comma-separated (empty: the server's default); a dataset's categories",
+        scopes=_LABELS, flag="labels", alias="labels", parse=parse_csv, metavar="a,b,c")  # fmt: skip
+    vocabulary_name: str = option(
+        "", "a stored vocabulary (seglabel vocab) to label with, instead of a list",
+        scopes=_LABELS)  # fmt: skip
+    label_mode: str = option(
+        "single", "single: one softmax label per mask; multi: every label at or above its threshold",
+        scopes={SEGMENT, RELABEL}, choices=("single", "multi"))  # fmt: skip
+    thresholds: dict[str, float] = option(
+        dict, "multi: a label's threshold for this request, over the vocabulary's (repeatable)",
+        scopes={SEGMENT, RELABEL}, flag="threshold", parse=parse_threshold, metavar="LABEL=VALUE", append=True)  # fmt: skip
+    top_k: int = option(
+        0, "alternative labels per mask (0: the server's default)",
+        scopes=_LABELS, server_default=True)  # fmt: skip
+    min_confidence: float | None = option(
+        None, "labels under this confidence are 'unknown' (a dataset job leaves such masks out; unset: 0)",
+        scopes=_LABELS, unit=True)  # fmt: skip
+    skip_labels: bool = option(
+        False, "masks only, no CLIP labels (a dataset's one category: 'object')",
+        scopes=_EXTRAS, flag="no-labels")  # fmt: skip
+    # -- the answer
+    return_overlay: bool = option(
+        False, "render the overlay PNG of the masks and their labels",
+        scopes={SEGMENT}, alias="overlay", cli=False)  # fmt: skip
+    with_depth: bool = option(
+        False, "also depth: the depth map and each mask's depth, front to back",
+        scopes=_EXTRAS)  # fmt: skip
+    with_text: bool = option(
+        False, "also OCR: the text lines and the text on each mask",
+        scopes=_EXTRAS)  # fmt: skip
+    text_box_thresh: float | None = option(
+        None, "with text: keep a detected text box whose mean probability is at least this (unset: the server's)",
+        scopes=_EXTRAS, proto="text_options.box_thresh", unit=True, server_default=True)  # fmt: skip
+    text_min_confidence: float | None = option(
+        None, "with text: keep a line recognised with at least this confidence (unset: the server's)",
+        scopes=_EXTRAS, proto="text_options.min_confidence", unit=True, server_default=True)  # fmt: skip
 
 
 # -- reading the declaration -----------------------------------------------------------------------
@@ -155,7 +177,7 @@ def proto_path(f: Field) -> str:
 
 
 def default(f: Field):
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def is_unset(f: Field, value) -> bool:
@@ -216,13 +238,13 @@ def from_kwargs(scope: str = SEGMENT, base: SegmentOptions | None = None, **kw) 
     values = {}
     for key, value in kw.items():
         f = next(f for f in declared() if f.name == names[key])
-        values[f.name] = _coerce(f, value)
+        values[f.name] = coerce(f, value)
     return replace(base or SegmentOptions(), **values)
 
 
-def _coerce(f: Field, value):
+def coerce(f: Field, value):
     """A keyword's value as the declared type: sequences as tuples, mappings as dicts."""
-    origin = typing.get_origin(_hints()[f.name])
+    origin = typing.get_origin(hints()[f.name])
     if origin is tuple and value is not None:
         return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
     if origin is dict:
@@ -230,47 +252,8 @@ def _coerce(f: Field, value):
     return value
 
 
-def _hints() -> dict[str, Any]:
+def hints() -> dict[str, Any]:
     return typing.get_type_hints(SegmentOptions)
-
-
-# -- the command line --------------------------------------------------------------------------------
-def add_flags(parser: argparse.ArgumentParser, scope: str, defaults: dict[str, Any] | None = None,
-              title: str = "request options") -> None:  # fmt: skip
-    """Every option of ``scope`` as a flag of ``parser`` (``--name-with-dashes``, or its ``flag``),
-    with the declared help; ``defaults`` overrides declared defaults by option name."""
-    group = parser.add_argument_group(title)
-    hints = _hints()
-    for f in declared(scope):
-        meta = f.metadata
-        if not meta["cli"]:
-            continue
-        name = "--" + (meta["flag"] or f.name).replace("_", "-")
-        value = (defaults or {}).get(f.name, default(f))
-        kw: dict[str, Any] = dict(dest=f"option.{f.name}", help=meta["help"])
-        tp = hints[f.name]
-        if tp is bool:
-            group.add_argument(name, action="store_true", **kw)
-            continue
-        if meta["choices"]:
-            kw["choices"] = meta["choices"]
-        elif meta["parse"] is not None:
-            kw.update(type=meta["parse"], metavar=meta["metavar"])
-        else:
-            kw["type"] = next(a for a in (typing.get_args(tp) or (tp,)) if a is not type(None))
-        if meta["append"]:
-            kw["action"] = "append"
-        group.add_argument(name, default=None if meta["append"] else value, **kw)
-
-
-def from_args(args: argparse.Namespace, scope: str) -> SegmentOptions:
-    """The options a command line parsed with :func:`add_flags` gives."""
-    values = {}
-    for f in declared(scope):
-        if f.metadata["cli"]:
-            value = getattr(args, f"option.{f.name}")
-            values[f.name] = _coerce(f, value) if value is not None or f.metadata["append"] else value
-    return SegmentOptions(**values)
 
 
 # -- protobuf ------------------------------------------------------------------------------------------

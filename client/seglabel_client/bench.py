@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from seglabel_api import options
+from seglabel_api import flags, options
 from seglabel_api.options import SegmentOptions
 
 from seglabel_client import SAMPLE_IMAGES, sample_image_bytes
@@ -87,6 +87,8 @@ async def one_request(client: AsyncSegmenterClient, image: bytes, request: Segme
         elif kind == "summary":
             summary = ev.summary
     latency = time.perf_counter() - t0
+    if summary is None:
+        raise RuntimeError("the stream ended without its summary")
     t = summary.timings
     stages = {name: getattr(t, f"{name}_ms") for name in STAGES}
     return Sample(latency, first_mask, first_label, t.queue_ms, t.total_ms, masks, stages)
@@ -191,12 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 2 x concurrency))")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--image", action="append", default=[], help="image files (default: bundled photos)")
-    options.add_flags(ap, options.BENCH, defaults={"points_per_side": 8, "max_masks": 16})
+    flags.add_flags(ap, options.BENCH, defaults={"points_per_side": 8, "max_masks": 16})
     ap.add_argument("--out", default="bench-results/seglabel-bench", help="prefix for .csv, .json and .png")
     args = ap.parse_args(argv)
     servers = [s.split("=", 1) if "=" in s else (s, s) for s in (args.server or ["server=127.0.0.1:50051"])]
     images = [Path(p).read_bytes() for p in args.image] or [sample_image_bytes(n) for n in SAMPLE_IMAGES]
-    request = options.from_args(args, options.BENCH)  # no overlay: a client that streams masks draws its own
+    request = flags.from_args(args, options.BENCH)  # no overlay: a client that streams masks draws its own
     rows = []
     for label, target in servers:
         for c in (int(v) for v in args.concurrency.split(",")):

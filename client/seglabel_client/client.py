@@ -125,10 +125,10 @@ def text_options(box_thresh: float | None = None, min_confidence: float | None =
 def _set_image(req, image: ImageLike | None, file_id: str | None):
     if (image is None) == (file_id is None):
         raise ValueError("give exactly one of image or file_id")
-    if file_id is not None:
-        req.file_id = file_id
-    else:
+    if image is not None:
         req.image = _image_bytes(image)
+    else:
+        req.file_id = file_id
     return req
 
 

@@ -86,7 +86,7 @@ def evaluate_labels(
         return right / total
 
     info = client.server_info()
-    rows = [{"shots": 0, "accuracy": accuracy(labels=labels)}]
+    rows: list[dict] = [{"shots": 0, "accuracy": accuracy(labels=labels)}]
     name = f"eval-labels-{os.getpid()}"
     try:
         for k in shots:

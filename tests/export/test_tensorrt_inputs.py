@@ -17,10 +17,23 @@ def repo(request):
 
 
 def test_graphs_pass_the_checker_and_strict_shape_inference(repo):
+    """Every graph checks, and strict inference gives every output an element type and a rank (what
+    TensorRT's parser needs of it); the same checks refuse a graph broken on purpose."""
+    checked = []
     for name in repo.manifest["models"]:
         path = repo.model_path(name)
         onnx.checker.check_model(str(path), full_check=True)
-        onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+        for out in inferred.graph.output:
+            t = out.type.tensor_type
+            assert t.elem_type != onnx.TensorProto.UNDEFINED and t.HasField("shape"), f"{name}.{out.name}"
+            assert len(t.shape.dim) >= 1, f"{name}.{out.name}: no rank"
+        checked.append(name)
+    assert len(checked) == len(repo.manifest["models"]) >= 4
+    broken = onnx.load(str(repo.model_path(checked[0])))
+    next(n for n in broken.graph.node if n.input).input[0] = "no_such_tensor"
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(broken, full_check=True)
 
 
 def test_profiles_cover_every_dynamic_axis(repo):

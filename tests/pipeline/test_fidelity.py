@@ -163,3 +163,31 @@ def test_decoder_wrapper_equals_sam2_predict_masks(torch_backend, graph):
         torch.testing.assert_close(single2, single[kept2], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(single_iou2, single_iou[kept2])
         assert stab2.shape == (4, 3)
+
+
+def test_box_prompts_match_sam2_image_predictor(crisp_torch, tiny_repo, photo):
+    """Each box's mask, in the request's order, is the single mask sam2's own SAM2ImagePredictor
+    gives for that box alone; a point inside the box refines it as sam2 does."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    sam = crisp_torch.mods["sam2_image_encoder"].model
+    predictor = SAM2ImagePredictor(sam)
+    s = sam.image_size
+    predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    predictor.set_image(photo)
+    h, w = photo.shape[:2]
+    boxes = [(10.0, 20.0, w * 0.5, h * 0.6), (w * 0.4, h * 0.3, w - 5.0, h - 8.0), (0.0, 0.0, w * 0.3, h * 0.2)]
+    params = SegmentOptions(prompt_type="box", boxes=tuple(boxes), skip_labels=True)
+    result, _ = run_pipeline(crisp_torch, tiny_repo, params, photo)
+    ours = decoded(result)
+    assert len(ours) == len(boxes)
+    for box, mask in zip(boxes, ours):
+        ref, _, _ = predictor.predict(box=np.array(box), multimask_output=False)
+        assert pair_ious([mask], [ref[0] > 0])[0] >= 0.99, box
+    # a box with a positive point: the same prompt sam2 takes (box corners, then the point)
+    point = (w * 0.2, h * 0.3)
+    params = SegmentOptions(prompt_type="box", boxes=(boxes[0],), points=((*point, 1),), skip_labels=True)
+    result, _ = run_pipeline(crisp_torch, tiny_repo, params, photo)
+    ref, _, _ = predictor.predict(point_coords=np.array([point]), point_labels=np.array([1]), box=np.array(boxes[0]),
+                                  multimask_output=False)  # fmt: skip
+    assert pair_ious(decoded(result), [ref[0] > 0])[0] >= 0.99

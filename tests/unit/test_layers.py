@@ -119,3 +119,16 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     ((_, target),) = imports(pkg / "bad.py", tmp_path / "seglabel_server")
     assert layer_of("seglabel_server.pipeline.bad") == "pipeline" and layer_of(target) == "service"
     assert RANK[layer_of(target)] > RANK["pipeline"]
+
+
+def test_no_module_of_the_server_or_the_client_is_over_350_lines():
+    """God modules grow by accretion: a module past 350 lines is split by job before it lands."""
+    generated = ROOT / "client" / "seglabel_api" / "pb"
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for top in ("server", "client")
+        for path in (ROOT / top).rglob("*.py")
+        if generated not in path.parents
+    }
+    assert len(sizes) > 50
+    assert not {p: n for p, n in sizes.items() if n > 350}, sorted(sizes.items(), key=lambda kv: -kv[1])[:5]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from seglabel_api import options
+from seglabel_api import flags, options
 from seglabel_api.datasets.job import LabelOptions, canonical_job, dataset_request
 from seglabel_api.options import SegmentOptions
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
@@ -75,10 +75,10 @@ def test_keywords_flags_and_server_defaults():
     import argparse
 
     ap = argparse.ArgumentParser()
-    options.add_flags(ap, options.SEGMENT)
+    flags.add_flags(ap, options.SEGMENT)
     args = ap.parse_args(["--prompt", "points", "--points", "1,2;3,4,0", "--labels", "a, b", "--threshold",
                           "a=0.5", "--threshold", "x=y=0.25", "--no-labels", "--grid", "8"])  # fmt: skip
-    got = options.from_args(args, options.SEGMENT)
+    got = flags.from_args(args, options.SEGMENT)
     assert got == SegmentOptions(prompt_type="points", points=((1.0, 2.0, 1), (3.0, 4.0, 0)), vocabulary=("a", "b"),
                                  thresholds={"a": 0.5, "x=y": 0.25}, skip_labels=True, points_per_side=8)  # fmt: skip
     with pytest.raises(SystemExit):
@@ -154,7 +154,7 @@ def test_an_option_added_to_the_declaration_is_everywhere(monkeypatch, capsys):
         text = sub[command].format_help()
         assert "--dummy-knob" in text and "a knob only this test has" in text, command
     assert (
-        options.from_args(
+        flags.from_args(
             sub["segment"].parse_args(["x.png", "--dummy-knob", "2.5"]), options.SEGMENT
         ).dummy_knob
         == 2.5

@@ -18,7 +18,8 @@ from seglabel_server.transport.grpc.servicer import SegmenterServicer  # noqa: E
 from seglabel_server.transport.http.app import create_app  # noqa: E402
 from seglabel_server.transport.http.gateway import GATEWAY_CALLS, LocalGateway  # noqa: E402
 from seglabel_server.transport.ray import app as ray_app  # noqa: E402
-from seglabel_server.transport.ray.gateway import RemoteGateway, pack  # noqa: E402
+from seglabel_server.transport.ray.calls import pack  # noqa: E402
+from seglabel_server.transport.ray.gateway import RemoteGateway  # noqa: E402
 
 
 class Method:

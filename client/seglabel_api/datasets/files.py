@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class Inventory:
         return sum(len(i.names) for i in self.items)
 
 
-def walk(root: str | os.PathLike, exclude: list[str | os.PathLike] = ()) -> list[str]:
+def walk(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> list[str]:
     """Every regular file under ``root`` (recursively, symbolic links to folders not followed),
     as sorted '/'-separated relative paths; folders in ``exclude`` (the output) are left out."""
     root = Path(root)
@@ -69,7 +70,7 @@ def walk(root: str | os.PathLike, exclude: list[str | os.PathLike] = ()) -> list
     return sorted(out)
 
 
-def inventory(root: str | os.PathLike, exclude: list[str | os.PathLike] = ()) -> Inventory:
+def inventory(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> Inventory:
     """Files of ``root`` sorted into distinct images, files that are not images, and files named
     like images whose bytes are not one (reported, never sent). Image ids follow the sorted names:
     the same folder gives the same ids on every run."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from seglabel_api import options
-from seglabel_api.datasets import annotations, writers
+from seglabel_api.datasets import annotations as records
+from seglabel_api.datasets import writers
 from seglabel_api.options import SegmentOptions
 
 FORMATS = ("coco", "yolo-seg")
@@ -122,7 +123,7 @@ def finish(
     """The outputs from the journal, and the report (written and returned). ``root`` names the
     input; ``images_root`` (default: ``root``) is the local folder YOLO's ``images`` links to."""
     per_label: Counter[str] = Counter()
-    failed = []
+    failed: list[dict] = []
     dropped = rle_kept = 0
     done = [item for item in inv.items if item.sha in journal.records]
     for item, rec in zip(done, journal.read(item.sha for item in done)):
@@ -140,7 +141,7 @@ def finish(
         if opts.mask_format == "rle"
         else "polygons (OpenCV contours, Douglas-Peucker at "
         f"{opts.polygon_tolerance} px); a mask with holes, or whose polygons redraw it with IoU under "
-        f"{annotations.POLYGON_MIN_IOU}, stays RLE"
+        f"{records.POLYGON_MIN_IOU}, stays RLE"
     )
     info_block = {
         "description": f"seglabel label {root}",

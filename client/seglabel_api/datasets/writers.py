@@ -25,7 +25,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def done_images(inv: Inventory, journal: Journal) -> list[tuple[int, str, str]]:
     """(image id, file name, sha) of every labelled name, by id."""
-    out = []
+    out: list[tuple[int, str, str]] = []
     for item in inv.items:
         ok = journal.records.get(item.sha, (False,))[0]
         if ok:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from seglabel_api import options
+from seglabel_api import flags, options
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def register(sub) -> None:
                    help="seconds an unreachable server is waited for before the run stops (resumable)")  # fmt: skip
     p.add_argument("--restart", action="store_true", help="ignore the journal in OUT and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    options.add_flags(p, options.DATASET)
+    flags.add_flags(p, options.DATASET)
     p.set_defaults(func=label)
     p = sub.add_parser("eval", help="COCO segmentation AP/AR of annotations against ground truth")
     p.add_argument("--gt", required=True, help="ground truth, COCO instance segmentation JSON")
@@ -46,7 +46,7 @@ def label(args) -> int:
     from seglabel_client.dataset import LabelOptions, ServerGone, label_folder
 
     opts = LabelOptions(
-        options.from_args(args, options.DATASET),
+        flags.from_args(args, options.DATASET),
         formats=options.parse_csv(args.format),
         mask_format=args.mask_format,
         polygon_tolerance=args.polygon_tolerance,

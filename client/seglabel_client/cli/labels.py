@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from seglabel_api import options
+from seglabel_api import flags, options
 
 from seglabel_client.cli.common import connect, format_labels, print_json
 from seglabel_client.client import example
@@ -62,7 +62,7 @@ def register(sub) -> None:
     p = sub.add_parser("relabel", help="score a recent answer's masks again (no SAM2, no CLIP image tower)")
     p.add_argument("request_id", help="SegmentResponse.request_id (seglabel segment --json prints it)")
     p.add_argument("--json", action="store_true")
-    options.add_flags(p, options.RELABEL)
+    flags.add_flags(p, options.RELABEL)
     p.set_defaults(func=relabel)
 
     p = sub.add_parser(
@@ -159,7 +159,7 @@ def remove(args) -> int:
 
 def relabel(args) -> int:
     with connect(args) as client:
-        resp = client.relabel(args.request_id, options=options.from_args(args, options.RELABEL))
+        resp = client.relabel(args.request_id, options=flags.from_args(args, options.RELABEL))
     if args.json:
         print_json(resp)
         return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import replace
 
-from seglabel_api import options
+from seglabel_api import flags, options
 
 from seglabel_client.analysis import group_by_label, most_common_labels, scene_summary
 from seglabel_client.cli.common import connect, format_labels, message_dict, print_json
@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--stream", action="store_true", help="stream masks and label updates")
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
-    options.add_flags(p, options.SEGMENT)
+    flags.add_flags(p, options.SEGMENT)
     p.set_defaults(func=run)
 
 
@@ -86,7 +86,7 @@ class _Progress:
 
 
 def run(args) -> int:
-    request = replace(options.from_args(args, options.SEGMENT), return_overlay=bool(args.out))
+    request = replace(flags.from_args(args, options.SEGMENT), return_overlay=bool(args.out))
     with connect(args) as client:
         up = client.upload(args.image)
         if not args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from seglabel_api import options
-from seglabel_api.datasets import annotations
+from seglabel_api.datasets import annotations as records
 from seglabel_api.datasets.files import Inventory, Item, inventory
 from seglabel_api.datasets.job import FORMATS, LabelOptions, Progress, canonical_job, finish
 from seglabel_api.datasets.journal import Journal
@@ -122,8 +122,8 @@ async def label_folder_async(
     bad = set(opts.formats) - set(FORMATS)
     if bad or not opts.formats:
         raise ValueError(f"formats must be among {FORMATS}, got {sorted(bad) or '[]'}")
-    if opts.mask_format not in annotations.MASK_FORMATS:
-        raise ValueError(f"mask_format must be one of {annotations.MASK_FORMATS}")
+    if opts.mask_format not in records.MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {records.MASK_FORMATS}")
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
@@ -165,7 +165,7 @@ async def _run(client, root: Path, todo: list[Item], journal: Journal, opts, win
             data = await asyncio.to_thread((root / item.names[0]).read_bytes)
             try:
                 resp = await _segment(client, data, opts)
-                rec = await asyncio.to_thread(annotations.image_record, resp, item.sha, opts)
+                rec = await asyncio.to_thread(records.image_record, resp, item.sha, opts)
             except grpc.aio.AioRpcError as err:
                 rec = {"sha": item.sha, "ok": False, "reason": f"{err.code().name}: {err.details()}",
                        "retry": err.code() in _TRANSIENT}  # fmt: skip

@@ -13,7 +13,7 @@ from seglabel_server.models.tokenizer import ClipTokenizer
 from seglabel_server.pipeline import scoring
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD, NEUTRAL, Scorer
-from seglabel_server.types import LabelSpec, RequestContext
+from seglabel_server.types import LabelResult, LabelSpec, RequestContext
 from seglabel_server.vocabulary import prompt_texts
 
 
@@ -95,6 +95,21 @@ class Labeller:
         for name, t in spec.thresholds.items():
             multi.thresholds[spec.labels.index(name)] = t
         return multi
+
+    async def relabel(self, embeddings: np.ndarray, chunks: list[int], spec: LabelSpec, ctx: RequestContext):
+        """Labels of kept crop embeddings under ``spec``, scored in the chunks the answer was
+        labelled in (``chunks``: their sizes; the same arithmetic as a Segment: equal results)."""
+        scorer = await self.scorer(spec, ctx)
+
+        def score() -> list[LabelResult]:
+            out: list[LabelResult] = []
+            i = 0
+            for n in chunks:
+                out += scorer.classify(embeddings[i : i + n], i, spec.top_k, spec.min_confidence)
+                i += n
+            return out
+
+        return await asyncio.to_thread(score) if len(embeddings) > 256 else score()
 
     @staticmethod
     def _key(vocab) -> tuple:

@@ -34,6 +34,11 @@ class CropSpec:
     context: float
     background_keep: float
 
+    @classmethod
+    def of(cls, clip: dict, cfg) -> CropSpec:
+        """The crops of the repository's CLIP section ``clip``, with ``cfg``'s (PipelineConfig) context."""
+        return cls(clip["image_size"], clip["mean"], clip["std"], cfg.crop_context, cfg.crop_background_keep)
+
 
 class MaskPath(Protocol):
     """A request's per-mask work. Full masks are whatever the path keeps them as (host arrays, or

@@ -25,7 +25,6 @@ from seglabel_server.types import (
     DepthResult,
     Done,
     LabelResult,
-    LabelSpec,
     LabelsUpdate,
     MaskResult,
     MasksReady,
@@ -57,15 +56,8 @@ class Pipeline:
         # OCR threads wait on the scheduler between rapidocr's steps: a pool of their own, so that
         # they never hold the CPU threads of the mask pipeline.
         self.ocr_pool = CpuPool(ocr_threads, "seglabel-ocr")
-        c = parts.clip
-        self.crop = (
-            CropSpec(c["image_size"], c["mean"], c["std"], cfg.crop_context, cfg.crop_background_keep)
-            if c
-            else None
-        )
-        self.mask_path = mask_path(
-            parts.sam, self.pool, self.crop, parts.device_ops, parts.upsample_on_backend
-        )
+        self.crop = CropSpec.of(parts.clip, cfg) if parts.clip is not None else None
+        self.mask_path = mask_path(parts.sam, self.pool, self.crop, parts.device_ops, parts.upsample_on_backend)
         self.labels = (
             Labeller(cfg, parts.clip, parts.scheduler, parts.tokenizer)
             if parts.clip is not None and parts.tokenizer is not None
@@ -315,32 +307,12 @@ class Pipeline:
         """[N, D] CLIP image embeddings of ``regions`` of ``image``: (full-size bool mask or None,
         (x, y, w, h) box) each, cut exactly as a mask's crop for labelling (host path)."""
         c = self.crop
-
-        def cut() -> np.ndarray:
-            return np.stack([
-                images.clip_crop(image, mask, box, c.size, c.mean, c.std, c.context, c.background_keep)
-                for mask, box in regions
-            ])  # fmt: skip
-
-        pix = await self.pool.run(cut)
+        pix = await self.pool.run(lambda: np.stack([
+            images.clip_crop(image, mask, box, c.size, c.mean, c.std, c.context, c.background_keep)
+            for mask, box in regions]))  # fmt: skip
         step = self.scheduler.max_batch("clip")
         parts = [await self.scheduler.run("clip", pix[i : i + step], ctx) for i in range(0, len(pix), step)]
         return np.concatenate(parts).astype(np.float32)
-
-    async def relabel(self, embeddings: np.ndarray, chunks: list[int], spec: LabelSpec, ctx: RequestContext):
-        """Labels of kept crop embeddings under ``spec``, scored in the chunks the answer was
-        labelled in (``chunks``: their sizes; the same arithmetic as a Segment: equal results)."""
-        scorer = await self.labels.scorer(spec, ctx)
-
-        def score() -> list[LabelResult]:
-            out: list[LabelResult] = []
-            i = 0
-            for n in chunks:
-                out += scorer.classify(embeddings[i : i + n], i, spec.top_k, spec.min_confidence)
-                i += n
-            return out
-
-        return await self.pool.run(score) if len(embeddings) > 256 else score()
 
     async def _render(
         self, req: RequestState, masks: list[MaskResult], labels: list[LabelResult], kept_full: list

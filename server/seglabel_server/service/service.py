@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from seglabel_api import options
 
@@ -142,13 +142,13 @@ class SeglabelService:
             raise FailedPrecondition(f"answer {request_id} was labelled by CLIP model {answer.clip_model}")
         spec = await self.vocabularies.spec(resolve_relabel(self.cfg.pipeline, params), ctx)
         t1 = time.perf_counter()
-        labels = await self.lifecycle.loaded.pipeline.relabel(answer.embeddings, answer.chunks, spec, ctx)
+        labels = await self.lifecycle.loaded.pipeline.labels.relabel(answer.embeddings, answer.chunks, spec, ctx)
         total = (time.perf_counter() - t0) * 1000.0
         return labels, spec.mode, {"clip": (time.perf_counter() - t1) * 1000.0, "total": total}
 
     async def segment_events(
         self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext
-    ) -> AsyncIterator[object]:
+    ) -> AsyncGenerator[object, None]:
         """A Segment request as its stream of events (the proto's ``SegmentEvent`` order), ending
         with ``Done``; the request's error, if any, is raised after the events sent before it. The
         one stream pump of every transport: leaving the iteration early (the client went away)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,7 +42,7 @@ class Server:
         self.port = port
         self.service = service
         self.health = health_servicer
-        self.http = None  # the HTTP gateway's uvicorn server, when --http-port is given
+        self.http: Any = None  # the HTTP gateway's uvicorn server, when --http-port is given
         self.http_task: asyncio.Task | None = None
 
     async def load(self) -> None:
@@ -65,7 +66,7 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.http is not None:
+        if self.http is not None and self.http_task is not None:
             self.http.should_exit = True
             await asyncio.wait([self.http_task], timeout=10)
         await self.grpc.stop(grace if grace is not None else self.service.cfg.drain_seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
@@ -42,8 +44,8 @@ _TIMING_FIELDS = {
 }
 
 
-def _mode_pb(mode: str) -> int:
-    return options.enum_number(pb.LabelMode.DESCRIPTOR, mode)
+def _mode_pb(mode: str) -> pb.LabelMode:
+    return cast(pb.LabelMode, options.enum_number(pb.LabelMode.DESCRIPTOR, mode))
 
 
 def params_from_pb(req: pb.SegmentRequest) -> SegmentOptions:

@@ -21,6 +21,8 @@ Bodies and answers are the gRPC messages' (``json.py``); errors are ``{"error": 
 with the status of their kind (``middleware.py``); the bearer token is the gRPC one.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 from pathlib import Path
@@ -48,7 +50,8 @@ from seglabel_server.transport.http.middleware import (
     error_response,
     until_disconnected,
 )
-from seglabel_server.types import RequestContext
+from seglabel_server.transport.http.schema import TextOptionsIn
+from seglabel_server.types import RequestContext, SegmentOptions
 
 WEB = Path(__file__).with_name("web")
 PUBLIC = (
@@ -58,8 +61,10 @@ PUBLIC = (
 )  # no token needed: health and the page (with its files under /static/)
 
 
-class _SegmentCall(BaseModel):
-    def call(self) -> tuple:
+class SegmentCall(BaseModel):
+    """What every ``/segment`` body is (its fields are :func:`segment_body`'s)."""
+
+    def call(self) -> tuple[SegmentOptions, str | None, bytes | None]:
         """(options, file_id, image bytes): what the service's segment call takes."""
         req = wire.segment_request(self.model_dump())
         return convert.params_from_pb(req), req.file_id or None, req.image or None
@@ -69,7 +74,7 @@ def segment_body() -> type[BaseModel]:
     """As the original ``/segment``, plus every option of a Segment request (0 / absent: the server's
     default); the overlay is rendered unless ``return_overlay`` is false."""
     return schema.options_model(
-        "SegmentBody", options.SEGMENT, _SegmentCall, defaults={"return_overlay": True},
+        "SegmentBody", options.SEGMENT, SegmentCall, defaults={"return_overlay": True},
         extra={"file_id": (str | None, None),
                "image": (str | None, Field(None, description="base64 of the encoded image, instead of file_id"))},
     )  # fmt: skip
@@ -90,11 +95,10 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
         description="SAM2.1 segmentation + CLIP labels, depth and OCR over HTTP/JSON (the gRPC API's twin).",
         version=__version__,
     )
-    # Annotations below are evaluated when each route is defined (no postponed annotations in this
-    # module): the bodies' models are built here, from the options' declaration as it is now.
-    SegmentBody = segment_body()
-    DatasetOptions = dataset_options()
-    TextOptionsIn = schema.TextOptionsIn
+    # The bodies' models are built here, from the options' declaration as it is now.
+    segment_json = schema.body(segment_body())
+    dataset_model = dataset_options()
+    dataset_json = schema.body(dataset_model, optional=True)
 
     @app.exception_handler(SeglabelError)
     async def _domain(request: Request, exc: SeglabelError):
@@ -156,13 +160,13 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
         return {"file_id": file_id, "width": w, "height": h, "filename": filename}
 
     @app.post("/segment")
-    async def segment(body: SegmentBody, request: Request):
+    async def segment(request: Request, body: SegmentCall = segment_json):
         ctx = RequestContext()
         result = await until_disconnected(request, ctx, service.segment(*body.call(), ctx))
         return wire.message_json(convert.result_to_pb(result))
 
     @app.post("/segment/stream")
-    async def segment_stream(body: SegmentBody):
+    async def segment_stream(body: SegmentCall = segment_json):
         """Server-Sent Events: ``event: accepted|progress|masks|label_update|depth|text|summary|error``,
         ``data:`` the event as JSON, in StreamSegment's order."""
         events = service.segment_events(*body.call(), RequestContext())
@@ -252,10 +256,10 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
     app.router.on_shutdown.append(jobs.close)
 
     @app.post("/datasets")
-    async def dataset_create(options: DatasetOptions | None = None):
+    async def dataset_create(settings: BaseModel | None = dataset_json):
         """A dataset job: images added to it are labelled with these options (``/segment``'s,
         plus how masks are written), then downloaded as COCO JSON or a zip with COCO + YOLO-seg."""
-        job = await jobs.create((options or DatasetOptions()).model_dump(exclude_none=True))
+        job = await jobs.create((settings or dataset_model()).model_dump(exclude_none=True))
         return job.status()
 
     @app.post("/datasets/{job_id}/images")

@@ -29,7 +29,8 @@ import zipfile
 from pathlib import Path
 
 from seglabel_api import options
-from seglabel_api.datasets import annotations, writers
+from seglabel_api.datasets import annotations as records
+from seglabel_api.datasets import writers
 from seglabel_api.datasets.files import Inventory, Item, sniff
 from seglabel_api.datasets.job import LabelOptions
 from seglabel_api.datasets.journal import Journal
@@ -70,8 +71,8 @@ class Job:
         request = convert.params_from_pb(wire.segment_request({**body, "return_overlay": False}))
         self.categories = categories
         mask_format = settings.get("mask_format", "rle")
-        if mask_format not in annotations.MASK_FORMATS:
-            raise InvalidArgument(f"mask_format must be one of {annotations.MASK_FORMATS}")
+        if mask_format not in records.MASK_FORMATS:
+            raise InvalidArgument(f"mask_format must be one of {records.MASK_FORMATS}")
         tolerance = float(settings.get("polygon_tolerance", 1.0))
         if not 0 <= tolerance <= 100:
             raise InvalidArgument("polygon_tolerance must be between 0 and 100 pixels")
@@ -197,7 +198,7 @@ class DatasetJobs:
             try:
                 result = await self.gateway.segment(job.params, None, data, RequestContext())
                 resp = convert.result_to_pb(result)
-                rec = await asyncio.to_thread(annotations.image_record, resp, item.sha, job.opts)
+                rec = await asyncio.to_thread(records.image_record, resp, item.sha, job.opts)
             except Exception as exc:  # the image's failure, recorded; the job goes on
                 code, message = grpc_status(exc)  # worded as the gRPC client's failures are
                 rec = {
@@ -225,7 +226,7 @@ class DatasetJobs:
         return {"description": f"seglabel dataset job {job.id}", "version": "1.0", "mask_format": job.opts.mask_format,
                 "segmentation": "COCO RLE" if job.opts.mask_format == "rle" else
                 "polygons; a mask with holes, or whose polygons redraw it with IoU under "
-                f"{annotations.POLYGON_MIN_IOU}, stays RLE"}  # fmt: skip
+                f"{records.POLYGON_MIN_IOU}, stays RLE"}  # fmt: skip
 
     async def coco(self, job_id: str) -> Path:
         job = self.get(job_id)

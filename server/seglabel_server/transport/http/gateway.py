@@ -6,7 +6,7 @@ the request's context last (cancellation, deadline), whether or not it uses it."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from seglabel_server.metrics import Metrics
@@ -40,7 +40,7 @@ class Gateway(Protocol):
                       ctx: RequestContext | None = None) -> SegmentResult: ...  # fmt: skip
 
     def segment_events(self, params: SegmentOptions, file_id: str | None, data: bytes | None,
-                       ctx: RequestContext | None = None) -> AsyncIterator[object]: ...  # fmt: skip
+                       ctx: RequestContext | None = None) -> AsyncGenerator[object, None]: ...  # fmt: skip
 
     async def estimate_depth(self, file_id: str | None, data: bytes | None,
                              ctx: RequestContext | None = None) -> tuple[DepthResult, dict]: ...  # fmt: skip

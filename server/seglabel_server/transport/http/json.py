@@ -51,7 +51,7 @@ def _scalar(field: FieldDescriptor, value):
 def message_json(msg: Message) -> dict:
     """Every field of ``msg`` by its proto name (unset messages as null, int64 as numbers), with the
     quirks above applied to the message types that have them."""
-    out = {}
+    out: dict = {}
     for field in msg.DESCRIPTOR.fields:
         value = getattr(msg, field.name)
         if field.is_repeated:

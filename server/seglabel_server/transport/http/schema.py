@@ -6,9 +6,11 @@ as it is then."""
 
 from __future__ import annotations
 
+import inspect
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from fastapi import Depends
 from pydantic import BaseModel, Field, create_model
 from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
@@ -42,7 +44,7 @@ def _json_type(f, hint, fd) -> Any:
     if f.metadata["choices"]:
         return Literal[f.metadata["choices"]]
     if fd is not None and fd.message_type is not None and fd.message_type.name in _MESSAGES:
-        return list[_MESSAGES[fd.message_type.name]]  # type: ignore[index]
+        return list[_MESSAGES[fd.message_type.name]]  # type: ignore[valid-type]
     if typing.get_origin(hint) is tuple:
         return list[typing.get_args(hint)[0]]  # type: ignore[misc]
     return hint
@@ -74,4 +76,19 @@ def options_model(name: str, scope: str, base: type[BaseModel] = BaseModel, defa
         message = request.fields_by_name[parent].message_type.name
         model = create_model(f"{name}{message}", **inner)
         top[parent] = (model, Field(default_factory=model))
-    return create_model(name, __base__=base, **top, **(extra or {}))
+    fields = cast(dict[str, Any], {**top, **(extra or {})})
+    return create_model(name, __base__=base, **fields)
+
+
+def body(model: type[BaseModel], optional: bool = False):
+    """A route's JSON body of ``model`` (built at run time), as a dependency: the route's own
+    parameter keeps a static type for the type checker, FastAPI validates and documents ``model``."""
+
+    def read(body):
+        return body
+
+    default = None if optional else inspect.Parameter.empty
+    param = inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                              annotation=model | None if optional else model)  # fmt: skip
+    read.__signature__ = inspect.Signature([param])  # type: ignore[attr-defined]
+    return Depends(read)

@@ -23,8 +23,9 @@ import types
 from pathlib import Path
 
 import numpy as np
+from seglabel_api import flags
 from seglabel_api import options as request_options
-from seglabel_api.datasets import annotations
+from seglabel_api.datasets import annotations as records
 from seglabel_api.datasets.files import inventory_of
 from seglabel_api.datasets.job import LabelOptions, Progress, canonical_job, finish, progress_bar
 from seglabel_api.datasets.journal import JobMismatch, Journal
@@ -92,7 +93,7 @@ class LabelActor:
             data = await asyncio.to_thread(self._read, name)
             result = await self.service.segment(self.params, None, data, RequestContext())
             rec = await asyncio.to_thread(
-                annotations.image_record, convert.result_to_pb(result), sha, self.opts
+                records.image_record, convert.result_to_pb(result), sha, self.opts
             )
         except Exception as exc:  # the image's failure, recorded
             code, message = grpc_status(exc)  # worded as the gRPC client's failures are
@@ -170,8 +171,8 @@ def label(uri: str, out: str | Path, options, server: dict, actors: int = 1, num
     prog = Progress(total=len(inv.items), done=len(inv.items) - len(todo))
     try:
         if todo:
-            ds = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
-            ds = ds.map_batches(
+            items = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
+            ds = items.map_batches(
                 LabelActor,
                 fn_constructor_kwargs={
                     "server": server,
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--polygon-tolerance", type=float, default=1.0)
     ap.add_argument("--restart", action="store_true")
     ap.add_argument("--quiet", action="store_true")
-    request_options.add_flags(ap, request_options.DATASET)
+    flags.add_flags(ap, request_options.DATASET)
     ap.add_argument(
         "server_args", nargs="*", help="seglabel-server flags for the actors (after --), e.g. --models"
     )
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         ap.error(str(exc))
     opts = LabelOptions(
-        request_options.from_args(a, request_options.DATASET),
+        flags.from_args(a, request_options.DATASET),
         formats=tuple(v.strip() for v in a.format.split(",") if v.strip()),
         mask_format=a.mask_format,
         polygon_tolerance=a.polygon_tolerance,

@@ -19,15 +19,13 @@ from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 from seglabel_server.transport.http.app import create_app
-from seglabel_server.transport.ray.gateway import RemoteGateway, call_replica, stream_replica, unpack
+from seglabel_server.transport.ray.calls import call_replica, on, stream_replica, unpack
+from seglabel_server.transport.ray.gateway import RemoteGateway
+from seglabel_server.transport.ray.replica import Replica
 
 log = logging.getLogger(__name__)
 REPLICA_HEADER = "seglabel-replica"
 S = SegmenterServicer
-# The unary methods a replica answers for the ingress (passed as these functions, not names).
-UNARY = frozenset({S.Upload, S.Segment, S.EstimateDepth, S.ExtractText, S.GetServerInfo, S.CreateVocabulary,
-                   S.GetVocabulary, S.ListVocabularies, S.DeleteVocabulary, S.AddExamples, S.RemoveExamples,
-                   S.Relabel})  # fmt: skip
 _METHODS = pb.DESCRIPTOR.services_by_name["Segmenter"].methods_by_name
 
 
@@ -85,7 +83,7 @@ class SeglabelIngress:
             return _empty_reply(method)
         try:
             reply, replica, error = await call_replica(
-                lambda: self.replicas.call.remote(method, request), method.__name__
+                lambda: on(self.replicas, Replica.call).remote(method, request), method.__name__
             )
         except Exception as exc:
             self._fail(grpc_context, as_domain(exc))
@@ -139,7 +137,7 @@ class SeglabelIngress:
         if not self._authorized(grpc_context):
             return
         events = stream_replica(
-            lambda: self.replicas.options(stream=True).stream.remote(request), "StreamSegment"
+            lambda: on(self.replicas, Replica.stream, stream=True).remote(request), "StreamSegment"
         )
         sent = 0
         try:
@@ -158,7 +156,7 @@ class SeglabelIngress:
     async def Check(self, request, grpc_context=None):
         """SERVING when a replica answers that it is (models loaded and warm)."""
         try:
-            serving = await self.replicas.serving.remote()
+            serving = await on(self.replicas, Replica.serving).remote()
         except Exception:
             serving = False
         status = (
