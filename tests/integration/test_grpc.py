@@ -252,7 +252,10 @@ async def test_upload_keeps_the_filename_and_success_tells_when_labels_are_missi
     full, no_clip = await make_server(), await make_server(load_clip=False)
     async with client_for(full) as c:
         up = await c.upload(photo_bytes, filename="astronaut.jpg")
-        assert up.filename == "astronaut.jpg" and full.service.images.files.filename(up.file_id) == "astronaut.jpg"
+        assert (
+            up.filename == "astronaut.jpg"
+            and full.service.images.files.filename(up.file_id) == "astronaut.jpg"
+        )
         assert (await c.upload(photo_bytes)).filename == ""
         resp = await c.segment(file_id=up.file_id, points_per_side=2, max_masks=2, **LOOSE)
         assert resp.success and resp.labels

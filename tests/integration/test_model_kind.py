@@ -155,7 +155,9 @@ async def test_a_server_lists_and_serves_the_new_kind(toy_repo):
         toy = [m for m in info.models if m.name == TOY.model]
         assert toy and toy[0].architecture == "image-mean" and not toy[0].random_weights
         assert {m.name for m in info.models} >= {"sam2_image_encoder", "clip_text_encoder", TOY.model}
-        out = await server.service.lifecycle.loaded.pipeline.scheduler.run("toy", images(3, 2), RequestContext())
+        out = await server.service.lifecycle.loaded.pipeline.scheduler.run(
+            "toy", images(3, 2), RequestContext()
+        )
         np.testing.assert_allclose(out, images(3, 2).mean(axis=(2, 3)), rtol=1e-5)
         assert server.service.metrics.value("seglabel_inference_count_total", stage="toy") == 2
     finally:

@@ -109,4 +109,6 @@ def test_a_server_without_its_packages_says_how_to_build_them(tiny_repo):
 
     with pytest.raises(Unavailable) as refused:  # what every call is answered with
         service.lifecycle.require_ready()
-    assert "seglabel-export aot" in str(refused.value) and "--device cpu --precision fp32" in str(refused.value)
+    assert "seglabel-export aot" in str(refused.value) and "--device cpu --precision fp32" in str(
+        refused.value
+    )

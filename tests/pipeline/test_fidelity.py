@@ -176,7 +176,11 @@ def test_box_prompts_match_sam2_image_predictor(crisp_torch, tiny_repo, photo):
     predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
     predictor.set_image(photo)
     h, w = photo.shape[:2]
-    boxes = [(10.0, 20.0, w * 0.5, h * 0.6), (w * 0.4, h * 0.3, w - 5.0, h - 8.0), (0.0, 0.0, w * 0.3, h * 0.2)]
+    boxes = [
+        (10.0, 20.0, w * 0.5, h * 0.6),
+        (w * 0.4, h * 0.3, w - 5.0, h - 8.0),
+        (0.0, 0.0, w * 0.3, h * 0.2),
+    ]
     params = SegmentOptions(prompt_type="box", boxes=tuple(boxes), skip_labels=True)
     result, _ = run_pipeline(crisp_torch, tiny_repo, params, photo)
     ours = decoded(result)

@@ -58,7 +58,10 @@ async def test_a_lost_replica_is_retried_and_domain_errors_keep_their_kind():
     assert await gateway.upload(b"png", "a.png") == ("abc", 4, 5)
     assert len(handle.gateway.calls) == 2  # the first replica died, the second answered
     # the replica is asked for the in-process gateway's method itself, not a name
-    assert handle.gateway.calls[0] == (LocalGateway.upload, b"png", "a.png") and LocalGateway.upload in GATEWAY_CALLS
+    assert (
+        handle.gateway.calls[0] == (LocalGateway.upload, b"png", "a.png")
+        and LocalGateway.upload in GATEWAY_CALLS
+    )
     with pytest.raises(Overloaded) as err:
         await gateway.segment(None, "f" * 64, None, None)
     assert str(err.value) == "full; retry later" and err.value.retry_after_ms == 300

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SNIPPET = '''
+SNIPPET = """
 from seglabel_client.client import AsyncSegmenterClient, SegmenterClient
 from seglabel_server.transport.http.gateway import Gateway, LocalGateway
 from seglabel_server.transport.ray.calls import on
@@ -29,7 +29,7 @@ async def calls(gateway: Gateway, client: SegmenterClient, aclient: AsyncSegment
     client.stub.Segmnt  # TYPO
     await aclient.relabel("r")
     await aclient.relabl("r")  # TYPO
-'''
+"""
 
 
 @pytest.mark.slow  # mypy reads the server's modules: about 20 s from a cold cache

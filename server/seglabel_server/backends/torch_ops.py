@@ -1,8 +1,9 @@
 """The device mask-and-label path of the torch backend: everything per mask stays in the backend's
 memory (the GPU, or CPU torch) until it is an answer.
 
-The pipeline asks for it with :meth:`TorchBackend.device_ops`; each method is the device twin of a
-host function and is tested equal to it:
+:meth:`TorchBackend.device_ops` gives it (a ``backends.base.DeviceMaskOps``), which the pipeline's
+``mask_path.DeviceMaskPath`` runs; each method is the device twin of a host function and is tested
+equal to it:
 
 - :meth:`sam_preprocess` <- :func:`images.sam_preprocess` (Pillow's two-pass antialiased bilinear,
   rounded to 8 bits between and after the passes, as Pillow does);

@@ -4,11 +4,12 @@ model and OCR alongside, from the same decoded image, joined with the masks (``s
 
 The pipeline runs a :class:`~seglabel_server.types.SegmentJob` the service has resolved and checked.
 ``masks`` turns decoder outputs into mask results, ``labels`` classifies them, ``render`` draws the
-answer, ``ocr`` reads text; :class:`Pipeline` orchestrates them as named steps. When the backend
-offers device twins of the per-mask work (``Backend.device_ops``: the torch backend), the image is
-uploaded once and resized there, and filters, upsampling, RLE and CLIP crops run in the backend's
-memory: no full-size mask reaches the host (the overlay and the depth/text joins decode the RLE
-answers instead). Model calls go through the scheduler (``await scheduler.run(stage, payload, ctx)``);
+answer, ``ocr`` reads text; :class:`Pipeline` orchestrates them as named steps. The per-mask work
+(the encoder's input, the candidate filter's logits, upsampling, RLE, CLIP crops) is one
+:class:`~seglabel_server.pipeline.mask_path.MaskPath`, bound when the pipeline is built: the host's
+(numpy), or the backend's device kernels where it offers them (``Backend.device_ops``: the torch
+backend), with which no full-size mask reaches the host (the overlay and the depth/text joins
+decode the RLE answers instead). Model calls go through the scheduler (``await scheduler.run(stage, payload, ctx)``);
 host work runs in a small thread pool so the asyncio loop stays free.
 """
 

@@ -57,7 +57,9 @@ class Pipeline:
         # they never hold the CPU threads of the mask pipeline.
         self.ocr_pool = CpuPool(ocr_threads, "seglabel-ocr")
         self.crop = CropSpec.of(parts.clip, cfg) if parts.clip is not None else None
-        self.mask_path = mask_path(parts.sam, self.pool, self.crop, parts.device_ops, parts.upsample_on_backend)
+        self.mask_path = mask_path(
+            parts.sam, self.pool, self.crop, parts.device_ops, parts.upsample_on_backend
+        )
         self.labels = (
             Labeller(cfg, parts.clip, parts.scheduler, parts.tokenizer)
             if parts.clip is not None and parts.tokenizer is not None

@@ -83,7 +83,8 @@ class Admission:
         charges released whatever the exit."""
         if self.inflight >= self.max_inflight:
             raise self.refused(
-                "admission", Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight}); retry later")
+                "admission",
+                Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight}); retry later"),
             )
         self.inflight += 1
         self.idle.clear()

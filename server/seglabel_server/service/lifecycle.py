@@ -66,7 +66,9 @@ class Lifecycle:
     def require(self, family: str, what: str) -> None:
         """CapabilityUnavailable, saying why, when ``family`` is not served here."""
         if not self.capabilities.serves(family):
-            raise CapabilityUnavailable(f"{what} is not available on this server: {self.capabilities.why_not(family)}")
+            raise CapabilityUnavailable(
+                f"{what} is not available on this server: {self.capabilities.why_not(family)}"
+            )
 
     async def load(self, answers_shared: str = "") -> None:
         """Load the models, keep answers when labels are served (in ``answers_shared``, a Redis
@@ -76,7 +78,9 @@ class Lifecycle:
             self.loaded = loaded = await asyncio.to_thread(loading.load, self.cfg, self.metrics)
             self.images.cache = cache = loaded.embeddings
             if self.cfg.answer_cache_mb > 0 and self.capabilities.serves("labels"):
-                self.answers = AnswerCache(self.cfg.answer_cache_mb << 20, answers_shared, self.cfg.answer_ttl_s)
+                self.answers = AnswerCache(
+                    self.cfg.answer_cache_mb << 20, answers_shared, self.cfg.answer_ttl_s
+                )
                 loaded.pipeline.parts.answers = self.answers
             self.metrics.embedding_bytes.set_function(lambda: cache.bytes if cache is not None else 0)
             graphs, seconds = await asyncio.to_thread(loaded.backend.warm_up)

@@ -19,7 +19,7 @@ from seglabel_server.errors import FailedPrecondition, NotFound, Unavailable, cl
 from seglabel_server.metrics import Metrics
 from seglabel_server.pipeline.pipeline import DECODER_WINDOW
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
-from seglabel_server.service.admission import Admission, Ticket
+from seglabel_server.service.admission import Admission
 from seglabel_server.service.budget import (
     MemoryBudget,
     depth_bytes,
@@ -95,17 +95,6 @@ class SeglabelService:
             n += text_bytes(w, h)
         return n
 
-    async def _admitted_image(self, ticket: Ticket, file_id, data, what: str, nbytes, runtime: bool = False):
-        """The request's image: opened, the request charged ``nbytes(width, height)`` (and a share of
-        the models' working memory with ``runtime``) before its pixels are decoded. (pixels, ms,
-        key)."""
-        opened = await self.images.open(file_id, data, what)
-        ticket.charge(nbytes(opened.width, opened.height))
-        if runtime:
-            ticket.take_runtime()
-        pixels, ms = await self.images.decode(opened)
-        return pixels, ms, opened.key
-
     async def segment(
         self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
     ) -> SegmentResult:
@@ -114,11 +103,12 @@ class SeglabelService:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
             if job.labels and job.params.vocabulary_name:
                 job.labelling = await self.vocabularies.spec(job.params, ctx)
-            image, decode_ms, key = await self._admitted_image(
-                ticket, file_id, data, "SegmentRequest", lambda w, h: self._segment_bytes(job, w, h), runtime=True
-            )
+            opened = await self.images.open(file_id, data, "SegmentRequest")  # its size, not its pixels
+            ticket.charge(self._segment_bytes(job, opened.width, opened.height))
+            ticket.take_runtime()
+            image, decode_ms = await self.images.decode(opened)
             check_prompts_inside(job.params, image.shape[1], image.shape[0])
-            result = await self.lifecycle.loaded.pipeline.run(job, image, ctx, emit, image_key=key)
+            result = await self.lifecycle.loaded.pipeline.run(job, image, ctx, emit, image_key=opened.key)
             result.timings["decode_image"] = result.timings.get("decode_image", 0.0) + decode_ms
             result.timings["total"] += decode_ms
             return result
@@ -142,7 +132,9 @@ class SeglabelService:
             raise FailedPrecondition(f"answer {request_id} was labelled by CLIP model {answer.clip_model}")
         spec = await self.vocabularies.spec(resolve_relabel(self.cfg.pipeline, params), ctx)
         t1 = time.perf_counter()
-        labels = await self.lifecycle.loaded.pipeline.labels.relabel(answer.embeddings, answer.chunks, spec, ctx)
+        labels = await self.lifecycle.loaded.pipeline.labels.relabel(
+            answer.embeddings, answer.chunks, spec, ctx
+        )
         total = (time.perf_counter() - t0) * 1000.0
         return labels, spec.mode, {"clip": (time.perf_counter() - t1) * 1000.0, "total": total}
 
@@ -177,27 +169,41 @@ class SeglabelService:
         depth = self.lifecycle.loaded.repo.manifest["depth"]
         async with self.admission.admit() as ticket:
             t0 = time.perf_counter()
-            image, decode_ms, _ = await self._admitted_image(
-                ticket, file_id, data, "EstimateDepthRequest", lambda w, h: 2 * w * h * 3 + depth_bytes(w, h, depth)
+            opened = await self.images.open(file_id, data, "EstimateDepthRequest")
+            ticket.charge(
+                2 * opened.width * opened.height * 3 + depth_bytes(opened.width, opened.height, depth)
             )
+            image, decode_ms = await self.images.decode(opened)
             result = await self.lifecycle.loaded.pipeline.estimate_depth(image, ctx)
             total = (time.perf_counter() - t0) * 1000.0
-            return result, {"decode_image": decode_ms, "depth": total - decode_ms, "queue": ctx.queue_ms, "total": total}
+            return result, {
+                "decode_image": decode_ms,
+                "depth": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
 
     async def extract_text(self, file_id: str | None, data: bytes | None, text_options: TextOptions | None,
                            ctx: RequestContext):  # fmt: skip
         """(TextResult, (width, height), timings in ms)."""
         self.lifecycle.require_ready()
         self.lifecycle.require("text", "text extraction")
-        text_options = resolve_text(self.cfg.pipeline, text_options)  # bad thresholds: refused before any work
+        text_options = resolve_text(
+            self.cfg.pipeline, text_options
+        )  # bad thresholds: refused before any work
         async with self.admission.admit() as ticket:
             t0 = time.perf_counter()
-            image, decode_ms, _ = await self._admitted_image(
-                ticket, file_id, data, "ExtractTextRequest", lambda w, h: 2 * w * h * 3 + text_bytes(w, h)
-            )
+            opened = await self.images.open(file_id, data, "ExtractTextRequest")
+            ticket.charge(2 * opened.width * opened.height * 3 + text_bytes(opened.width, opened.height))
+            image, decode_ms = await self.images.decode(opened)
             text = await self.lifecycle.loaded.pipeline.extract_text(image, ctx, text_options)
             total = (time.perf_counter() - t0) * 1000.0
-            timings = {"decode_image": decode_ms, "text": total - decode_ms, "queue": ctx.queue_ms, "total": total}
+            timings = {
+                "decode_image": decode_ms,
+                "text": total - decode_ms,
+                "queue": ctx.queue_ms,
+                "total": total,
+            }
             return text, (image.shape[1], image.shape[0]), timings
 
     def info(self) -> dict:
@@ -224,7 +230,9 @@ class SeglabelService:
                 "max_vocabularies": cfg.max_vocabularies,
                 "max_examples_per_label": cfg.max_examples_per_label,
                 "max_vocabulary_bytes": cfg.max_vocabulary_mb << 20,
-                "answer_cache_bytes": (cfg.answer_cache_mb << 20) if self.lifecycle.answers is not None else 0,
+                "answer_cache_bytes": (cfg.answer_cache_mb << 20)
+                if self.lifecycle.answers is not None
+                else 0,
             },
             "labels_unavailable_reason": caps.why_not("labels"),
             "depth_unavailable_reason": caps.why_not("depth"),

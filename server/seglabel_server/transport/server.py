@@ -204,7 +204,9 @@ async def serve(cfg: ServerConfig) -> int:
         log.info("SERVING")
         await stop.wait()
     loading.cancel()
-    log.info("draining: %d requests in flight, up to %.1fs", server.service.admission.inflight, cfg.drain_seconds)
+    log.info(
+        "draining: %d requests in flight, up to %.1fs", server.service.admission.inflight, cfg.drain_seconds
+    )
     t0 = loop.time()
     finished = await server.drain(cfg.drain_seconds)
     log.info("drained" if finished else "drain time over: ending the requests still in flight")

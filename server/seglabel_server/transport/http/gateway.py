@@ -34,7 +34,9 @@ class Gateway(Protocol):
 
     async def info(self, ctx: RequestContext | None = None) -> dict: ...
 
-    async def upload(self, data: bytes, filename: str, ctx: RequestContext | None = None) -> tuple[str, int, int]: ...
+    async def upload(
+        self, data: bytes, filename: str, ctx: RequestContext | None = None
+    ) -> tuple[str, int, int]: ...
 
     async def segment(self, params: SegmentOptions, file_id: str | None, data: bytes | None,
                       ctx: RequestContext | None = None) -> SegmentResult: ...  # fmt: skip
@@ -48,7 +50,9 @@ class Gateway(Protocol):
     async def extract_text(self, file_id: str | None, data: bytes | None, options: TextOptions | None,
                            ctx: RequestContext | None = None) -> tuple: ...  # fmt: skip
 
-    async def relabel(self, request_id: str, params: SegmentOptions, ctx: RequestContext | None = None) -> tuple: ...
+    async def relabel(
+        self, request_id: str, params: SegmentOptions, ctx: RequestContext | None = None
+    ) -> tuple: ...
 
     async def create_vocabulary(self, name: str, labels: list[LabelIn], replace: bool, alpha: float, beta: float,
                                 ctx: RequestContext | None = None) -> Described: ...  # fmt: skip

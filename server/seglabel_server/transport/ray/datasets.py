@@ -92,9 +92,7 @@ class LabelActor:
         try:
             data = await asyncio.to_thread(self._read, name)
             result = await self.service.segment(self.params, None, data, RequestContext())
-            rec = await asyncio.to_thread(
-                records.image_record, convert.result_to_pb(result), sha, self.opts
-            )
+            rec = await asyncio.to_thread(records.image_record, convert.result_to_pb(result), sha, self.opts)
         except Exception as exc:  # the image's failure, recorded
             code, message = grpc_status(exc)  # worded as the gRPC client's failures are
             rec = {"sha": sha, "ok": False, "reason": f"{code.name}: {message}", "retry": code in TRANSIENT}

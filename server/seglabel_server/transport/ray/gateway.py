@@ -75,7 +75,8 @@ class RemoteGateway:
 
     async def segment_events(self, params, file_id, data, ctx=None) -> AsyncGenerator[object, None]:
         events = stream_replica(
-            lambda: on(self.replicas, Replica.events, stream=True).remote(params, file_id, data), "segment stream"
+            lambda: on(self.replicas, Replica.events, stream=True).remote(params, file_id, data),
+            "segment stream",
         )
         async with contextlib.aclosing(events):
             async for event, _, error in events:
