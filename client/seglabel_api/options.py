@@ -26,6 +26,7 @@ so a field added here is everywhere at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import typing
 from collections.abc import Iterable
 from dataclasses import Field, dataclass, field, fields, replace
@@ -205,23 +206,6 @@ def out_of_range(opts: SegmentOptions) -> list[tuple[str, float]]:
             and not 0.0 <= v <= 1.0]  # fmt: skip
 
 
-def to_json(opts: SegmentOptions, scope: str | None = None, skip_defaults: bool = False) -> dict[str, Any]:
-    """The options of ``scope`` as JSON values by name (tuples as lists); ``skip_defaults``: those
-    at their declared default left out."""
-    out = {}
-    for f in declared(scope):
-        value = getattr(opts, f.name)
-        if not (skip_defaults and value == default(f)):
-            out[f.name] = jsonable(value)
-    return out
-
-
-def jsonable(value):
-    if isinstance(value, (tuple, list)):
-        return [jsonable(v) for v in value]
-    return dict(value) if isinstance(value, dict) else value
-
-
 # -- the client's keyword arguments ------------------------------------------------------------------
 def from_kwargs(scope: str = SEGMENT, base: SegmentOptions | None = None, **kw) -> SegmentOptions:
     """Options from keyword arguments named as declared (or by their ``alias``: ``labels``,
@@ -235,10 +219,8 @@ def from_kwargs(scope: str = SEGMENT, base: SegmentOptions | None = None, **kw) 
     unknown = sorted(set(kw) - set(names))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are: {', '.join(names)}")
-    values = {}
-    for key, value in kw.items():
-        f = next(f for f in declared() if f.name == names[key])
-        values[f.name] = coerce(f, value)
+    by_name = {f.name: f for f in declared(scope)}
+    values = {names[key]: coerce(by_name[names[key]], value) for key, value in kw.items()}
     return replace(base or SegmentOptions(), **values)
 
 
@@ -253,7 +235,13 @@ def coerce(f: Field, value):
 
 
 def hints() -> dict[str, Any]:
-    return typing.get_type_hints(SegmentOptions)
+    """The declared options' types (evaluated once per declaration: every request reads them)."""
+    return _hints_of(SegmentOptions)
+
+
+@functools.cache
+def _hints_of(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 # -- protobuf ------------------------------------------------------------------------------------------

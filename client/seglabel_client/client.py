@@ -161,9 +161,16 @@ class Calls:
     The sync client returns each answer, the async one an awaitable of it (streams: an iterator,
     an async iterator)."""
 
-    stub: pb_grpc.SegmenterStub
-    health_stub: health_pb2_grpc.HealthStub
-    timeout: float | None
+    _grpc: Any  # grpc or grpc.aio: the kind of channel
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None,
+                 tls_ca: str | os.PathLike | None = None, token: str | None = None):  # fmt: skip
+        """``tls_ca``: PEM file of the CA that signed the server's certificate (TLS); ``token``: bearer
+        token (default: $SEGLABEL_TOKEN)."""
+        self.channel, self.metadata = _open_channel(self._grpc, target, tls_ca, token)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
 
     def _unary(self, method, request, timeout: float | None = None, then: Callable | None = None) -> Any:
         raise NotImplementedError
@@ -237,12 +244,7 @@ class Calls:
 class SegmenterClient(Calls):
     """Blocking client. ``with SegmenterClient("127.0.0.1:50051") as c: c.segment("photo.jpg")``."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None,
-                 tls_ca: str | os.PathLike | None = None, token: str | None = None):  # fmt: skip
-        self.channel, self.metadata = _open_channel(grpc, target, tls_ca, token)
-        self.stub = pb_grpc.SegmenterStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout = timeout
+    _grpc = grpc
 
     def __enter__(self):
         return self
@@ -278,12 +280,7 @@ class SegmenterClient(Calls):
 class AsyncSegmenterClient(Calls):
     """asyncio client. ``async with AsyncSegmenterClient() as c: async for ev in c.stream_segment(...)``."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = None,
-                 tls_ca: str | os.PathLike | None = None, token: str | None = None):  # fmt: skip
-        self.channel, self.metadata = _open_channel(grpc.aio, target, tls_ca, token)
-        self.stub = pb_grpc.SegmenterStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout = timeout
+    _grpc = grpc.aio
 
     async def __aenter__(self):
         return self

@@ -39,16 +39,19 @@ class LabelOptions:
     server_wait_s: float = 600.0  # how long an unreachable server is waited for before the run stops
 
     def __post_init__(self) -> None:
-        outside = sorted(options.to_json(self.request, skip_defaults=True).keys()
-                         - options.to_json(self.request, options.DATASET).keys())  # fmt: skip
+        outside = [f.name for f in options.declared() if options.DATASET not in f.metadata["scopes"]
+                   and getattr(self.request, f.name) != options.default(f)]  # fmt: skip
         if outside:
             raise ValueError(f"a dataset job does not take {', '.join(outside)}")
 
     def job(self) -> dict:
         """What decides the annotations (a journal made with other values is not continued): the
         request's dataset options and how masks are written, each left out at its default, so that
-        a journal written before an option existed still names the same job (:func:`same_job`)."""
-        d = {**options.to_json(self.request, options.DATASET), "mask_format": self.mask_format,
+        a journal written before an option existed still names the same job (:func:`canonical_job`)."""
+        request = {
+            f.name: _jsonable(getattr(self.request, f.name)) for f in options.declared(options.DATASET)
+        }
+        d = {**request, "mask_format": self.mask_format,
              "polygon_tolerance": self.polygon_tolerance, "yolo": "yolo-seg" in self.formats,
              "vocabulary_revision": self.vocabulary_revision}  # fmt: skip
         return canonical_job(d)
@@ -63,6 +66,13 @@ _JOB_DEFAULTS = {"mask_format": "rle", "polygon_tolerance": 1.0, "yolo": False, 
 _JOB_RENAMED = {"labels": "vocabulary"}
 
 
+def _jsonable(value):
+    """An option's value as JSON holds it (tuples as lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return dict(value) if isinstance(value, dict) else value
+
+
 def canonical_job(job: dict) -> dict:
     """A journal's job without the values every job has by default (the declared defaults of the
     request options, and the writers'): two jobs are the same job when these are equal."""
@@ -71,7 +81,7 @@ def canonical_job(job: dict) -> dict:
     for key, value in job.items():
         key = _JOB_RENAMED.get(key, key)
         base = declared.get(key, _JOB_DEFAULTS.get(key, object()))
-        if value != options.jsonable(base):
+        if value != _jsonable(base):
             out[key] = value
     return out
 

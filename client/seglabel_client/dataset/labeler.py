@@ -132,9 +132,8 @@ async def label_folder_async(
     inv: Inventory = await asyncio.to_thread(inventory, root, [out])
     async with AsyncSegmenterClient(server, timeout=opts.timeout, tls_ca=tls_ca, token=token) as client:
         categories, info, revision = await _vocabulary(client, opts)
-        if (
-            opts.request.vocabulary_name
-        ):  # the journal records which revision labelled: a changed one is a new job
+        if opts.request.vocabulary_name:
+            # the journal records which revision labelled: a changed one is a new job
             opts = dataclasses.replace(opts, vocabulary_revision=revision)
         else:  # the categories, written down: a server whose default changes labels a new job
             vocabulary = () if opts.request.skip_labels else tuple(categories)

@@ -39,6 +39,11 @@ class CropSpec:
         """The crops of the repository's CLIP section ``clip``, with ``cfg``'s (PipelineConfig) context."""
         return cls(clip["image_size"], clip["mean"], clip["std"], cfg.crop_context, cfg.crop_background_keep)
 
+    def cut(self, image: np.ndarray, mask: np.ndarray | None, box_xywh) -> np.ndarray:
+        """One region's CLIP input, [3,S,S]."""
+        return images.clip_crop(image, mask, box_xywh, self.size, self.mean, self.std, self.context,
+                                self.background_keep)  # fmt: skip
+
 
 class MaskPath(Protocol):
     """A request's per-mask work. Full masks are whatever the path keeps them as (host arrays, or
@@ -99,14 +104,11 @@ class HostMaskPath:
         self, image: np.ndarray, chunk: list[MaskResult], full: list, ctx: RequestContext | None = None
     ) -> np.ndarray:
         """The crops of ``chunk`` on this thread; stops between masks once ``ctx`` is done."""
-        c = self.crop
         out = []
         for m, m_full in zip(chunk, full):
             if ctx is not None:
                 ctx.check()
-            out.append(
-                images.clip_crop(image, m_full, m.bbox, c.size, c.mean, c.std, c.context, c.background_keep)
-            )
+            out.append(self.crop.cut(image, m_full, m.bbox))
         return np.stack(out)
 
     async def crops(

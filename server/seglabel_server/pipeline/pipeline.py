@@ -308,10 +308,9 @@ class Pipeline:
     async def embed_regions(self, image: np.ndarray, regions: list, ctx: RequestContext) -> np.ndarray:
         """[N, D] CLIP image embeddings of ``regions`` of ``image``: (full-size bool mask or None,
         (x, y, w, h) box) each, cut exactly as a mask's crop for labelling (host path)."""
-        c = self.crop
-        pix = await self.pool.run(lambda: np.stack([
-            images.clip_crop(image, mask, box, c.size, c.mean, c.std, c.context, c.background_keep)
-            for mask, box in regions]))  # fmt: skip
+        pix = await self.pool.run(
+            lambda: np.stack([self.crop.cut(image, mask, box) for mask, box in regions])
+        )
         step = self.scheduler.max_batch("clip")
         parts = [await self.scheduler.run("clip", pix[i : i + step], ctx) for i in range(0, len(pix), step)]
         return np.concatenate(parts).astype(np.float32)

@@ -53,10 +53,14 @@ class Lifecycle:
     def serving(self) -> bool:
         return self.ready.is_set() and not self.draining
 
-    def require_ready(self) -> None:
-        """Unavailable while the models load (with a pushback), after they failed, or draining."""
+    def require_open(self) -> None:
+        """Unavailable while draining (uploads are taken while the models load)."""
         if self.draining:
             raise Unavailable("server is shutting down; retry on another replica or later")
+
+    def require_ready(self) -> None:
+        """Unavailable while the models load (with a pushback), after they failed, or draining."""
+        self.require_open()
         if not self.ready.is_set():
             raise Unavailable(
                 f"models are not loaded{': ' + self.load_error if self.load_error else ' yet'}",

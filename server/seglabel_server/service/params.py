@@ -23,7 +23,9 @@ def _unit(name: str, v: float | None, default: float) -> float:
 
 
 def _check_units(p: SegmentOptions) -> None:
-    for name, v in options.out_of_range(p):
+    bad = options.out_of_range(p)
+    if bad:
+        name, v = bad[0]
         raise InvalidArgument(f"{name} must be within [0, 1], got {v}")
 
 
@@ -32,8 +34,6 @@ def resolve(c: PipelineConfig, p: SegmentOptions) -> SegmentOptions:
     InvalidArgument / LimitExceeded."""
     if p.prompt_type not in ("grid", "points", "box"):
         raise InvalidArgument(f"unknown prompt_type {p.prompt_type!r}")
-    if p.points_per_side < 0:
-        raise InvalidArgument(f"points_per_side must be positive, got {p.points_per_side}")
     if p.prompt_type == "points" and not p.points:
         raise InvalidArgument("prompt_type POINTS needs at least one point")
     if p.prompt_type == "box" and not p.boxes:
@@ -45,7 +45,7 @@ def resolve(c: PipelineConfig, p: SegmentOptions) -> SegmentOptions:
     if p.max_masks > c.max_masks_limit:
         raise LimitExceeded(f"max_masks {p.max_masks} is over the limit {c.max_masks_limit}")
     _check_units(p)
-    p = options.with_defaults(p, c)
+    p = options.with_defaults(p, c)  # a negative points_per_side is not "unset": refused below
     if p.points_per_side < 1:
         raise InvalidArgument(f"points_per_side must be positive, got {p.points_per_side}")
     if p.points_per_side > c.max_points_per_side:

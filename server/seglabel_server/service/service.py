@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator
 from seglabel_api import options
 
 from seglabel_server import __version__
-from seglabel_server.errors import FailedPrecondition, NotFound, Unavailable, clip_text
+from seglabel_server.errors import FailedPrecondition, NotFound, clip_text
 from seglabel_server.metrics import Metrics
 from seglabel_server.pipeline.pipeline import DECODER_WINDOW
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
@@ -76,8 +76,7 @@ class SeglabelService:
     # -- calls -----------------------------------------------------------------------------------
     def upload(self, data: bytes, filename: str = "") -> tuple[str, int, int]:
         """(file_id, width, height); uploads are taken while the models load, not while draining."""
-        if self.lifecycle.draining:
-            raise Unavailable("server is shutting down; retry on another replica or later")
+        self.lifecycle.require_open()
         return self.images.upload(data, filename)
 
     def _segment_bytes(self, job: SegmentJob, w: int, h: int) -> int:

@@ -117,13 +117,13 @@ def flat(msg: Message, inner: str) -> dict:
 
 def _enums(body: dict, message) -> dict:
     """``body`` with each enum field given by its short name ("points", "multi") as the proto's
-    name (PROMPT_TYPE_POINTS, LABEL_MODE_MULTI)."""
+    number (PROMPT_TYPE_POINTS), which json_format reads as well as a name."""
     out = dict(body)
     for name, value in body.items():
         fd = message.DESCRIPTOR.fields_by_name.get(name)
         if fd is not None and fd.enum_type is not None and isinstance(value, str) and value.islower():
             try:
-                out[name] = fd.enum_type.values_by_number[options.enum_number(fd.enum_type, value)].name
+                out[name] = options.enum_number(fd.enum_type, value)
             except ValueError as exc:
                 raise InvalidArgument(f"malformed request: {exc}") from None
     return out
