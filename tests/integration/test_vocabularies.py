@@ -379,3 +379,30 @@ async def test_http_routes_teach_and_relabel(make_server):
     assert r["gone"].status_code == 404
     assert [lab["label"]["name"] for lab in r["removed"]["labels"]] == ["cat", "dog"]
     assert r["deleted"] == {"deleted": True}
+
+
+async def test_a_vocabulary_that_adds_a_label_embeds_only_the_new_labels_prompts(make_server):
+    """The page's "Teach into" makes a vocabulary of the labels in use plus the taught one: the
+    labels already embedded are not run through the text tower again (the text stage's inference
+    count, as the metrics endpoint shows it, grows by the new label's prompts only)."""
+    from tests.integration.conftest import metric
+
+    server = await make_server()
+    texts = lambda: metric(server, "seglabel_inference_count_total", stage="text")  # noqa: E731
+    async with client_for(server) as c:
+        base = ["quokka-7", "teapot-3", "kayak-9", "lantern-2"]  # in no default vocabulary
+        start = texts()
+        _, _, first = await segment_object(c, "A", "original", labels=base)
+        per_label = (texts() - start) / len(base)
+        assert per_label >= 1 and per_label == int(per_label)  # the server's templates per label
+        await c.create_vocabulary("plain", base)  # its description embeds MULTI's neutral prompt once
+        before = texts()
+        await c.create_vocabulary("taught", [*base, {"name": "part-A", "prompts": THING}])
+        _, _, again = await segment_object(c, "A", "original", vocabulary_name="taught")
+        assert texts() - before == len(THING)  # only part-A's one prompt
+        # the same embeddings as a vocabulary embedded from scratch would have
+        fresh = (await segment_object(c, "A", "original", labels=base))[2]
+        assert [(t.label, round(t.confidence, 5)) for t in fresh.labels[0].top_k] == [
+            (t.label, round(t.confidence, 5)) for t in first.labels[0].top_k
+        ]
+        assert {t.label for t in again.labels[0].top_k} <= {*base, "part-A"}

@@ -250,9 +250,14 @@ async def test_the_page_corrects_a_label_and_relabels_every_mask(make_server, br
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors, seen = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))  # e.g. a bad pattern
     page.on("request", lambda r: seen.append((r.method, r.url.removeprefix(base))))
     await page.goto(base + "/")
     await page.wait_for_function("document.getElementById('pred-iou').value === '0'")
+    # The Teach-into field's pattern is valid (Chromium's v flag) and checks the name as the server does.
+    valid = "(v) => { const e = document.getElementById('teach-vocab'); e.value = v; return e.checkValidity(); }"
+    assert await page.evaluate(valid, "my_vocab-2.b") and not await page.evaluate(valid, "-bad name")
+    await page.evaluate(valid, "page")
     await page.set_input_files("#file", str(photo))
     await page.wait_for_selector("#status[data-state=ready]")
     await page.fill("#grid", "4")

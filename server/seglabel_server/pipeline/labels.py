@@ -31,6 +31,9 @@ class Labeller:
         self.tokenizer = tokenizer
         self._text_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._text_locks: dict[tuple, asyncio.Lock] = {}
+        # One label's embedding, whichever vocabulary asked: a vocabulary that adds a label to another
+        # (the page's "Teach into") embeds only the new label's prompts (19.8 s -> ms on the CPU).
+        self._entry_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._vocab_cache: OrderedDict[tuple, Scorer] = OrderedDict()
         self._fits: OrderedDict[tuple, tuple] = OrderedDict()  # a vocabulary's MULTI thresholds, per revision
         self.logit_scale = float(clip_meta["logit_scale"])
@@ -49,15 +52,28 @@ class Labeller:
             async with lock:
                 if entries in self._text_cache:
                     return self._text_cache[entries]
-                emb = await self._embed_entries(entries, ctx)
-                self._text_cache[entries] = emb
-                while len(self._text_cache) > self.cfg.text_cache_size:
-                    self._text_cache.popitem(last=False)
+                emb = await self._embed_missing(entries, ctx)
+                self._remember(self._text_cache, entries, emb)
                 return emb
         finally:
             # Waiters hold the lock object itself; the dict entry only serves newcomers.
             if not lock.locked() and self._text_locks.get(entries) is lock:
                 del self._text_locks[entries]
+
+    async def _embed_missing(self, entries, ctx: RequestContext) -> np.ndarray:
+        """[V, D] for ``entries``: the labels already embedded (in any vocabulary) from the per-label
+        cache, the others computed in one batch."""
+        missing = tuple(dict.fromkeys(e for e in entries if e not in self._entry_cache))
+        if missing:
+            for entry, row in zip(missing, await self._embed_entries(missing, ctx)):
+                self._entry_cache[entry] = row
+        rows = []
+        for entry in entries:
+            self._entry_cache.move_to_end(entry)
+            rows.append(self._entry_cache[entry])
+        while len(self._entry_cache) > max(self.cfg.text_cache_size * 64, len(entries)):
+            self._entry_cache.popitem(last=False)
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
     async def _embed_entries(self, entries, ctx: RequestContext) -> np.ndarray:
         texts, owner = [], []
