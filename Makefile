@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-gpu gpu-wheels soak clean
+.PHONY: system-deps label-studio label-studio-start venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -84,6 +84,25 @@ ray-serve: models redis
 demo: models
 	bash scripts/demo.sh $(VENV) $(MODELS) $(PORT) $(DEMO_GRID)
 
+# Label Studio and its SDK, in their own venv (their pins would move the project's packages): the
+# tests run a real Label Studio against seglabel's ML backend. sentry-sdk 3 breaks its start-up.
+LS_VENV ?= .venv-ls
+LABEL_STUDIO_VERSION ?= 1.23.2
+LABEL_STUDIO_SDK_VERSION ?= 2.1.2
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --upgrade pip
+	$(LS_VENV)/bin/pip install -q "label-studio==$(LABEL_STUDIO_VERSION)" \
+	  "label-studio-sdk==$(LABEL_STUDIO_SDK_VERSION)" "sentry-sdk<3"
+	touch $@
+label-studio: $(LS_VENV)/.installed
+
+# A Label Studio on a free port of 127.0.0.1 to connect seglabel to by hand (telemetry and update checks off;
+# data in $(LS_DATA)); prints its URL and a personal access token.
+LS_DATA ?= /tmp/seglabel-label-studio
+label-studio-start: label-studio $(VENV)/.installed
+	mkdir -p $(LS_DATA) && $(PY) -m tests.labelstudio $(LS_DATA)
+
 # System packages some tests use: the distribution's Chromium (the web page's browser test, driven by
 # Playwright; no browser is downloaded) and redis-server. Installed with apt when running as root
 # (CI, containers); otherwise the command is printed and those tests skip, saying why.
@@ -102,7 +121,7 @@ system-deps:
 # the suite waits on servers, browsers and Ray, so two workers finish sooner even on two cores.
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
-test: $(VENV)/.installed proto system-deps
+test: $(VENV)/.installed proto system-deps label-studio
 	$(VENV)/bin/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The loop while editing: unit tests and the quick integration tests (tiny models; no compilation,

@@ -16,11 +16,11 @@ def required(component: str) -> bool:
     return component in {c.strip() for c in os.environ.get("SEGLABEL_REQUIRE", "").split(",")}
 
 
-def need(component: str, problem: str | None) -> None:
+def need(component: str, problem: str | None, install: str = INSTALL) -> None:
     """``problem`` is None when the component is there; otherwise why it is not."""
     if problem is None:
         return
-    message = f"{component} unavailable: {problem}; install with {INSTALL}"
+    message = f"{component} unavailable: {problem}; install with {install}"
     if required(component):
         pytest.fail(f"{message} (SEGLABEL_REQUIRE={os.environ['SEGLABEL_REQUIRE']})")
     pytest.skip(message)

@@ -29,6 +29,9 @@ class ExampleIn:
     request_id: str = ""
     mask_index: int = 0
     negative: bool = False
+    # Where the example came from, kept in its stored source (e.g. "label-studio:3:17", a project's
+    # annotation): a tool that adds examples finds and replaces its own by it.
+    origin: str = ""
 
     @staticmethod
     def from_source(source: dict, negative: bool = False) -> ExampleIn:
@@ -39,6 +42,7 @@ class ExampleIn:
             box=tuple(box) if box else None,
             mask=source.get("mask"),
             negative=negative,
+            origin=source.get("origin", ""),
         )
 
 

@@ -35,9 +35,7 @@ def _opt(default, help: str, **meta):
 class ServerConfig:
     host: str = _opt("127.0.0.1", "address to bind (loopback by default)")
     port: int = _opt(50051, "gRPC port (0: an ephemeral port)")
-    http_port: int = _opt(
-        0, "HTTP/JSON gateway port, same host, TLS and token as gRPC (0: off; make demo uses 5000)"
-    )
+    http_port: int = _opt(0, "HTTP/JSON gateway port, same host, TLS and token as gRPC (0: off; demo: 5000)")
     models: str = _opt("models", "model repository written by seglabel-export")
     backend: str = _opt("onnxruntime", "runtime", choices=("onnxruntime", "torch", "tensorrt"))
     device: str = _opt("cpu", "onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
@@ -157,6 +155,9 @@ class ServerConfig:
     auth_token_file: str = _opt("", "file holding the bearer token every call but health must present")
     insecure: bool = _opt(False, "allow a non-loopback address without TLS and a token (not recommended)")
     metrics_port: int = _opt(0, "serve Prometheus metrics on this port (0: off)")
+    label_studio_url: str = _opt("", "Label Studio's URL, when /setup did not say it ($LABEL_STUDIO_URL)")
+    label_studio_api_key_file: str = _opt("", "file with Label Studio's API key ($LABEL_STUDIO_API_KEY)")
+    label_studio_predict_s: float = _opt(80.0, "Label Studio's /predict answers in this; the rest is posted")
     warmup: bool = _opt(True, "run one request through every model before reporting SERVING")
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 

@@ -136,6 +136,7 @@ async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> N
     SIGTERM drains both)."""
     import uvicorn
 
+    from seglabel_server.transport.http import labelstudio
     from seglabel_server.transport.http.app import create_app
     from seglabel_server.transport.http.gateway import LocalGateway
 
@@ -145,7 +146,7 @@ async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> N
 
             return contextlib.nullcontext()
 
-    asgi, _ = create_app(LocalGateway(server.service), token)
+    asgi, _ = create_app(LocalGateway(server.service), token, labelstudio.settings_of(cfg, os.environ))
     config = uvicorn.Config(
         asgi, host=cfg.host, port=cfg.http_port, log_level="warning", lifespan="off",
         ssl_certfile=cfg.tls_cert or None, ssl_keyfile=cfg.tls_key or None,

@@ -15,6 +15,7 @@ ingress deployment, which routes each call to a replica.
     POST /vocabularies/{name}/examples/remove, POST /relabel
                                     named vocabularies, few-shot examples, relabelling (CreateVocabulary...)
     POST /datasets, ...             dataset jobs: many images in, COCO / YOLO-seg out (``datasets.py``)
+    /label-studio/...               a Label Studio ML backend (``labelstudio/``)
     GET  /                          the web page (static files shipped in the package, under /static)
 
 Bodies and answers are the gRPC messages' (``json.py``); errors are ``{"error": {"code", "message"}}``
@@ -38,10 +39,10 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server import __version__
 from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticated, error_kind
-from seglabel_server.transport.auth import check_bearer
+from seglabel_server.transport.auth import check_bearer, check_bearer_or_basic
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
-from seglabel_server.transport.http import schema
+from seglabel_server.transport.http import labelstudio, schema
 from seglabel_server.transport.http.datasets import DatasetJobs
 from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.middleware import (
@@ -88,7 +89,9 @@ def dataset_options() -> type[BaseModel]:
     )  # fmt: skip
 
 
-def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics, FastAPI]:
+def create_app(
+    service: Gateway, token: str | None = None, label_studio: labelstudio.Settings | None = None
+) -> tuple[HttpMetrics, FastAPI]:
     """(the ASGI app to serve: the routes inside their middleware, the FastAPI app itself)."""
     app = FastAPI(
         title="seglabel",
@@ -122,8 +125,12 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
         async def _auth(request: Request, call_next):
             path = request.url.path
             if not (path in PUBLIC or path.startswith("/static/")):
+                sent = request.headers.get("authorization", "")
                 try:
-                    check_bearer(request.headers.get("authorization", ""), token)
+                    if path.startswith(labelstudio.PREFIX):  # Label Studio sends basic auth
+                        check_bearer_or_basic(sent, token)
+                    else:
+                        check_bearer(sent, token)
                 except Unauthenticated as exc:
                     return error_response(exc)
             return await call_next(request)
@@ -250,6 +257,9 @@ def create_app(service: Gateway, token: str | None = None) -> tuple[HttpMetrics,
             req.request_id, convert.relabel_params_from_pb(req), RequestContext()
         )
         return wire.message_json(convert.relabel_to_pb(req.request_id, labels, mode, timings))
+
+    ls_routes, app.state.label_studio = labelstudio.router(service, label_studio or labelstudio.Settings())
+    app.include_router(ls_routes)
 
     jobs = DatasetJobs(service)
     app.state.datasets = jobs

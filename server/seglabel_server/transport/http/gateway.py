@@ -59,6 +59,10 @@ class Gateway(Protocol):
 
     async def get_vocabulary(self, name: str, ctx: RequestContext | None = None) -> Described: ...
 
+    async def ensure_labels(
+        self, name: str, labels: list[str], ctx: RequestContext | None = None
+    ) -> Described: ...
+
     async def list_vocabularies(self, ctx: RequestContext | None = None) -> list[Vocabulary]: ...
 
     async def delete_vocabulary(self, name: str, ctx: RequestContext | None = None) -> bool: ...
@@ -107,6 +111,9 @@ class LocalGateway:
 
     async def get_vocabulary(self, name, ctx=None):
         return await self.service.vocabularies.get(name, ctx or RequestContext())
+
+    async def ensure_labels(self, name, labels, ctx=None):
+        return await self.service.vocabularies.ensure_labels(name, labels)
 
     async def list_vocabularies(self, ctx=None):
         return await self.service.vocabularies.names()

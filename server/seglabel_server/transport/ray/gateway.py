@@ -67,6 +67,9 @@ class RemoteGateway:
     async def delete_vocabulary(self, name, ctx=None):
         return await self._call(LocalGateway.delete_vocabulary, name)
 
+    async def ensure_labels(self, name, labels, ctx=None):
+        return await self._call(LocalGateway.ensure_labels, name, labels)
+
     async def add_examples(self, name, label, examples, ctx=None):
         return await self._call(LocalGateway.add_examples, name, label, examples)
 

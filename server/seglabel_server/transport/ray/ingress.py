@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
@@ -18,6 +19,7 @@ from seglabel_server.service.config import ServerConfig, apply_settings
 from seglabel_server.transport.auth import check_bearer, read_token
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
+from seglabel_server.transport.http import labelstudio
 from seglabel_server.transport.http.app import create_app
 from seglabel_server.transport.ray.calls import call_replica, on, stream_replica, unpack
 from seglabel_server.transport.ray.gateway import RemoteGateway
@@ -50,10 +52,11 @@ class SeglabelIngress:
         cfg = ServerConfig()
         apply_settings(cfg, dict(server or {}), "the Ray application's args.server")
         self.token = read_token(cfg.auth_token_file)
+        self.label_studio = labelstudio.settings_of(cfg, os.environ)
         self.gateway = RemoteGateway(replicas, cfg.max_image_bytes)
 
     def __serve_build_asgi_app__(self):
-        asgi, _ = create_app(self.gateway, self.token)
+        asgi, _ = create_app(self.gateway, self.token, self.label_studio)
         return asgi
 
     @staticmethod

@@ -1,0 +1,106 @@
+"""Drives a real Label Studio through its own SDK (``label-studio-sdk``) for the tests. It runs in
+Label Studio's venv (``make label-studio``: its SDK pins packages the project's venv must not
+take), reading one JSON command per line on stdin and answering one JSON line on stdout.
+
+Brush masks are decoded here by Label Studio's own decoder (``label_studio_sdk.converter.brush``)
+and sent back as packed bits, so the tests never read Label Studio's RLE with seglabel's code."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+
+import numpy as np
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.converter.brush import decode_rle
+
+
+class Driver:
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url, token
+        self.sdk = LabelStudio(base_url=url, api_key=token)
+        self._access = ""
+
+    def _headers(self) -> dict:
+        if not self._access:
+            got = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self.token}, timeout=30)
+            got.raise_for_status()
+            self._access = got.json()["access"]
+        return {"Authorization": f"Bearer {self._access}"}
+
+    def project(self, title: str, config: str) -> dict:
+        return {"id": self.sdk.projects.create(title=title, label_config=config).id}
+
+    def upload(self, project: int, files: list[str]) -> dict:
+        # one form field per file: a repeated name keeps one file
+        parts = {f"file{i}": (path.rsplit("/", 1)[-1], open(path, "rb")) for i, path in enumerate(files)}
+        r = requests.post(
+            f"{self.url}/api/projects/{project}/import", files=parts, headers=self._headers(), timeout=120
+        )
+        r.raise_for_status()
+        return self.tasks(project)
+
+    def add_tasks(self, project: int, tasks: list[dict]) -> dict:
+        self.sdk.projects.import_tasks(id=project, request=tasks)
+        return self.tasks(project)
+
+    def tasks(self, project: int) -> dict:
+        return {"tasks": [{"id": t.id, "data": t.data} for t in self.sdk.tasks.list(project=project)]}
+
+    def connect(
+        self, project: int, url: str, interactive: bool = True, extra_params=None, timeout=None
+    ) -> dict:
+        kw = {"extra_params": extra_params} if extra_params else {}
+        if timeout:
+            kw["timeout"] = timeout
+        ml = self.sdk.ml.create(project=project, url=url, is_interactive=interactive, title="seglabel", **kw)
+        return {"id": ml.id, "model_version": ml.model_version, "state": str(ml.state)}
+
+    def retrieve(self, project: int) -> dict:
+        t0 = time.perf_counter()
+        self.sdk.actions.create(id="retrieve_tasks_predictions", project=project,
+                                selected_items={"all": True, "excluded": []})  # fmt: skip
+        return {"seconds": time.perf_counter() - t0}
+
+    def predictions(self, project: int) -> dict:
+        out = []
+        for p in self.sdk.predictions.list(project=project):
+            out.append({"id": p.id, "task": p.task, "score": p.score, "model_version": p.model_version,
+                        "result": p.result})  # fmt: skip
+        return {"predictions": out}
+
+    def decode(self, rle: list[int], height: int, width: int) -> dict:
+        alpha = np.reshape(decode_rle(rle), [height, width, 4])[:, :, 3] > 0
+        return {"bits": base64.b64encode(np.packbits(alpha.ravel())).decode()}
+
+    def annotate(self, task: int, result: list[dict], prediction: int | None = None) -> dict:
+        kw = {"parent_prediction": prediction} if prediction else {}
+        return {"id": self.sdk.annotations.create(id=task, result=result, **kw).id}
+
+    def update_annotation(self, annotation: int, result: list[dict]) -> dict:
+        return {"id": self.sdk.annotations.update(id=annotation, result=result).id}
+
+    def interactive(self, ml: int, task: int, context: dict) -> dict:
+        t0 = time.perf_counter()
+        r = requests.post(f"{self.url}/api/ml/{ml}/interactive-annotating", json={"task": task, "context": context},
+                          headers=self._headers(), timeout=120)  # fmt: skip
+        return {"status": r.status_code, "body": r.json(), "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    driver = Driver(sys.argv[1], sys.argv[2])
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            out = {"ok": getattr(driver, cmd.pop("op"))(**cmd)}
+        except Exception as exc:  # the test reads the failure
+            out = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
