@@ -146,6 +146,8 @@ async def test_stream_carries_the_grpc_events_and_openapi_lists_every_route(gate
     assert set(openapi["paths"]) == {
         "/", "/upload", "/segment", "/segment/stream", "/depth/{file_id}", "/extract_text/{file_id}", "/info", "/healthz",
         "/datasets", "/datasets/{job_id}", "/datasets/{job_id}/images", "/datasets/{job_id}/annotations.coco.json",
+        "/label-studio/", "/label-studio/health", "/label-studio/metrics", "/label-studio/status",
+        "/label-studio/setup", "/label-studio/predict", "/label-studio/webhook", "/label-studio/train",
         "/datasets/{job_id}/dataset.zip", "/vocabularies", "/vocabularies/{name}", "/vocabularies/{name}/examples",
         "/vocabularies/{name}/examples/remove", "/relabel",
     }  # fmt: skip

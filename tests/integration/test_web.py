@@ -255,7 +255,9 @@ async def test_the_page_corrects_a_label_and_relabels_every_mask(make_server, br
     await page.goto(base + "/")
     await page.wait_for_function("document.getElementById('pred-iou').value === '0'")
     # The Teach-into field's pattern is valid (Chromium's v flag) and checks the name as the server does.
-    valid = "(v) => { const e = document.getElementById('teach-vocab'); e.value = v; return e.checkValidity(); }"
+    valid = (
+        "(v) => { const e = document.getElementById('teach-vocab'); e.value = v; return e.checkValidity(); }"
+    )
     assert await page.evaluate(valid, "my_vocab-2.b") and not await page.evaluate(valid, "-bad name")
     await page.evaluate(valid, "page")
     await page.set_input_files("#file", str(photo))

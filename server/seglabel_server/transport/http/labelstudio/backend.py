@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from seglabel_api import options as declared
 from seglabel_api.formats import labelstudio as ls
@@ -62,11 +63,11 @@ class LabelStudioBackend:
         self.projects: dict[str, Project] = {}
         # (project, task) -> its last predictions, each {region id: (label, COCO RLE)}: what an
         # annotation started from (found by its region ids), to read the corrections by
-        self.predicted: OrderedDict[tuple[str, int], list[dict[str, tuple[str, dict]]]] = OrderedDict()
+        self.predicted: OrderedDict[tuple[str, Any], list[dict[str, tuple[str, dict]]]] = OrderedDict()
         self.learning: dict[str, asyncio.Lock] = {}  # one webhook at a time per project
         self.images: OrderedDict[tuple[str, str], tuple[str, int, int]] = OrderedDict()  # -> upload
-        self.running: dict[tuple[str, int], asyncio.Task] = {}  # predictions left to the background
-        self.finished: OrderedDict[tuple[str, int, str], dict] = OrderedDict()  # background results
+        self.running: dict[tuple[str, Any], asyncio.Future] = {}  # predictions left to the background
+        self.finished: OrderedDict[tuple[str, Any, str], dict] = OrderedDict()  # background results
         self.counts = {"predicted": 0, "failed": 0, "background": 0, "posted": 0, "examples": 0}
 
     # -- projects ---------------------------------------------------------------------------------
@@ -213,28 +214,27 @@ class LabelStudioBackend:
             async with gate:
                 return await self.predict_task(project, config, vocab, version, task)
 
-        jobs = []
-        for task in tasks:
-            key = (project.id, task.get("id") if isinstance(task, dict) else None)
-            done = self.finished.pop((*key, version), None) if key[1] is not None else None
-            running = self.running.get(key) if key[1] is not None else None
-            if done is not None:
-                jobs.append(done)
-            elif running is not None:
-                jobs.append(running)
-            else:
-                job = asyncio.ensure_future(one(task))
-                if key[1] is not None:
-                    self.running[key] = job
-                    job.add_done_callback(lambda _, key=key: self.running.pop(key, None))
-                jobs.append(job)
+        jobs = [self._job(project.id, task, version, one) for task in tasks]
         pending = [j for j in jobs if isinstance(j, asyncio.Future)]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.predict_seconds)
-        results = []
-        for task, job in zip(tasks, jobs):
-            results.append(self._answer(project, task, job, version))
+        results = [self._answer(project, task, job, version) for task, job in zip(tasks, jobs)]
         return {"results": results, "model_version": version}
+
+    def _job(self, pid: str, task, version: str, start) -> dict | asyncio.Future:
+        """A task's prediction: finished in the background since the last call, still running from
+        it, or started now."""
+        tid = task.get("id") if isinstance(task, dict) else None
+        if tid is None:
+            return asyncio.ensure_future(start(task))
+        done = self.finished.pop((pid, tid, version), None)
+        if done is not None:
+            return done
+        job = self.running.get((pid, tid))
+        if job is None:
+            job = self.running[(pid, tid)] = asyncio.ensure_future(start(task))
+            job.add_done_callback(lambda _: self.running.pop((pid, tid), None))
+        return job
 
     def _answer(self, project: Project, task, job, version: str) -> dict:
         if isinstance(job, dict):

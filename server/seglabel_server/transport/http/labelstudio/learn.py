@@ -76,17 +76,22 @@ def example(c: Correction, file_id: str, origin: str) -> ExampleIn:
     """A correction as an example of the task's uploaded image (a mask, or a rectangle's box)."""
     if c.rle is not None:
         return ExampleIn(file_id=file_id, mask=dict(c.rle), negative=c.negative, origin=origin)
-    kind, geometry = ls.region_geometry(c.region or {})
-    h, w = int(c.region["original_height"]), int(c.region["original_width"])
+    region = c.region or {}
+    got = ls.region_geometry(region)
+    if got is None:
+        raise ValueError(f"a {region.get('type')} region is not an example")
+    kind, geometry = got
+    h, w = int(region["original_height"]), int(region["original_width"])
     if kind == "box":
-        return ExampleIn(file_id=file_id, box=tuple(geometry), negative=c.negative, origin=origin)
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(geometry, np.float64).ravel()[:4])
+        return ExampleIn(file_id=file_id, box=(x0, y0, x1, y1), negative=c.negative, origin=origin)
     if kind == "polygon":
         from pycocotools import mask as mask_utils
 
         rle = mask_utils.merge(mask_utils.frPyObjects([np.asarray(geometry).ravel().tolist()], h, w))
         mask = mask_utils.decode(rle).astype(bool)
     else:
-        mask = geometry
+        mask = np.asarray(geometry, bool)
     if not mask.any():
         raise ValueError("the region covers no pixel")
     return ExampleIn(file_id=file_id, mask=amg.encode_rle(mask), negative=c.negative, origin=origin)

@@ -4,6 +4,7 @@ and the config and polygons as Label Studio takes them."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 from seglabel_api.formats import labelstudio as ls
@@ -25,7 +26,7 @@ def parse(config) -> ls.LabelingConfig:
         raise InvalidArgument(f"labeling config: {exc}") from None
 
 
-def task_ref(task, control: ls.Control) -> tuple[int, str]:
+def task_ref(task, control: ls.Control) -> tuple[Any, str]:
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise TaskFailed("a task must be an object with 'data'")
     ref = task["data"].get(control.key)
