@@ -5,6 +5,7 @@ run, under gRPC and under HTTP."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import io
 import os
@@ -153,6 +154,23 @@ def test_the_http_routes_and_the_page_through_rays_http_proxy(ray_http, ray_serv
                        "max_masks": 3, "return_overlay": False, **LOOSE}, stream=True) as r:  # fmt: skip
         names = [line[7:] for line in r.iter_lines(decode_unicode=True) if line.startswith("event: ")]
     assert names[0] == "accepted" and names[-1] == "summary" and "masks" in names
+    # the Label Studio backend, on the ingress like every route, its vocabulary in the replicas' store
+    config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+              '<Label value="person"/><Label value="rocket"/></BrushLabels></View>')  # fmt: skip
+    extra = {"points_per_side": 4, "max_masks": 3, **LOOSE}
+    setup = requests.post(
+        f"{ray_http}/label-studio/setup", json={"project": "5.1", "schema": config, "extra_params": extra}
+    )
+    assert setup.status_code == 200 and setup.json()["model_version"].endswith("label-studio-5-r1")
+    task = {
+        "id": 1,
+        "data": {"image": "data:image/jpeg;base64," + base64.b64encode(image.read_bytes()).decode()},
+    }
+    got = requests.post(
+        f"{ray_http}/label-studio/predict", json={"project": "5.1", "label_config": config, "tasks": [task]}
+    )
+    regions = got.json()["results"][0]["result"]
+    assert regions and {r["type"] for r in regions} == {"brushlabels"}
     missing = "0" * 64
     r = requests.post(f"{ray_http}/segment", json={"file_id": missing})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
