@@ -84,16 +84,18 @@ ray-serve: models redis
 demo: models
 	bash scripts/demo.sh $(VENV) $(MODELS) $(PORT) $(DEMO_GRID)
 
-# Label Studio and its SDK, in their own venv (their pins would move the project's packages): the
-# tests run a real Label Studio against seglabel's ML backend. sentry-sdk 3 breaks its start-up.
+# Label Studio and its SDK, and datumaro (the dataset framework CVAT imports with), in their own venv
+# (their pins would move the project's packages): the tests run a real Label Studio against seglabel's
+# ML backend and read the files seglabel writes with these tools. sentry-sdk 3 breaks its start-up.
 LS_VENV ?= .venv-ls
 LABEL_STUDIO_VERSION ?= 1.23.2
 LABEL_STUDIO_SDK_VERSION ?= 2.1.2
+DATUMARO_VERSION ?= 1.13.0
 $(LS_VENV)/.installed:
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install -q --upgrade pip
 	$(LS_VENV)/bin/pip install -q "label-studio==$(LABEL_STUDIO_VERSION)" \
-	  "label-studio-sdk==$(LABEL_STUDIO_SDK_VERSION)" "sentry-sdk<3"
+	  "label-studio-sdk==$(LABEL_STUDIO_SDK_VERSION)" "sentry-sdk<3" "datumaro==$(DATUMARO_VERSION)"
 	touch $@
 label-studio: $(LS_VENV)/.installed
 

@@ -83,6 +83,32 @@ class Driver:
     def update_annotation(self, annotation: int, result: list[dict]) -> dict:
         return {"id": self.sdk.annotations.update(id=annotation, result=result).id}
 
+    def import_file(self, project: int, path: str) -> dict:
+        """Tasks (with predictions) as ``seglabel label --format label-studio`` wrote them, imported."""
+        with open(path, encoding="utf-8") as f:
+            self.sdk.projects.import_tasks(id=project, request=json.load(f))
+        return self.tasks(project)
+
+    def read_cvat(self, folder: str) -> dict:
+        """A CVAT for images 1.1 XML read by datumaro (the dataset framework CVAT imports with)."""
+        import datumaro as dm
+
+        ds = dm.Dataset.import_from(folder, "cvat")
+        labels = ds.categories()[dm.AnnotationType.label]
+        items = []
+        for item in ds:
+            anns = []
+            for a in item.annotations:
+                name = labels[a.label].name
+                if a.type == dm.AnnotationType.mask:
+                    m = np.asarray(a.image).astype(bool)
+                    anns.append({"label": name, "shape": list(m.shape),
+                                 "bits": base64.b64encode(np.packbits(m.ravel())).decode()})  # fmt: skip
+                elif a.type == dm.AnnotationType.polygon:
+                    anns.append({"label": name, "points": [float(v) for v in a.points]})
+            items.append({"name": item.id, "anns": anns, "size": list(item.media.size or ())})
+        return {"items": items, "labels": [c.name for c in labels]}
+
     def interactive(self, ml: int, task: int, context: dict) -> dict:
         t0 = time.perf_counter()
         r = requests.post(f"{self.url}/api/ml/{ml}/interactive-annotating", json={"task": task, "context": context},

@@ -253,3 +253,84 @@ async def test_a_project_over_the_time_budget_gets_its_other_predictions_posted(
             assert r["type"] == "rectanglelabels" and v["rectanglelabels"][0] in LABELS
             np.testing.assert_allclose([v["x"], v["y"], v["width"], v["height"]],
                                        [100 * x / w, 100 * y / h, 100 * bw / w, 100 * bh / h], atol=1e-4)  # fmt: skip
+
+
+def _bits(d: dict) -> np.ndarray:
+    h, w = d["shape"]
+    return (
+        np.unpackbits(np.frombuffer(base64.b64decode(d["bits"]), np.uint8))[: h * w]
+        .reshape(h, w)
+        .astype(bool)
+    )
+
+
+async def test_seglabel_label_writes_tasks_label_studio_imports_and_xml_cvats_reader_reads(
+    make_server, label_studio, tmp_path
+):
+    """``seglabel label --format coco,label-studio,cvat --order uncertainty``: the tasks import into
+    Label Studio as they are (its own decoder gives the COCO masks back), datumaro (CVAT's importer)
+    reads the XML to the same masks, and the images' list starts with the most doubtful."""
+    from pycocotools.coco import COCO
+    from seglabel_api.datasets.job import dataset_request
+    from seglabel_client.dataset import LabelOptions, label_folder_async
+
+    server = await make_server()
+    root = tmp_path / "photos"
+    root.mkdir()
+    for p in photos(tmp_path, 3):
+        (root / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    opts = LabelOptions(dataset_request(labels=tuple(LABELS), **EXTRA), formats=("coco", "label-studio", "cvat"),
+                        order="uncertainty")  # fmt: skip
+    report = await label_folder_async(root, out, f"127.0.0.1:{server.port}", opts)
+    assert set(report["outputs"]) == {"coco", "label-studio", "cvat", "order"}
+    coco = COCO(str(out / "annotations.coco.json"))
+    by_name = {im["file_name"]: im for im in coco.dataset["images"]}
+    truth = {n: [(coco.cats[a["category_id"]]["name"], coco.annToMask(a).astype(bool), a["score"])
+                 for a in coco.imgToAnns[im["id"]]] for n, im in by_name.items()}  # fmt: skip
+    assert sum(len(v) for v in truth.values()) > 3
+
+    order = [line.split("\t") for line in (out / "images-by-uncertainty.txt").read_text().splitlines()]
+    assert sorted(n for n, _ in order) == sorted(truth)
+    scores = [float(s) for _, s in order]
+    assert scores == sorted(scores)
+    for name, s in order:
+        assert float(s) == pytest.approx(np.mean([x[2] for x in truth[name]]), abs=1e-5)
+
+    # Label Studio: a project made with the written config, the tasks imported as they are
+    config = (out / "label-studio-config.xml").read_text()
+    project = (await asyncio.to_thread(ls_call, label_studio, "project", title="imported", config=config))[
+        "id"
+    ]
+    tasks = (await asyncio.to_thread(ls_call, label_studio, "import_file", project=project,
+                                     path=str(out / "label-studio-tasks.json")))["tasks"]  # fmt: skip
+    assert [t["data"]["image"].rsplit("=", 1)[-1] for t in sorted(tasks, key=lambda t: t["id"])] == [
+        n for n, _ in order
+    ]
+    preds = (await asyncio.to_thread(ls_call, label_studio, "predictions", project=project))["predictions"]
+    assert len(preds) == len(tasks)
+    for p in preds:
+        name = next(t["data"]["image"].rsplit("=", 1)[-1] for t in tasks if t["id"] == p["task"])
+        assert len(p["result"]) == len(truth[name])
+        for r, (label, mask, score) in zip(p["result"], truth[name]):
+            assert r["value"]["brushlabels"] == [label] and r["score"] == pytest.approx(score, abs=1e-6)
+            assert (mask_of(label_studio, r) == mask).all()
+
+    # CVAT: datumaro reads the XML to the same labels and masks
+    cvat_dir = tmp_path / "cvat"
+    (cvat_dir / "images").mkdir(parents=True)  # CVAT's export layout: annotations.xml beside images/
+    (cvat_dir / "annotations.xml").write_bytes((out / "cvat.xml").read_bytes())
+    for p in root.iterdir():
+        (cvat_dir / "images" / p.name).write_bytes(p.read_bytes())
+    read = await asyncio.to_thread(ls_call, label_studio, "read_cvat", folder=str(cvat_dir))
+    assert read["labels"] == LABELS
+    items = {it["name"]: it for it in read["items"]}
+    for name, anns in truth.items():
+        got = items[name.rsplit(".", 1)[0]]["anns"]
+        assert [a["label"] for a in got] == [x[0] for x in anns]
+        for a, (_, mask, _) in zip(got, anns):
+            assert (_bits(a) == mask).all()
+
+
+def ls_call(ls, op, **kw):
+    return ls.call(op, **kw)

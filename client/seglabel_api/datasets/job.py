@@ -12,10 +12,11 @@ from pathlib import Path
 
 from seglabel_api import options
 from seglabel_api.datasets import annotations as records
-from seglabel_api.datasets import writers
+from seglabel_api.datasets import tools, writers
 from seglabel_api.options import SegmentOptions
 
-FORMATS = ("coco", "yolo-seg")
+FORMATS = ("coco", "yolo-seg", "label-studio", "cvat")
+ORDERS = ("none", "uncertainty")
 
 
 def dataset_request(**kw) -> SegmentOptions:
@@ -37,8 +38,12 @@ class LabelOptions:
     window: int = 0  # requests in flight (0: from the server's batch sizes)
     timeout: float = 900.0  # per request, seconds
     server_wait_s: float = 600.0  # how long an unreachable server is waited for before the run stops
+    order: str = "none"  # uncertainty: also the images' list, most doubtful first (and tasks in that order)
+    image_url_prefix: str = tools.LOCAL_FILES  # Label Studio tasks: data.image = prefix + the image's path
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         outside = [f.name for f in options.declared() if options.DATASET not in f.metadata["scopes"]
                    and getattr(self.request, f.name) != options.default(f)]  # fmt: skip
         if outside:
@@ -169,6 +174,21 @@ def finish(
         link = images_root if images_root is not None else (root if isinstance(root, Path) else None)
         n = writers.write_yolo(out / "yolo", link, inv, journal, categories)
         outputs["yolo-seg"] = {"folder": str(out / "yolo"), "objects": n}
+    order = tools.uncertainty_order(inv, journal) if opts.order == "uncertainty" else None
+    if order is not None:
+        tools.write_order(out / tools.ORDER, order)
+        outputs["order"] = {"file": str(out / tools.ORDER), "images": len(order)}
+    if "label-studio" in opts.formats:
+        version = f"seglabel {info_block['model']}".strip() + (
+            " (random weights)" if info.random_weights else ""
+        )
+        n = tools.write_label_studio(out, inv, journal, categories, version, opts.image_url_prefix,
+                                     [name for name, _ in order] if order is not None else None)  # fmt: skip
+        outputs["label-studio"] = {"file": str(out / tools.LS_TASKS), "config": str(out / tools.LS_CONFIG),
+                                   "regions": n}  # fmt: skip
+    if "cvat" in opts.formats:
+        n = tools.write_cvat(out / tools.CVAT_XML, inv, journal, categories, f"seglabel label {root}")
+        outputs["cvat"] = {"file": str(out / tools.CVAT_XML), "shapes": n}
     done_names = sum(len(i.names) for i in inv.items if journal.records.get(i.sha, (False,))[0])
     report = {
         "folder": str(root),

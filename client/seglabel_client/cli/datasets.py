@@ -20,7 +20,15 @@ def register(sub) -> None:
     )
     p.add_argument("dir")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--format", default="coco", help="coco, yolo-seg or both (comma-separated)")
+    p.add_argument("--format", default="coco",
+                   help="coco, yolo-seg, label-studio (tasks with predictions + labeling config), cvat (CVAT for "
+                   "images 1.1 XML); comma-separated")  # fmt: skip
+    p.add_argument("--order", choices=["none", "uncertainty"], default="none",
+                   help="uncertainty: also OUT/images-by-uncertainty.txt, the images most doubtful first (lowest "
+                   "mean label confidence), and Label Studio's tasks in that order")  # fmt: skip
+    p.add_argument("--image-url-prefix", default="/data/local-files/?d=",
+                   help="Label Studio tasks: data.image is this + the image's path under DIR (default: Label "
+                   "Studio's local storage, with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=DIR)")  # fmt: skip
     p.add_argument("--mask-format", choices=["rle", "polygon"], default="rle",
                    help="COCO segmentation: RLE (exact) or polygons (masks with holes stay RLE)")  # fmt: skip
     p.add_argument("--polygon-tolerance", type=float, default=1.0,
@@ -53,6 +61,8 @@ def label(args) -> int:
         window=args.window,
         timeout=args.timeout,
         server_wait_s=args.server_wait,
+        order=args.order,
+        image_url_prefix=args.image_url_prefix,
     )
     show = None if args.quiet else progress_bar()
     try:
@@ -74,7 +84,9 @@ def label(args) -> int:
     top = ", ".join(f"{k} {v}" for k, v in list(r["masks_per_label"].items())[:10])
     print(f"  masks per label: {top or 'none'}")
     for kind, o in r["outputs"].items():
-        print(f"  {kind}: {o.get('file') or o.get('folder')}")
+        print(
+            f"  {kind}: {o.get('file') or o.get('folder')}" + (f" (+ {o['config']})" if "config" in o else "")
+        )
     if r["random_weights"]:
         print("  note: the server runs RANDOM WEIGHTS: masks and labels are meaningless")
     return 0
