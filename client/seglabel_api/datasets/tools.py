@@ -56,7 +56,8 @@ def write_label_studio(out: Path, inv: Inventory, journal: Journal, categories: 
         config.output,
         ls.Control("PolygonLabels", "polygonlabels", "label", "image", "image", config.output.labels),
     )
-    tasks, n = {}, 0
+    tasks: dict[str, dict] = {}
+    n = 0
     for _, name, rec in _records(journal, done_images(inv, journal)):
         h, w = rec["height"], rec["width"]
         regions = []
