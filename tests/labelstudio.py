@@ -49,6 +49,7 @@ class LabelStudio:
             "SSRF_PROTECTION_ENABLED": "false",
             "LABEL_STUDIO_HOST": self.url,  # the hostname /setup sends: where seglabel reads files
         }
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir / "label-studio.log", "wb")
         self.proc = subprocess.Popen(
             [str(path / "bin" / "label-studio"), "start", "--no-browser", "--port", str(self.port),

@@ -122,27 +122,23 @@ def brush_encode(mask: np.ndarray) -> list[int]:
         values = np.where(flat[starts], 255, 0)
         # runs longer than the widest field are written as several runs of 65536
         chunks = -(-lengths // (1 << 16))
-        values = np.repeat(values, chunks)
-        lengths = np.concatenate(
-            [np.minimum(np.full(c, 1 << 16), ln - (1 << 16) * np.arange(c)) for ln, c in zip(lengths, chunks)]
-        )
+        values, total = np.repeat(values, chunks), np.repeat(lengths, chunks)
+        part = np.arange(total.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # index within its run
+        lengths = np.minimum(1 << 16, total - (1 << 16) * part)
     else:
         values = lengths = np.zeros(0, np.int64)
     size_idx = np.searchsorted(np.array([1 << s for s in _SIZES]), lengths)
     widths_len = np.array(_SIZES)[size_idx]
-    # a run: 1 (repeat), 2 bits of size index, (length - 1) in its width, the value in 8 bits
+    # a run: 1 (repeat), 2 bits of size index, (length - 1) in its width, the value in 8 bits (<= 27 bits)
     token = (((1 << 2 | size_idx) << widths_len | (lengths - 1)) << _WORD) | values
     width = 3 + widths_len + _WORD
-    header = (n << 5 | (_WORD - 1)) << 16
-    for i, s in enumerate(_SIZES):
-        header |= (s - 1) << (12 - 4 * i)
-    tokens = np.concatenate([[header], token]).astype(np.uint64)
-    widths = np.concatenate([[32 + 5 + 16], width]).astype(np.int64)
-    bit = np.arange(int(widths.max()))
-    shifts = widths[:, None] - 1 - bit[None, :]
-    valid = shifts >= 0
-    bits = (tokens[:, None] >> np.where(valid, shifts, 0).astype(np.uint64)) & np.uint64(1)
-    stream = bits[valid].astype(np.uint8)
+    header = [n, _WORD - 1, *(s - 1 for s in _SIZES)]  # 32, 5 and 4 x 4 bits
+    head = "".join(f"{v:0{k}b}" for v, k in zip(header, (32, 5, 4, 4, 4, 4)))
+    # every token's 32 bits, big-endian, keeping its last `width` of them (vectorised: a noisy mask has
+    # tens of thousands of runs)
+    bits = np.unpackbits(token.astype(">u4").view(np.uint8).reshape(-1, 4), axis=1)
+    keep = np.arange(32)[None, :] >= (32 - width)[:, None]
+    stream = np.concatenate([np.frombuffer(head.encode(), np.uint8) - ord("0"), bits[keep]])
     # 1-8 zero bits of padding, as the SDK writes (a whole zero byte when the stream fills its bytes)
     stream = np.concatenate([stream, np.zeros(8 - stream.size % 8, np.uint8)])
     return np.packbits(stream).tolist()

@@ -167,23 +167,8 @@ class LabelStudioBackend:
         opts = dataclasses.replace(opts, prompt_type="grid", vocabulary_name=vocab.name, vocabulary=(),
                                    return_overlay=False, top_k=max(opts.top_k, 5))  # fmt: skip
         result = await self._segment(project, ref, task_id, opts)
-        allowed = set(config.labels)
-        labels = {lab.mask_index: lab for lab in result.labels}
-        regions, scores, remembered = [], [], {}
-        for m in result.masks:
-            lab = labels.get(m.index)
-            choice = _allowed(lab, allowed) if lab is not None else None
-            if choice is None:  # under min_confidence ("unknown"), or a label the config dropped
-                continue
-            name, score = choice
-            mask = amg.decode_rle(m.rle)
-            polys = polygons(mask) if control.type == "polygonlabels" else None
-            rid = ls.region_id()
-            got = ls.regions(control, mask, m.bbox, name, score, rid, polys)
-            if got:
-                regions += got
-                scores.append(score)
-                remembered[rid] = (name, m.rle)
+        # decoding and encoding every mask is CPU work: off the event loop, as the pipeline's is
+        regions, scores, remembered = await asyncio.to_thread(_regions, control, result, set(config.labels))
         self.remember(project.id, task_id, remembered)
         return {"result": regions, "score": ls.task_score(scores), "model_version": version}
 
@@ -280,6 +265,27 @@ class LabelStudioBackend:
 
     def status(self) -> dict:
         return {"projects": sorted(self.projects), "running": len(self.running), **self.counts}
+
+
+def _regions(control: ls.Control, result, allowed: set[str]) -> tuple[list, list, dict]:
+    """(regions, their label confidences, {region id: (label, COCO RLE)}) of a Segment answer."""
+    labels = {lab.mask_index: lab for lab in result.labels}
+    regions, scores, remembered = [], [], {}
+    for m in result.masks:
+        lab = labels.get(m.index)
+        choice = _allowed(lab, allowed) if lab is not None else None
+        if choice is None:  # under min_confidence ("unknown"), or a label the config dropped
+            continue
+        name, score = choice
+        mask = amg.decode_rle(m.rle)
+        polys = polygons(mask) if control.type == "polygonlabels" else None
+        rid = ls.region_id()
+        got = ls.regions(control, mask, m.bbox, name, score, rid, polys)
+        if got:
+            regions += got
+            scores.append(score)
+            remembered[rid] = (name, m.rle)
+    return regions, scores, remembered
 
 
 def _allowed(lab, allowed: set[str]) -> tuple[str, float] | None:

@@ -4,6 +4,8 @@ image, answered from the image's cached embedding: one mask, in the tag the conf
 
 from __future__ import annotations
 
+import asyncio
+
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server import amg
@@ -55,8 +57,11 @@ async def interactive(backend, project, config: ls.LabelingConfig, tasks: list, 
     if not result.masks:
         return {"result": [], "score": 0.0}
     m = max(result.masks, key=lambda m: m.predicted_iou)
-    mask = amg.decode_rle(m.rle)
     name = label if label in control.labels else control.labels[0]
-    polys = polygons(mask) if control.type == "polygonlabels" else None
-    regions = ls.regions(control, mask, m.bbox, name, float(m.predicted_iou), ls.region_id(), polys)
-    return {"result": regions, "score": round(float(m.predicted_iou), 6)}
+
+    def region() -> list[dict]:
+        mask = amg.decode_rle(m.rle)
+        polys = polygons(mask) if control.type == "polygonlabels" else None
+        return ls.regions(control, mask, m.bbox, name, float(m.predicted_iou), ls.region_id(), polys)
+
+    return {"result": await asyncio.to_thread(region), "score": round(float(m.predicted_iou), 6)}
