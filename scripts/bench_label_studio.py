@@ -82,7 +82,7 @@ async def run(args) -> None:
 
         t0 = time.perf_counter()
         answered = (await call("retrieve", project=project))["seconds"]
-        while len((await call("predictions", project=project))["predictions"]) < len(tasks):
+        while (await call("count", project=project))["predictions"] < len(tasks):
             await asyncio.sleep(0.5)
         ls_s = time.perf_counter() - t0
 

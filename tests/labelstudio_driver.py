@@ -21,7 +21,7 @@ from label_studio_sdk.converter.brush import decode_rle
 class Driver:
     def __init__(self, url: str, token: str):
         self.url, self.token = url, token
-        self.sdk = LabelStudio(base_url=url, api_key=token)
+        self.sdk = LabelStudio(base_url=url, api_key=token, timeout=600)
         self._access = ""
 
     def _headers(self) -> dict:
@@ -71,6 +71,16 @@ class Driver:
             out.append({"id": p.id, "task": p.task, "score": p.score, "model_version": p.model_version,
                         "result": p.result})  # fmt: skip
         return {"predictions": out}
+
+    def count(self, project: int) -> dict:
+        """The project's numbers of tasks and predictions, without downloading the predictions."""
+        r = requests.get(f"{self.url}/api/projects/{project}/", headers=self._headers(), timeout=60)
+        if r.status_code == 401:  # the access token expired: a new one
+            self._access = ""
+            r = requests.get(f"{self.url}/api/projects/{project}/", headers=self._headers(), timeout=60)
+        r.raise_for_status()
+        got = r.json()
+        return {"tasks": got.get("task_number"), "predictions": got.get("total_predictions_number")}
 
     def decode(self, rle: list[int], height: int, width: int) -> dict:
         alpha = np.reshape(decode_rle(rle), [height, width, 4])[:, :, 3] > 0

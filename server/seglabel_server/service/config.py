@@ -157,7 +157,7 @@ class ServerConfig:
     metrics_port: int = _opt(0, "serve Prometheus metrics on this port (0: off)")
     label_studio_url: str = _opt("", "Label Studio's URL, when /setup did not say it ($LABEL_STUDIO_URL)")
     label_studio_api_key_file: str = _opt("", "file with Label Studio's API key ($LABEL_STUDIO_API_KEY)")
-    label_studio_predict_s: float = _opt(80.0, "Label Studio's /predict answers in this; the rest is posted")
+    label_studio_predict_s: float = _opt(30.0, "Label Studio's /predict answers in this; the rest is posted")
     warmup: bool = _opt(True, "run one request through every model before reporting SERVING")
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 

@@ -34,7 +34,7 @@ class Settings:
 
     url: str = ""  # Label Studio's URL when /setup has not said it (LABEL_STUDIO_URL)
     api_key: str = ""  # its key (LABEL_STUDIO_API_KEY): a legacy token or a personal access token
-    predict_seconds: float = 80.0  # under Label Studio's ML_TIMEOUT_PREDICT (100 s)
+    predict_seconds: float = 30.0  # well under ML_TIMEOUT_PREDICT (100 s) and the proxies in front (60 s)
     concurrency: int = 8  # a /predict's tasks in flight at once (batched across by the scheduler)
     remember_tasks: int = 20_000  # tasks whose predicted regions are kept to learn from corrections
 
