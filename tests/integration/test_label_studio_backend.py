@@ -93,6 +93,15 @@ async def test_polygons_from_the_teams_files_and_every_bad_input_answered(make_s
     assert "HTTP 404" in missing["error"] and "no image under data.image" in no_image["error"]
     assert "must be an object" in malformed["error"]
 
+    # a rectangle drawn in interactive mode: a box prompt, answered as the config's polygons
+    ctx = {"result": [{"type": "rectanglelabels", "to_name": "image", "original_width": 512, "original_height": 512,
+                       "value": {"x": 20, "y": 15, "width": 60, "height": 70, "rectanglelabels": ["rocket"]}}]}  # fmt: skip
+    got = await post(f"{ls}/predict", {"project": "7.1700000000", "label_config": CONFIG, "tasks": tasks[:1],
+                                       "params": {"context": ctx}})  # fmt: skip
+    (answer,) = got.json()["results"]
+    assert answer["result"] and {r["value"]["polygonlabels"][0] for r in answer["result"]} == {"rocket"}
+    assert 0 < answer["score"] <= 1 and all(r["type"] == "polygonlabels" for r in answer["result"])
+
     async def status_of(resp):
         return resp.status_code, resp.json().get("error", {}).get("message", "")
 

@@ -138,3 +138,39 @@ def test_corrections_are_relabels_deletions_and_new_regions_not_acceptances():
     older = {"x": ("cat", rle)}
     assert started_from([older, predicted], result) is predicted
     assert started_from([older], result) == {}
+
+
+def test_an_annotations_regions_become_examples_of_their_pixels():
+    from seglabel_server import amg
+    from seglabel_server.transport.http.labelstudio.learn import example
+
+    mask = np.zeros((40, 80), bool)
+    mask[10:30, 20:60] = True
+    base = {"original_width": 80, "original_height": 40}
+    brush = {
+        **base,
+        "type": "brushlabels",
+        "value": {"format": "rle", "rle": ls.brush_encode(mask), "brushlabels": ["a"]},
+    }
+    got = example(Correction("a", False, region=brush), "f" * 64, "label-studio:1:2")
+    assert (amg.decode_rle(got.mask) == mask).all() and got.origin == "label-studio:1:2" and not got.negative
+    poly = {
+        **base,
+        "type": "polygonlabels",
+        "value": {"points": [[25, 25], [75, 25], [75, 75], [25, 75]], "polygonlabels": ["a"]},
+    }
+    got = example(Correction("a", True, region=poly), "f" * 64, "o")
+    covered = amg.decode_rle(got.mask)
+    assert got.negative and covered[10:30, 20:60].mean() > 0.95 and covered.sum() <= 21 * 41
+    rect = {
+        **base,
+        "type": "rectanglelabels",
+        "value": {"x": 25, "y": 25, "width": 50, "height": 50, "rectanglelabels": ["a"]},
+    }
+    assert example(Correction("a", False, region=rect), "f" * 64, "o").box == (20.0, 10.0, 60.0, 30.0)
+    predicted = example(Correction("a", True, rle=amg.encode_rle(mask)), "f" * 64, "o")
+    assert (amg.decode_rle(predicted.mask) == mask).all() and predicted.negative
+    with pytest.raises(ValueError):
+        example(
+            Correction("a", False, region={**base, "type": "choices", "value": {"choices": ["a"]}}), "f", "o"
+        )

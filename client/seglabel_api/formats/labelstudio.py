@@ -146,14 +146,14 @@ def brush_encode(mask: np.ndarray) -> list[int]:
 
 def brush_decode(rle: list[int], height: int, width: int) -> np.ndarray:
     """A ``brushlabels`` result's ``rle`` as a [H, W] bool mask (the alpha channel > 0)."""
-    bits = np.unpackbits(np.asarray(rle, np.uint8))
+    bits = (np.unpackbits(np.asarray(rle, np.uint8)) + ord("0")).tobytes().decode("ascii")
     pos = 0
 
     def read(k: int) -> int:
         nonlocal pos
-        if pos + k > bits.size:
+        if pos + k > len(bits):
             raise ValueError("brush RLE ends early")
-        v = int("".join(map(str, bits[pos : pos + k])) or "0", 2)
+        v = int(bits[pos : pos + k], 2)
         pos += k
         return v
 
