@@ -119,6 +119,10 @@ class Driver:
             items.append({"name": item.id, "anns": anns, "size": list(item.media.size or ())})
         return {"items": items, "labels": [c.name for c in labels]}
 
+    def delete_annotation(self, annotation: int) -> dict:
+        self.sdk.annotations.delete(id=annotation)
+        return {}
+
     def interactive(self, ml: int, task: int, context: dict) -> dict:
         t0 = time.perf_counter()
         r = requests.post(f"{self.url}/api/ml/{ml}/interactive-annotating", json={"task": task, "context": context},

@@ -193,6 +193,15 @@ async def test_label_studio_predicts_its_tasks_and_learns_from_an_annotators_cor
         counts and counts[new] == (0, 0) and sum(p + n for p, n in counts.values()) == 1
     )  # the deletion's negative
 
+    # the annotation deleted: its examples go (ANNOTATIONS_DELETED)
+    await call("delete_annotation", annotation=annotation)
+
+    def forgotten():
+        v = requests.get(f"{base}/vocabularies/{vocab}", timeout=30).json()
+        return all(lab["positives"] + lab["negatives"] == 0 for lab in v["labels"])
+
+    assert await wait_for(forgotten), "the deleted annotation's examples are still there"
+
     # interactive: a click in Label Studio becomes a point prompt; the mask comes back as a brush region
     t = next(t for t in tasks if t["id"] != bad)
     ctx = {"result": [{"type": "keypointlabels", "from_name": "click", "to_name": "image", "original_width": 512,

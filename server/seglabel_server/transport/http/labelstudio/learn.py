@@ -18,9 +18,12 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server import amg
+from seglabel_server.errors import NotFound
+from seglabel_server.transport.http.labelstudio.tasks import parse, task_ref
 from seglabel_server.types import ExampleIn
 
 log = logging.getLogger(__name__)
@@ -86,8 +89,6 @@ def example(c: Correction, file_id: str, origin: str) -> ExampleIn:
         x0, y0, x1, y1 = (float(v) for v in np.asarray(geometry, np.float64).ravel()[:4])
         return ExampleIn(file_id=file_id, box=(x0, y0, x1, y1), negative=c.negative, origin=origin)
     if kind == "polygon":
-        from pycocotools import mask as mask_utils
-
         rle = mask_utils.merge(mask_utils.frPyObjects([np.asarray(geometry).ravel().tolist()], h, w))
         mask = mask_utils.decode(rle).astype(bool)
     else:
@@ -105,8 +106,6 @@ async def learn(backend, body: dict) -> dict:
 
 
 async def _learn(backend, project, body: dict) -> dict:
-    from seglabel_server.transport.http.labelstudio.tasks import parse, task_ref
-
     action = body.get("action")
     if action in FORGET_EVENTS:
         ids = [a.get("id") for a in body.get("annotations") or [] if isinstance(a, dict)]
@@ -151,8 +150,6 @@ async def _learn(backend, project, body: dict) -> dict:
 
 async def forget(backend, project, origin: str) -> int:
     """Remove the examples an annotation added (by their origin); how many."""
-    from seglabel_server.errors import NotFound
-
     try:
         vocab, _ = await backend.gateway.get_vocabulary(project.vocabulary)
     except NotFound:
