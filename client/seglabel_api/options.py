@@ -149,6 +149,11 @@ class SegmentOptions:
     skip_labels: bool = option(
         False, "masks only, no CLIP labels (a dataset's one category: 'object')",
         scopes=_EXTRAS, flag="no-labels")  # fmt: skip
+    # -- scheduling
+    priority: str | None = option(
+        None, "the scheduler's class: interactive, default or batch (unset: interactive for points and "
+        "boxes, default for a grid; dataset jobs: batch)",
+        scopes={SEGMENT, DATASET}, choices=("interactive", "default", "batch"))  # fmt: skip
     # -- the answer
     return_overlay: bool = option(
         False, "render the overlay PNG of the masks and their labels",

@@ -32,6 +32,13 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.class_queue_seconds = Histogram(
+            "seglabel_class_queue_duration_seconds",
+            "Time an item waited in its stage queue, by its request's class",
+            ["stage", "priority"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.compute_seconds = Histogram(
             "seglabel_compute_duration_seconds",
             "Time of one batch on the backend",

@@ -234,6 +234,10 @@ class RequestContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     queue_ms: float = 0.0
     busy_until: float = 0.0  # monotonic end of this request's last batch (own work is not queueing)
+    # The scheduler's order (``scheduler/batching.py``): the class (0 interactive, 1 default, 2 batch),
+    # then the monotonic time the request was admitted (0: not yet, its items' own queueing time).
+    priority: int = 1
+    admitted: float = 0.0
 
     def cancel(self) -> None:
         self.cancel_event.set()

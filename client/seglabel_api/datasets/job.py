@@ -62,8 +62,11 @@ class LabelOptions:
         return canonical_job(d)
 
     def segment_request(self) -> SegmentOptions:
-        """Each image's Segment request: grid prompts, no overlay."""
-        return replace(self.request, prompt_type="grid", return_overlay=False)
+        """Each image's Segment request: grid prompts, no overlay, the batch class unless the job's
+        options name another."""
+        return replace(
+            self.request, prompt_type="grid", return_overlay=False, priority=self.request.priority or "batch"
+        )
 
 
 # What a journal's job held by default, and keys an older journal wrote under another name.

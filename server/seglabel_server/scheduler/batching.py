@@ -1,7 +1,14 @@
 """The scheduler's pure functions, unit-tested with plain queues and no models: a stage's settings,
 one queued work item, which stage runs next (:func:`pick_stage`) and which items form its batch
 (:func:`collate_batch`), with Triton's semantics: a stage is ready when it holds ``max_batch_size``
-units or its oldest item has waited ``max_queue_delay`` (default 0: batch whatever is queued)."""
+units or its oldest item has waited ``max_queue_delay`` (default 0: batch whatever is queued); an
+interactive item makes its stage ready at once (it is never held for a batch to fill).
+
+The order is the items' :func:`rank`: their request's class (interactive, default, batch), then the
+time the request was admitted, across stages, so that the oldest admitted request's next stage runs
+first and requests finish rather than all progress slowly. A request's class improves by one for
+every ``aging_s`` it has waited since admission, so batch work waits a bounded time behind a
+stream of interactive work and is never starved."""
 
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seglabel_server.types import RequestContext
+
+INTERACTIVE, DEFAULT, BATCH = 0, 1, 2
+CLASSES = {"interactive": INTERACTIVE, "default": DEFAULT, "batch": BATCH}
 
 
 @dataclass
@@ -33,25 +43,40 @@ class WorkItem:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def rank(item: WorkItem, now: float, aging_s: float = 0.0) -> tuple[int, float]:
+    """(effective class, admission time): the smaller runs first. The class improves by one per
+    ``aging_s`` (0: never) the request has waited since it was admitted."""
+    admitted = item.ctx.admitted or item.enqueued
+    cls = item.ctx.priority
+    if aging_s > 0 and cls > INTERACTIVE:
+        cls = max(INTERACTIVE, cls - int((now - admitted) // aging_s))
+    return cls, admitted
+
+
 def collate_batch(
-    pending: deque, max_size: int, batching: bool = True
+    pending: deque,
+    max_size: int,
+    batching: bool = True,
+    now: float | None = None,
+    aging_s: float = 0.0,
+    only: int | None = None,
 ) -> tuple[list[WorkItem], list[WorkItem]]:
-    """Take items from the front of ``pending`` into one batch of at most ``max_size`` units.
+    """Take the best-ranked items of ``pending`` (:func:`rank`; equal ranks in queue order) into one
+    batch of at most ``max_size`` units.
 
     Returns (batch, dropped). Items whose request was cancelled or passed its deadline are removed
     and returned as dropped (never run). The batch takes at least one live item even if it alone is
-    bigger than ``max_size``; it only takes items with the first item's key, leaving the others queued
-    in order. With ``batching`` False the batch is a single item.
+    bigger than ``max_size``; it only takes items with the first item's key, and stops at the first
+    item that does not fit; the others stay queued in their order. With ``batching`` False the batch
+    is a single item. ``only``: take items of that class alone (the interactive lane).
     """
+    now = time.monotonic() if now is None else now
+    dropped = [i for i in pending if i.ctx.done() or i.future.cancelled()]
+    live = [i for i in pending if not (i.ctx.done() or i.future.cancelled())]
     batch: list[WorkItem] = []
-    dropped: list[WorkItem] = []
-    kept: deque = deque()
     total = 0
-    while pending:
-        item = pending.popleft()
-        if item.ctx.done() or item.future.cancelled():
-            dropped.append(item)
-            continue
+    candidates = live if only is None else [i for i in live if i.ctx.priority == only]
+    for item in sorted(candidates, key=lambda i: rank(i, now, aging_s)):  # stable: queue order on ties
         if not batch:
             batch.append(item)
             total = item.size
@@ -59,34 +84,46 @@ def collate_batch(
                 break
             continue
         if item.key != batch[0].key:
-            kept.append(item)
             continue
         if total + item.size > max_size:
-            kept.append(item)
             break
         batch.append(item)
         total += item.size
-    kept.extend(pending)
+    taken = {id(i) for i in batch}
     pending.clear()
-    pending.extend(kept)
+    pending.extend(i for i in live if id(i) not in taken)
     return batch, dropped
 
 
 def pick_stage(
-    queues: dict[str, deque], configs: dict[str, StageConfig], now: float
+    queues: dict[str, deque],
+    configs: dict[str, StageConfig],
+    now: float,
+    aging_s: float = 0.0,
+    only: int | None = None,
 ) -> tuple[str | None, float]:
-    """The highest-priority ready stage (``configs`` is in priority order), or (None, seconds until
-    one becomes ready / inf)."""
+    """The ready stage whose best item ranks first (:func:`rank`; ties: the earlier stage of
+    ``configs``), or (None, seconds until one becomes ready / inf). A stage is ready when it holds
+    ``max_batch_size`` units, its oldest item has waited ``max_queue_delay``, or it holds an
+    interactive item. ``only``: look at items of that class alone (ready at once)."""
     wait = float("inf")
-    for stage in configs:
+    best: tuple | None = None
+    for order, stage in enumerate(configs):
         q = queues[stage]
+        if only is not None:
+            q = deque(i for i in q if i.ctx.priority == only)
         if not q:
             continue
         cfg = configs[stage]
-        if sum(i.size for i in q) >= cfg.max_batch_size:
-            return stage, 0.0
+        top = min(rank(i, now, aging_s) for i in q)
+        if only is not None:
+            top = (INTERACTIVE, top[1])
         due = q[0].enqueued + cfg.max_queue_delay_ms / 1000.0 - now
-        if due <= 0:
-            return stage, 0.0
-        wait = min(wait, due)
+        if top[0] == INTERACTIVE or due <= 0 or sum(i.size for i in q) >= cfg.max_batch_size:
+            if best is None or (top, order) < best[:2]:
+                best = (top, order, stage)
+        else:
+            wait = min(wait, due)
+    if best is not None:
+        return best[2], 0.0
     return None, wait

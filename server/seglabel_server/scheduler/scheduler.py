@@ -36,10 +36,33 @@ from seglabel_server.backends.base import Backend
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import kinds
-from seglabel_server.scheduler.batching import StageConfig, WorkItem, collate_batch, pick_stage
+from seglabel_server.scheduler.batching import (
+    CLASSES,
+    INTERACTIVE,
+    StageConfig,
+    WorkItem,
+    collate_batch,
+    pick_stage,
+    rank,
+)
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
+CLASS_NAMES = {v: k for k, v in CLASSES.items()}
+
+
+def _best(backlog: deque, aging_s: float) -> WorkItem:
+    """Take the backlog's best-ranked item (equal ranks: the first), as the window takes its own."""
+    now = time.monotonic()
+    first: dict[int, int] = {}  # the first item of each class: the oldest admitted of it
+    for k, item in enumerate(backlog):
+        first.setdefault(item.ctx.priority, k)
+        if len(first) == len(CLASSES):
+            break
+    i = min(first.values(), key=lambda k: (rank(backlog[k], now, aging_s), k))
+    item = backlog[i]
+    del backlog[i]
+    return item
 
 
 class BatchExecutor:
@@ -64,8 +87,11 @@ class Scheduler:
         metrics: Metrics | None = None,
         batching: bool = True,
         workers: list[list[str]] | None = None,
+        aging_s: float = 0.0,
+        interactive_lane: bool = False,
     ):
         self.executor = BatchExecutor(backend)
+        self.aging_s = aging_s  # a request's class improves by one per aging_s waited (0: never)
         self.configs = configs
         self.metrics = metrics
         self.batching = batching
@@ -84,6 +110,13 @@ class Scheduler:
             t = threading.Thread(target=self._loop, args=(own,), name=name, daemon=True)
             t.start()
             self.threads.append(t)
+        if interactive_lane:
+            # Model runs are not preempted: a click behind a job's encoder batch would wait for it.
+            # This thread runs interactive items alone, beside whatever batch the others run.
+            t = threading.Thread(target=self._loop, args=(dict(configs), INTERACTIVE),
+                                 name="seglabel-inference-interactive", daemon=True)  # fmt: skip
+            t.start()
+            self.threads.append(t)
 
     # -- client side (asyncio loop) -----------------------------------------------------------------
     def submit(self, stage: str, payload: Any, ctx: RequestContext) -> concurrent.futures.Future:
@@ -100,7 +133,9 @@ class Scheduler:
             if q is None:
                 raise Overloaded(f"{stage}: no such stage on this server (model not loaded)")
             backlog = self.backlog[stage]
-            if backlog or len(q) >= self.configs[stage].max_queue:
+            # an interactive item never waits behind the backlog: it joins the window at once (their
+            # number is bounded by the interactive requests admitted)
+            if ctx.priority > INTERACTIVE and (backlog or len(q) >= self.configs[stage].max_queue):
                 backlog.append(item)
                 if self.metrics:
                     self.metrics.backlog_depth.labels(stage).set(len(backlog))
@@ -139,22 +174,23 @@ class Scheduler:
             q.clear()
 
     # -- worker side --------------------------------------------------------------------------------
-    def _loop(self, configs: dict[str, StageConfig]) -> None:
+    def _loop(self, configs: dict[str, StageConfig], only: int | None = None) -> None:
         while True:
             with self.cond:
                 while True:
                     if self.stopping:
                         return
                     dropped = self._refill(configs)
-                    stage, wait = pick_stage(self.queues, configs, time.monotonic())
+                    stage, wait = pick_stage(self.queues, configs, time.monotonic(), self.aging_s, only)
                     if stage is not None or dropped:
                         break
                     self.cond.wait(timeout=None if wait == float("inf") else wait)
                 batch: list[WorkItem] = []
                 if stage is not None:
                     batch, gone = collate_batch(
-                        self.queues[stage], self.configs[stage].max_batch_size, self.batching
-                    )
+                        self.queues[stage], self.configs[stage].max_batch_size, self.batching,
+                        time.monotonic(), self.aging_s, only,
+                    )  # fmt: skip
                     dropped += gone
                     self._refill({stage: configs[stage]}, dropped)  # room left by this batch
                     if self.metrics:
@@ -179,7 +215,7 @@ class Scheduler:
             if not backlog:
                 continue
             while backlog and len(q) < cfg.max_queue:
-                item = backlog.popleft()
+                item = _best(backlog, self.aging_s)
                 if item.ctx.done() or item.future.cancelled():
                     dropped.append(item)
                 else:
@@ -211,6 +247,9 @@ class Scheduler:
             item.ctx.queue_ms += max(0.0, start - max(item.enqueued, item.ctx.busy_until)) * 1000.0
             if self.metrics:
                 self.metrics.queue_seconds.labels(stage).observe(start - item.enqueued)
+                self.metrics.class_queue_seconds.labels(stage, CLASS_NAMES[item.ctx.priority]).observe(
+                    start - item.enqueued
+                )
         try:
             results = self.executor.run(stage, batch)
         except BaseException as exc:  # one bad batch fails its own items, never the worker

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from seglabel_server.errors import Overloaded
 from seglabel_server.metrics import Metrics
+from seglabel_server.scheduler.batching import DEFAULT
 from seglabel_server.service.budget import Charge, MemoryBudget, RuntimeMemory
 
 
@@ -53,8 +54,11 @@ class Admission:
     ``on_idle`` (the lifecycle's) runs each time the last one leaves. ``runtime``: the models'
     working memory on the host as charges (set once they are loaded, where they run on the host)."""
 
-    def __init__(self, max_inflight: int, budget: MemoryBudget, metrics: Metrics):
+    def __init__(self, max_inflight: int, budget: MemoryBudget, metrics: Metrics, reserve: float = 0.0):
         self.max_inflight, self.budget, self.metrics = max_inflight, budget, metrics
+        # places kept for the better classes: interactive may take all, default all but one reserve,
+        # batch all but two (at least one place each)
+        self.reserved = int(max_inflight * min(max(reserve, 0.0), 0.45))
         self.runtime: RuntimeMemory | None = None
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -77,14 +81,22 @@ class Admission:
         exc.retry_after_ms = self.retry_after_ms()
         return exc
 
+    def limit(self, priority: int = DEFAULT) -> int:
+        """The in-flight places a request of class ``priority`` may find taken and still come in."""
+        return max(1, self.max_inflight - self.reserved * priority)
+
     @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[Ticket]:
-        """One request in: counted against ``max_inflight`` (Overloaded when full), its ticket's
-        charges released whatever the exit."""
-        if self.inflight >= self.max_inflight:
+    async def admit(self, priority: int = DEFAULT) -> AsyncIterator[Ticket]:
+        """One request in: counted against the in-flight places its class may take (Overloaded when
+        they are taken: batch requests first), its ticket's charges released whatever the exit."""
+        limit = self.limit(priority)
+        if self.inflight >= limit:
             raise self.refused(
                 "admission",
-                Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight}); retry later"),
+                Overloaded(
+                    f"{self.inflight} requests in flight (limit {limit} for this request's class, "
+                    f"{self.max_inflight} in all); retry later"
+                ),  # fmt: skip
             )
         self.inflight += 1
         self.idle.clear()

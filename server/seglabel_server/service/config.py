@@ -77,15 +77,17 @@ class ServerConfig:
     cpu_threads: int = _opt(0, "threads for filters, upsampling, RLE and crops (0: one per core)")
     load_clip: bool = _opt(True, "load CLIP (--no-clip: segmentation only)", flag="clip")
     batching: bool = _opt(True, "merge work of different requests into one batch")
-    max_queue_delay_ms: float = _opt(
-        -1.0, "wait up to this long for a batch to fill (-1: each model kind's default)"
-    )
+    max_queue_delay_ms: float = _opt(-1.0, "longest wait for a batch to fill (-1: the kind's default)")
     max_batch: dict[str, int] = _opt(dict, "units per batch, per stage (absent or 0: the kind's default)")
     max_queue: int = _opt(
-        256,
-        "items per stage that batches are formed from; an admitted request's further work waits in "
-        "arrival order (never refused: refusal happens at admission, --max-inflight and the memory budget)",
-    )
+        256, "items per stage that batches are formed from; the rest wait in order of class and admission "
+        "(never refused: refusal happens at admission, --max-inflight and the memory budget)")  # fmt: skip
+    priority_aging_s: float = _opt(
+        20.0, "a request's class (batch, default, interactive) improves by one per this many seconds "
+        "waited since admission: batch work is never starved (0: never)")  # fmt: skip
+    interactive_reserve: float = _opt(
+        0.25, "share of --max-inflight only interactive requests may take (batch requests also leave "
+        "the default ones as much): a saturating job cannot refuse a click")  # fmt: skip
     max_inflight: int = _opt(64, "requests admitted at once")
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
@@ -94,9 +96,7 @@ class ServerConfig:
         "where uploads live: memory (this process), disk:PATH (survives restarts; several processes "
         "may share it) or redis://host:port/db (shared by replicas)",
     )
-    upload_cache_mb: int = _opt(
-        512, "uploads kept in memory / on disk (least recently used dropped past this)"
-    )
+    upload_cache_mb: int = _opt(512, "uploads kept in memory / on disk (least recently used dropped past it)")
     upload_ttl_s: int = _opt(86400, "redis upload store: an upload expires this long after its last use")
     embedding_cache_mb: int = _opt(
         256,

@@ -115,9 +115,11 @@ def build_pipeline(
         return all(k.model in loaded for k in kinds.all_kinds() if k.family == family)
 
     stages = {s: c for s, c in cfg.stage_configs().items() if kinds.get(s).model in loaded}
-    scheduler = Scheduler(
-        backend, stages, metrics, batching=cfg.batching, workers=cfg.worker_groups(list(stages))
-    )
+    # the interactive lane (a worker for interactive items alone) where concurrent runs of one model
+    # are safe: ONNX Runtime sessions (compiled torch graphs and CUDA graphs are not)
+    scheduler = Scheduler(backend, stages, metrics, batching=cfg.batching,
+                          workers=cfg.worker_groups(list(stages)), aging_s=cfg.priority_aging_s,
+                          interactive_lane=cfg.backend == "onnxruntime")  # fmt: skip
     tokenizer = None
     if "labels" not in missing:
         if not (has("clip") and repo.has_clip):

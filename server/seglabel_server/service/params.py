@@ -9,6 +9,7 @@ from seglabel_api import options
 
 from seglabel_server.errors import InvalidArgument, LimitExceeded
 from seglabel_server.pipeline.config import PipelineConfig
+from seglabel_server.scheduler.batching import CLASSES, DEFAULT, INTERACTIVE
 from seglabel_server.service.capabilities import Capabilities
 from seglabel_server.types import LabelSpec, SegmentJob, SegmentOptions, TextOptions
 from seglabel_server.vocabulary import check_name
@@ -131,6 +132,16 @@ def check_prompts_inside(p: SegmentOptions, w: int, h: int) -> None:
             raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) must have x1 > x0 and y1 > y0")
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
+
+
+def priority_of(p: SegmentOptions) -> int:
+    """The scheduler's class of a Segment request: the one it asks for, else interactive for points
+    and boxes (clicks) and default for a grid."""
+    if p.priority:
+        if p.priority not in CLASSES:
+            raise InvalidArgument(f"priority must be one of {', '.join(CLASSES)}, got {p.priority!r}")
+        return CLASSES[p.priority]
+    return INTERACTIVE if p.prompt_type in ("points", "box") else DEFAULT
 
 
 def plan_segment(c: PipelineConfig, p: SegmentOptions, caps: Capabilities) -> SegmentJob:

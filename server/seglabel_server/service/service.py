@@ -31,7 +31,13 @@ from seglabel_server.service.capabilities import Capabilities
 from seglabel_server.service.config import ServerConfig
 from seglabel_server.service.image_source import ImageSource
 from seglabel_server.service.lifecycle import Lifecycle
-from seglabel_server.service.params import check_prompts_inside, plan_segment, resolve_relabel, resolve_text
+from seglabel_server.service.params import (
+    check_prompts_inside,
+    plan_segment,
+    priority_of,
+    resolve_relabel,
+    resolve_text,
+)
 from seglabel_server.service.vocabularies import Vocabularies
 from seglabel_server.storage import uploads
 from seglabel_server.storage.vocabularies import open_vocabularies
@@ -47,7 +53,9 @@ class SeglabelService:
         files = uploads.open_store(cfg.upload_store, cfg.upload_cache_mb << 20, cfg.upload_ttl_s)
         self.images = ImageSource(files, cfg.max_image_bytes, cfg.max_image_pixels)
         limit = cfg.max_memory_mb << 20 if cfg.max_memory_mb else machine_memory_bytes() // 2
-        self.admission = Admission(cfg.max_inflight, MemoryBudget(limit), self.metrics)
+        self.admission = Admission(
+            cfg.max_inflight, MemoryBudget(limit), self.metrics, cfg.interactive_reserve
+        )
         self.lifecycle = Lifecycle(cfg, self.metrics, self.admission, self.images)
         store = open_vocabularies(cfg.vocabulary_store or cfg.upload_store)
         self.vocabularies = Vocabularies(store, cfg, self.lifecycle, self.admission, self.images)
@@ -98,7 +106,9 @@ class SeglabelService:
         self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
     ) -> SegmentResult:
         self.lifecycle.require_ready()
-        async with self.admission.admit() as ticket:
+        ctx.priority = priority_of(params)
+        async with self.admission.admit(ctx.priority) as ticket:
+            ctx.admitted = time.monotonic()
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
             if job.labels and job.params.vocabulary_name:
                 job.labelling = await self.vocabularies.spec(job.params, ctx)

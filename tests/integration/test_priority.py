@@ -1,0 +1,67 @@
+"""A click on a server busy with a dataset job's requests, on real tiny models: each request's class
+reaches the scheduler (the click's items as interactive, the job's as batch, a grid without one as
+default: the per-class wait in the metrics), the click is answered while the job runs, and the job's
+requests all finish. The order itself is proved with a fake backend whose batches are held
+(tests/unit/test_priority.py): the tiny models leave the stage queues nearly empty (35 ms clicks either
+way), and its effect on the full-size models is measured by scripts/bench_priority.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+from PIL import Image
+from seglabel_client import sample_image_bytes
+from seglabel_client.client import AsyncSegmenterClient
+
+from tests.integration.conftest import in_flight, metric
+
+LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+
+
+def variant(i: int) -> bytes:
+    img = np.asarray(Image.open(io.BytesIO(sample_image_bytes("coffee.jpg"))).convert("RGB")).copy()
+    img[0, 0] = (i, 255 - i, 7)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_a_click_overtakes_a_dataset_jobs_queued_work(make_server):
+    # one unit per batch: every queued item is its own model run, so the order of the queues shows
+    server = await make_server(max_inflight=16, max_batch={"decoder": 1, "clip": 1, "encoder": 1})
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}", timeout=300) as c:
+        photo = await c.upload(sample_image_bytes("astronaut.jpg"))
+        await c.segment(file_id=photo.file_id, prompt_type="points", points=[(200, 200)], overlay=False)
+        # the job: distinct images (no cached embedding), big grids, batch class as seglabel label sends
+        jobs = [
+            asyncio.ensure_future(c.segment(image=variant(i), points_per_side=32, max_masks=60, overlay=False,
+                                            priority="batch", **LOOSE))
+            for i in range(6)
+        ]  # fmt: skip
+        while in_flight(server) < 6:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # their encoder and decoder work is queued
+        t0 = time.perf_counter()
+        click = await c.segment(
+            file_id=photo.file_id, prompt_type="points", points=[(250, 220)], overlay=False
+        )
+        click_s = time.perf_counter() - t0
+        running = sum(not j.done() for j in jobs)
+        t1 = time.perf_counter()
+        done = await asyncio.gather(*jobs)
+        rest_s = time.perf_counter() - t1
+    assert click.masks and all(r.masks for r in done)  # nothing admitted was dropped
+    print("CLICK", click_s, "RUNNING", running, "REST", rest_s)
+    assert running >= 4, (running, click_s, rest_s)  # the click did not wait for the job
+    assert click_s < rest_s
+    waited = metric(
+        server, "seglabel_class_queue_duration_seconds_count", stage="decoder", priority="interactive"
+    )
+    assert (
+        waited >= 1
+        and metric(server, "seglabel_class_queue_duration_seconds_count", stage="decoder", priority="batch")
+        >= 6
+    )
