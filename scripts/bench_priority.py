@@ -1,8 +1,10 @@
 """Interactive and batch on one server: a labelled one-point click on a cached upload, idle and
 while ``seglabel label`` saturates the same server with a folder of distinct images; and the job's
-images/s alone and with one click a second beside it. Same server, same run. Printed, never asserted.
+images/s alone and with one click a second beside it. Same server, same run. With ``--fairness``:
+two ``seglabel label`` jobs of the same class started together, each one's images/s while both run.
+Printed, never asserted.
 
-    python scripts/bench_priority.py --models models [--images 24] [--clicks 20]
+    python scripts/bench_priority.py --models models [--images 24] [--clicks 20] [--fairness]
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ async def run(args) -> None:
     opts = LabelOptions(dataset_request(labels=LABELS, points_per_side=args.grid, pred_iou_thresh=0.0,
                                         stability_score_thresh=0.0, box_nms_thresh=1.0, max_masks=args.masks))  # fmt: skip
     rng = np.random.default_rng(0)
+    if args.fairness:
+        await fairness(args, target, tmp, img, opts)
+        await server.stop(0)
+        return
     async with AsyncSegmenterClient(target, timeout=900) as c:
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
@@ -103,6 +109,36 @@ async def run(args) -> None:
     )
 
 
+async def fairness(args, target: str, tmp: Path, img: np.ndarray, opts: LabelOptions) -> None:
+    """Two jobs of one class at once: images each has done when the first one finishes."""
+    done = {"a": 0, "b": 0}
+
+    def counter(name):
+        def progress(p, final=False):
+            done[name] = p.done
+
+        return progress
+
+    for i, name in enumerate("ab"):
+        folder(tmp / name, args.images, (i + 7) * 1000, img)
+    t0 = time.perf_counter()
+    jobs = {name: asyncio.create_task(label_folder_async(tmp / name, tmp / f"{name}-out", target, opts,
+                                                         progress=counter(name))) for name in "ab"}  # fmt: skip
+    first, _ = await asyncio.wait(jobs.values(), return_when=asyncio.FIRST_COMPLETED)
+    t_first = time.perf_counter() - t0
+    at_first = dict(done)
+    await asyncio.gather(*jobs.values())
+    total = time.perf_counter() - t0
+    a, b = at_first["a"], at_first["b"]
+    print(
+        f"two jobs of {args.images} images each, same class (batch), started together; {total:.0f} s in all"
+    )
+    print(
+        f"when the first finished ({t_first:.0f} s): job a {a} images, job b {b} images "
+        f"({a / t_first:.3f} vs {b / t_first:.3f} images/s; the slower at {min(a, b) / max(a, b, 1):.2f}x the faster)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models")
@@ -112,6 +148,7 @@ def main() -> None:
     ap.add_argument("--masks", type=int, default=30)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--fairness", action="store_true", help="two jobs at once instead of the clicks")
     asyncio.run(run(ap.parse_args()))
 
 
