@@ -69,7 +69,7 @@ async def run(args) -> None:
     await server.load()
     info = server.service.info()
     base = f"http://127.0.0.1:{port}"
-    call = lambda op, **kw: asyncio.to_thread(ls.call, op, **kw)  # noqa: E731
+    call = ls.acall
     try:
         config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
                   + "".join(f'<Label value="{x}"/>' for x in LABELS) + "</BrushLabels>"

@@ -5,6 +5,7 @@ check off, so that nothing tries to reach beyond this machine. It is driven thro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -102,6 +103,10 @@ class LabelStudio:
         if "error" in got:
             raise RuntimeError(f"label studio {op}: {got['error']}")
         return got["ok"]
+
+    async def acall(self, op: str, **kw):
+        """:meth:`call` off the event loop (the tests' servers share it)."""
+        return await asyncio.to_thread(self.call, op, **kw)
 
     def stop(self) -> None:
         for p in (getattr(self, "driver", None), self.proc):

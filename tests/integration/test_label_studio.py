@@ -100,7 +100,7 @@ async def test_label_studio_predicts_its_tasks_and_learns_from_an_annotators_cor
     key.write_text(ls.token)  # the team's personal access token: seglabel reads the uploaded images with it
     await make_server(http_port=port, label_studio_api_key_file=str(key))
     base = f"http://127.0.0.1:{port}"
-    call = lambda op, **kw: asyncio.to_thread(ls.call, op, **kw)  # noqa: E731
+    call = ls.acall
 
     project = (await call("project", title="seglabel test", config=CONFIG))["id"]
     vocab = f"label-studio-{project}"
@@ -230,7 +230,7 @@ async def test_a_project_over_the_time_budget_gets_its_other_predictions_posted(
     key.write_text(ls.token)
     await make_server(http_port=port, label_studio_api_key_file=str(key), label_studio_predict_s=0.05)
     base = f"http://127.0.0.1:{port}"
-    call = lambda op, **kw: asyncio.to_thread(ls.call, op, **kw)  # noqa: E731
+    call = ls.acall
     config = CONFIG.replace("BrushLabels", "RectangleLabels")
     project = (await call("project", title="seglabel boxes", config=config))["id"]
     files = photos(tmp_path, 8)
@@ -308,15 +308,13 @@ async def test_seglabel_label_writes_tasks_label_studio_imports_and_xml_cvats_re
 
     # Label Studio: a project made with the written config, the tasks imported as they are
     config = (out / "label-studio-config.xml").read_text()
-    project = (await asyncio.to_thread(ls_call, label_studio, "project", title="imported", config=config))[
-        "id"
-    ]
-    tasks = (await asyncio.to_thread(ls_call, label_studio, "import_file", project=project,
+    project = (await label_studio.acall("project", title="imported", config=config))["id"]
+    tasks = (await label_studio.acall("import_file", project=project,
                                      path=str(out / "label-studio-tasks.json")))["tasks"]  # fmt: skip
     assert [t["data"]["image"].rsplit("=", 1)[-1] for t in sorted(tasks, key=lambda t: t["id"])] == [
         n for n, _ in order
     ]
-    preds = (await asyncio.to_thread(ls_call, label_studio, "predictions", project=project))["predictions"]
+    preds = (await label_studio.acall("predictions", project=project))["predictions"]
     assert len(preds) == len(tasks)
     for p in preds:
         name = next(t["data"]["image"].rsplit("=", 1)[-1] for t in tasks if t["id"] == p["task"])
@@ -331,7 +329,7 @@ async def test_seglabel_label_writes_tasks_label_studio_imports_and_xml_cvats_re
     (cvat_dir / "annotations.xml").write_bytes((out / "cvat.xml").read_bytes())
     for p in root.iterdir():
         (cvat_dir / "images" / p.name).write_bytes(p.read_bytes())
-    read = await asyncio.to_thread(ls_call, label_studio, "read_cvat", folder=str(cvat_dir))
+    read = await label_studio.acall("read_cvat", folder=str(cvat_dir))
     assert read["labels"] == LABELS
     items = {it["name"]: it for it in read["items"]}
     for name, anns in truth.items():
@@ -339,7 +337,3 @@ async def test_seglabel_label_writes_tasks_label_studio_imports_and_xml_cvats_re
         assert [a["label"] for a in got] == [x[0] for x in anns]
         for a, (_, mask, _) in zip(got, anns):
             assert (_bits(a) == mask).all()
-
-
-def ls_call(ls, op, **kw):
-    return ls.call(op, **kw)

@@ -52,6 +52,13 @@ def contours(mask: np.ndarray, tolerance: float) -> tuple[list[np.ndarray], bool
     return outer, holes
 
 
+def outline(mask: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
+    """The mask's outer contours ([n, 2] x, y) at pixel centres, holes left out: the polygons a
+    labelling tool draws a mask as."""
+    outer, _ = contours(mask, tolerance)
+    return [c + 0.5 for c in outer]
+
+
 def polygons_rle(polys: list[list[float]], height: int, width: int) -> dict:
     mu = _mu()
     return mu.merge(mu.frPyObjects(polys, height, width))

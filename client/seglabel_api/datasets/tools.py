@@ -51,11 +51,9 @@ def write_label_studio(out: Path, inv: Inventory, journal: Journal, categories: 
     """``label-studio-tasks.json`` (one task per labelled image, ``data.image`` = ``url_prefix`` +
     its path, its masks as a prediction: brush RLE, or polygons in polygon mode) and the labeling
     config they fit. Returns the number of regions."""
-    config = ls.parse_config(label_studio_config(categories, polygons=False))
-    brush, polygon = (
-        config.output,
-        ls.Control("PolygonLabels", "polygonlabels", "label", "image", "image", config.output.labels),
-    )
+    labels = tuple(categories)  # the tags of label_studio_config's config
+    brush = ls.Control("BrushLabels", "brushlabels", "label", "image", "image", labels)
+    polygon = ls.Control("PolygonLabels", "polygonlabels", "label", "image", "image", labels)
     tasks: dict[str, dict] = {}
     n = 0
     for _, name, rec in _records(journal, done_images(inv, journal)):

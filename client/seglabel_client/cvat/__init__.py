@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
-
 
 def image_bytes(image) -> bytes:
     """A PIL image (as CVAT's SDK gives frames) as PNG bytes for the Segment call."""
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def mask_of(m) -> np.ndarray:
-    from seglabel_client.analysis import decode_mask
-
-    return decode_mask(m)
 
 
 def connect(server: str, token: str = "", tls_ca: str = "", timeout: float = 300.0):

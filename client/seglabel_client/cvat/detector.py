@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from seglabel_api import options as declared
 
-from seglabel_client.cvat import connect, image_bytes, mask_of
+from seglabel_client.analysis import decode_mask
+from seglabel_client.cvat import connect, image_bytes
 
 
 class SeglabelDetector:
@@ -51,7 +52,7 @@ class SeglabelDetector:
             lab = labels.get(m.index)
             if lab is None or lab.label not in ids or lab.confidence < threshold:
                 continue
-            mask = mask_of(m)
+            mask = decode_mask(m)
             if not mask.any():
                 continue
             score = float(lab.confidence)
@@ -65,10 +66,9 @@ class SeglabelDetector:
 
 def polygons(mask: np.ndarray) -> list[list[float]]:
     """The mask's outer contours as CVAT polygon points (x1, y1, x2, y2, ...), pixel centres."""
-    from seglabel_api.datasets.annotations import contours
+    from seglabel_api.datasets.annotations import outline
 
-    outer, _ = contours(mask, 1.0)
-    return [(c + 0.5).ravel().round(2).tolist() for c in outer if len(c) >= 3]
+    return [p.ravel().round(2).tolist() for p in outline(mask)]
 
 
 def create(**params) -> SeglabelDetector:

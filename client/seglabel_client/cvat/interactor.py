@@ -11,7 +11,8 @@ confidence.
 
 from __future__ import annotations
 
-from seglabel_client.cvat import connect, image_bytes, mask_of
+from seglabel_client.analysis import decode_mask
+from seglabel_client.cvat import connect, image_bytes
 
 
 class SeglabelInteractor:
@@ -39,7 +40,7 @@ class SeglabelInteractor:
         if not resp.masks:
             return []
         m = max(resp.masks, key=lambda m: m.predicted_iou)
-        mask = mask_of(m)
+        mask = decode_mask(m)
         if not mask.any():
             return []
         confidence = models.AttributeValRequest(spec_id=cvataa.InteractionResultAttributes.CONFIDENCE,

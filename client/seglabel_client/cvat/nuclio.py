@@ -16,8 +16,10 @@ import os
 
 import numpy as np
 from seglabel_api import options as declared
+from seglabel_api.formats.cvat import mask_box
 
-from seglabel_client.cvat import connect, mask_of
+from seglabel_client.analysis import decode_mask
+from seglabel_client.cvat import connect
 
 
 def init_context(context) -> None:
@@ -41,10 +43,16 @@ def _reply(context, body, status: int = 200):
 
 def cvat_mask(mask: np.ndarray) -> list[int]:
     """CVAT's serverless mask: the box's pixels (0/1, row by row), then [left, top, right, bottom]."""
-    ys, xs = np.nonzero(mask)
-    left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-    box = [left, top, right, bottom]
-    return mask[top : bottom + 1, left : right + 1].astype(np.uint8).ravel().tolist() + box
+    box = mask_box(mask)
+    if box is None:
+        return []
+    left, top, right, bottom = box
+    return mask[top : bottom + 1, left : right + 1].astype(np.uint8).ravel().tolist() + [
+        left,
+        top,
+        right,
+        bottom,
+    ]
 
 
 def handler(context, event):
@@ -78,7 +86,7 @@ def detect(client, image: bytes, threshold: float, labels: list[str], options=No
         lab = by_mask.get(m.index)
         if lab is None or lab.label == "unknown" or lab.confidence < threshold:
             continue
-        mask = mask_of(m)
+        mask = decode_mask(m)
         if mask.any():
             out.append({"confidence": f"{lab.confidence:.6f}", "label": lab.label, "points": [], "type": "mask",
                         "mask": cvat_mask(mask)})  # fmt: skip
@@ -100,4 +108,4 @@ def interact(client, image: bytes, data: dict) -> dict:
     if not resp.masks:
         return {"mask": []}
     best = max(resp.masks, key=lambda m: m.predicted_iou)
-    return {"mask": mask_of(best).astype(np.uint8).tolist()}
+    return {"mask": decode_mask(best).astype(np.uint8).tolist()}

@@ -176,19 +176,21 @@ class Vocabularies:
         Studio's labeling config) keeps its vocabulary in step this way."""
         self._require_clip()
         check_name(name)
-        wanted = [check_label(lab, self._max_chars()) for lab in labels]
-        if not await self._run(self.store.version, name):
+        wanted = list(dict.fromkeys(check_label(lab, self._max_chars()) for lab in labels))
+        try:
+            vocab = await self.load(name)
+        except NotFound:
             try:
-                return await self.create(
-                    name, [LabelIn(lab) for lab in dict.fromkeys(wanted)], False, 0.0, 0.0
-                )
+                return await self.create(name, [LabelIn(lab) for lab in wanted], False, 0.0, 0.0)
             except AlreadyExists:
-                pass  # created meanwhile: append below
+                vocab = await self.load(name)  # created meanwhile
+        if all(vocab.label(lab) is not None for lab in wanted):
+            return await self.describe(vocab)  # every /predict of a project: no write
         cfg = self.cfg
 
         def append(current: bytes | None) -> bytes:
             v = Vocabulary.from_json(current)
-            missing = [lab for lab in dict.fromkeys(wanted) if v.label(lab) is None]
+            missing = [lab for lab in wanted if v.label(lab) is None]
             if not missing:
                 return current
             if len(v.labels) + len(missing) > cfg.pipeline.max_vocabulary:

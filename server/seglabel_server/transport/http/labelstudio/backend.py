@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from seglabel_api import options as declared
+from seglabel_api.datasets.annotations import outline
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server import amg
@@ -22,7 +23,7 @@ from seglabel_server.errors import InvalidArgument, NotFound
 from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.labelstudio.connection import Connection, Unreachable
 from seglabel_server.transport.http.labelstudio.interactive import interactive
-from seglabel_server.transport.http.labelstudio.tasks import TaskFailed, parse, polygons, task_error, task_ref
+from seglabel_server.transport.http.labelstudio.tasks import TaskFailed, parse, task_error, task_ref
 from seglabel_server.types import SegmentOptions
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ class LabelStudioBackend:
     # -- images -----------------------------------------------------------------------------------
     async def image(self, project: Project, ref: str, task_id: int | None, fresh: bool = False):
         """(file_id, width, height) of a task's image, uploaded to the service once per reference."""
-        key = (project.id, ref)
+        # a data: URI is the image itself: keyed by its digest, not kept whole (4096 of them)
+        key = (project.id, ref if len(ref) <= 2048 else hashlib.sha256(ref.encode()).hexdigest())
         hit = self.images.get(key)
         if hit is not None and not fresh:
             self.images.move_to_end(key)
@@ -280,7 +282,7 @@ def _regions(control: ls.Control, result, allowed: set[str]) -> tuple[list, list
             continue
         name, score = choice
         mask = amg.decode_rle(m.rle)
-        polys = polygons(mask) if control.type == "polygonlabels" else None
+        polys = outline(mask) if control.type == "polygonlabels" else None
         rid = ls.region_id()
         got = ls.regions(control, mask, m.bbox, name, score, rid, polys)
         if got:

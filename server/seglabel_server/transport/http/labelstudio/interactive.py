@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+from seglabel_api.datasets.annotations import outline
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server import amg
 from seglabel_server.errors import InvalidArgument
-from seglabel_server.transport.http.labelstudio.tasks import polygons, task_ref
+from seglabel_server.transport.http.labelstudio.tasks import task_ref
 from seglabel_server.types import SegmentOptions
 
 
@@ -61,7 +62,7 @@ async def interactive(backend, project, config: ls.LabelingConfig, tasks: list, 
 
     def region() -> list[dict]:
         mask = amg.decode_rle(m.rle)
-        polys = polygons(mask) if control.type == "polygonlabels" else None
+        polys = outline(mask) if control.type == "polygonlabels" else None
         return ls.regions(control, mask, m.bbox, name, float(m.predicted_iou), ls.region_id(), polys)
 
     return {"result": await asyncio.to_thread(region), "score": round(float(m.predicted_iou), 6)}

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from seglabel_api.datasets.annotations import polygons_rle
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server import amg
@@ -89,8 +89,8 @@ def example(c: Correction, file_id: str, origin: str) -> ExampleIn:
         x0, y0, x1, y1 = (float(v) for v in np.asarray(geometry, np.float64).ravel()[:4])
         return ExampleIn(file_id=file_id, box=(x0, y0, x1, y1), negative=c.negative, origin=origin)
     if kind == "polygon":
-        rle = mask_utils.merge(mask_utils.frPyObjects([np.asarray(geometry).ravel().tolist()], h, w))
-        mask = mask_utils.decode(rle).astype(bool)
+        rle = polygons_rle([np.asarray(geometry).ravel().tolist()], h, w)
+        mask = amg.decode_rle({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
     else:
         mask = np.asarray(geometry, bool)
     if not mask.any():

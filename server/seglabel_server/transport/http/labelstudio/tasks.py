@@ -1,12 +1,11 @@
 """A task as the backend reads it (its image reference under the config's data key), its errors,
-and the config and polygons as Label Studio takes them."""
+and the config as Label Studio takes it."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import numpy as np
 from seglabel_api.formats import labelstudio as ls
 
 from seglabel_server.errors import InvalidArgument, SeglabelError
@@ -40,10 +39,3 @@ def task_error(exc: BaseException | None) -> str:
         return str(exc)
     log.exception("label studio task failed", exc_info=exc)
     return f"internal error ({type(exc).__name__})"
-
-
-def polygons(mask: np.ndarray) -> list[np.ndarray]:
-    from seglabel_api.datasets.annotations import contours
-
-    outer, _ = contours(mask, 1.0)
-    return [c + 0.5 for c in outer if len(c) >= 3]
