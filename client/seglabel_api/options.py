@@ -154,6 +154,10 @@ class SegmentOptions:
         None, "the scheduler's class: interactive, default or batch (unset: interactive for points and "
         "boxes, default for a grid; dataset jobs: batch)",
         scopes={SEGMENT, DATASET}, choices=("interactive", "default", "batch"))  # fmt: skip
+    job: str = option(
+        "", "the fair-share key: requests of one job take turns with other jobs' of their class "
+        "(empty: the caller's connection)",
+        scopes={SEGMENT})  # fmt: skip
     # -- the answer
     return_overlay: bool = option(
         False, "render the overlay PNG of the masks and their labels",

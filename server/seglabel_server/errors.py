@@ -14,6 +14,7 @@ class ErrorKind(enum.Enum):
     DEADLINE = "deadline"  # the request's deadline passed
     CANCELLED = "cancelled"  # the client went away
     UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials
+    PERMISSION = "permission"  # the credentials do not allow it (a request class above the token's)
     NOT_SERVED = "not_served"  # a capability this server does not have (its model is absent)
     CONFLICT = "conflict"  # it would overwrite something that exists (a vocabulary's name)
     PRECONDITION = "precondition"  # the server's state does not allow it (a vocabulary of another model)
@@ -94,6 +95,10 @@ class FailedPrecondition(SeglabelError):
 
 class Unauthenticated(SeglabelError):
     kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(SeglabelError):
+    kind = ErrorKind.PERMISSION
 
 
 def clip_text(value: str, limit: int = 64) -> str:

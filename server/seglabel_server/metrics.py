@@ -66,6 +66,18 @@ class Metrics:
         self.queue_depth = Gauge(
             "seglabel_queue_depth", "Items in a stage's batching window", ["stage"], registry=r
         )
+        self.class_queue_depth = Gauge(
+            "seglabel_class_queue_depth",
+            "Items waiting in a stage (window and backlog), by their request's class",
+            ["stage", "priority"],
+            registry=r,
+        )
+        self.class_oldest_wait = Gauge(
+            "seglabel_class_queue_oldest_wait_seconds",
+            "How long the oldest item waiting in a stage has waited, by its request's class",
+            ["stage", "priority"],
+            registry=r,
+        )
         self.backlog_depth = Gauge(
             "seglabel_backlog_depth",
             "Items of admitted requests waiting for room in a stage's batching window",

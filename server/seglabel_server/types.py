@@ -235,9 +235,13 @@ class RequestContext:
     queue_ms: float = 0.0
     busy_until: float = 0.0  # monotonic end of this request's last batch (own work is not queueing)
     # The scheduler's order (``scheduler/batching.py``): the class (0 interactive, 1 default, 2 batch),
-    # then the monotonic time the request was admitted (0: not yet, its items' own queueing time).
+    # then the fair-share turn of the request's share (a job or a caller; 0: not admitted), then the
+    # monotonic time the request was admitted (0: not yet, its items' own queueing time).
     priority: int = 1
     admitted: float = 0.0
+    turn: int = 0
+    share: str = ""
+    ceiling: int = 0  # the best class the caller's token may ask for (0: any)
 
     def cancel(self) -> None:
         self.cancel_event.set()

@@ -11,12 +11,17 @@ import asyncio
 import io
 import time
 
+import grpc
 import numpy as np
+import pytest
+import requests
 from PIL import Image
+from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_client import sample_image_bytes
 from seglabel_client.client import AsyncSegmenterClient
 
 from tests.integration.conftest import in_flight, metric
+from tests.system import free_port
 
 LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
@@ -44,6 +49,13 @@ async def test_a_click_overtakes_a_dataset_jobs_queued_work(make_server):
         while in_flight(server) < 6:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # their encoder and decoder work is queued
+        # visible: what waits, per stage and class, in GetServerInfo and /metrics
+        queued = [q for q in (await c.server_info()).queues if q.priority == pb.PRIORITY_BATCH]
+        assert queued and all(q.depth >= 1 and q.oldest_wait_ms > 0 for q in queued)
+        gauge = sum(
+            metric(server, "seglabel_class_queue_depth", stage=q.stage, priority="batch") for q in queued
+        )
+        assert gauge >= 1
         t0 = time.perf_counter()
         click = await c.segment(
             file_id=photo.file_id, prompt_type="points", points=[(250, 220)], overlay=False
@@ -65,3 +77,41 @@ async def test_a_click_overtakes_a_dataset_jobs_queued_work(make_server):
         and metric(server, "seglabel_class_queue_duration_seconds_count", stage="decoder", priority="batch")
         >= 6
     )
+
+
+async def test_a_token_caps_the_class_its_callers_may_ask_for(make_server, tmp_path):
+    """A tokens file with the team's token and a batch-only job token: the job token's explicit
+    interactive request is refused (PERMISSION_DENIED over gRPC, 403 over HTTP), its click runs
+    as batch work, and the team token's click stays interactive."""
+    (tmp_path / "tokens").write_text("# team\nteam-s3cret\njob-s3cret batch  # nightly job\n")
+    port = free_port()
+    server = await make_server(auth_token_file=str(tmp_path / "tokens"), http_port=port)
+    target = f"127.0.0.1:{server.port}"
+    click = {"prompt_type": "points", "points": [(200, 200)], "overlay": False, "skip_labels": True}
+
+    def decoder_runs(cls: str) -> float:
+        return metric(server, "seglabel_class_queue_duration_seconds_count", stage="decoder", priority=cls)
+
+    async with AsyncSegmenterClient(target, timeout=120, token="job-s3cret") as job:
+        photo = await job.upload(sample_image_bytes("astronaut.jpg"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await job.segment(file_id=photo.file_id, priority="interactive", **click)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "batch at best" in refused.value.details()
+        before = decoder_runs("batch")
+        assert (await job.segment(file_id=photo.file_id, **click)).masks
+        assert decoder_runs("batch") == before + 1  # the click ran as the token's class
+    async with AsyncSegmenterClient(target, timeout=120, token="team-s3cret") as team:
+        before = decoder_runs("interactive")
+        assert (await team.segment(file_id=photo.file_id, **click)).masks
+        assert decoder_runs("interactive") == before + 1
+
+    def http(token: str, priority: str) -> int:
+        body = {"file_id": photo.file_id, "prompt_type": "points", "points": [{"x": 200, "y": 200}],
+                "skip_labels": True, "priority": priority}  # fmt: skip
+        return requests.post(f"http://127.0.0.1:{port}/segment", json=body,
+                             headers={"authorization": f"Bearer {token}"}, timeout=120).status_code  # fmt: skip
+
+    assert await asyncio.to_thread(http, "job-s3cret", "interactive") == 403
+    assert await asyncio.to_thread(http, "job-s3cret", "batch") == 200
+    assert await asyncio.to_thread(http, "team-s3cret", "interactive") == 200

@@ -115,11 +115,26 @@ async def test_the_page_segments_streams_labels_clicks_and_downloads(make_server
         "helmet",
     }
     assert await page.evaluate("document.getElementById('overlay').toDataURL()") != before
+    status = await page.text_content("#status")
+    assert "waited" not in status and await page.get_attribute("#status", "data-state") == "done"
+
+    # The refining click's answer comes back as if it had queued 180 ms behind a job (the server's
+    # own answer, its queue time raised: the tiny models never queue a click that long): the page
+    # says the click waited behind other work.
+    async def queued(route):
+        reply = await route.fetch()
+        body = await reply.json()
+        body["timings"]["queue_ms"] = 180.0
+        await route.fulfill(response=reply, json=body)
+
+    await page.route("**/segment", queued)
     await page.keyboard.down("Shift")
     await page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
     await page.keyboard.up("Shift")
     await page.wait_for_function("window.seglabel.objects.at(-1).points.length === 2")
-    await page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+    await page.wait_for_selector("#status[data-state=waited]", timeout=30_000)
+    assert "waited 180 ms behind other work" in await page.text_content("#status")
+    await page.unroute("**/segment")
     point = await page.evaluate("window.seglabel.objects.at(-1).points.map(p => p.positive)")
     assert point == [True, False]
     assert await clicked.count() == 1  # the same object, refined

@@ -14,6 +14,7 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 from ray.exceptions import RayActorError  # noqa: E402
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb  # noqa: E402
 from seglabel_server.errors import Overloaded, Unavailable, UnknownFile  # noqa: E402
+from seglabel_server.transport.auth import Tokens  # noqa: E402
 from seglabel_server.transport.grpc.servicer import SegmenterServicer  # noqa: E402
 from seglabel_server.transport.http.app import create_app  # noqa: E402
 from seglabel_server.transport.http.gateway import GATEWAY_CALLS, LocalGateway  # noqa: E402
@@ -95,7 +96,7 @@ def ingress(handle, token):
     """The ingress deployment's own class (under Ray's ASGI wrapper), without Ray starting it."""
     wrapped = ray_app.SeglabelIngress.func_or_class
     obj = object.__new__(wrapped.__mro__[1])  # [0] is Ray's wrapper, which takes our class's names
-    obj.replicas, obj.token = handle, token
+    obj.replicas, obj.token = handle, Tokens(((token, 0),)) if token else None
     obj.gateway = RemoteGateway(handle, 1 << 20)
     return obj
 
@@ -147,7 +148,7 @@ async def asgi_get(app, path: str, headers: dict[str, str]) -> tuple[int, dict, 
 
 async def test_the_http_routes_on_ray_ask_for_the_same_token():
     handle = Handle(gateway=[(None, "r1", pack(UnknownFile("unknown file_id"))), (True, "r1", None)])
-    asgi, _ = create_app(RemoteGateway(handle, 1 << 20), "s3cret")
+    asgi, _ = create_app(RemoteGateway(handle, 1 << 20), Tokens((("s3cret", 0),)))
     status, _, body = await asgi_get(asgi, f"/depth/{'0' * 64}", {})
     assert (
         status == 401 and json.loads(body)["error"]["code"] == "unauthenticated" and not handle.gateway.calls

@@ -4,11 +4,13 @@ one queued work item, which stage runs next (:func:`pick_stage`) and which items
 units or its oldest item has waited ``max_queue_delay`` (default 0: batch whatever is queued); an
 interactive item makes its stage ready at once (it is never held for a batch to fill).
 
-The order is the items' :func:`rank`: their request's class (interactive, default, batch), then the
-time the request was admitted, across stages, so that the oldest admitted request's next stage runs
-first and requests finish rather than all progress slowly. A request's class improves by one for
-every ``aging_s`` it has waited since admission, so batch work waits a bounded time behind a
-stream of interactive work and is never starved."""
+The order is the items' :func:`rank`: their request's class (interactive, default, batch), then its
+fair-share turn (:class:`FairClock`: the requests of concurrent jobs or callers take turns, so that
+two jobs of one class share the server equally whatever each keeps in flight), then the time the
+request was admitted, across stages, so that the earliest turn's next stage runs first and requests
+finish rather than all progress slowly. A request's class improves by one for every ``aging_s`` it
+has waited since admission, so batch work waits a bounded time behind a stream of interactive work
+and is never starved."""
 
 from __future__ import annotations
 
@@ -43,14 +45,98 @@ class WorkItem:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def rank(item: WorkItem, now: float, aging_s: float = 0.0) -> tuple[int, float]:
-    """(effective class, admission time): the smaller runs first. The class improves by one per
-    ``aging_s`` (0: never) the request has waited since it was admitted."""
+def rank(item: WorkItem, now: float, aging_s: float = 0.0) -> tuple[int, int, float]:
+    """(effective class, fair-share turn, admission time): the smaller runs first. The class
+    improves by one per ``aging_s`` (0: never) the request has waited since it was admitted. Work
+    of no admitted request (turn 0: warm-up, a vocabulary's text) goes first in its class."""
     admitted = item.ctx.admitted or item.enqueued
     cls = item.ctx.priority
     if aging_s > 0 and cls > INTERACTIVE:
         cls = max(INTERACTIVE, cls - int((now - admitted) // aging_s))
-    return cls, admitted
+    return cls, item.ctx.turn, admitted
+
+
+class FairClock:
+    """Fair-share turns (start-time fair queueing with one unit per request): a request of share
+    ``s`` (a job, or a caller) gets the turn ``max(V, last[s]) + 1``, where ``V`` is the earliest
+    turn still in flight. A share with many requests in flight holds later and later turns, so a
+    newcomer's first request comes before its second; a share that was idle starts at ``V`` (no
+    credit saved up). Not thread-safe: called from the asyncio loop only."""
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, int] = {}  # turn -> requests holding it
+        self.last: dict[str, int] = {}  # share -> its latest turn (only while it is ahead of V)
+        self.floor = 0  # V when nothing is in flight
+
+    def now(self) -> int:
+        return min(self.inflight, default=self.floor)
+
+    def take(self, share: str) -> int:
+        v = self.now()
+        turn = max(v, self.last.get(share, 0)) + 1
+        self.last[share] = turn
+        self.inflight[turn] = self.inflight.get(turn, 0) + 1
+        return turn
+
+    def done(self, turn: int) -> None:
+        left = self.inflight.get(turn, 0) - 1
+        if left > 0:
+            self.inflight[turn] = left
+        else:
+            self.inflight.pop(turn, None)
+        self.floor = max(self.floor, turn)
+        if len(self.last) > 2 * len(self.inflight) + 64:  # shares behind V decide nothing any more
+            v = self.now()
+            self.last = {s: t for s, t in self.last.items() if t > v}
+
+
+class Backlog:
+    """A stage's items beyond its window, first in first out per (class, share): within one the
+    turns only grow, so the best item (:func:`rank`) is one of the lanes' heads and is found
+    without scanning the whole backlog."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[tuple[int, str], deque] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        for lane in self.lanes.values():
+            yield from lane
+
+    def append(self, item: WorkItem) -> None:
+        self.lanes.setdefault((item.ctx.priority, item.ctx.share), deque()).append(item)
+        self.size += 1
+
+    def pop_best(self, now: float, aging_s: float) -> WorkItem:
+        key = min(self.lanes, key=lambda k: rank(self.lanes[k][0], now, aging_s))
+        lane = self.lanes[key]
+        item = lane.popleft()
+        if not lane:
+            del self.lanes[key]
+        self.size -= 1
+        return item
+
+    def drop_done(self) -> list[WorkItem]:
+        """Remove and return the items whose request gave up, from anywhere in the backlog."""
+        gone: list[WorkItem] = []
+        for key in list(self.lanes):
+            lane = self.lanes[key]
+            if any(i.ctx.done() or i.future.cancelled() for i in lane):
+                gone += [i for i in lane if i.ctx.done() or i.future.cancelled()]
+                live = [i for i in lane if not (i.ctx.done() or i.future.cancelled())]
+                lane.clear()
+                lane.extend(live)
+                if not lane:
+                    del self.lanes[key]
+        self.size -= len(gone)
+        return gone
+
+    def clear(self) -> None:
+        self.lanes.clear()
+        self.size = 0
 
 
 def collate_batch(
@@ -117,7 +203,7 @@ def pick_stage(
         cfg = configs[stage]
         top = min(rank(i, now, aging_s) for i in q)
         if only is not None:
-            top = (INTERACTIVE, top[1])
+            top = (INTERACTIVE, *top[1:])
         due = q[0].enqueued + cfg.max_queue_delay_ms / 1000.0 - now
         if top[0] == INTERACTIVE or due <= 0 or sum(i.size for i in q) >= cfg.max_batch_size:
             if best is None or (top, order) < best[:2]:

@@ -39,30 +39,16 @@ from seglabel_server.models import kinds
 from seglabel_server.scheduler.batching import (
     CLASSES,
     INTERACTIVE,
+    Backlog,
     StageConfig,
     WorkItem,
     collate_batch,
     pick_stage,
-    rank,
 )
 from seglabel_server.types import RequestContext
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = {v: k for k, v in CLASSES.items()}
-
-
-def _best(backlog: deque, aging_s: float) -> WorkItem:
-    """Take the backlog's best-ranked item (equal ranks: the first), as the window takes its own."""
-    now = time.monotonic()
-    first: dict[int, int] = {}  # the first item of each class: the oldest admitted of it
-    for k, item in enumerate(backlog):
-        first.setdefault(item.ctx.priority, k)
-        if len(first) == len(CLASSES):
-            break
-    i = min(first.values(), key=lambda k: (rank(backlog[k], now, aging_s), k))
-    item = backlog[i]
-    del backlog[i]
-    return item
 
 
 class BatchExecutor:
@@ -96,13 +82,20 @@ class Scheduler:
         self.metrics = metrics
         self.batching = batching
         self.queues: dict[str, deque] = {s: deque() for s in configs}
-        self.backlog: dict[str, deque] = {s: deque() for s in configs}
+        self.backlog: dict[str, Backlog] = {s: Backlog() for s in configs}
         self.cond = threading.Condition()
         self.stopping = False
         groups = workers or [list(configs)]
         missing = set(configs) - {s for g in groups for s in g}
         if missing:
             raise ValueError(f"stages without a worker: {sorted(missing)}")
+        if metrics:
+            for stage in configs:
+                for cls, name in CLASS_NAMES.items():
+                    metrics.class_queue_depth.labels(stage, name).set_function(
+                        lambda s=stage, c=cls: self.waiting(s, c)[0])  # fmt: skip
+                    metrics.class_oldest_wait.labels(stage, name).set_function(
+                        lambda s=stage, c=cls: self.waiting(s, c)[1])  # fmt: skip
         self.threads = []
         for group in groups:
             own = {s: c for s, c in configs.items() if s in group}  # keeps the priority order
@@ -159,6 +152,25 @@ class Scheduler:
             fut.cancel()
             raise
 
+    def waiting(self, stage: str, cls: int) -> tuple[int, float]:
+        """(items of class ``cls`` waiting in ``stage``, seconds the oldest of them has waited)."""
+        now = time.monotonic()
+        with self.cond:
+            items = [i for q in (self.queues[stage], self.backlog[stage]) for i in q if i.ctx.priority == cls]
+            return len(items), max((now - i.enqueued for i in items), default=0.0)
+
+    def queue_info(self) -> list[dict]:
+        """Per stage and class with items waiting: depth and the oldest one's wait (ms)."""
+        out = []
+        for stage in self.configs:
+            for cls, name in CLASS_NAMES.items():
+                depth, oldest = self.waiting(stage, cls)
+                if depth:
+                    out.append(
+                        {"stage": stage, "priority": name, "depth": depth, "oldest_wait_ms": oldest * 1000}
+                    )
+        return out
+
     def max_batch(self, stage: str) -> int:
         return self.configs[stage].max_batch_size
 
@@ -214,19 +226,17 @@ class Scheduler:
             backlog, q = self.backlog[stage], self.queues[stage]
             if not backlog:
                 continue
+            now = time.monotonic()
             while backlog and len(q) < cfg.max_queue:
-                item = _best(backlog, self.aging_s)
+                item = backlog.pop_best(now, self.aging_s)
                 if item.ctx.done() or item.future.cancelled():
                     dropped.append(item)
                 else:
                     q.append(item)
             # Requests that gave up are dropped from anywhere in the backlog, not only its front,
             # so that a long backlog does not keep their payloads.
-            if backlog and any(i.ctx.done() or i.future.cancelled() for i in backlog):
-                live = [i for i in backlog if not (i.ctx.done() or i.future.cancelled())]
-                dropped += [i for i in backlog if i.ctx.done() or i.future.cancelled()]
-                backlog.clear()
-                backlog.extend(live)
+            if backlog:
+                dropped += backlog.drop_done()
             if self.metrics:
                 self.metrics.backlog_depth.labels(stage).set(len(backlog))
         return dropped

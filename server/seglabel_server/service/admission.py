@@ -1,6 +1,10 @@
 """Admission, the service's door: at most ``max_inflight`` requests at once, and each admitted request
 charged an upper bound of its peak memory against the budget before any work (its :class:`Ticket`).
-A request that does not fit is refused at once with a pushback (when a place is likely to free)."""
+A request that does not fit is refused at once with a pushback (when a place is likely to free).
+Both keep a reserve for the better classes (``reserve``: a share of the places and of the memory
+budget that default requests may not take, and batch requests twice that), so a saturating job
+cannot make a click RESOURCE_EXHAUSTED; each admitted request gets its fair-share turn
+(:class:`~seglabel_server.scheduler.batching.FairClock`)."""
 
 from __future__ import annotations
 
@@ -11,22 +15,26 @@ from collections.abc import AsyncIterator, Callable
 
 from seglabel_server.errors import Overloaded
 from seglabel_server.metrics import Metrics
-from seglabel_server.scheduler.batching import DEFAULT
+from seglabel_server.scheduler.batching import DEFAULT, FairClock
 from seglabel_server.service.budget import Charge, MemoryBudget, RuntimeMemory
+from seglabel_server.types import RequestContext
 
 
 class Ticket:
     """One admitted request: the memory it was charged, released when it leaves."""
 
-    def __init__(self, admission: Admission):
+    def __init__(self, admission: Admission, priority: int = DEFAULT):
         self._admission = admission
+        self.priority = priority
+        self.turn = 0
         self.charges: list[Charge] = []
 
     def charge(self, nbytes: int) -> None:
         """Charge ``nbytes`` of peak memory: Overloaded (with a pushback) while the budget is full,
         LimitExceeded when the request could never fit."""
         try:
-            self.charges.append(self._admission.budget.charge(nbytes))
+            headroom = self._admission.memory_reserve(self.priority)
+            self.charges.append(self._admission.budget.charge(nbytes, headroom=headroom))
         except Overloaded as exc:
             raise self._admission.refused("memory", exc) from None
 
@@ -37,7 +45,7 @@ class Ticket:
         if runtime is None:
             return
         try:
-            share = runtime.take()
+            share = runtime.take(self._admission.memory_reserve(self.priority))
         except Overloaded as exc:
             raise self._admission.refused("memory", exc) from None
         if share is not None:
@@ -56,9 +64,11 @@ class Admission:
 
     def __init__(self, max_inflight: int, budget: MemoryBudget, metrics: Metrics, reserve: float = 0.0):
         self.max_inflight, self.budget, self.metrics = max_inflight, budget, metrics
-        # places kept for the better classes: interactive may take all, default all but one reserve,
-        # batch all but two (at least one place each)
-        self.reserved = int(max_inflight * min(max(reserve, 0.0), 0.45))
+        # places and memory kept for the better classes: interactive may take all, default all but
+        # one reserve, batch all but two (at least one place each)
+        self.reserve = min(max(reserve, 0.0), 0.45)
+        self.reserved = int(max_inflight * self.reserve)
+        self.fair = FairClock()
         self.runtime: RuntimeMemory | None = None
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -85,10 +95,18 @@ class Admission:
         """The in-flight places a request of class ``priority`` may find taken and still come in."""
         return max(1, self.max_inflight - self.reserved * priority)
 
+    def memory_reserve(self, priority: int = DEFAULT) -> int:
+        """Bytes of the memory budget a request of class ``priority`` must leave free."""
+        return int(self.budget.limit * self.reserve * priority)
+
     @contextlib.asynccontextmanager
-    async def admit(self, priority: int = DEFAULT) -> AsyncIterator[Ticket]:
+    async def admit(
+        self, priority: int = DEFAULT, share: str = "", ctx: RequestContext | None = None
+    ) -> AsyncIterator[Ticket]:
         """One request in: counted against the in-flight places its class may take (Overloaded when
-        they are taken: batch requests first), its ticket's charges released whatever the exit."""
+        they are taken: batch requests first), its ticket's charges released whatever the exit.
+        ``ticket.turn``: its fair-share turn among the requests of other ``share`` s (jobs, callers).
+        ``ctx`` (the request's, for the scheduler) gets the class, turn and admission time."""
         limit = self.limit(priority)
         if self.inflight >= limit:
             raise self.refused(
@@ -100,11 +118,15 @@ class Admission:
             )
         self.inflight += 1
         self.idle.clear()
-        ticket, t0 = Ticket(self), time.monotonic()
+        ticket, t0 = Ticket(self, priority), time.monotonic()
+        ticket.turn = self.fair.take(share)
+        if ctx is not None:
+            ctx.priority, ctx.turn, ctx.admitted = priority, ticket.turn, time.monotonic()
         try:
             yield ticket
         finally:
             self.hold_s += 0.2 * (time.monotonic() - t0 - self.hold_s)
+            self.fair.done(ticket.turn)
             self.inflight -= 1
             ticket.release()
             if self.inflight == 0:

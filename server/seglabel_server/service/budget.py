@@ -124,17 +124,20 @@ class MemoryBudget:
         self.used = 0
         self.lock = threading.Lock()
 
-    def charge(self, nbytes: int, on_release: Callable[[], None] | None = None) -> Charge:
+    def charge(self, nbytes: int, on_release: Callable[[], None] | None = None, headroom: int = 0) -> Charge:
+        """``nbytes`` charged, leaving ``headroom`` bytes free (the reserve of better classes):
+        LimitExceeded when it could never fit, Overloaded while the budget is full."""
         if nbytes > self.limit:
             raise LimitExceeded(
                 f"request needs up to {nbytes // MB} MB, more than the server's whole memory budget "
                 f"of {self.limit // MB} MB (--max-memory-mb): use a smaller image, fewer points or max_masks"
             )
         with self.lock:
-            if self.used + nbytes > self.limit:
+            if self.used + nbytes > self.limit - headroom:
+                kept = f" ({headroom // MB} MB kept for better request classes)" if headroom else ""
                 raise Overloaded(
-                    f"memory budget: {self.used // MB} of {self.limit // MB} MB in use, the request needs "
-                    f"up to {nbytes // MB} MB; retry later"
+                    f"memory budget: {self.used // MB} of {self.limit // MB} MB in use{kept}, the request "
+                    f"needs up to {nbytes // MB} MB; retry later"
                 )
             self.used += nbytes
         return Charge(self, nbytes, on_release=on_release)
@@ -169,17 +172,17 @@ class RuntimeMemory:
         """What the arena's shares hold charged now (requests' own charges aside)."""
         return sum(c.nbytes for c in self.held)
 
-    def take(self) -> Charge | None:
+    def take(self, headroom: int = 0) -> Charge | None:
         """One request's share; None when an encoder batch of requests holds them already. Raises
         like :meth:`MemoryBudget.charge` when the arena would have to grow past the budget."""
         with self.lock:
             if self.in_use >= self.max_shares:
                 return None
             if not self.kept:
-                charge = self.budget.charge(self.share, self._put)
+                charge = self.budget.charge(self.share, self._put, headroom)
             else:
                 if self.in_use >= len(self.held):
-                    self.held.append(self.budget.charge(self.share))
+                    self.held.append(self.budget.charge(self.share, headroom=headroom))
                 charge = Charge(self.budget, 0, on_release=self._put)
             self.in_use += 1
             return charge

@@ -86,8 +86,8 @@ class ServerConfig:
         20.0, "a request's class (batch, default, interactive) improves by one per this many seconds "
         "waited since admission: batch work is never starved (0: never)")  # fmt: skip
     interactive_reserve: float = _opt(
-        0.25, "share of --max-inflight only interactive requests may take (batch requests also leave "
-        "the default ones as much): a saturating job cannot refuse a click")  # fmt: skip
+        0.25, "share of --max-inflight and of the memory budget only interactive requests may take (batch "
+        "ones also leave the default ones as much): a saturating job cannot refuse a click")  # fmt: skip
     max_inflight: int = _opt(64, "requests admitted at once")
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from seglabel_api import options
 
-from seglabel_server.errors import InvalidArgument, LimitExceeded
+from seglabel_server.errors import InvalidArgument, LimitExceeded, PermissionDenied
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.scheduler.batching import CLASSES, DEFAULT, INTERACTIVE
 from seglabel_server.service.capabilities import Capabilities
@@ -134,14 +134,18 @@ def check_prompts_inside(p: SegmentOptions, w: int, h: int) -> None:
             raise InvalidArgument(f"box ({x0}, {y0}, {x1}, {y1}) is outside the {w}x{h} image")
 
 
-def priority_of(p: SegmentOptions) -> int:
+def priority_of(p: SegmentOptions, ceiling: int = INTERACTIVE) -> int:
     """The scheduler's class of a Segment request: the one it asks for, else interactive for points
-    and boxes (clicks) and default for a grid."""
+    and boxes (clicks) and default for a grid. ``ceiling``: the best class the caller's token allows;
+    asking for a better one is refused (PermissionDenied), a better default is lowered to it."""
     if p.priority:
         if p.priority not in CLASSES:
             raise InvalidArgument(f"priority must be one of {', '.join(CLASSES)}, got {p.priority!r}")
+        if CLASSES[p.priority] < ceiling:
+            best = next(k for k, v in CLASSES.items() if v == ceiling)
+            raise PermissionDenied(f"this token may ask for priority {best} at best, not {p.priority}")
         return CLASSES[p.priority]
-    return INTERACTIVE if p.prompt_type in ("points", "box") else DEFAULT
+    return max(ceiling, INTERACTIVE if p.prompt_type in ("points", "box") else DEFAULT)
 
 
 def plan_segment(c: PipelineConfig, p: SegmentOptions, caps: Capabilities) -> SegmentJob:

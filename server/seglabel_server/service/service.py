@@ -19,6 +19,7 @@ from seglabel_server.errors import FailedPrecondition, NotFound, clip_text
 from seglabel_server.metrics import Metrics
 from seglabel_server.pipeline.pipeline import DECODER_WINDOW
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
+from seglabel_server.scheduler.batching import DEFAULT
 from seglabel_server.service.admission import Admission
 from seglabel_server.service.budget import (
     MemoryBudget,
@@ -106,9 +107,8 @@ class SeglabelService:
         self, params: SegmentOptions, file_id: str | None, data: bytes | None, ctx: RequestContext, emit=None
     ) -> SegmentResult:
         self.lifecycle.require_ready()
-        ctx.priority = priority_of(params)
-        async with self.admission.admit(ctx.priority) as ticket:
-            ctx.admitted = time.monotonic()
+        priority = priority_of(params, ctx.ceiling)
+        async with self.admission.admit(priority, params.job or ctx.share, ctx) as ticket:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
             if job.labels and job.params.vocabulary_name:
                 job.labelling = await self.vocabularies.spec(job.params, ctx)
@@ -176,7 +176,7 @@ class SeglabelService:
         self.lifecycle.require_ready()
         self.lifecycle.require("depth", "depth")
         depth = self.lifecycle.loaded.repo.manifest["depth"]
-        async with self.admission.admit() as ticket:
+        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
             t0 = time.perf_counter()
             opened = await self.images.open(file_id, data, "EstimateDepthRequest")
             ticket.charge(
@@ -200,7 +200,7 @@ class SeglabelService:
         text_options = resolve_text(
             self.cfg.pipeline, text_options
         )  # bad thresholds: refused before any work
-        async with self.admission.admit() as ticket:
+        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
             t0 = time.perf_counter()
             opened = await self.images.open(file_id, data, "ExtractTextRequest")
             ticket.charge(2 * opened.width * opened.height * 3 + text_bytes(opened.width, opened.height))
@@ -256,4 +256,5 @@ class SeglabelService:
             },  # fmt: skip
             "vocabulary_store": self.vocabularies.store.describe(),
             "clip_model": self.vocabularies.clip_model,
+            "queues": loaded.pipeline.scheduler.queue_info() if loaded else [],
         }

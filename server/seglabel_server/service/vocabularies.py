@@ -18,6 +18,7 @@ from seglabel_server.errors import (
     clip_text,
 )
 from seglabel_server.pipeline.scoring import DEFAULT_MULTI_THRESHOLD
+from seglabel_server.scheduler.batching import DEFAULT
 from seglabel_server.service.admission import Admission
 from seglabel_server.service.config import ServerConfig
 from seglabel_server.service.examples import embed_examples
@@ -237,7 +238,7 @@ class Vocabularies:
             )
         await self.load(name, ctx)  # NotFound first, and a vocabulary of another model rebuilt
         self.lifecycle.require_ready()
-        async with self.admission.admit() as ticket:
+        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
             ticket.charge(self._example_bytes(examples))
             embedded = await self._embed(examples, ctx)
         new = [StoredExample.new(not ex.negative, emb, src) for ex, (emb, src) in zip(examples, embedded)]

@@ -20,7 +20,7 @@ from seglabel_server import memory
 from seglabel_server.metrics import Metrics
 from seglabel_server.service import SeglabelService
 from seglabel_server.service.config import ServerConfig, config_from_args
-from seglabel_server.transport.auth import read_token
+from seglabel_server.transport.auth import Tokens, read_tokens
 from seglabel_server.transport.grpc.interceptor import AuthInterceptor, ErrorInterceptor
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 
@@ -76,8 +76,8 @@ class Server:
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def _credentials(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, str | None]:
-    """(TLS credentials or None, bearer token or None); refuses to expose a non-loopback address
+def _credentials(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, Tokens | None]:
+    """(TLS credentials or None, bearer tokens or None); refuses to expose a non-loopback address
     without both unless ``insecure`` is set."""
     creds, token = None, None
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
@@ -89,7 +89,7 @@ def _credentials(cfg: ServerConfig) -> tuple[grpc.ServerCredentials | None, str 
             root_certificates=ca,
             require_client_auth=ca is not None,
         )
-    token = read_token(cfg.auth_token_file)
+    token = read_tokens(cfg.auth_token_file)
     if cfg.host not in LOOPBACK and not (creds and token) and not cfg.insecure:
         raise ValueError(
             f"refusing to serve {cfg.host} without TLS and a token: give --tls-cert/--tls-key and "
@@ -131,7 +131,7 @@ async def create_server(cfg: ServerConfig) -> Server:
     return out
 
 
-async def _start_http(server: Server, cfg: ServerConfig, token: str | None) -> None:
+async def _start_http(server: Server, cfg: ServerConfig, token: Tokens | None) -> None:
     """The HTTP/JSON gateway on the same loop and service (uvicorn, without its signal handling:
     SIGTERM drains both)."""
     import uvicorn

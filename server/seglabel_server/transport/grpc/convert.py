@@ -287,4 +287,8 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         defaults=pb.SegmentDefaults(**info["defaults"]),
         vocabulary_store=info["vocabulary_store"],
         clip_model=info["clip_model"],
+        queues=[
+            pb.QueueInfo(**{**q, "priority": options.enum_number(pb.Priority.DESCRIPTOR, q["priority"])})
+            for q in info.get("queues", ())
+        ],
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 
@@ -14,7 +15,7 @@ import grpc
 
 from seglabel_server.errors import ErrorKind, LimitExceeded, Unauthenticated, error_kind
 from seglabel_server.metrics import Metrics
-from seglabel_server.transport.auth import check_bearer
+from seglabel_server.transport.auth import CEILING, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ GRPC_CODES = {
     ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.PERMISSION: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.NOT_SERVED: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
@@ -158,12 +160,13 @@ def _lenient(deserializer):
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Every call but the open services (health) must carry ``authorization: Bearer <token>``
-    (:func:`~seglabel_server.transport.auth.check_bearer`). A refused call gets UNAUTHENTICATED and
-    never reaches a handler."""
+    """Every call but the open services (health) must carry ``authorization: Bearer <token>`` of one
+    of the server's tokens (:class:`~seglabel_server.transport.auth.Tokens`). A refused call gets
+    UNAUTHENTICATED and never reaches a handler; an accepted one runs with its token's best request
+    class in :data:`~seglabel_server.transport.auth.CEILING`."""
 
     def __init__(
-        self, token: str, metrics: Metrics, open_services: tuple[str, ...] = ("grpc.health.v1.Health",)
+        self, token: Tokens, metrics: Metrics, open_services: tuple[str, ...] = ("grpc.health.v1.Health",)
     ):
         self.token = token
         self.metrics = metrics
@@ -178,8 +181,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if key == "authorization":
                 given = value if isinstance(value, str) else value.decode(errors="replace")
         try:
-            check_bearer(given, self.token)
-            return handler
+            return _with_ceiling(handler, self.token.check(given))
         except Unauthenticated as exc:
             message = str(exc)
         method = details.method.rsplit("/", 1)[-1]
@@ -202,3 +204,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     response_serializer=handler.response_serializer,
                 )
         return handler
+
+
+def _with_ceiling(handler, ceiling: int):
+    """``handler`` whose unary or server-streaming behaviour (a coroutine function, or an async
+    generator function when no other interceptor wrapped it) runs with :data:`CEILING` set."""
+    if ceiling == CEILING.get() or handler is None:
+        return handler
+    for attr in ("unary_unary", "unary_stream"):
+        inner = getattr(handler, attr)
+        if inner is None:
+            continue
+        if inspect.isasyncgenfunction(inner):
+
+            async def behaviour(request, context, inner=inner):
+                CEILING.set(ceiling)
+                async for reply in inner(request, context):
+                    yield reply
+
+        else:
+
+            async def behaviour(request, context, inner=inner):
+                CEILING.set(ceiling)
+                return await inner(request, context)
+
+        return handler._replace(**{attr: behaviour})
+    return handler

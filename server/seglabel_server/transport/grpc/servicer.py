@@ -12,12 +12,14 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2_grpc as pb_grpc
 
 from seglabel_server.service import SeglabelService
+from seglabel_server.transport.auth import CEILING
 from seglabel_server.transport.grpc import convert
 from seglabel_server.types import RequestContext
 
 
 def _context_for(context: grpc.aio.ServicerContext) -> RequestContext:
-    ctx = RequestContext()
+    """The call's context: its deadline, its token's best class, its connection as fair-share key."""
+    ctx = RequestContext(ceiling=CEILING.get(), share=context.peer() or "")
     remaining = context.time_remaining()
     if remaining is not None:
         ctx.deadline = time.monotonic() + remaining

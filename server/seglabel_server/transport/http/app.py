@@ -39,7 +39,7 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server import __version__
 from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticated, error_kind
-from seglabel_server.transport.auth import check_bearer, check_bearer_or_basic
+from seglabel_server.transport.auth import Tokens
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
 from seglabel_server.transport.http import labelstudio, schema
@@ -49,6 +49,7 @@ from seglabel_server.transport.http.middleware import (
     BodyLimit,
     HttpMetrics,
     error_response,
+    request_context,
     until_disconnected,
 )
 from seglabel_server.transport.http.schema import TextOptionsIn
@@ -90,7 +91,7 @@ def dataset_options() -> type[BaseModel]:
 
 
 def create_app(
-    service: Gateway, token: str | None = None, label_studio: labelstudio.Settings | None = None
+    service: Gateway, token: Tokens | None = None, label_studio: labelstudio.Settings | None = None
 ) -> tuple[HttpMetrics, FastAPI]:
     """(the ASGI app to serve: the routes inside their middleware, the FastAPI app itself)."""
     app = FastAPI(
@@ -126,11 +127,8 @@ def create_app(
             path = request.url.path
             if not (path in PUBLIC or path.startswith("/static/")):
                 sent = request.headers.get("authorization", "")
-                try:
-                    if path.startswith(labelstudio.PREFIX):  # Label Studio sends basic auth
-                        check_bearer_or_basic(sent, token)
-                    else:
-                        check_bearer(sent, token)
+                try:  # Label Studio sends basic auth
+                    request.state.ceiling = token.check(sent, basic=path.startswith(labelstudio.PREFIX))
                 except Unauthenticated as exc:
                     return error_response(exc)
             return await call_next(request)
@@ -168,15 +166,15 @@ def create_app(
 
     @app.post("/segment")
     async def segment(request: Request, body: SegmentCall = segment_json):
-        ctx = RequestContext()
+        ctx = request_context(request)
         result = await until_disconnected(request, ctx, service.segment(*body.call(), ctx))
         return wire.message_json(convert.result_to_pb(result))
 
     @app.post("/segment/stream")
-    async def segment_stream(body: SegmentCall = segment_json):
+    async def segment_stream(request: Request, body: SegmentCall = segment_json):
         """Server-Sent Events: ``event: accepted|progress|masks|label_update|depth|text|summary|error``,
         ``data:`` the event as JSON, in StreamSegment's order."""
-        events = service.segment_events(*body.call(), RequestContext())
+        events = service.segment_events(*body.call(), request_context(request))
 
         async def stream():
             async with contextlib.aclosing(events):  # the client went away: the request is cancelled
@@ -192,13 +190,13 @@ def create_app(
 
     @app.get("/depth/{file_id}")
     async def depth(file_id: str, request: Request):
-        ctx = RequestContext()
+        ctx = request_context(request)
         result, timings = await until_disconnected(request, ctx, service.estimate_depth(file_id, None, ctx))
         return wire.flat(convert.depth_response_to_pb(result, timings), "depth")
 
     @app.post("/extract_text/{file_id}")
     async def extract_text(file_id: str, request: Request, options: TextOptionsIn | None = None):
-        ctx = RequestContext()
+        ctx = request_context(request)
         opts = convert.text_options_from_pb(wire.text_options(options.model_dump() if options else None))
         result, (w, h), timings = await until_disconnected(
             request, ctx, service.extract_text(file_id, None, opts, ctx)
@@ -266,10 +264,11 @@ def create_app(
     app.router.on_shutdown.append(jobs.close)
 
     @app.post("/datasets")
-    async def dataset_create(settings: BaseModel | None = dataset_json):
+    async def dataset_create(request: Request, settings: BaseModel | None = dataset_json):
         """A dataset job: images added to it are labelled with these options (``/segment``'s,
         plus how masks are written), then downloaded as COCO JSON or a zip with COCO + YOLO-seg."""
-        job = await jobs.create((settings or dataset_model()).model_dump(exclude_none=True))
+        job = await jobs.create((settings or dataset_model()).model_dump(exclude_none=True),
+                                request_context(request).ceiling)  # fmt: skip
         return job.status()
 
     @app.post("/datasets/{job_id}/images")

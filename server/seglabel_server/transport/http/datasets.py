@@ -66,6 +66,7 @@ class Job:
         written)."""
         self.id = folder.name
         self.folder = folder
+        self.ceiling = 0  # the best request class of the token that made the job
         body = {k: v for k, v in settings.items() if k not in WRITER_KEYS}
         # every image's request, read (and checked, as a /segment body is) once
         request = convert.params_from_pb(wire.segment_request({**body, "return_overlay": False}))
@@ -110,7 +111,9 @@ class DatasetJobs:
             if now - job.touched > self.ttl_s and not job.tasks:
                 self.delete(job.id)
 
-    async def create(self, settings: dict) -> Job:
+    async def create(self, settings: dict, ceiling: int = 0) -> Job:
+        """A new job; ``ceiling``: the best request class of the token that made it (its images run as
+        that token's requests would)."""
         self._expire()
         if len(self.jobs) >= self.max_jobs:
             idle = [j for j in self.jobs.values() if not j.tasks]
@@ -135,6 +138,7 @@ class DatasetJobs:
         folder.mkdir()
         try:
             job = Job(folder, settings, categories, self.window)
+            job.ceiling = ceiling
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -196,7 +200,9 @@ class DatasetJobs:
     async def _label(self, job: Job, item: Item, data: bytes) -> None:
         try:
             try:
-                result = await self.gateway.segment(job.params, None, data, RequestContext())
+                result = await self.gateway.segment(
+                    job.params, None, data, RequestContext(ceiling=job.ceiling, share=f"dataset:{job.id}")
+                )
                 resp = convert.result_to_pb(result)
                 rec = await asyncio.to_thread(records.image_record, resp, item.sha, job.opts)
             except Exception as exc:  # the image's failure, recorded; the job goes on

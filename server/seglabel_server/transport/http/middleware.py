@@ -15,6 +15,7 @@ from seglabel_server.types import RequestContext
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,
     ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.PERMISSION: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.PRECONDITION: 412,
@@ -75,6 +76,16 @@ class BodyLimit:
             return await receive()  # after the body: wait for the client to disconnect
 
         await self.app(scope, replay, send)
+
+
+def request_context(request: Request) -> RequestContext:
+    """A route's request context: its token's best class (set by the auth middleware) and its
+    client's connection as the fair-share key."""
+    client = request.client
+    return RequestContext(
+        ceiling=getattr(request.state, "ceiling", 0),
+        share=f"http:{client.host}:{client.port}" if client else "http",
+    )
 
 
 async def until_disconnected(request: Request, ctx: RequestContext, work, poll_s: float = 0.2):

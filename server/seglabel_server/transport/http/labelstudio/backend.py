@@ -169,7 +169,7 @@ class LabelStudioBackend:
         # a project's pre-annotation is batch work: the annotators' clicks overtake it
         opts = dataclasses.replace(opts, prompt_type="grid", vocabulary_name=vocab.name, vocabulary=(),
                                    return_overlay=False, top_k=max(opts.top_k, 5),
-                                   priority=opts.priority or "batch")  # fmt: skip
+                                   priority=opts.priority or "batch", job=opts.job or f"label-studio-{project.id}")  # fmt: skip
         result = await self._segment(project, ref, task_id, opts)
         # decoding and encoding every mask is CPU work: off the event loop, as the pipeline's is
         regions, scores, remembered = await asyncio.to_thread(_regions, control, result, set(config.labels))

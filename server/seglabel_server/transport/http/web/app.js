@@ -21,12 +21,16 @@
     correcting: null, // the object whose label is being corrected
   };
 
+  // A click answered after this long in the server's queues says so: it waited behind other work.
+  const WAITED_MS = 50;
+
   // --------------------------------------------------------------------------------- helpers
   function setStatus(text, kind = "busy") {
     const el = $("status");
     el.textContent = text;
     el.dataset.state = kind;
     el.classList.toggle("error", kind === "error");
+    el.classList.toggle("waited", kind === "waited");
   }
 
   function headers(json) {
@@ -406,7 +410,10 @@
       obj.requestId = r.request_id || null;
       const enc = r.timings.encoder_ms;
       const cached = enc === undefined ? "" : ` · encoder ${enc.toFixed(1)} ms`;
-      setStatus(`object: ${obj.label ?? "(no label)"} in ${ms} ms${cached}`, "done");
+      // the server's queue time: the click waited behind other work (a job on the same server)
+      const queued = r.timings.queue_ms || 0;
+      const waited = queued >= WAITED_MS ? ` · waited ${Math.round(queued)} ms behind other work` : "";
+      setStatus(`object: ${obj.label ?? "(no label)"} in ${ms} ms${cached}${waited}`, waited ? "waited" : "done");
     } catch (err) {
       setStatus(`click failed: ${err.message}`, "error");
     } finally {
