@@ -48,7 +48,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def run(args) -> None:
-    server = await create_server(ServerConfig(port=0, models=args.models))
+    server = await create_server(ServerConfig(port=0, models=args.models, interactive_lane=args.lane))
     await server.load()
     target = f"127.0.0.1:{server.port}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-priority-"))
@@ -95,7 +95,7 @@ async def run(args) -> None:
         with_clicks, busy = await job("clicks", clicks=True)
     await server.stop(0)
     print(f"{args.images} images {args.width}x{args.height}, grid {args.grid}, {args.masks} masks, {len(LABELS)} labels; "
-          f"clicks: one labelled point on a cached upload")  # fmt: skip
+          f"clicks: one labelled point on a cached upload; interactive lane {'on' if args.lane else 'off'}")  # fmt: skip
     print(f"{'click':<36} {'p50 ms':>8} {'p99 ms':>8} {'n':>4}")
     print(f"{'idle':<36} {statistics.median(idle):>8.0f} {pct(idle, 99):>8.0f} {len(idle):>4}")
     print(
@@ -112,15 +112,18 @@ async def run(args) -> None:
 async def fairness(args, target: str, tmp: Path, img: np.ndarray, opts: LabelOptions) -> None:
     """Two jobs of one class at once: images each has done when the first one finishes."""
     done = {"a": 0, "b": 0}
+    for i, name in enumerate("ab"):
+        folder(tmp / name, args.images, (i + 7) * 1000, img)
+    order: list[str] = []
 
     def counter(name):
         def progress(p, final=False):
+            if p.done > done[name]:
+                order.append(name)
             done[name] = p.done
 
         return progress
 
-    for i, name in enumerate("ab"):
-        folder(tmp / name, args.images, (i + 7) * 1000, img)
     t0 = time.perf_counter()
     jobs = {name: asyncio.create_task(label_folder_async(tmp / name, tmp / f"{name}-out", target, opts,
                                                          progress=counter(name))) for name in "ab"}  # fmt: skip
@@ -133,6 +136,7 @@ async def fairness(args, target: str, tmp: Path, img: np.ndarray, opts: LabelOpt
     print(
         f"two jobs of {args.images} images each, same class (batch), started together; {total:.0f} s in all"
     )
+    print("order of completion:", "".join(order))
     print(
         f"when the first finished ({t_first:.0f} s): job a {a} images, job b {b} images "
         f"({a / t_first:.3f} vs {b / t_first:.3f} images/s; the slower at {min(a, b) / max(a, b, 1):.2f}x the faster)"
@@ -149,6 +153,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--fairness", action="store_true", help="two jobs at once instead of the clicks")
+    ap.add_argument("--no-lane", dest="lane", action="store_false",
+                    help="the server's --no-interactive-lane: clicks share the batch sessions and priority")  # fmt: skip
     asyncio.run(run(ap.parse_args()))
 
 

@@ -93,7 +93,9 @@ class Soak:
         self.statuses: Counter = Counter()
         self.refused = False
         self.good_ms: list[float] = []
-        self.dataset = dict(points_per_side=16, max_masks=args.window_masks, overlay=False, **LOOSE)
+        # what seglabel label sends: the batch class and one job key for the whole window
+        self.dataset = dict(points_per_side=16, max_masks=args.window_masks, overlay=False, **LOOSE,
+                            priority=args.dataset_priority or None, job="soak-dataset")  # fmt: skip
         self.dataset_ms: list[float] = []
         self.next_image = 0
         self.failed_after_accepted: list[str] = []
@@ -281,6 +283,8 @@ def main() -> int:
     )
     ap.add_argument("--window", type=int, default=12, help="a dataset job's requests in flight (0: none)")
     ap.add_argument("--window-masks", type=int, default=24, help="labelled masks per dataset request")
+    ap.add_argument("--dataset-priority", default="batch", choices=("batch", "default", "interactive", ""),
+                    help="the dataset requests' class, as seglabel label sends it ('': unset, a grid's default)")  # fmt: skip
     ap.add_argument(
         "--max-inflight", type=int, default=0, help="the server's admitted concurrency (0: window + clients)"
     )
@@ -318,7 +322,8 @@ def main() -> int:
             server.kill()
     soak: Soak = r["soak"]
     print(f"soak: {args.duration:.0f} s of load: a dataset window of {args.window} (grid 16, up to "
-          f"{args.window_masks} labelled masks, distinct images) and {args.clients} mixed clients; server "
+          f"{args.window_masks} labelled masks, distinct images, class {args.dataset_priority or 'unset'}) and "
+          f"{args.clients} mixed clients; server "
           f"admits {args.max_inflight}; {wall:.0f} s in all")  # fmt: skip
     kinds = sorted({k for k, _ in soak.statuses})
     codes = sorted({c for _, c in soak.statuses})

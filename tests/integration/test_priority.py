@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
 import time
 
 import grpc
@@ -115,3 +117,59 @@ async def test_a_token_caps_the_class_its_callers_may_ask_for(make_server, tmp_p
     assert await asyncio.to_thread(http, "job-s3cret", "interactive") == 403
     assert await asyncio.to_thread(http, "job-s3cret", "batch") == 200
     assert await asyncio.to_thread(http, "team-s3cret", "interactive") == 200
+
+
+def nice_of(tid: int) -> int:
+    """A thread's nice value as the kernel keeps it (/proc/self/task/<tid>/stat, field 19)."""
+    stat = open(f"/proc/self/task/{tid}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_the_interactive_lane_has_its_own_sessions_and_batch_work_a_lower_priority(make_server):
+    """ONNX Runtime on the CPU: the lane runs the models a click needs on sessions of its own
+    (the encoder shared), at the server's priority; the batch workers and the thread pools of their
+    sessions run at nice +10 (the kernel gives the cores to a click first). Off: one set of sessions,
+    one priority."""
+    server = await make_server()
+    loaded = server.service.lifecycle.loaded
+    sched = loaded.pipeline.scheduler
+    own = {
+        m
+        for m, g in sched.lane_executor.backend.graphs.items()
+        if g.handle is not loaded.backend.graphs[m].handle
+    }
+    assert own == {"sam2_mask_decoder", "clip_image_encoder", "clip_text_encoder"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niced = {t.name: nice_of(t.native_id) for t in sched.threads}
+    assert niced == {"seglabel-inference": base + 10, "seglabel-inference-interactive": base}, niced
+    # ONNX Runtime's pool threads (unnamed, made when the sessions opened) beside the workers
+    pools = [nice_of(int(t)) for t in os.listdir("/proc/self/task")]
+    assert pools.count(base + 10) > 1
+
+    plain = await make_server(interactive_lane=False)
+    sched = plain.service.lifecycle.loaded.pipeline.scheduler
+    assert sched.lane_executor is sched.executor
+    assert {nice_of(t.native_id) for t in sched.threads} == {base}
+
+
+async def test_two_label_runs_take_turns_as_two_jobs(make_server, tmp_path):
+    """Two seglabel label runs of one options object in one process (their channels share a
+    connection) reach the scheduler as two jobs of the batch class, each its own fair-share key."""
+    from seglabel_client.dataset import LabelOptions, label_folder_async
+
+    server = await make_server()
+    target = f"127.0.0.1:{server.port}"
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            (tmp_path / name / f"{i}.png").write_bytes(variant(i + (10 if name == "b" else 0)))
+    opts = LabelOptions(window=2)
+    await asyncio.gather(
+        *(label_folder_async(tmp_path / n, tmp_path / f"{n}-out", target, opts) for n in "ab")
+    )
+    shares = [s for s in server.service.admission.fair.last if s.startswith("label-")]
+    assert len(shares) == 2, shares
+    assert (
+        metric(server, "seglabel_class_queue_duration_seconds_count", stage="encoder", priority="batch") >= 4
+    )

@@ -247,16 +247,16 @@ async def test_two_jobs_of_one_class_share_the_scheduler_equally():
 async def test_memory_reserve_keeps_room_for_clicks():
     budget = MemoryBudget(1000)
     adm = Admission(8, budget, Metrics(), reserve=0.25)
-    assert [adm.memory_reserve(c) for c in (INTERACTIVE, DEFAULT, BATCH)] == [0, 250, 500]
+    assert [adm.memory_reserve(c) for c in (INTERACTIVE, DEFAULT, BATCH)] == [0, 125, 250]
     async with adm.admit(BATCH) as job:
-        job.charge(500)
+        job.charge(750)
         async with adm.admit(BATCH) as more:
             with pytest.raises(Overloaded, match="kept for better request classes"):
                 more.charge(1)
         async with adm.admit(DEFAULT) as grid:
-            grid.charge(250)
+            grid.charge(125)
         async with adm.admit(INTERACTIVE) as click:
-            click.charge(500)  # the whole rest of the budget
+            click.charge(250)  # the whole rest of the budget
     assert budget.used == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,9 @@ class LabelOptions:
     server_wait_s: float = 600.0  # how long an unreachable server is waited for before the run stops
     order: str = "none"  # uncertainty: also the images' list, most doubtful first (and tasks in that order)
     image_url_prefix: str = tools.LOCAL_FILES  # Label Studio tasks: data.image = prefix + the image's path
+    # this run's fair-share key on the server: two jobs take turns, even from one process (whose
+    # channels share a connection); not part of what the journal compares
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -63,10 +67,9 @@ class LabelOptions:
 
     def segment_request(self) -> SegmentOptions:
         """Each image's Segment request: grid prompts, no overlay, the batch class unless the job's
-        options name another."""
-        return replace(
-            self.request, prompt_type="grid", return_overlay=False, priority=self.request.priority or "batch"
-        )
+        options name another, and the run as its fair-share key."""
+        return replace(self.request, prompt_type="grid", return_overlay=False,
+                       priority=self.request.priority or "batch", job=f"label-{self.run}")  # fmt: skip
 
 
 # What a journal's job held by default, and keys an older journal wrote under another name.

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import random
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -118,7 +119,8 @@ async def label_folder_async(
     token: str | None = None,
 ) -> dict:
     """Label every image under ``root`` into ``out`` (see the module doc); returns the report."""
-    opts = options or LabelOptions()
+    # each run its own fair-share key, even two runs of one options object in one process
+    opts = dataclasses.replace(options or LabelOptions(), run=uuid.uuid4().hex[:12])
     bad = set(opts.formats) - set(FORMATS)
     if bad or not opts.formats:
         raise ValueError(f"formats must be among {FORMATS}, got {sorted(bad) or '[]'}")

@@ -17,6 +17,9 @@ class BackendConfig:
     cpu_arena: bool = True
     arena_shrinkage: bool = False
     io_binding: bool | None = None  # None: on off the CPU
+    # added to the nice value of the sessions' thread pools (batch work's; 0: the server's own), and
+    # the models a click runs get sessions of their own at the server's priority (the interactive lane)
+    batch_nice: int = 0
     # torch
     mask_path: str = "auto"  # auto | device | host
     decoder_layout: str = "auto"  # auto | per-image | multi-image

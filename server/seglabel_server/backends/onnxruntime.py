@@ -12,6 +12,7 @@ cannot hold."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -22,6 +23,7 @@ from seglabel_server.backends.config import BackendConfig
 from seglabel_server.backends.graph import Graph, GraphBackend
 from seglabel_server.errors import ModelError
 from seglabel_server.models.repository import ModelRepository
+from seglabel_server.niceness import in_lowered_thread
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +140,15 @@ class OnnxRuntimeBackend(GraphBackend):
         if arena_shrinkage:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.io_binding = device != "cpu" if io_binding is None else io_binding
+        self.nice = cfg.batch_nice if device == "cpu" else 0
         self.bind_device = "cpu" if device == "cpu" else "cuda"
         self.info = BackendInfo(name="onnxruntime", device=device, providers=[], precision="fp32")
 
     def _open(self, model: str, path) -> ort.InferenceSession:
         try:
-            sess = ort.InferenceSession(str(path), self.opts, providers=self.wanted)
+            sess = in_lowered_thread(
+                lambda: ort.InferenceSession(str(path), self.opts, providers=self.wanted), self.nice
+            )
         except Exception as exc:
             raise ModelError(f"onnxruntime: cannot load {model}: {exc}") from exc
         got = sess.get_providers()[0]
@@ -169,6 +174,20 @@ class OnnxRuntimeBackend(GraphBackend):
             binding.bind_output(name, self.bind_device, 0)
         graph.handle.run_with_iobinding(binding, self.run_options)
         return {name: OrtDeviceArray(v) for name, v in zip(graph.outputs, binding.get_outputs())}
+
+    def interactive_twin(self, models: list[str]) -> OnnxRuntimeBackend | None:
+        """For the scheduler's interactive lane, where batch work runs at a lower priority: a twin of
+        this backend with sessions of its own for ``models`` (those a click runs), opened at the
+        server's priority, the others' shared (a click on a new image runs the batch encoder's).
+        Same options and arena. None where batch work keeps the server's priority."""
+        if not self.nice:
+            return None
+        twin = copy.copy(self)
+        twin.nice, twin.graphs = 0, dict(self.graphs)
+        for m in models:
+            if m in self.graphs:
+                twin.load(m)
+        return twin
 
     def release_memory(self) -> None:
         """Shrink the shared CPU arena to what is in use: ONNX Runtime frees unused arena chunks at

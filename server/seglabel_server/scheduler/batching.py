@@ -146,6 +146,7 @@ def collate_batch(
     now: float | None = None,
     aging_s: float = 0.0,
     only: int | None = None,
+    skip: int | None = None,
 ) -> tuple[list[WorkItem], list[WorkItem]]:
     """Take the best-ranked items of ``pending`` (:func:`rank`; equal ranks in queue order) into one
     batch of at most ``max_size`` units.
@@ -154,14 +155,15 @@ def collate_batch(
     and returned as dropped (never run). The batch takes at least one live item even if it alone is
     bigger than ``max_size``; it only takes items with the first item's key, and stops at the first
     item that does not fit; the others stay queued in their order. With ``batching`` False the batch
-    is a single item. ``only``: take items of that class alone (the interactive lane).
+    is a single item. ``only``: take items of that class alone (the interactive lane); ``skip``:
+    leave the items of that class (the other workers, where the lane has sessions of its own).
     """
     now = time.monotonic() if now is None else now
     dropped = [i for i in pending if i.ctx.done() or i.future.cancelled()]
     live = [i for i in pending if not (i.ctx.done() or i.future.cancelled())]
     batch: list[WorkItem] = []
     total = 0
-    candidates = live if only is None else [i for i in live if i.ctx.priority == only]
+    candidates = [i for i in live if _takes(i, only, skip)]
     for item in sorted(candidates, key=lambda i: rank(i, now, aging_s)):  # stable: queue order on ties
         if not batch:
             batch.append(item)
@@ -181,23 +183,30 @@ def collate_batch(
     return batch, dropped
 
 
+def _takes(item: WorkItem, only: int | None, skip: int | None) -> bool:
+    cls = item.ctx.priority
+    return (only is None or cls == only) and (skip is None or cls != skip)
+
+
 def pick_stage(
     queues: dict[str, deque],
     configs: dict[str, StageConfig],
     now: float,
     aging_s: float = 0.0,
     only: int | None = None,
+    skip: int | None = None,
 ) -> tuple[str | None, float]:
     """The ready stage whose best item ranks first (:func:`rank`; ties: the earlier stage of
     ``configs``), or (None, seconds until one becomes ready / inf). A stage is ready when it holds
     ``max_batch_size`` units, its oldest item has waited ``max_queue_delay``, or it holds an
-    interactive item. ``only``: look at items of that class alone (ready at once)."""
+    interactive item. ``only``: look at items of that class alone (ready at once); ``skip``: leave
+    the items of that class."""
     wait = float("inf")
     best: tuple | None = None
     for order, stage in enumerate(configs):
         q = queues[stage]
-        if only is not None:
-            q = deque(i for i in q if i.ctx.priority == only)
+        if only is not None or skip is not None:
+            q = deque(i for i in q if _takes(i, only, skip))
         if not q:
             continue
         cfg = configs[stage]

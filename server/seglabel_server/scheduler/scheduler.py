@@ -36,6 +36,7 @@ from seglabel_server.backends.base import Backend
 from seglabel_server.errors import Cancelled, DeadlineExceeded, Overloaded
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import kinds
+from seglabel_server.niceness import lower_this_thread
 from seglabel_server.scheduler.batching import (
     CLASSES,
     INTERACTIVE,
@@ -75,8 +76,14 @@ class Scheduler:
         workers: list[list[str]] | None = None,
         aging_s: float = 0.0,
         interactive_lane: bool = False,
+        lane_backend: Backend | None = None,
+        worker_nice: int = 0,
     ):
         self.executor = BatchExecutor(backend)
+        # the interactive lane's own sessions (at the server's priority, batch work's lowered by
+        # worker_nice): the other workers leave interactive items to it
+        self.lane_executor = BatchExecutor(lane_backend) if lane_backend is not None else self.executor
+        skip = INTERACTIVE if interactive_lane and lane_backend is not None else None
         self.aging_s = aging_s  # a request's class improves by one per aging_s waited (0: never)
         self.configs = configs
         self.metrics = metrics
@@ -100,7 +107,9 @@ class Scheduler:
         for group in groups:
             own = {s: c for s, c in configs.items() if s in group}  # keeps the priority order
             name = "seglabel-inference" + (f"-{'-'.join(own)}" if len(groups) > 1 else "")
-            t = threading.Thread(target=self._loop, args=(own,), name=name, daemon=True)
+            t = threading.Thread(
+                target=self._loop, args=(own, None, skip, worker_nice), name=name, daemon=True
+            )
             t.start()
             self.threads.append(t)
         if interactive_lane:
@@ -186,14 +195,18 @@ class Scheduler:
             q.clear()
 
     # -- worker side --------------------------------------------------------------------------------
-    def _loop(self, configs: dict[str, StageConfig], only: int | None = None) -> None:
+    def _loop(
+        self, configs: dict[str, StageConfig], only: int | None = None, skip: int | None = None, nice: int = 0
+    ) -> None:
+        lower_this_thread(nice)
+        executor = self.lane_executor if only == INTERACTIVE else self.executor
         while True:
             with self.cond:
                 while True:
                     if self.stopping:
                         return
                     dropped = self._refill(configs)
-                    stage, wait = pick_stage(self.queues, configs, time.monotonic(), self.aging_s, only)
+                    stage, wait = pick_stage(self.queues, configs, time.monotonic(), self.aging_s, only, skip)
                     if stage is not None or dropped:
                         break
                     self.cond.wait(timeout=None if wait == float("inf") else wait)
@@ -201,7 +214,7 @@ class Scheduler:
                 if stage is not None:
                     batch, gone = collate_batch(
                         self.queues[stage], self.configs[stage].max_batch_size, self.batching,
-                        time.monotonic(), self.aging_s, only,
+                        time.monotonic(), self.aging_s, only, skip,
                     )  # fmt: skip
                     dropped += gone
                     self._refill({stage: configs[stage]}, dropped)  # room left by this batch
@@ -215,7 +228,7 @@ class Scheduler:
                     else DeadlineExceeded("request passed its deadline before it ran"),
                 )
             if batch:
-                self._execute(stage, batch)
+                self._execute(stage, batch, executor)
 
     def _refill(self, configs: dict[str, StageConfig], dropped: list | None = None) -> list[WorkItem]:
         """Move backlog items into their stage's window while it has room (under ``cond``).
@@ -250,7 +263,7 @@ class Scheduler:
             except concurrent.futures.InvalidStateError:
                 pass
 
-    def _execute(self, stage: str, batch: list[WorkItem]) -> None:
+    def _execute(self, stage: str, batch: list[WorkItem], executor: BatchExecutor) -> None:
         start = time.monotonic()
         for item in batch:
             # A request's queue time excludes waiting behind its own earlier batches.
@@ -261,7 +274,7 @@ class Scheduler:
                     start - item.enqueued
                 )
         try:
-            results = self.executor.run(stage, batch)
+            results = executor.run(stage, batch)
         except BaseException as exc:  # one bad batch fails its own items, never the worker
             log.exception("%s batch of %d failed", stage, len(batch))
             for item in batch:

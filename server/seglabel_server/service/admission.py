@@ -1,8 +1,8 @@
 """Admission, the service's door: at most ``max_inflight`` requests at once, and each admitted request
 charged an upper bound of its peak memory against the budget before any work (its :class:`Ticket`).
 A request that does not fit is refused at once with a pushback (when a place is likely to free).
-Both keep a reserve for the better classes (``reserve``: a share of the places and of the memory
-budget that default requests may not take, and batch requests twice that), so a saturating job
+Both keep a reserve for the better classes (``reserve``: a share of the places that default requests
+may not take and batch requests twice that; of the memory budget, half of it and it), so a saturating job
 cannot make a click RESOURCE_EXHAUSTED; each admitted request gets its fair-share turn
 (:class:`~seglabel_server.scheduler.batching.FairClock`)."""
 
@@ -64,8 +64,8 @@ class Admission:
 
     def __init__(self, max_inflight: int, budget: MemoryBudget, metrics: Metrics, reserve: float = 0.0):
         self.max_inflight, self.budget, self.metrics = max_inflight, budget, metrics
-        # places and memory kept for the better classes: interactive may take all, default all but
-        # one reserve, batch all but two (at least one place each)
+        # places kept for the better classes: interactive may take all, default all but one reserve,
+        # batch all but two (at least one place each); memory: see memory_reserve
         self.reserve = min(max(reserve, 0.0), 0.45)
         self.reserved = int(max_inflight * self.reserve)
         self.fair = FairClock()
@@ -96,8 +96,10 @@ class Admission:
         return max(1, self.max_inflight - self.reserved * priority)
 
     def memory_reserve(self, priority: int = DEFAULT) -> int:
-        """Bytes of the memory budget a request of class ``priority`` must leave free."""
-        return int(self.budget.limit * self.reserve * priority)
+        """Bytes of the memory budget a request of class ``priority`` must leave free: half the
+        reserve for default requests, the reserve for batch ones (a click needs far less memory than
+        a grid: a share of places' worth would idle a memory-bound job)."""
+        return int(self.budget.limit * self.reserve * priority / 2)
 
     @contextlib.asynccontextmanager
     async def admit(

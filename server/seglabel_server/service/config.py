@@ -17,6 +17,7 @@ from pathlib import Path
 
 from seglabel_server.backends.config import BackendConfig
 from seglabel_server.models import kinds
+from seglabel_server.niceness import BATCH_NICE
 from seglabel_server.pipeline.config import PipelineConfig
 from seglabel_server.scheduler import StageConfig
 
@@ -41,6 +42,8 @@ class ServerConfig:
     device: str = _opt("cpu", "onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda[:N]; tensorrt: cuda[:N]")
     precision: str = _opt("fp32", "torch backend autocast on CUDA", choices=("fp32", "fp16", "bf16"))
     threads: int = _opt(0, "onnxruntime intra-op threads (0: one per core)")
+    interactive_lane: bool = _opt(True, "onnxruntime on the CPU: clicks run on sessions of their own (full size: "
+        "+0.7 GB), batch work's threads at nice +10: a job cannot slow a click")  # fmt: skip
     torch_compile: str = _opt(
         "none",
         "torch backend: compile every model (torch.compile; reduce-overhead adds CUDA graphs), batches "
@@ -55,25 +58,18 @@ class ServerConfig:
         choices=("auto", "on", "off"),
     )
     mask_path: str = _opt(
-        "auto",
-        "torch backend: where per-mask work runs (filters, upsampling, RLE runs, CLIP crops): device keeps "
-        "masks in the backend's memory until they are answers; host is the numpy path (auto: device on "
-        "CUDA, host on the CPU, where it is faster)",
-        choices=("auto", "device", "host"),
-    )
+        "auto", "torch backend: where per-mask work runs (filters, upsampling, RLE runs, CLIP crops): device "
+        "keeps masks in the backend's memory until they are answers; host is the numpy path (auto: device on "
+        "CUDA, host on the CPU, where it is faster)", choices=("auto", "device", "host"))  # fmt: skip
     decoder_layout: str = _opt(
-        "auto",
-        "torch backend: decoder calls hold prompts of one image (per-image) or of several "
-        "(multi-image: requests share decoder batches); auto: multi-image on CUDA, per-image on the CPU",
-        choices=("auto", "per-image", "multi-image"),
-    )
+        "auto", "torch backend: decoder calls hold prompts of one image (per-image) or of several (multi-image: "
+        "requests share decoder batches); auto: multi-image on CUDA, per-image on the CPU",
+        choices=("auto", "per-image", "multi-image"))  # fmt: skip
     stage_workers: str = _opt(
-        "auto",
-        "inference worker threads, as groups of stages separated by '|' (e.g. "
-        "'encoder|decoder,clip,text'; stages not named join the last group, or follow a single group "
-        "as a second); one: a single worker; auto: encoder|rest for torch on CUDA (each worker its own "
-        "CUDA stream, so the next batch's encoder overlaps this one's decoder and CLIP), else one",
-    )
+        "auto", "inference worker threads, as groups of stages separated by '|' (e.g. 'encoder|decoder,clip,"
+        "text'; stages not named join the last group, or follow a single group as a second); one: a single "
+        "worker; auto: encoder|rest for torch on CUDA (each worker its own CUDA stream, so the next batch's "
+        "encoder overlaps this one's decoder and CLIP), else one")  # fmt: skip
     cpu_threads: int = _opt(0, "threads for filters, upsampling, RLE and crops (0: one per core)")
     load_clip: bool = _opt(True, "load CLIP (--no-clip: segmentation only)", flag="clip")
     batching: bool = _opt(True, "merge work of different requests into one batch")
@@ -86,8 +82,8 @@ class ServerConfig:
         20.0, "a request's class (batch, default, interactive) improves by one per this many seconds "
         "waited since admission: batch work is never starved (0: never)")  # fmt: skip
     interactive_reserve: float = _opt(
-        0.25, "share of --max-inflight and of the memory budget only interactive requests may take (batch "
-        "ones also leave the default ones as much): a saturating job cannot refuse a click")  # fmt: skip
+        0.25, "share of --max-inflight only interactive requests may take (batch ones also leave the default "
+        "ones as much), and of the memory budget batch ones leave (default: half): a job cannot refuse a click")  # fmt: skip
     max_inflight: int = _opt(64, "requests admitted at once")
     max_image_bytes: int = _opt(32 << 20, "largest encoded image accepted")
     max_image_pixels: int = _opt(40_000_000, "largest decoded image accepted (width x height)")
@@ -171,6 +167,7 @@ class ServerConfig:
             cpu_arena=self.cpu_arena,
             arena_shrinkage=self.arena_shrinkage,
             io_binding={"auto": None, "on": True, "off": False}[self.ort_io_binding],
+            batch_nice=BATCH_NICE if self.interactive_lane and self.backend == "onnxruntime" else 0,
             mask_path=self.mask_path,
             decoder_layout=self.decoder_layout,
             compile_mode=self.torch_compile,

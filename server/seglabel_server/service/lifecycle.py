@@ -14,6 +14,7 @@ from seglabel_server import memory
 from seglabel_server.errors import CapabilityUnavailable, Unavailable
 from seglabel_server.metrics import Metrics
 from seglabel_server.models import kinds
+from seglabel_server.scheduler.batching import INTERACTIVE
 from seglabel_server.service import loading
 from seglabel_server.service.admission import Admission
 from seglabel_server.service.budget import RuntimeMemory, runtime_bytes
@@ -123,8 +124,11 @@ class Lifecycle:
         """One small request through every model, and the default vocabulary's text embeddings."""
         image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
         ctx = RequestContext(request_id="warmup")
-        await self.loaded.run(SegmentOptions(prompt_type="points", points=((32.0, 32.0, 1),)), image, ctx)
+        click = SegmentOptions(prompt_type="points", points=((32.0, 32.0, 1),))
+        await self.loaded.run(click, image, ctx)
         await self.loaded.pipeline.warm_up(tuple(self.cfg.pipeline.vocabulary), image, ctx)
+        # the interactive lane's own sessions, where it has them (a first run is slower)
+        await self.loaded.run(click, image, RequestContext(request_id="warmup-click", priority=INTERACTIVE))
 
     def drain(self) -> None:
         """Refuse new requests (UNAVAILABLE); those in flight go on."""

@@ -17,6 +17,7 @@ from seglabel_server.metrics import Metrics
 from seglabel_server.models import kinds
 from seglabel_server.models.repository import ModelRepository
 from seglabel_server.models.tokenizer import ClipTokenizer
+from seglabel_server.niceness import BATCH_NICE
 from seglabel_server.pipeline import Pipeline, PipelineParts
 from seglabel_server.pipeline.ocr import OcrEngine
 from seglabel_server.scheduler import Scheduler
@@ -116,10 +117,15 @@ def build_pipeline(
 
     stages = {s: c for s, c in cfg.stage_configs().items() if kinds.get(s).model in loaded}
     # the interactive lane (a worker for interactive items alone) where concurrent runs of one model
-    # are safe: ONNX Runtime sessions (compiled torch graphs and CUDA graphs are not)
+    # are safe: ONNX Runtime sessions (compiled torch graphs and CUDA graphs are not). On the CPU it
+    # has sessions of its own for the models a click runs, and batch work runs at a lower priority.
+    lane = cfg.backend == "onnxruntime" and cfg.interactive_lane
+    twin = getattr(backend, "interactive_twin", None) if lane else None
+    lane_backend = twin([kinds.get(s).model for s in stages if kinds.get(s).clicks]) if twin else None
     scheduler = Scheduler(backend, stages, metrics, batching=cfg.batching,
                           workers=cfg.worker_groups(list(stages)), aging_s=cfg.priority_aging_s,
-                          interactive_lane=cfg.backend == "onnxruntime")  # fmt: skip
+                          interactive_lane=lane, lane_backend=lane_backend,
+                          worker_nice=BATCH_NICE if lane_backend is not None else 0)  # fmt: skip
     tokenizer = None
     if "labels" not in missing:
         if not (has("clip") and repo.has_clip):

@@ -70,6 +70,7 @@ class ModelKind:
     max_queue_delay_ms: float = 0.0
     priority: int = 50
     required: bool = False
+    clicks: bool = False  # a click (points or a box on a cached image) runs it: the interactive lane's
     torch_builder: str | Callable | None = None
     # Other torch modules of the same model, by backend capability (e.g. "multi_image": a decoder
     # taking prompts of several images); a torch backend with that capability builds that one.

@@ -14,6 +14,7 @@ IMAGE = ModelKind(
     # Also the number of crops a request embeds per call, so labels stream in chunks of it.
     max_batch=32,
     priority=20,
+    clicks=True,
     torch_builder="seglabel_server.models.torch_modules.build:clip_image_encoder",
     description="CLIP image tower: crops [B,3,224,224] -> embeddings [B,D]",
 )
@@ -26,6 +27,7 @@ TEXT = ModelKind(
     outputs=("text_embeds",),
     max_batch=32,  # the text tower is slower per row past ~16-32 on the CPU (measured)
     priority=10,
+    clicks=True,
     torch_builder="seglabel_server.models.torch_modules.build:clip_text_encoder",
     description="CLIP text tower: token ids [B,77] -> embeddings [B,D]",
 )

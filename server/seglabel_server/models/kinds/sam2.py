@@ -195,6 +195,7 @@ DECODER = DecoderKind(
     max_batch_gpu=128,
     priority=30,
     required=True,
+    clicks=True,
     torch_builder="seglabel_server.models.torch_modules.build:sam2_mask_decoder",
     torch_variants={
         "multi_image": "seglabel_server.models.torch_modules.build:sam2_mask_decoder_multi_image"
