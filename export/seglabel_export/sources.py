@@ -73,11 +73,22 @@ SAM2_TINY_OVERRIDES = [
     "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
     "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
     "++model.memory_encoder.out_dim=16",
+    "++model.memory_encoder.in_dim=32",  # the tiny neck's width (sam2's video path projects from it)
     "++model.memory_encoder.position_encoding.num_pos_feats=16",
     "++model.memory_encoder.mask_downsampler.embed_dim=32",
     "++model.memory_encoder.fuser.layer.dim=32",
     "++model.memory_encoder.fuser.num_layers=1",
     "++model.num_maskmem=2",
+]
+
+# What sam2's build_sam2_video_predictor adds to a config's model (its post-processing on; its
+# fill_hole_area=8 is the predictor's own, not the model's): the video path is proved against sam2's
+# video predictor built this way.
+SAM2_VIDEO_OVERRIDES = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+    "++model.binarize_mask_from_pts_for_mem_enc=true",
 ]
 
 # open_clip.CLIP kwargs for the tiny test model: the real tokenizer (77 tokens, 49408 words) still fits.
