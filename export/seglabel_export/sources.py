@@ -73,13 +73,17 @@ SAM2_TINY_OVERRIDES = [
     "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
     "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
     "++model.memory_encoder.out_dim=16",
-    "++model.memory_encoder.in_dim=32",  # the tiny neck's width (sam2's video path projects from it)
     "++model.memory_encoder.position_encoding.num_pos_feats=16",
     "++model.memory_encoder.mask_downsampler.embed_dim=32",
     "++model.memory_encoder.fuser.layer.dim=32",
     "++model.memory_encoder.fuser.num_layers=1",
     "++model.num_maskmem=2",
 ]
+
+# The tiny model's video path: its memory encoder projects from the tiny neck's width. Kept apart
+# from SAM2_TINY_OVERRIDES for now: it changes the order random weights are drawn in, and so every
+# tiny image model the tests were tuned on.
+SAM2_TINY_VIDEO_OVERRIDES = ["++model.memory_encoder.in_dim=32"]
 
 # What sam2's build_sam2_video_predictor adds to a config's model (its post-processing on; its
 # fill_hole_area=8 is the predictor's own, not the model's): the video path is proved against sam2's

@@ -24,7 +24,8 @@ from seglabel_server.models.torch_modules.video import (
 def model():
     torch.manual_seed(0)
     spec = sources.Sam2Spec(source="tiny", architecture="tiny", config=sources.SAM2_CONFIGS["tiny"],
-                            overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_VIDEO_OVERRIDES])  # fmt: skip
+                            overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES,
+                                       *sources.SAM2_VIDEO_OVERRIDES])  # fmt: skip
     m = build_sam2(spec)
     with torch.no_grad():  # sam2 initialises these to zero; random values make the test see them
         for name in ("no_obj_embed_spatial", "maskmem_tpos_enc"):

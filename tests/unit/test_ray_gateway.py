@@ -27,10 +27,11 @@ class Method:
     """``handle.<method>.remote(*args)``: answers from a script (values or exceptions to raise)."""
 
     def __init__(self, script: list):
-        self.script, self.calls = script, []
+        self.script, self.calls, self.kwargs = script, [], []
 
-    def remote(self, *args):
+    def remote(self, *args, **kwargs):
         self.calls.append(args)
+        self.kwargs.append(kwargs)
         answer = self.script.pop(0)
 
         async def result():
@@ -157,3 +158,21 @@ async def test_the_http_routes_on_ray_ask_for_the_same_token():
     assert status == 404 and json.loads(body)["error"]["message"] == "unknown file_id"
     status, _, body = await asgi_get(asgi, "/healthz", {})  # public, as on the server
     assert status == 200 and json.loads(body) == {"status": "SERVING"}
+
+
+async def test_a_tokens_class_and_the_callers_key_reach_the_replica():
+    """Through Ray the replica runs each call in a context of its own: the ingress sends the
+    caller (its token's best class, its fair-share key) with the call, gRPC and HTTP alike."""
+    reply = pb.SegmentResponse(success=True)
+    handle = Handle(call=[(reply, "r1", None), (reply, "r1", None)],
+                    gateway=[(None, "r1", pack(UnknownFile("unknown file_id")))])  # fmt: skip
+    node = ingress(handle, None)
+    node.token = Tokens((("team", 0), ("job", 2)))
+    for token, ceiling in (("job", 2), ("team", 0)):
+        ctx = GrpcContext([("authorization", f"Bearer {token}")])
+        ctx.peer = lambda: "ipv4:10.0.0.7:5000"
+        assert await node.Segment(pb.SegmentRequest(), ctx) == reply
+        assert handle.call.kwargs[-1] == {"caller": (ceiling, "ipv4:10.0.0.7:5000")}
+    asgi, _ = create_app(RemoteGateway(handle, 1 << 20), node.token)
+    status, _, _ = await asgi_get(asgi, f"/depth/{'0' * 64}", {"authorization": "Bearer job"})
+    assert status == 404 and handle.gateway.kwargs[-1] == {"caller": (2, "http:127.0.0.1:1")}

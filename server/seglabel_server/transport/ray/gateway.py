@@ -22,11 +22,13 @@ class RemoteGateway:
         self.max_image_bytes = max_image_bytes
         self.metrics = Metrics()  # the HTTP counters of this ingress
 
-    async def _call(self, method: Callable, *args):
+    async def _call(self, method: Callable, *args, ctx=None):
         """``method`` (a LocalGateway method) with ``args`` on a replica, which gives it a
-        RequestContext of its own."""
-        value, _, error = await call_replica(lambda: on(self.replicas, Replica.gateway).remote(method, *args),
-                                             method.__name__)  # fmt: skip
+        RequestContext of its own with the route's caller (its token's class, its fair-share key)."""
+        caller = (ctx.ceiling, ctx.share) if ctx is not None else (0, "")
+        value, _, error = await call_replica(
+            lambda: on(self.replicas, Replica.gateway).remote(method, *args, caller=caller), method.__name__
+        )
         if error is not None:
             raise unpack(error)
         return value
@@ -38,47 +40,49 @@ class RemoteGateway:
             return False
 
     async def info(self, ctx=None) -> dict:
-        return await self._call(LocalGateway.info)
+        return await self._call(LocalGateway.info, ctx=ctx)
 
     async def upload(self, data, filename, ctx=None):
-        return await self._call(LocalGateway.upload, data, filename)
+        return await self._call(LocalGateway.upload, data, filename, ctx=ctx)
 
     async def segment(self, params, file_id, data, ctx=None):
-        return await self._call(LocalGateway.segment, params, file_id, data)
+        return await self._call(LocalGateway.segment, params, file_id, data, ctx=ctx)
 
     async def estimate_depth(self, file_id, data, ctx=None):
-        return await self._call(LocalGateway.estimate_depth, file_id, data)
+        return await self._call(LocalGateway.estimate_depth, file_id, data, ctx=ctx)
 
     async def extract_text(self, file_id, data, options, ctx=None):
-        return await self._call(LocalGateway.extract_text, file_id, data, options)
+        return await self._call(LocalGateway.extract_text, file_id, data, options, ctx=ctx)
 
     async def relabel(self, request_id, params, ctx=None):
-        return await self._call(LocalGateway.relabel, request_id, params)
+        return await self._call(LocalGateway.relabel, request_id, params, ctx=ctx)
 
     async def create_vocabulary(self, name, labels, replace, alpha, beta, ctx=None):
-        return await self._call(LocalGateway.create_vocabulary, name, labels, replace, alpha, beta)
+        return await self._call(LocalGateway.create_vocabulary, name, labels, replace, alpha, beta, ctx=ctx)
 
     async def get_vocabulary(self, name, ctx=None):
-        return await self._call(LocalGateway.get_vocabulary, name)
+        return await self._call(LocalGateway.get_vocabulary, name, ctx=ctx)
 
     async def list_vocabularies(self, ctx=None):
-        return await self._call(LocalGateway.list_vocabularies)
+        return await self._call(LocalGateway.list_vocabularies, ctx=ctx)
 
     async def delete_vocabulary(self, name, ctx=None):
-        return await self._call(LocalGateway.delete_vocabulary, name)
+        return await self._call(LocalGateway.delete_vocabulary, name, ctx=ctx)
 
     async def ensure_labels(self, name, labels, ctx=None):
-        return await self._call(LocalGateway.ensure_labels, name, labels)
+        return await self._call(LocalGateway.ensure_labels, name, labels, ctx=ctx)
 
     async def add_examples(self, name, label, examples, ctx=None):
-        return await self._call(LocalGateway.add_examples, name, label, examples)
+        return await self._call(LocalGateway.add_examples, name, label, examples, ctx=ctx)
 
     async def remove_examples(self, name, label, ids, remove_label, ctx=None):
-        return await self._call(LocalGateway.remove_examples, name, label, ids, remove_label)
+        return await self._call(LocalGateway.remove_examples, name, label, ids, remove_label, ctx=ctx)
 
     async def segment_events(self, params, file_id, data, ctx=None) -> AsyncGenerator[object, None]:
         events = stream_replica(
-            lambda: on(self.replicas, Replica.events, stream=True).remote(params, file_id, data),
+            lambda: on(self.replicas, Replica.events, stream=True).remote(
+                params, file_id, data, caller=(ctx.ceiling, ctx.share) if ctx is not None else (0, "")
+            ),
             "segment stream",
         )
         async with contextlib.aclosing(events):

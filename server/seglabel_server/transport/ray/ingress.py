@@ -52,9 +52,6 @@ class SeglabelIngress:
         cfg = ServerConfig()
         apply_settings(cfg, dict(server or {}), "the Ray application's args.server")
         self.token = read_tokens(cfg.auth_token_file)
-        if self.token is not None and self.token.capped:
-            # the replicas run each call with a context of their own: a token's class would not reach them
-            raise ValueError("tokens capped to a request class are not served through Ray Serve yet")
         self.label_studio = labelstudio.settings_of(cfg, os.environ)
         self.gateway = RemoteGateway(replicas, cfg.max_image_bytes)
 
@@ -72,24 +69,29 @@ class SeglabelIngress:
             if pushback:
                 grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(int(pushback)))])
 
-    def _authorized(self, grpc_context) -> bool:
+    def _authorized(self, grpc_context) -> tuple[int, str] | None:
+        """The caller (its token's best request class, its fair-share key: the client's address as
+        the proxy saw it), or None when refused (the status set on the context)."""
+        peer = getattr(grpc_context, "peer", None)
+        share = (peer() or "") if callable(peer) else ""
         if not self.token:
-            return True
+            return 0, share
         sent = dict(grpc_context.invocation_metadata()).get("authorization", "") if grpc_context else ""
         try:
-            self.token.check(sent)
-            return True
+            return self.token.check(sent), share
         except SeglabelError as exc:
             self._fail(grpc_context, exc)
-            return False
+            return None
 
     async def _unary(self, method, request, grpc_context):
         """``method`` (a SegmenterServicer method) on a replica."""
-        if not self._authorized(grpc_context):
+        caller = self._authorized(grpc_context)
+        if caller is None:
             return _empty_reply(method)
         try:
             reply, replica, error = await call_replica(
-                lambda: on(self.replicas, Replica.call).remote(method, request), method.__name__
+                lambda: on(self.replicas, Replica.call).remote(method, request, caller=caller),
+                method.__name__,
             )
         except Exception as exc:
             self._fail(grpc_context, as_domain(exc))
@@ -140,10 +142,12 @@ class SeglabelIngress:
     async def StreamSegment(self, request, grpc_context=None):
         """Retried on another replica only while no event was sent; after that a lost replica ends
         the stream with UNAVAILABLE (the client decides: gRPC never retries a committed stream)."""
-        if not self._authorized(grpc_context):
+        caller = self._authorized(grpc_context)
+        if caller is None:
             return
         events = stream_replica(
-            lambda: on(self.replicas, Replica.stream, stream=True).remote(request), "StreamSegment"
+            lambda: on(self.replicas, Replica.stream, stream=True).remote(request, caller=caller),
+            "StreamSegment",
         )
         sent = 0
         try:

@@ -15,11 +15,15 @@ from ray import serve
 from seglabel_server.errors import SeglabelError
 from seglabel_server.service import SeglabelService
 from seglabel_server.service.config import ServerConfig, apply_settings
+from seglabel_server.transport.auth import CEILING
 from seglabel_server.transport.grpc.interceptor import grpc_status
 from seglabel_server.transport.grpc.servicer import SegmenterServicer
 from seglabel_server.transport.http.gateway import GATEWAY_CALLS, LocalGateway
 from seglabel_server.transport.ray.calls import pack
 from seglabel_server.types import RequestContext
+
+Caller = tuple[int, str]  # (the token's best request class, the fair-share key)
+NOBODY: Caller = (0, "")
 
 log = logging.getLogger(__name__)
 # Ray Serve's own logger: its lines land in the replica's Serve log, with Ray's request id.
@@ -33,10 +37,16 @@ UNARY = frozenset({S.Upload, S.Segment, S.EstimateDepth, S.ExtractText, S.GetSer
 
 class _NoDeadline:
     """What the servicer asks of a gRPC context, for a call that arrived through Ray (the proxy
-    enforces its own request_timeout_s)."""
+    enforces its own request_timeout_s); ``peer``: the caller's fair-share key as the ingress saw it."""
+
+    def __init__(self, peer: str = ""):
+        self._peer = peer
 
     def time_remaining(self):
         return None
+
+    def peer(self) -> str:
+        return self._peer
 
 
 def _request_id() -> str:
@@ -80,31 +90,34 @@ class Replica:
         serve_log.info("request %s %s: %s %s", _request_id(), what, code.name, details)
         return None, self.service.served_by, pack(exc)
 
-    async def call(self, method: Callable, request):
-        """A unary gRPC method of Segmenter (one of ``UNARY``: a SegmenterServicer method)."""
+    async def call(self, method: Callable, request, caller: Caller = NOBODY):
+        """A unary gRPC method of Segmenter (one of ``UNARY``: a SegmenterServicer method).
+        ``caller``: (the token's best request class, the fair-share key), from the ingress."""
         if method not in UNARY:
             raise ValueError(f"not a unary method of Segmenter: {method!r}")
+        CEILING.set(caller[0])
         try:
-            reply = await method(self.servicer, request, _NoDeadline())
+            reply = await method(self.servicer, request, _NoDeadline(caller[1]))
         except SeglabelError as exc:
             return self._refused(method.__name__, exc)
         return reply, self.service.served_by, None
 
-    async def stream(self, request):
+    async def stream(self, request, caller: Caller = NOBODY):
         """StreamSegment's events; a domain error as the last item."""
+        CEILING.set(caller[0])
         try:
-            async for event in self.servicer.StreamSegment(request, _NoDeadline()):
+            async for event in self.servicer.StreamSegment(request, _NoDeadline(caller[1])):
                 yield event, self.service.served_by, None
         except SeglabelError as exc:
             yield self._refused("StreamSegment", exc)
 
-    async def gateway(self, method: Callable, *args):
+    async def gateway(self, method: Callable, *args, caller: Caller = NOBODY):
         """A call of the HTTP routes (``gateway.RemoteGateway``): ``method``, one of LocalGateway's
         (``GATEWAY_CALLS``), run here with a RequestContext of its own, cancelled on the way out
         (whatever it queued is dropped: a cancelled call, or nothing left)."""
         if method not in GATEWAY_CALLS:
             raise ValueError(f"not a gateway call: {method!r}")
-        ctx = RequestContext()
+        ctx = RequestContext(ceiling=caller[0], share=caller[1])
         try:
             reply = await method(self.local, *args, ctx=ctx)
         except SeglabelError as exc:
@@ -113,10 +126,11 @@ class Replica:
             ctx.cancel()
         return reply, self.service.served_by, None
 
-    async def events(self, params, file_id, data):
+    async def events(self, params, file_id, data, caller: Caller = NOBODY):
         """A Segment request's stream of domain events (``service.segment_events``)."""
+        ctx = RequestContext(ceiling=caller[0], share=caller[1])
         try:
-            async for event in self.service.segment_events(params, file_id, data, RequestContext()):
+            async for event in self.service.segment_events(params, file_id, data, ctx):
                 yield event, self.service.served_by, None
         except SeglabelError as exc:
             yield self._refused("HTTP segment stream", exc)
