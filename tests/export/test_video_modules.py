@@ -5,6 +5,8 @@ as dynamic axes."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,6 +17,7 @@ from seglabel_server.models.torch_modules.checkpoints import build_sam2
 from seglabel_server.models.torch_modules.video import (
     Sam2MemoryAttention,
     Sam2MemoryEncoder,
+    Sam2TrackDecoder,
     rope_tables,
     rotate,
 )
@@ -129,3 +132,113 @@ def test_video_modules_export_to_onnx_and_match(model, tmp_path):
     with torch.no_grad():
         want_f, want_p = enc(pix, logits, score, pts)
     assert np.abs(feats - want_f.numpy()).max() < 1e-4 and np.abs(pos - want_p.numpy()).max() < 1e-5
+
+
+def heads_inputs(model, batch: int, seed: int):
+    side = model.image_size // model.backbone_stride
+    c = model.hidden_dim
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image_embed": torch.randn(batch, c, side, side, generator=g),
+        "high_res_feats_0": torch.randn(batch, c // 8, 4 * side, 4 * side, generator=g),
+        "high_res_feats_1": torch.randn(batch, c // 4, 2 * side, 2 * side, generator=g),
+        "mask": torch.randn(batch, 1, 4 * side, 4 * side, generator=g) * 3,
+    }
+
+
+@pytest.fixture
+def tuned(model, request):
+    """The tiny model with its object score shifted (random weights put every object near -0.28,
+    absent) and sam2's stability threshold set, so that both sides of each choice are seen:
+    (present, threshold)."""
+    present, thresh = request.param
+    head = model.sam_mask_decoder.pred_obj_score_head
+    last = head.layers[-1] if hasattr(head, "layers") else head
+    dec = model.sam_mask_decoder
+    keep = (last.bias.detach().clone(), dec.dynamic_multimask_stability_thresh)
+    with torch.no_grad():
+        last.bias += 2.0 if present else -2.0
+    dec.dynamic_multimask_stability_thresh = thresh
+    yield model
+    with torch.no_grad():
+        last.bias.copy_(keep[0])
+    dec.dynamic_multimask_stability_thresh = keep[1]
+
+
+CASES = [
+    "one click, multimask",
+    "box, one mask",
+    "two clicks, one mask",
+    "tracked frame",
+    "tracked frame with mask",
+]
+
+
+@pytest.mark.parametrize("tuned", [(True, 0.98), (True, 0.0), (False, 0.98)], indirect=True,
+                         ids=["present, unstable", "present, stable", "absent"])  # fmt: skip
+@pytest.mark.parametrize("case", CASES)
+def test_track_decoder_and_choice_equal_sams_heads(tuned, case):
+    from seglabel_server.pipeline.tracking import HeadsConfig, select_heads
+
+    model = tuned
+
+    b, s = 3, model.image_size
+    x = heads_inputs(model, b, seed=zlib.crc32(case.encode()) % 1000)
+    points = {
+        "one click, multimask": ([[[0.3 * s, 0.6 * s]]], [[1]]),
+        "box, one mask": ([[[0.1 * s, 0.2 * s], [0.7 * s, 0.9 * s]]], [[2, 3]]),
+        "two clicks, one mask": ([[[0.3 * s, 0.6 * s], [0.5 * s, 0.1 * s]]], [[1, 0]]),
+    }.get(case)
+    if points is None:  # sam2 pads a frame without clicks with one point labelled -1
+        coords, labels = torch.zeros(b, 1, 2), -torch.ones(b, 1, dtype=torch.int32)
+    else:
+        coords = torch.tensor(points[0]).expand(b, -1, -1).clone()
+        labels = torch.tensor(points[1], dtype=torch.int32).expand(b, -1).clone()
+    multimask = case == "one click, multimask"
+    with_mask = case == "tracked frame with mask"
+    feats = [x["high_res_feats_0"], x["high_res_feats_1"]]
+    with torch.no_grad():
+        want = model._forward_sam_heads(
+            x["image_embed"], None if points is None else {"point_coords": coords, "point_labels": labels},
+            x["mask"] if with_mask else None, feats, multimask,
+        )  # fmt: skip
+        out = Sam2TrackDecoder(model).eval()(x["image_embed"], *feats, coords, labels, x["mask"],
+                                             torch.full((b,), float(with_mask)))  # fmt: skip
+    dec = model.sam_mask_decoder
+    cfg = HeadsConfig(multimask_token_for_ptr=model.use_multimask_token_for_obj_ptr,
+                      dynamic_fallback=dec.dynamic_multimask_via_stability,
+                      stability_delta=dec.dynamic_multimask_stability_delta,
+                      stability_thresh=dec.dynamic_multimask_stability_thresh, pred_obj_scores=model.pred_obj_scores)  # fmt: skip
+    low, iou, ptr = select_heads(*(t.numpy() for t in out), multimask=multimask, cfg=cfg)
+    _, _, want_ious, want_low, _, want_ptr, want_score = want
+    assert np.abs(out[3].numpy() - want_score.numpy()).max() < 1e-5
+    present = model.sam_mask_decoder.pred_obj_score_head is not None and bool((want_score > 0).all())
+    assert present == (low.max() > -1024)  # the case is what its id says
+    assert np.abs(low - want_low.numpy()).max() < 1e-4
+    assert np.abs(ptr - want_ptr.numpy()).max() < 1e-5
+    want_iou = want_ious.numpy()
+    want_iou = want_iou.max(axis=1) if multimask else want_iou[:, 0]
+    assert np.abs(iou - want_iou).max() < 1e-5
+
+
+def test_track_decoder_exports_to_onnx_and_matches(model, tmp_path):
+    dec = Sam2TrackDecoder(model).eval()
+    x = heads_inputs(model, 2, seed=5)
+    feats = [x["image_embed"], x["high_res_feats_0"], x["high_res_feats_1"]]
+    example = dict(zip(("image_embed", "high_res_feats_0", "high_res_feats_1"), feats))
+    example.update(point_coords=torch.rand(2, 2, 2) * model.image_size, point_labels=torch.tensor([[1, 0], [2, 3]], dtype=torch.int32),
+                   mask_input=x["mask"], has_mask=torch.tensor([0.0, 1.0]))  # fmt: skip
+    axes = {k: {0: "objects"} for k in example}
+    axes["point_coords"], axes["point_labels"] = {0: "objects", 1: "points"}, {0: "objects", 1: "points"}
+    _export_graph(dec, example, axes, tmp_path / "track_decoder.onnx", 17)
+    sess = ort.InferenceSession(str(tmp_path / "track_decoder.onnx"), providers=["CPUExecutionProvider"])
+    y = heads_inputs(model, 3, seed=6)  # 3 objects, one point each (a tracked frame's padding)
+    feeds = {"image_embed": y["image_embed"], "high_res_feats_0": y["high_res_feats_0"],
+             "high_res_feats_1": y["high_res_feats_1"], "point_coords": torch.zeros(3, 1, 2),
+             "point_labels": -torch.ones(3, 1, dtype=torch.int32), "mask_input": y["mask"],
+             "has_mask": torch.tensor([1.0, 0.0, 1.0])}  # fmt: skip
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})
+    with torch.no_grad():
+        want = dec(*feeds.values())
+    for g, w in zip(got, want):
+        assert g.shape == tuple(w.shape) and np.abs(g - w.numpy()).max() < 1e-4

@@ -138,3 +138,48 @@ class Sam2MemoryEncoder(nn.Module):
             absent = 1.0 - (object_score > 0).float()
             feats = feats + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None]
         return feats, pos
+
+
+class Sam2TrackDecoder(nn.Module):
+    """sam2's prompt encoder and mask decoder as the video path calls them (``_forward_sam_heads``),
+    every output token kept: the choice between them (multimask on a first click, sam2's dynamic
+    fallback when the single mask is unstable) is the host's, a small pure function
+    (``pipeline.tracking.select_heads``), so that one graph serves clicks and tracked frames.
+
+    Inputs, one row per object: ``image_embed`` [B, C, h, w] (the frame's features: conditioned on
+    the memory on a tracked frame, plus ``no_mem_embed`` on a first frame), ``high_res_feats_0`` /
+    ``high_res_feats_1``, ``point_coords`` [B, P, 2] and ``point_labels`` [B, P] (a frame without
+    clicks: one point labelled -1, as sam2 pads), ``mask_input`` [B, 1, 4h, 4w] with ``has_mask``
+    [B] (1: the mask logits are a dense prompt; 0: none, sam2's ``no_mask_embed``). Outputs:
+    ``masks`` [B, 4, 4h, 4w] low-resolution logits of every mask token, ``ious`` [B, 4],
+    ``obj_ptrs`` [B, 4, C] (each token's object pointer, mixed with the no-object pointer by the
+    object score as sam2 mixes the chosen one), ``object_score`` [B, 1]."""
+
+    output_names = ("masks", "ious", "obj_ptrs", "object_score")
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels,
+                mask_input, has_mask):  # fmt: skip
+        m = self.model
+        pe, dec = m.sam_prompt_encoder, m.sam_mask_decoder
+        sparse = pe._embed_points(point_coords, point_labels, pad=True)
+        b = image_embed.shape[0]
+        flag = has_mask.reshape(-1, 1, 1, 1).float()
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            b, -1, image_embed.shape[2], image_embed.shape[3]
+        )
+        dense = flag * pe.mask_downscaling(mask_input) + (1 - flag) * no_mask
+        masks, ious, tokens, score = dec.predict_masks(
+            image_embeddings=image_embed, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, repeat_image=False, high_res_features=[high_res_feats_0, high_res_feats_1],
+        )  # fmt: skip
+        ptrs = m.obj_ptr_proj(tokens)
+        if m.pred_obj_scores:
+            present = torch.sigmoid(score) if m.soft_no_obj_ptr else (score > 0).float()
+            if m.fixed_no_obj_ptr:
+                ptrs = present[..., None] * ptrs
+            ptrs = ptrs + (1 - present[..., None]) * m.no_obj_ptr
+        return masks, ious, ptrs, score
