@@ -242,3 +242,93 @@ def test_track_decoder_exports_to_onnx_and_matches(model, tmp_path):
         want = dec(*feeds.values())
     for g, w in zip(got, want):
         assert g.shape == tuple(w.shape) and np.abs(g - w.numpy()).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def model7():
+    """The tiny model with sam2's 7 memory frames (the tiny overrides keep 2)."""
+    torch.manual_seed(1)
+    spec = sources.Sam2Spec(source="tiny", architecture="tiny", config=sources.SAM2_CONFIGS["tiny"],
+                            overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES,
+                                       *sources.SAM2_VIDEO_OVERRIDES, "++model.num_maskmem=7"])  # fmt: skip
+    m = build_sam2(spec)
+    with torch.no_grad():
+        m.maskmem_tpos_enc.normal_()
+    return m
+
+
+@pytest.mark.parametrize(
+    "frame,cond,limit,stride",
+    [
+        (13, [0, 5], -1, 1),
+        (13, [0, 5, 11], 2, 1),
+        (3, [0], -1, 1),
+        (20, [0, 16, 25], 2, 3),
+        (6, [6, 2], -1, 1),
+    ],
+)
+def test_memory_plan_and_conditioner_equal_sams(model7, frame, cond, limit, stride):
+    """A bank of random encoded masks and pointers: the frames our plan picks, conditioned by our
+    module, give sam2's ``_prepare_memory_conditioned_features`` output."""
+    from seglabel_server.models.torch_modules.video import Sam2MemoryConditioner
+    from seglabel_server.pipeline.tracking import MemoryConfig, memory_plan
+
+    m, b, num_frames = model7, 2, 30
+    m.max_cond_frames_in_attn, m.memory_temporal_stride_for_eval = limit, stride
+    side, c, cm = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim
+    g = torch.Generator().manual_seed(frame)
+    bank = {t: {"maskmem_features": torch.randn(b, cm, side, side, generator=g),
+                "maskmem_pos_enc": [torch.randn(b, cm, side, side, generator=g)],
+                "obj_ptr": torch.randn(b, c, generator=g)} for t in range(num_frames) if t != frame}  # fmt: skip
+    tracked = {t for t in bank if t not in cond and t < frame}  # tracked so far, forward
+    output = {"cond_frame_outputs": {t: bank[t] for t in cond if t != frame},
+              "non_cond_frame_outputs": {t: bank[t] for t in tracked}}  # fmt: skip
+    curr, pos = torch.randn(side * side, b, c, generator=g), torch.randn(side * side, b, c, generator=g)
+    with torch.no_grad():
+        want = m._prepare_memory_conditioned_features(
+            frame, False, [curr], [pos], [(side, side)], output, num_frames
+        )
+    cfg = MemoryConfig(num_maskmem=m.num_maskmem, max_cond_frames=limit, stride=stride,
+                       max_obj_ptrs=m.max_obj_ptrs_in_encoder, ptrs_only_past=m.only_obj_ptrs_in_the_past_for_eval,
+                       signed_ptr_offsets=m.use_signed_tpos_enc_to_obj_ptrs)  # fmt: skip
+    mem, ptrs = memory_plan(frame, [t for t in cond if t != frame], tracked, num_frames, cfg)
+    flat = lambda t: t.flatten(2).transpose(1, 2)  # noqa: E731  [B, Cm, H, W] -> [B, HW, Cm]
+    t_max = min(num_frames, m.max_obj_ptrs_in_encoder) - 1
+    with torch.no_grad():
+        got = Sam2MemoryConditioner(m).eval()(
+            curr.transpose(0, 1), pos.transpose(0, 1),
+            torch.cat([flat(bank[t]["maskmem_features"]) for t, _ in mem], 1),
+            torch.cat([flat(bank[t]["maskmem_pos_enc"][-1]) for t, _ in mem], 1),
+            torch.tensor([p for _, p in mem]),
+            torch.stack([bank[t]["obj_ptr"] for t, _ in ptrs], 1),
+            torch.tensor([o / t_max for _, o in ptrs], dtype=torch.float32),
+        )  # fmt: skip
+    assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5
+    m.max_cond_frames_in_attn, m.memory_temporal_stride_for_eval = -1, 1
+
+
+def test_memory_conditioner_exports_to_onnx_and_matches(model7, tmp_path):
+    from seglabel_server.models.torch_modules.video import Sam2MemoryConditioner
+
+    m = model7
+    side, c, cm = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim
+    hw = side * side
+
+    def inputs(b, frames, ptrs, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"curr": torch.randn(b, hw, c, generator=g), "curr_pos": torch.randn(b, hw, c, generator=g),
+                "memory": torch.randn(b, frames * hw, cm, generator=g), "memory_pos": torch.randn(b, frames * hw, cm, generator=g),
+                "memory_tpos": torch.tensor([0, *range(1, frames)][:frames]), "ptrs": torch.randn(b, ptrs, c, generator=g),
+                "ptr_pos": torch.linspace(-0.5, 1.0, ptrs)}  # fmt: skip
+
+    cond = Sam2MemoryConditioner(m).eval()
+    axes = {"curr": {0: "b"}, "curr_pos": {0: "b"}, "memory": {0: "b", 1: "m"}, "memory_pos": {0: "b", 1: "m"},
+            "memory_tpos": {0: "f"}, "ptrs": {0: "b", 1: "n"}, "ptr_pos": {0: "n"}}  # fmt: skip
+    _export_graph(cond, inputs(1, 3, 4, 0), axes, tmp_path / "conditioner.onnx", 17)
+    sess = ort.InferenceSession(str(tmp_path / "conditioner.onnx"), providers=["CPUExecutionProvider"])
+    for b, frames, ptrs in ((2, 7, 16), (1, 1, 1)):
+        x = inputs(b, frames, ptrs, frames)
+        got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
+        with torch.no_grad():
+            want = cond(**x).numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4, (b, frames, ptrs)

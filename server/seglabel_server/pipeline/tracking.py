@@ -51,3 +51,59 @@ def select_heads(masks: np.ndarray, ious: np.ndarray, ptrs: np.ndarray, score: n
     if cfg.pred_obj_scores:
         low = np.where(score.reshape(-1, 1, 1, 1) > 0, low, np.float32(NO_OBJ_SCORE))
     return low.astype(np.float32), ious[rows, pick], ptrs[rows, ptr_pick]
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The model's memory settings (sam2's names), read from the manifest."""
+
+    num_maskmem: int = 7
+    max_cond_frames: int = -1  # max_cond_frames_in_attn (-1: all)
+    stride: int = 1  # memory_temporal_stride_for_eval
+    max_obj_ptrs: int = 16  # max_obj_ptrs_in_encoder
+    ptrs_only_past: bool = True  # only_obj_ptrs_in_the_past_for_eval
+    signed_ptr_offsets: bool = True  # use_signed_tpos_enc_to_obj_ptrs
+
+
+def closest_cond_frames(frame: int, cond: list[int], limit: int) -> tuple[list[int], list[int]]:
+    """(selected, unselected) conditioning frames, as sam2's ``select_closest_cond_frames``: all
+    within ``limit`` (-1: no limit), else the closest before, the closest at or after, then the
+    temporally closest others."""
+    if limit == -1 or len(cond) <= limit:
+        return list(cond), []
+    picked: list[int] = []
+    before = max((t for t in cond if t < frame), default=None)
+    after = min((t for t in cond if t >= frame), default=None)
+    picked += [t for t in (before, after) if t is not None]
+    rest = sorted((t for t in cond if t not in picked), key=lambda t: abs(t - frame))
+    picked += rest[: limit - len(picked)]
+    return picked, [t for t in cond if t not in picked]
+
+
+def memory_plan(frame: int, cond: list[int], tracked: set[int], num_frames: int,
+                cfg: MemoryConfig = MemoryConfig()) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:  # fmt: skip
+    """What a tracked frame attends to, as sam2's ``_prepare_memory_conditioned_features`` picks it
+    (forward in time): ``memory`` [(frame, t_pos)] (conditioning frames at t_pos 0, then the last
+    ``num_maskmem - 1`` frames before this one, every ``stride``-th), ``pointers`` [(frame, offset)]
+    (the conditioning frames' (in the past only, by default), then up to ``max_obj_ptrs - 1`` frames
+    just before). ``cond``: the frames prompted (in the order they were added), ``tracked`` the
+    others that have an output; missing frames are skipped."""
+    selected, unselected = closest_cond_frames(frame, cond, cfg.max_cond_frames)
+    memory = [(t, 0) for t in selected]
+    for t_pos in range(1, cfg.num_maskmem):
+        t_rel = cfg.num_maskmem - t_pos
+        if t_rel == 1:
+            prev = frame - 1
+        else:
+            prev = ((frame - 2) // cfg.stride) * cfg.stride - (t_rel - 2) * cfg.stride
+        if prev in tracked or prev in unselected:
+            memory.append((prev, t_pos))
+    ptr_cond = [t for t in selected if t <= frame] if cfg.ptrs_only_past else selected
+    pointers = [(t, frame - t if cfg.signed_ptr_offsets else abs(frame - t)) for t in ptr_cond]
+    for t_diff in range(1, min(num_frames, cfg.max_obj_ptrs)):
+        t = frame - t_diff
+        if t < 0 or t >= num_frames:
+            break
+        if t in tracked or t in unselected:
+            pointers.append((t, t_diff))
+    return memory, pointers

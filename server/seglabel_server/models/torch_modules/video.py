@@ -183,3 +183,42 @@ class Sam2TrackDecoder(nn.Module):
                 ptrs = present[..., None] * ptrs
             ptrs = ptrs + (1 - present[..., None]) * m.no_obj_ptr
         return masks, ious, ptrs, score
+
+
+class Sam2MemoryConditioner(nn.Module):
+    """A tracked frame's features conditioned on its memory, as sam2's
+    ``_prepare_memory_conditioned_features`` does after choosing the frames
+    (``pipeline.tracking.memory_plan``): the temporal encodings added here, from the model's
+    weights. Inputs: ``curr`` / ``curr_pos`` [B, HW, C] (the frame's raw lowest-resolution features
+    and position encoding), ``memory`` / ``memory_pos`` [B, F*HW, Cm] (the chosen frames' encoded
+    masks and their spatial encoding, frame after frame), ``memory_tpos`` [F] int64 (each frame's
+    t_pos: 0 for conditioning frames), ``ptrs`` [B, N, C] (object pointers), ``ptr_pos`` [N] (each
+    pointer's frame offset divided by the largest offset allowed). Output ``pix_feat_with_mem``
+    [B, C, H, W]."""
+
+    output_names = ("pix_feat_with_mem",)
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.attention = Sam2MemoryAttention(model)
+        self.side = model.image_size // model.backbone_stride
+
+    def forward(self, curr, curr_pos, memory, memory_pos, memory_tpos, ptrs, ptr_pos):
+        from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+        m = self.model
+        b, c, cm = curr.shape[0], m.hidden_dim, m.mem_dim
+        hw = self.side * self.side
+        tpos = m.maskmem_tpos_enc.reshape(m.num_maskmem, cm)[m.num_maskmem - memory_tpos - 1]  # [F, Cm]
+        memory_pos = (memory_pos.reshape(b, -1, hw, cm) + tpos[None, :, None, :]).reshape(b, -1, cm)
+        if m.add_tpos_enc_to_obj_ptrs:
+            pe = get_1d_sine_pe(ptr_pos, dim=c if m.proj_tpos_enc_in_obj_ptrs else cm)
+            pe = m.obj_ptr_tpos_proj(pe)  # [N, Cm]
+        else:
+            pe = torch.zeros(ptr_pos.shape[0], cm)
+        split = c // cm  # a pointer as C // Cm tokens where the memory is narrower
+        tokens = ptrs.reshape(b, -1, split, cm).reshape(b, -1, cm)
+        token_pos = pe.repeat_interleave(split, dim=0)[None].expand(b, -1, -1)
+        out = self.attention(curr, curr_pos, memory, memory_pos, tokens, token_pos)
+        return out.transpose(1, 2).reshape(b, c, self.side, self.side)
