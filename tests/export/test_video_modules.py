@@ -23,19 +23,26 @@ from seglabel_server.models.torch_modules.video import (
 )
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
+def tiny_video_model(seed: int, *extra: str):
+    """The tests' tiny SAM2.1 with its video path and the video predictor's settings (``extra``:
+    more overrides). sam2 initialises the no-object and temporal embeddings to zero; random values
+    make the tests see them."""
+    torch.manual_seed(seed)
     spec = sources.Sam2Spec(source="tiny", architecture="tiny", config=sources.SAM2_CONFIGS["tiny"],
                             overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES,
-                                       *sources.SAM2_VIDEO_OVERRIDES])  # fmt: skip
+                                       *sources.SAM2_VIDEO_OVERRIDES, *extra])  # fmt: skip
     m = build_sam2(spec)
-    with torch.no_grad():  # sam2 initialises these to zero; random values make the test see them
+    with torch.no_grad():
         for name in ("no_obj_embed_spatial", "maskmem_tpos_enc"):
             t = getattr(m, name, None)
             if t is not None:
                 t.normal_()
     return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_video_model(0)
 
 
 def test_real_rotation_is_sams_complex_rotation():
@@ -247,14 +254,7 @@ def test_track_decoder_exports_to_onnx_and_matches(model, tmp_path):
 @pytest.fixture(scope="module")
 def model7():
     """The tiny model with sam2's 7 memory frames (the tiny overrides keep 2)."""
-    torch.manual_seed(1)
-    spec = sources.Sam2Spec(source="tiny", architecture="tiny", config=sources.SAM2_CONFIGS["tiny"],
-                            overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES,
-                                       *sources.SAM2_VIDEO_OVERRIDES, "++model.num_maskmem=7"])  # fmt: skip
-    m = build_sam2(spec)
-    with torch.no_grad():
-        m.maskmem_tpos_enc.normal_()
-    return m
+    return tiny_video_model(1, "++model.num_maskmem=7")
 
 
 @pytest.mark.parametrize(
