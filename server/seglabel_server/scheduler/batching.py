@@ -45,6 +45,11 @@ class WorkItem:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def gave_up(item: WorkItem) -> bool:
+    """Its request was cancelled or passed its deadline, or its caller stopped waiting: never run."""
+    return item.ctx.done() or item.future.cancelled()
+
+
 def rank(item: WorkItem, now: float, aging_s: float = 0.0) -> tuple[int, int, float]:
     """(effective class, fair-share turn, admission time): the smaller runs first. The class
     improves by one per ``aging_s`` (0: never) the request has waited since it was admitted. Work
@@ -124,13 +129,15 @@ class Backlog:
         gone: list[WorkItem] = []
         for key in list(self.lanes):
             lane = self.lanes[key]
-            if any(i.ctx.done() or i.future.cancelled() for i in lane):
-                gone += [i for i in lane if i.ctx.done() or i.future.cancelled()]
-                live = [i for i in lane if not (i.ctx.done() or i.future.cancelled())]
-                lane.clear()
-                lane.extend(live)
-                if not lane:
-                    del self.lanes[key]
+            if not any(gave_up(i) for i in lane):
+                continue
+            live = deque()
+            for i in lane:
+                (gone if gave_up(i) else live).append(i)
+            if live:
+                self.lanes[key] = live
+            else:
+                del self.lanes[key]
         self.size -= len(gone)
         return gone
 
@@ -159,8 +166,10 @@ def collate_batch(
     leave the items of that class (the other workers, where the lane has sessions of its own).
     """
     now = time.monotonic() if now is None else now
-    dropped = [i for i in pending if i.ctx.done() or i.future.cancelled()]
-    live = [i for i in pending if not (i.ctx.done() or i.future.cancelled())]
+    dropped: list[WorkItem] = []
+    live: list[WorkItem] = []
+    for i in pending:
+        (dropped if gave_up(i) else live).append(i)
     batch: list[WorkItem] = []
     total = 0
     candidates = [i for i in live if _takes(i, only, skip)]
@@ -189,7 +198,7 @@ def _takes(item: WorkItem, only: int | None, skip: int | None) -> bool:
 
 
 def pick_stage(
-    queues: dict[str, deque],
+    queues: dict[str, deque | list],
     configs: dict[str, StageConfig],
     now: float,
     aging_s: float = 0.0,
@@ -206,7 +215,7 @@ def pick_stage(
     for order, stage in enumerate(configs):
         q = queues[stage]
         if only is not None or skip is not None:
-            q = deque(i for i in q if _takes(i, only, skip))
+            q = [i for i in q if _takes(i, only, skip)]
         if not q:
             continue
         cfg = configs[stage]

@@ -44,6 +44,7 @@ from seglabel_server.scheduler.batching import (
     StageConfig,
     WorkItem,
     collate_batch,
+    gave_up,
     pick_stage,
 )
 from seglabel_server.types import RequestContext
@@ -242,7 +243,7 @@ class Scheduler:
             now = time.monotonic()
             while backlog and len(q) < cfg.max_queue:
                 item = backlog.pop_best(now, self.aging_s)
-                if item.ctx.done() or item.future.cancelled():
+                if gave_up(item):
                     dropped.append(item)
                 else:
                     q.append(item)

@@ -107,8 +107,11 @@ class Admission:
     ) -> AsyncIterator[Ticket]:
         """One request in: counted against the in-flight places its class may take (Overloaded when
         they are taken: batch requests first), its ticket's charges released whatever the exit.
-        ``ticket.turn``: its fair-share turn among the requests of other ``share`` s (jobs, callers).
-        ``ctx`` (the request's, for the scheduler) gets the class, turn and admission time."""
+        ``ticket.turn``: its fair-share turn among the requests of other ``share`` s (jobs, callers;
+        empty: the caller's, ``ctx.share``). ``ctx`` (the request's, for the scheduler) lowers the
+        class to its token's best (``ctx.ceiling``) and gets the class, turn and admission time."""
+        if ctx is not None:
+            priority, share = max(priority, ctx.ceiling), share or ctx.share
         limit = self.limit(priority)
         if self.inflight >= limit:
             raise self.refused(

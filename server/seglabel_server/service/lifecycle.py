@@ -127,8 +127,13 @@ class Lifecycle:
         click = SegmentOptions(prompt_type="points", points=((32.0, 32.0, 1),))
         await self.loaded.run(click, image, ctx)
         await self.loaded.pipeline.warm_up(tuple(self.cfg.pipeline.vocabulary), image, ctx)
-        # the interactive lane's own sessions, where it has them (a first run is slower)
-        await self.loaded.run(click, image, RequestContext(request_id="warmup-click", priority=INTERACTIVE))
+        sched = self.loaded.pipeline.scheduler
+        if (
+            sched.lane_executor is not sched.executor
+        ):  # the interactive lane's own sessions (a first run is slower)
+            await self.loaded.run(
+                click, image, RequestContext(request_id="warmup-click", priority=INTERACTIVE)
+            )
 
     def drain(self) -> None:
         """Refuse new requests (UNAVAILABLE); those in flight go on."""

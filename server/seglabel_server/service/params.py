@@ -137,7 +137,8 @@ def check_prompts_inside(p: SegmentOptions, w: int, h: int) -> None:
 def priority_of(p: SegmentOptions, ceiling: int = INTERACTIVE) -> int:
     """The scheduler's class of a Segment request: the one it asks for, else interactive for points
     and boxes (clicks) and default for a grid. ``ceiling``: the best class the caller's token allows;
-    asking for a better one is refused (PermissionDenied), a better default is lowered to it."""
+    asking for a better one is refused (PermissionDenied); a better default is lowered to it at
+    admission (``Admission.admit``)."""
     if p.priority:
         if p.priority not in CLASSES:
             raise InvalidArgument(f"priority must be one of {', '.join(CLASSES)}, got {p.priority!r}")
@@ -145,7 +146,7 @@ def priority_of(p: SegmentOptions, ceiling: int = INTERACTIVE) -> int:
             best = next(k for k, v in CLASSES.items() if v == ceiling)
             raise PermissionDenied(f"this token may ask for priority {best} at best, not {p.priority}")
         return CLASSES[p.priority]
-    return max(ceiling, INTERACTIVE if p.prompt_type in ("points", "box") else DEFAULT)
+    return INTERACTIVE if p.prompt_type in ("points", "box") else DEFAULT
 
 
 def plan_segment(c: PipelineConfig, p: SegmentOptions, caps: Capabilities) -> SegmentJob:

@@ -108,7 +108,7 @@ class SeglabelService:
     ) -> SegmentResult:
         self.lifecycle.require_ready()
         priority = priority_of(params, ctx.ceiling)
-        async with self.admission.admit(priority, params.job or ctx.share, ctx) as ticket:
+        async with self.admission.admit(priority, params.job, ctx) as ticket:
             job = plan_segment(self.cfg.pipeline, params, self.capabilities)
             if job.labels and job.params.vocabulary_name:
                 job.labelling = await self.vocabularies.spec(job.params, ctx)
@@ -176,7 +176,7 @@ class SeglabelService:
         self.lifecycle.require_ready()
         self.lifecycle.require("depth", "depth")
         depth = self.lifecycle.loaded.repo.manifest["depth"]
-        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
+        async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
             t0 = time.perf_counter()
             opened = await self.images.open(file_id, data, "EstimateDepthRequest")
             ticket.charge(
@@ -200,7 +200,7 @@ class SeglabelService:
         text_options = resolve_text(
             self.cfg.pipeline, text_options
         )  # bad thresholds: refused before any work
-        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
+        async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
             t0 = time.perf_counter()
             opened = await self.images.open(file_id, data, "ExtractTextRequest")
             ticket.charge(2 * opened.width * opened.height * 3 + text_bytes(opened.width, opened.height))

@@ -238,7 +238,7 @@ class Vocabularies:
             )
         await self.load(name, ctx)  # NotFound first, and a vocabulary of another model rebuilt
         self.lifecycle.require_ready()
-        async with self.admission.admit(max(DEFAULT, ctx.ceiling), ctx.share, ctx) as ticket:
+        async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
             ticket.charge(self._example_bytes(examples))
             embedded = await self._embed(examples, ctx)
         new = [StoredExample.new(not ex.negative, emb, src) for ex, (emb, src) in zip(examples, embedded)]

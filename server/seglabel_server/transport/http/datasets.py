@@ -201,7 +201,7 @@ class DatasetJobs:
         try:
             try:
                 result = await self.gateway.segment(
-                    job.params, None, data, RequestContext(ceiling=job.ceiling, share=f"dataset:{job.id}")
+                    job.params, None, data, RequestContext(ceiling=job.ceiling)
                 )
                 resp = convert.result_to_pb(result)
                 rec = await asyncio.to_thread(records.image_record, resp, item.sha, job.opts)

@@ -25,9 +25,9 @@ class RemoteGateway:
     async def _call(self, method: Callable, *args, ctx=None):
         """``method`` (a LocalGateway method) with ``args`` on a replica, which gives it a
         RequestContext of its own with the route's caller (its token's class, its fair-share key)."""
-        caller = (ctx.ceiling, ctx.share) if ctx is not None else (0, "")
         value, _, error = await call_replica(
-            lambda: on(self.replicas, Replica.gateway).remote(method, *args, caller=caller), method.__name__
+            lambda: on(self.replicas, Replica.gateway).remote(method, *args, caller=_caller(ctx)),
+            method.__name__,
         )
         if error is not None:
             raise unpack(error)
@@ -81,7 +81,7 @@ class RemoteGateway:
     async def segment_events(self, params, file_id, data, ctx=None) -> AsyncGenerator[object, None]:
         events = stream_replica(
             lambda: on(self.replicas, Replica.events, stream=True).remote(
-                params, file_id, data, caller=(ctx.ceiling, ctx.share) if ctx is not None else (0, "")
+                params, file_id, data, caller=_caller(ctx)
             ),
             "segment stream",
         )
@@ -90,3 +90,8 @@ class RemoteGateway:
                 if error is not None:
                     raise unpack(error)
                 yield event
+
+
+def _caller(ctx) -> tuple[int, str]:
+    """A route's request context as the replica's ``caller``: (the token's best class, the fair-share key)."""
+    return (ctx.ceiling, ctx.share) if ctx is not None else (0, "")
