@@ -67,7 +67,10 @@ class Replica:
             log.info(
                 "replica pinned to CPUs %s", pin_to_cpus(getattr(ctx.rank, "local_rank", 0) or 0, pin_cpus)
             )
-        cfg = ServerConfig(port=0)
+        # The interactive lane's own sessions and lowered batch priority are off by default here:
+        # with them, Ray's router sent every Relabel of tests/integration/test_ray.py to one of two
+        # replicas on one node (not traced); args.server may turn them on.
+        cfg = ServerConfig(port=0, interactive_lane=False)
         apply_settings(
             cfg, dict(server or {}), "the Ray application's args.server"
         )  # ConfigError, never an exit
