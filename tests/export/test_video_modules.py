@@ -11,33 +11,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from seglabel_export import sources
 from seglabel_export.exporter import _export_graph
-from seglabel_server.models.torch_modules.checkpoints import build_sam2
 from seglabel_server.models.torch_modules.video import (
     Sam2MemoryAttention,
+    Sam2MemoryConditioner,
     Sam2MemoryEncoder,
     Sam2TrackDecoder,
     rope_tables,
     rotate,
 )
 
-
-def tiny_video_model(seed: int, *extra: str):
-    """The tests' tiny SAM2.1 with its video path and the video predictor's settings (``extra``:
-    more overrides). sam2 initialises the no-object and temporal embeddings to zero; random values
-    make the tests see them."""
-    torch.manual_seed(seed)
-    spec = sources.Sam2Spec(source="tiny", architecture="tiny", config=sources.SAM2_CONFIGS["tiny"],
-                            overrides=[*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES,
-                                       *sources.SAM2_VIDEO_OVERRIDES, *extra])  # fmt: skip
-    m = build_sam2(spec)
-    with torch.no_grad():
-        for name in ("no_obj_embed_spatial", "maskmem_tpos_enc"):
-            t = getattr(m, name, None)
-            if t is not None:
-                t.normal_()
-    return m
+from tests.export.video_models import tiny_video_model
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +73,36 @@ def test_memory_attention_equals_sams(model, frames, ptrs):
     assert (got - want).abs().max().item() < 1e-5
 
 
+def frame_features(model, frames: int, seed: int):
+    """F frames' image-encoder outputs as the image path hands them over: raw features plus
+    ``no_mem_embed`` (returned too: sam2's tracker reads the raw ones)."""
+    side = model.image_size // model.backbone_stride
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randn(frames, model.hidden_dim, side, side, generator=g)
+    return raw + model.no_mem_embed.reshape(1, -1, 1, 1).detach(), raw
+
+
 def test_memory_encoder_equals_sams(model):
     side, s = model.image_size // model.backbone_stride, model.image_size
     g = torch.Generator().manual_seed(1)
-    pix = torch.randn(2, model.hidden_dim, side, side, generator=g)
-    logits = torch.randn(2, 1, s, s, generator=g) * 4
+    embed, raw = frame_features(model, 2, seed=1)
+    rows = torch.tensor([1, 0])  # each object reads another frame
+    low = torch.randn(2, 1, s // 4, s // 4, generator=g) * 4
     score = torch.tensor([[3.0], [-2.0]])  # one object present, one absent
     enc = Sam2MemoryEncoder(model).eval()
     for from_points in (False, True):
         with torch.no_grad():
-            vision = [pix.flatten(2).permute(2, 0, 1)]  # sam2's (HW)BC
-            want_f, want_p = model._encode_new_memory(vision, [(side, side)], logits, score, from_points)
-            got_f, got_p = enc(pix, logits, score, torch.full((2,), float(from_points)))
+            vision = [raw[rows].flatten(2).permute(2, 0, 1)]  # sam2's (HW)BC
+            high = torch.nn.functional.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
+            want_f, want_p = model._encode_new_memory(vision, [(side, side)], high, score, from_points)
+            got_f = enc(embed, rows, low, score, torch.full((2,), float(from_points)))
         assert (got_f - want_f).abs().max().item() < 1e-5
-        assert (got_p - want_p[-1]).abs().max().item() < 1e-6
+    # the memory's position encoding, a constant of the conditioner, is sam2's
+    want_pos = want_p[-1][:1].flatten(2).transpose(1, 2)
+    assert (Sam2MemoryConditioner(model).memory_pos - want_pos).abs().max().item() < 1e-6
     # the no-object embedding reaches the absent object only
-    assert not torch.allclose(got_f[1], enc(pix, logits, torch.tensor([[3.0], [3.0]]), torch.ones(2))[0][1])
+    present = enc(embed, rows, low, torch.tensor([[3.0], [3.0]]), torch.ones(2))
+    assert not torch.allclose(got_f[1], present[1]) and torch.allclose(got_f[0], present[0])
 
 
 def test_video_modules_export_to_onnx_and_match(model, tmp_path):
@@ -122,23 +120,21 @@ def test_video_modules_export_to_onnx_and_match(model, tmp_path):
         assert np.abs(got - want).max() < 1e-4, (frames, ptrs)
 
     enc = Sam2MemoryEncoder(model).eval()
-    side, s = model.image_size // model.backbone_stride, model.image_size
-    ex = {"pix_feat": torch.randn(1, model.hidden_dim, side, side), "mask_logits": torch.randn(1, 1, s, s),
+    s4 = model.image_size // 4
+    embed, _ = frame_features(model, 1, seed=2)
+    ex = {"image_embed": embed, "rows": torch.zeros(1, dtype=torch.int64), "mask_logits": torch.randn(1, 1, s4, s4),
           "object_score": torch.ones(1, 1), "from_points": torch.zeros(1)}  # fmt: skip
-    batch = {k: {0: "objects"} for k in ex}
-    _export_graph(enc, ex, batch, tmp_path / "memory_encoder.onnx", 17)
+    axes = {k: {0: "objects"} for k in ex}
+    axes["image_embed"] = {0: "frames"}
+    _export_graph(enc, ex, axes, tmp_path / "memory_encoder.onnx", 17)
     sess = ort.InferenceSession(str(tmp_path / "memory_encoder.onnx"), providers=["CPUExecutionProvider"])
-    pix = torch.randn(3, model.hidden_dim, side, side)
-    logits, score, pts = (
-        torch.randn(3, 1, s, s) * 4,
-        torch.tensor([[1.0], [-1.0], [2.0]]),
-        torch.tensor([0.0, 1.0, 1.0]),
-    )
-    feats, pos = sess.run(None, {"pix_feat": pix.numpy(), "mask_logits": logits.numpy(),
-                                 "object_score": score.numpy(), "from_points": pts.numpy()})  # fmt: skip
+    embed, _ = frame_features(model, 2, seed=3)  # 2 frames, 3 objects
+    feeds = {"image_embed": embed, "rows": torch.tensor([0, 1, 1]), "mask_logits": torch.randn(3, 1, s4, s4) * 4,
+             "object_score": torch.tensor([[1.0], [-1.0], [2.0]]), "from_points": torch.tensor([0.0, 1.0, 1.0])}  # fmt: skip
+    feats = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
     with torch.no_grad():
-        want_f, want_p = enc(pix, logits, score, pts)
-    assert np.abs(feats - want_f.numpy()).max() < 1e-4 and np.abs(pos - want_p.numpy()).max() < 1e-5
+        want = enc(**feeds)
+    assert np.abs(feats - want.numpy()).max() < 1e-4
 
 
 def heads_inputs(model, batch: int, seed: int):
@@ -209,8 +205,10 @@ def test_track_decoder_and_choice_equal_sams_heads(tuned, case):
             x["image_embed"], None if points is None else {"point_coords": coords, "point_labels": labels},
             x["mask"] if with_mask else None, feats, multimask,
         )  # fmt: skip
-        out = Sam2TrackDecoder(model).eval()(x["image_embed"], *feats, coords, labels, x["mask"],
-                                             torch.full((b,), float(with_mask)))  # fmt: skip
+        # the frames' high-resolution features given once per frame, read by row (here: reversed)
+        rev = torch.arange(b - 1, -1, -1)
+        out = Sam2TrackDecoder(model).eval()(x["image_embed"], feats[0][rev], feats[1][rev], rev, coords, labels,
+                                             x["mask"], torch.full((b,), float(with_mask)))  # fmt: skip
     dec = model.sam_mask_decoder
     cfg = HeadsConfig(multimask_token_for_ptr=model.use_multimask_token_for_obj_ptr,
                       dynamic_fallback=dec.dynamic_multimask_via_stability,
@@ -233,15 +231,16 @@ def test_track_decoder_exports_to_onnx_and_matches(model, tmp_path):
     x = heads_inputs(model, 2, seed=5)
     feats = [x["image_embed"], x["high_res_feats_0"], x["high_res_feats_1"]]
     example = dict(zip(("image_embed", "high_res_feats_0", "high_res_feats_1"), feats))
-    example.update(point_coords=torch.rand(2, 2, 2) * model.image_size, point_labels=torch.tensor([[1, 0], [2, 3]], dtype=torch.int32),
+    example.update(rows=torch.arange(2), point_coords=torch.rand(2, 2, 2) * model.image_size, point_labels=torch.tensor([[1, 0], [2, 3]], dtype=torch.int32),
                    mask_input=x["mask"], has_mask=torch.tensor([0.0, 1.0]))  # fmt: skip
     axes = {k: {0: "objects"} for k in example}
     axes["point_coords"], axes["point_labels"] = {0: "objects", 1: "points"}, {0: "objects", 1: "points"}
+    axes["high_res_feats_0"], axes["high_res_feats_1"] = {0: "frames"}, {0: "frames"}
     _export_graph(dec, example, axes, tmp_path / "track_decoder.onnx", 17)
     sess = ort.InferenceSession(str(tmp_path / "track_decoder.onnx"), providers=["CPUExecutionProvider"])
     y = heads_inputs(model, 3, seed=6)  # 3 objects, one point each (a tracked frame's padding)
-    feeds = {"image_embed": y["image_embed"], "high_res_feats_0": y["high_res_feats_0"],
-             "high_res_feats_1": y["high_res_feats_1"], "point_coords": torch.zeros(3, 1, 2),
+    feeds = {"image_embed": y["image_embed"], "high_res_feats_0": y["high_res_feats_0"][:2],
+             "high_res_feats_1": y["high_res_feats_1"][:2], "rows": torch.tensor([1, 0, 1]), "point_coords": torch.zeros(3, 1, 2),
              "point_labels": -torch.ones(3, 1, dtype=torch.int32), "mask_input": y["mask"],
              "has_mask": torch.tensor([1.0, 0.0, 1.0])}  # fmt: skip
     got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})
@@ -257,6 +256,65 @@ def model7():
     return tiny_video_model(1, "++model.num_maskmem=7")
 
 
+def conditioning_case(m, frame: int, cond: list[int], b: int, seed: int, num_frames: int = 30):
+    """A bank of random encoded masks and pointers for ``b`` objects prompted on ``cond`` and
+    tracked up to ``frame``; the frame's features (with and without ``no_mem_embed``); sam2's
+    ``_prepare_memory_conditioned_features`` on them (the real position encodings) and our plan."""
+    from seglabel_server.pipeline.tracking import MemoryConfig, memory_plan
+
+    side, c, cm = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim
+    cons = Sam2MemoryConditioner(m)
+    g = torch.Generator().manual_seed(seed)
+    mem_pos = cons.memory_pos.transpose(1, 2).reshape(1, cm, side, side).expand(b, -1, -1, -1)
+    bank = {t: {"maskmem_features": torch.randn(b, cm, side, side, generator=g), "maskmem_pos_enc": [mem_pos],
+                "obj_ptr": torch.randn(b, c, generator=g)} for t in range(num_frames) if t != frame}  # fmt: skip
+    tracked = {t for t in bank if t not in cond and t < frame}  # tracked so far, forward
+    output = {"cond_frame_outputs": {t: bank[t] for t in cond if t != frame},
+              "non_cond_frame_outputs": {t: bank[t] for t in tracked}}  # fmt: skip
+    embed, raw = frame_features(m, 1, seed)
+    curr = raw.flatten(2).permute(2, 0, 1).expand(-1, b, -1)
+    pos = cons.curr_pos.transpose(0, 1).expand(-1, b, -1)
+    with torch.no_grad():
+        want = m._prepare_memory_conditioned_features(
+            frame, False, [curr], [pos], [(side, side)], output, num_frames
+        )
+    cfg = MemoryConfig(num_maskmem=m.num_maskmem, max_cond_frames=m.max_cond_frames_in_attn,
+                       stride=m.memory_temporal_stride_for_eval, max_obj_ptrs=m.max_obj_ptrs_in_encoder,
+                       ptrs_only_past=m.only_obj_ptrs_in_the_past_for_eval,
+                       signed_ptr_offsets=m.use_signed_tpos_enc_to_obj_ptrs)  # fmt: skip
+    plan = memory_plan(frame, [t for t in cond if t != frame], tracked, num_frames, cfg)
+    return bank, embed, want, plan
+
+
+def conditioner_feeds(m, rows: list[tuple[dict, tuple, int]], num_frames: int = 30) -> dict:
+    """One batch, each row (bank, plan, object index in the bank), padded to the longest."""
+    t_max = min(num_frames, m.max_obj_ptrs_in_encoder) - 1
+    m_len = max(len(plan[0]) for _, plan, _ in rows)
+    n_len = max(len(plan[1]) for _, plan, _ in rows)
+    side, c, cm, b = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim, len(rows)
+    f = {"memory": torch.zeros(b, m_len, cm, side, side), "memory_tpos": torch.zeros(b, m_len, dtype=torch.int64),
+         "memory_valid": torch.zeros(b, m_len), "ptrs": torch.zeros(b, n_len, c), "ptr_pos": torch.zeros(b, n_len),
+         "ptr_valid": torch.zeros(b, n_len)}  # fmt: skip
+    for i, (bank, (mem, ptrs), k) in enumerate(rows):
+        for j, (t, tpos) in enumerate(mem):
+            f["memory"][i, j], f["memory_tpos"][i, j], f["memory_valid"][i, j] = (
+                bank[t]["maskmem_features"][k],
+                tpos,
+                1,
+            )
+        for j, (t, off) in enumerate(ptrs):
+            f["ptrs"][i, j], f["ptr_pos"][i, j], f["ptr_valid"][i, j] = bank[t]["obj_ptr"][k], off / t_max, 1
+    return f
+
+
+def test_conditioner_position_encodings_are_the_backbones(model7):
+    m = model7
+    with torch.no_grad():
+        out = m.forward_image(torch.randn(1, 3, m.image_size, m.image_size))
+    want = out["vision_pos_enc"][-1].flatten(2).transpose(1, 2)
+    assert (Sam2MemoryConditioner(m).curr_pos - want).abs().max().item() < 1e-6
+
+
 @pytest.mark.parametrize(
     "frame,cond,limit,stride",
     [
@@ -268,67 +326,51 @@ def model7():
     ],
 )
 def test_memory_plan_and_conditioner_equal_sams(model7, frame, cond, limit, stride):
-    """A bank of random encoded masks and pointers: the frames our plan picks, conditioned by our
-    module, give sam2's ``_prepare_memory_conditioned_features`` output."""
-    from seglabel_server.models.torch_modules.video import Sam2MemoryConditioner
-    from seglabel_server.pipeline.tracking import MemoryConfig, memory_plan
-
-    m, b, num_frames = model7, 2, 30
+    """The frames our plan picks, conditioned by our module, give sam2's output."""
+    m = model7
     m.max_cond_frames_in_attn, m.memory_temporal_stride_for_eval = limit, stride
-    side, c, cm = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim
-    g = torch.Generator().manual_seed(frame)
-    bank = {t: {"maskmem_features": torch.randn(b, cm, side, side, generator=g),
-                "maskmem_pos_enc": [torch.randn(b, cm, side, side, generator=g)],
-                "obj_ptr": torch.randn(b, c, generator=g)} for t in range(num_frames) if t != frame}  # fmt: skip
-    tracked = {t for t in bank if t not in cond and t < frame}  # tracked so far, forward
-    output = {"cond_frame_outputs": {t: bank[t] for t in cond if t != frame},
-              "non_cond_frame_outputs": {t: bank[t] for t in tracked}}  # fmt: skip
-    curr, pos = torch.randn(side * side, b, c, generator=g), torch.randn(side * side, b, c, generator=g)
+    try:
+        bank, embed, want, plan = conditioning_case(m, frame, cond, 2, seed=frame)
+        feeds = conditioner_feeds(m, [(bank, plan, 0), (bank, plan, 1)])
+        with torch.no_grad():
+            got = Sam2MemoryConditioner(m).eval()(embed, torch.zeros(2, dtype=torch.int64), **feeds)
+        assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5
+    finally:
+        m.max_cond_frames_in_attn, m.memory_temporal_stride_for_eval = -1, 1
+
+
+def test_conditioner_batches_objects_with_different_plans(model7):
+    """Objects whose plans differ (memory frames, pointers) and frames in one batch, padded and
+    masked: each row equals sam2 run on that object alone."""
+    m = model7
+    cases = [conditioning_case(m, 13, [0, 5], 1, seed=1), conditioning_case(m, 13, [11], 1, seed=2),
+             conditioning_case(m, 3, [0], 1, seed=3)]  # fmt: skip
+    assert len({(len(p[0]), len(p[1])) for _, _, _, p in cases}) == 3
+    embed = torch.cat([c[1] for c in cases])
+    feeds = conditioner_feeds(m, [(bank, plan, 0) for bank, _, _, plan in cases])
     with torch.no_grad():
-        want = m._prepare_memory_conditioned_features(
-            frame, False, [curr], [pos], [(side, side)], output, num_frames
-        )
-    cfg = MemoryConfig(num_maskmem=m.num_maskmem, max_cond_frames=limit, stride=stride,
-                       max_obj_ptrs=m.max_obj_ptrs_in_encoder, ptrs_only_past=m.only_obj_ptrs_in_the_past_for_eval,
-                       signed_ptr_offsets=m.use_signed_tpos_enc_to_obj_ptrs)  # fmt: skip
-    mem, ptrs = memory_plan(frame, [t for t in cond if t != frame], tracked, num_frames, cfg)
-    flat = lambda t: t.flatten(2).transpose(1, 2)  # noqa: E731  [B, Cm, H, W] -> [B, HW, Cm]
-    t_max = min(num_frames, m.max_obj_ptrs_in_encoder) - 1
-    with torch.no_grad():
-        got = Sam2MemoryConditioner(m).eval()(
-            curr.transpose(0, 1), pos.transpose(0, 1),
-            torch.cat([flat(bank[t]["maskmem_features"]) for t, _ in mem], 1),
-            torch.cat([flat(bank[t]["maskmem_pos_enc"][-1]) for t, _ in mem], 1),
-            torch.tensor([p for _, p in mem]),
-            torch.stack([bank[t]["obj_ptr"] for t, _ in ptrs], 1),
-            torch.tensor([o / t_max for _, o in ptrs], dtype=torch.float32),
-        )  # fmt: skip
-    assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5
-    m.max_cond_frames_in_attn, m.memory_temporal_stride_for_eval = -1, 1
+        got = Sam2MemoryConditioner(m).eval()(embed, torch.arange(3), **feeds)
+    for i, (_, _, want, _) in enumerate(cases):
+        assert (got[i : i + 1] - want).abs().max().item() < 1e-5, i
 
 
 def test_memory_conditioner_exports_to_onnx_and_matches(model7, tmp_path):
-    from seglabel_server.models.torch_modules.video import Sam2MemoryConditioner
-
     m = model7
-    side, c, cm = m.image_size // m.backbone_stride, m.hidden_dim, m.mem_dim
-    hw = side * side
-
-    def inputs(b, frames, ptrs, seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"curr": torch.randn(b, hw, c, generator=g), "curr_pos": torch.randn(b, hw, c, generator=g),
-                "memory": torch.randn(b, frames * hw, cm, generator=g), "memory_pos": torch.randn(b, frames * hw, cm, generator=g),
-                "memory_tpos": torch.tensor([0, *range(1, frames)][:frames]), "ptrs": torch.randn(b, ptrs, c, generator=g),
-                "ptr_pos": torch.linspace(-0.5, 1.0, ptrs)}  # fmt: skip
-
+    cases = [conditioning_case(m, 13, [0, 5], 2, seed=4), conditioning_case(m, 20, [0, 16], 1, seed=5)]
     cond = Sam2MemoryConditioner(m).eval()
-    axes = {"curr": {0: "b"}, "curr_pos": {0: "b"}, "memory": {0: "b", 1: "m"}, "memory_pos": {0: "b", 1: "m"},
-            "memory_tpos": {0: "f"}, "ptrs": {0: "b", 1: "n"}, "ptr_pos": {0: "n"}}  # fmt: skip
-    _export_graph(cond, inputs(1, 3, 4, 0), axes, tmp_path / "conditioner.onnx", 17)
+    bank, embed, _, plan = cases[0]
+    example = {"image_embed": embed, "rows": torch.zeros(1, dtype=torch.int64),
+               **conditioner_feeds(m, [(bank, (plan[0][:2], plan[1][:3]), 0)])}  # fmt: skip
+    axes = {"image_embed": {0: "f"}, "rows": {0: "b"}, "memory": {0: "b", 1: "m"}, "memory_tpos": {0: "b", 1: "m"},
+            "memory_valid": {0: "b", 1: "m"}, "ptrs": {0: "b", 1: "n"}, "ptr_pos": {0: "b", 1: "n"}, "ptr_valid": {0: "b", 1: "n"}}  # fmt: skip
+    _export_graph(cond, example, axes, tmp_path / "conditioner.onnx", 17)
     sess = ort.InferenceSession(str(tmp_path / "conditioner.onnx"), providers=["CPUExecutionProvider"])
-    for b, frames, ptrs in ((2, 7, 16), (1, 1, 1)):
-        x = inputs(b, frames, ptrs, frames)
-        got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
-        with torch.no_grad():
-            want = cond(**x).numpy()
-        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4, (b, frames, ptrs)
+    rows = [(cases[0][0], cases[0][3], 0), (cases[0][0], cases[0][3], 1), (cases[1][0], cases[1][3], 0)]
+    x = {
+        "image_embed": torch.cat([cases[0][1], cases[1][1]]),
+        "rows": torch.tensor([0, 0, 1]),
+        **conditioner_feeds(m, rows),
+    }
+    got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
+    want = torch.cat([cases[0][2], cases[1][2]]).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4

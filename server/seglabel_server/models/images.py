@@ -67,21 +67,28 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     return decode_opened(open_image(data, max_pixels), max_pixels)
 
 
-def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
-    """RGB uint8 [H,W,3] -> float32 [3,size,size]: square resize (as SAM2Transforms), [0,1], normalise."""
-    resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
+def _square(image: np.ndarray, size: int, mean, std, resample) -> np.ndarray:
+    resized = Image.fromarray(image).resize((size, size), resample)
     x = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """RGB uint8 [H,W,3] -> float32 [3,size,size]: square resize (as SAM2Transforms), [0,1], normalise."""
+    return _square(image, size, mean, std, Image.BILINEAR)
+
+
+def video_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """A video frame as sam2's video loader prepares it (``sam2.utils.misc.load_video_frames``:
+    Pillow's default, bicubic, square resize, [0,1], normalise)."""
+    return _square(image, size, mean, std, Image.BICUBIC)
 
 
 def depth_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
     """RGB uint8 [H,W,3] -> float32 [3,size,size] for Depth Anything: square bicubic resize (as
     transformers' conversion check), [0,1], ImageNet normalisation."""
-    resized = Image.fromarray(image).resize((size, size), Image.BICUBIC)
-    x = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return _square(image, size, mean, std, Image.BICUBIC)
 
 
 def crop_region(box_xywh, w: int, h: int, size: int, context: float) -> tuple[int, int, int, int, int, int]:

@@ -59,7 +59,8 @@ class RealRoPEAttention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(self, q, k, v, k_extra=None, v_extra=None) -> torch.Tensor:
+    def forward(self, q, k, v, k_extra=None, v_extra=None, bias=None) -> torch.Tensor:
+        """``bias`` [B, 1, 1, keys]: added to the attention logits (padded keys: a large negative)."""
         a = self.attn
         q = rotate(self._heads(a.q_proj(q)), self.cos, self.sin)
         k = rotate(self._heads(a.k_proj(k)), self.cos, self.sin)
@@ -67,7 +68,8 @@ class RealRoPEAttention(nn.Module):
         if k_extra is not None:
             k = torch.cat([k, self._heads(a.k_proj(k_extra))], dim=2)
             v = torch.cat([v, self._heads(a.v_proj(v_extra))], dim=2)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
         out = (weights @ v).transpose(1, 2)
         return a.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
 
@@ -95,7 +97,8 @@ class Sam2MemoryAttention(nn.Module):
             RealRoPEAttention(layer.cross_attn_image, (size, size)) for layer in ma.layers
         )
 
-    def forward(self, curr, curr_pos, memory, memory_pos, ptr, ptr_pos) -> torch.Tensor:
+    def forward(self, curr, curr_pos, memory, memory_pos, ptr, ptr_pos, bias=None) -> torch.Tensor:
+        """``bias``: [B, 1, 1, memory + pointer tokens], for rows padded to the batch's longest."""
         ma = self.ma
         out = curr + 0.1 * curr_pos if ma.pos_enc_at_input else curr
         for layer, sa, ca in zip(ma.layers, self.self_attn, self.cross_attn):
@@ -106,38 +109,48 @@ class Sam2MemoryAttention(nn.Module):
             q = t + curr_pos if layer.pos_enc_at_cross_attn_queries else t
             keys = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
             ptr_keys = ptr + ptr_pos if layer.pos_enc_at_cross_attn_keys else ptr
-            out = out + ca(q, keys, memory, ptr_keys, ptr)
+            out = out + ca(q, keys, memory, ptr_keys, ptr, bias)
             t = layer.norm3(out)
             out = out + layer.linear2(layer.activation(layer.linear1(t)))
         return ma.norm(out)
 
 
+def raw_features(model: nn.Module, image_embed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The frames' lowest-resolution features as sam2's tracker reads them, one row per object:
+    the image encoder's ``image_embed`` (which adds ``no_mem_embed``, as the image predictor
+    does, so that one encoder serves images and video) less ``no_mem_embed``, row ``rows[i]``."""
+    return image_embed.index_select(0, rows) - model.no_mem_embed.reshape(1, -1, 1, 1)
+
+
 class Sam2MemoryEncoder(nn.Module):
-    output_names = ("maskmem_features", "maskmem_pos_enc")
-    """sam2's ``_encode_new_memory`` for one frame's objects: ``pix_feat`` [B, C, H, W] (the frame's
-    lowest-resolution features, before any memory), ``mask_logits`` [B, 1, S, S] (the high-resolution
-    mask logits at the model's image size), ``object_score`` [B, 1] (its object score logit),
+    output_names = ("maskmem_features",)
+    """sam2's ``_encode_new_memory`` for a batch of objects: ``image_embed`` [F, C, H, W] (the image
+    encoder's output for F frames) and ``rows`` [B] (the frame of each object), ``mask_logits``
+    [B, 1, 4H, 4W] (the low-resolution mask logits chosen for the frame, upsampled here to the
+    model's image size as sam2 does), ``object_score`` [B, 1] (its object score logit),
     ``from_points`` [B] (1 where the mask came from clicks on a conditioning frame: binarised
     instead of squashed, as sam2's video predictor does: it builds the model with
-    ``binarize_mask_from_pts_for_mem_enc``, per call where this is per object). Outputs the
-    memory features [B, Cm, H, W] (with the no-object embedding where the object is absent) and
-    their position encoding."""
+    ``binarize_mask_from_pts_for_mem_enc``, per call where this is per object). Output: the memory
+    features [B, Cm, H, W], with the no-object embedding where the object is absent. Their
+    position encoding depends on the shape only (``Sam2MemoryConditioner`` holds it)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pix_feat, mask_logits, object_score, from_points):
+    def forward(self, image_embed, rows, mask_logits, object_score, from_points):
         m = self.model
+        pix_feat = raw_features(m, image_embed, rows)
+        size = (m.image_size, m.image_size)
+        high = torch.nn.functional.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
         pick = from_points.reshape(-1, 1, 1, 1).float()
-        soft = pick * (mask_logits > 0).float() + (1 - pick) * torch.sigmoid(mask_logits)
+        soft = pick * (high > 0).float() + (1 - pick) * torch.sigmoid(high)
         mask = soft * m.sigmoid_scale_for_mem_enc + m.sigmoid_bias_for_mem_enc
-        out = m.memory_encoder(pix_feat, mask, skip_mask_sigmoid=True)
-        feats, pos = out["vision_features"], out["vision_pos_enc"][-1]
+        feats = m.memory_encoder(pix_feat, mask, skip_mask_sigmoid=True)["vision_features"]
         if m.no_obj_embed_spatial is not None:
             absent = 1.0 - (object_score > 0).float()
             feats = feats + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None]
-        return feats, pos
+        return feats
 
 
 class Sam2TrackDecoder(nn.Module):
@@ -147,8 +160,9 @@ class Sam2TrackDecoder(nn.Module):
     (``pipeline.tracking.select_heads``), so that one graph serves clicks and tracked frames.
 
     Inputs, one row per object: ``image_embed`` [B, C, h, w] (the frame's features: conditioned on
-    the memory on a tracked frame, plus ``no_mem_embed`` on a first frame), ``high_res_feats_0`` /
-    ``high_res_feats_1``, ``point_coords`` [B, P, 2] and ``point_labels`` [B, P] (a frame without
+    the memory on a tracked frame, the image encoder's own (with ``no_mem_embed``) on a first frame),
+    ``high_res_feats_0`` / ``high_res_feats_1`` [F, ...] of F frames and ``rows`` [B] (each object's
+    frame among them), ``point_coords`` [B, P, 2] and ``point_labels`` [B, P] (a frame without
     clicks: one point labelled -1, as sam2 pads), ``mask_input`` [B, 1, 4h, 4w] with ``has_mask``
     [B] (1: the mask logits are a dense prompt; 0: none, sam2's ``no_mask_embed``). Outputs:
     ``masks`` [B, 4, 4h, 4w] low-resolution logits of every mask token, ``ious`` [B, 4],
@@ -161,9 +175,10 @@ class Sam2TrackDecoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels,
+    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, rows, point_coords, point_labels,
                 mask_input, has_mask):  # fmt: skip
         m = self.model
+        high_res = [high_res_feats_0.index_select(0, rows), high_res_feats_1.index_select(0, rows)]
         pe, dec = m.sam_prompt_encoder, m.sam_mask_decoder
         sparse = pe._embed_points(point_coords, point_labels, pad=True)
         b = image_embed.shape[0]
@@ -174,7 +189,7 @@ class Sam2TrackDecoder(nn.Module):
         dense = flag * pe.mask_downscaling(mask_input) + (1 - flag) * no_mask
         masks, ious, tokens, score = dec.predict_masks(
             image_embeddings=image_embed, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, repeat_image=False, high_res_features=[high_res_feats_0, high_res_feats_1],
+            dense_prompt_embeddings=dense, repeat_image=False, high_res_features=high_res,
         )  # fmt: skip
         ptrs = m.obj_ptr_proj(tokens)
         if m.pred_obj_scores:
@@ -185,15 +200,22 @@ class Sam2TrackDecoder(nn.Module):
         return masks, ious, ptrs, score
 
 
+PAD = -1e9  # attention logit of a padded memory key or pointer (exp underflows to exactly 0)
+
+
 class Sam2MemoryConditioner(nn.Module):
-    """A tracked frame's features conditioned on its memory, as sam2's
+    """Tracked frames' features conditioned on each object's memory, as sam2's
     ``_prepare_memory_conditioned_features`` does after choosing the frames
-    (``pipeline.tracking.memory_plan``): the temporal encodings added here, from the model's
-    weights. Inputs: ``curr`` / ``curr_pos`` [B, HW, C] (the frame's raw lowest-resolution features
-    and position encoding), ``memory`` / ``memory_pos`` [B, F*HW, Cm] (the chosen frames' encoded
-    masks and their spatial encoding, frame after frame), ``memory_tpos`` [F] int64 (each frame's
-    t_pos: 0 for conditioning frames), ``ptrs`` [B, N, C] (object pointers), ``ptr_pos`` [N] (each
-    pointer's frame offset divided by the largest offset allowed). Output ``pix_feat_with_mem``
+    (``pipeline.tracking.memory_plan``), for a batch of objects whose plans differ: each row padded
+    to the batch's most memory frames and pointers, the padding masked out of the attention.
+
+    Inputs: ``image_embed`` [F, C, H, W] (the image encoder's output for F frames) and ``rows``
+    [B] (each object's frame); ``memory`` [B, M, Cm, H, W] (each object's chosen encoded masks),
+    ``memory_tpos`` [B, M] int64 (each one's t_pos: 0 for conditioning frames), ``memory_valid``
+    [B, M] (0 for padding); ``ptrs`` [B, N, C] (object pointers), ``ptr_pos`` [B, N] (each one's
+    frame offset divided by the largest offset allowed), ``ptr_valid`` [B, N]. The position
+    encodings that depend on the shape only (the frame's, the memory's) are constants of the
+    graph; the temporal ones come from the model's weights. Output ``pix_feat_with_mem``
     [B, C, H, W]."""
 
     output_names = ("pix_feat_with_mem",)
@@ -202,23 +224,63 @@ class Sam2MemoryConditioner(nn.Module):
         super().__init__()
         self.model = model
         self.attention = Sam2MemoryAttention(model)
-        self.side = model.image_size // model.backbone_stride
+        side = model.image_size // model.backbone_stride
+        self.side = side
+        with torch.no_grad():
+            curr_pos = model.image_encoder.neck.position_encoding(
+                torch.zeros(1, model.hidden_dim, side, side)
+            )
+            mem_pos = model.memory_encoder.position_encoding(torch.zeros(1, model.mem_dim, side, side))
+        self.register_buffer("curr_pos", curr_pos.flatten(2).transpose(1, 2), persistent=False)  # [1, HW, C]
+        self.register_buffer(
+            "memory_pos", mem_pos.flatten(2).transpose(1, 2), persistent=False
+        )  # [1, HW, Cm]
 
-    def forward(self, curr, curr_pos, memory, memory_pos, memory_tpos, ptrs, ptr_pos):
+    def forward(self, image_embed, rows, memory, memory_tpos, memory_valid, ptrs, ptr_pos, ptr_valid):
         from sam2.modeling.sam2_utils import get_1d_sine_pe
 
         m = self.model
-        b, c, cm = curr.shape[0], m.hidden_dim, m.mem_dim
+        b, c, cm = rows.shape[0], m.hidden_dim, m.mem_dim
         hw = self.side * self.side
-        tpos = m.maskmem_tpos_enc.reshape(m.num_maskmem, cm)[m.num_maskmem - memory_tpos - 1]  # [F, Cm]
-        memory_pos = (memory_pos.reshape(b, -1, hw, cm) + tpos[None, :, None, :]).reshape(b, -1, cm)
+        curr = raw_features(m, image_embed, rows).flatten(2).transpose(1, 2)
+        curr_pos = self.curr_pos.expand(b, -1, -1)
+        tpos = m.maskmem_tpos_enc.reshape(m.num_maskmem, cm)[m.num_maskmem - memory_tpos - 1]  # [B, M, Cm]
+        memory_pos = (self.memory_pos[:, None] + tpos[:, :, None, :]).reshape(b, -1, cm)
+        memory = memory.flatten(3).transpose(2, 3).reshape(b, -1, cm)
         if m.add_tpos_enc_to_obj_ptrs:
             pe = get_1d_sine_pe(ptr_pos, dim=c if m.proj_tpos_enc_in_obj_ptrs else cm)
-            pe = m.obj_ptr_tpos_proj(pe)  # [N, Cm]
+            pe = m.obj_ptr_tpos_proj(pe)  # [B, N, Cm]
         else:
-            pe = torch.zeros(ptr_pos.shape[0], cm)
+            pe = torch.zeros(b, ptr_pos.shape[1], cm)
         split = c // cm  # a pointer as C // Cm tokens where the memory is narrower
         tokens = ptrs.reshape(b, -1, split, cm).reshape(b, -1, cm)
-        token_pos = pe.repeat_interleave(split, dim=0)[None].expand(b, -1, -1)
-        out = self.attention(curr, curr_pos, memory, memory_pos, tokens, token_pos)
+        token_pos = pe[:, :, None].expand(-1, -1, split, -1).reshape(b, -1, cm)
+        mem_valid = memory_valid[:, :, None].expand(-1, -1, hw).reshape(b, -1)
+        ptr_valid = ptr_valid[:, :, None].expand(-1, -1, split).reshape(b, -1)
+        valid = torch.cat([mem_valid, ptr_valid], 1)
+        bias = ((1.0 - valid.float()) * PAD)[:, None, None, :]
+        out = self.attention(curr, curr_pos, memory, memory_pos, tokens, token_pos, bias)
         return out.transpose(1, 2).reshape(b, c, self.side, self.side)
+
+
+def tracking_settings(model: nn.Module) -> dict:
+    """The settings the host's tracking loop reads (sam2's names), as the manifest records them."""
+    dec = model.sam_mask_decoder
+    return {
+        "image_size": model.image_size,
+        "num_maskmem": model.num_maskmem,
+        "max_cond_frames_in_attn": model.max_cond_frames_in_attn,
+        "memory_temporal_stride_for_eval": model.memory_temporal_stride_for_eval,
+        "max_obj_ptrs_in_encoder": model.max_obj_ptrs_in_encoder,
+        "only_obj_ptrs_in_the_past_for_eval": model.only_obj_ptrs_in_the_past_for_eval,
+        "use_signed_tpos_enc_to_obj_ptrs": model.use_signed_tpos_enc_to_obj_ptrs,
+        "use_multimask_token_for_obj_ptr": model.use_multimask_token_for_obj_ptr,
+        "dynamic_multimask_via_stability": dec.dynamic_multimask_via_stability,
+        "dynamic_multimask_stability_delta": dec.dynamic_multimask_stability_delta,
+        "dynamic_multimask_stability_thresh": dec.dynamic_multimask_stability_thresh,
+        "pred_obj_scores": model.pred_obj_scores,
+        "multimask_output_in_sam": model.multimask_output_in_sam,
+        "multimask_output_for_tracking": model.multimask_output_for_tracking,
+        "multimask_min_pt_num": model.multimask_min_pt_num,
+        "multimask_max_pt_num": model.multimask_max_pt_num,
+    }
