@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps label-studio label-studio-start venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-gpu gpu-wheels soak clean
+.PHONY: system-deps label-studio label-studio-start venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-track bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -55,7 +55,7 @@ checkpoints:
 # The model repository: official checkpoints when present (or downloadable), otherwise random
 # weights of the same architectures (loudly reported by export, server and GetServerInfo). Exported
 # again when the graph definitions change (the server refuses a repository of another format).
-$(MODELS)/manifest.json: server/seglabel_server/models/torch_modules/modules.py export/seglabel_export/exporter.py scripts/make_models.sh | $(VENV)/.installed
+$(MODELS)/manifest.json: server/seglabel_server/models/torch_modules/modules.py server/seglabel_server/models/torch_modules/video.py export/seglabel_export/exporter.py export/seglabel_export/families.py scripts/make_models.sh | $(VENV)/.installed
 	bash scripts/make_models.sh $(VENV) $(MODELS) $(CHECKPOINTS) $(SAM2_SIZE) $(DEPTH_SIZE)
 models: $(MODELS)/manifest.json
 
@@ -161,6 +161,12 @@ soak: models
 # Labels that learn: scoring cost of 1,000 examples for 50 masks, and Relabel's p50 on a server.
 bench-learn: models
 	$(PY) scripts/bench_learn.py --models $(MODELS)
+
+# Tracking (issue 34): seglabel's tracking loop on the exported full-size video graphs (ONNX Runtime)
+# against sam2's own SAM2VideoPredictor on the same random weights, frames and prompts, in the same
+# run: frames/s, stages, state per object, mask IoU. sam2's side is slow here (seconds a frame).
+bench-track: $(VENV)/.installed
+	$(PY) scripts/bench_track.py --objects 1,3,10 --sam2-objects 1,3 --frames 10 --sizes 512,1024
 
 # One request's memory (peak over the idle server, RSS after, the budget's estimate against the
 # peak; and over the same request for 1 mask): grid 16 / 32 / 64 at 1 and 4 MP, 1000 masks, then

@@ -201,11 +201,12 @@ def _export_into(
     rel = families.relative_to(repo)
     manifest = _manifest_head(repo, [s for s in (sam_spec, clip_spec, depth_spec) if s])
     built = {"sam2": families.sam2_family(sam_spec, rel)}
+    built["sam2_video"] = families.sam2_video_family(built["sam2"].modules["sam2_image_encoder"].model)
     if clip_spec:
         built["clip"] = families.clip_family(clip_spec, rel, repo)
     if depth_spec:
         built["depth"] = families.depth_family(depth_spec, rel)
-    for name in ("sam2", "clip", "depth"):
+    for name in ("sam2", "sam2_video", "clip", "depth"):
         manifest[name] = built[name].section if name in built else None
     modules = {k: m for f in built.values() for k, m in f.modules.items()}
     graphs = [g for f in built.values() for g in f.graphs]

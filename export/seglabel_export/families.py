@@ -99,6 +99,29 @@ def sam2_family(spec, rel) -> Family:
     return Family(section, modules, graphs, {"sam2_mask_decoder": Sam2MaskDecoder(model, 0.0, 1.0).eval()})
 
 
+def sam2_video_family(model) -> Family:
+    """SAM2.1's video path (``sam2_video``), from the image family's network (the same weights):
+    the memory conditioner, the track decoder and the memory encoder, and the settings the host's
+    tracking loop reads. The frames' features are the image encoder's."""
+    from seglabel_server.models.torch_modules.video import (
+        Sam2MemoryConditioner,
+        Sam2MemoryEncoder,
+        Sam2TrackDecoder,
+        tracking_settings,
+    )
+
+    from seglabel_export.video import graph_examples
+
+    modules = {
+        "sam2_track_conditioner": Sam2MemoryConditioner(model).eval(),
+        "sam2_track_decoder": Sam2TrackDecoder(model).eval(),
+        "sam2_memory_encoder": Sam2MemoryEncoder(model).eval(),
+    }
+    examples = graph_examples(model)
+    graphs = [(name, *examples[name]) for name in modules]
+    return Family({"tracking": tracking_settings(model)}, modules, graphs)
+
+
 def clip_family(spec, rel, repo: Path) -> Family:
     """open_clip's image and text towers, and the tokenizer's vocabulary copied into the repository."""
     clip = sources.build_clip(spec)

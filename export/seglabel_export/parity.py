@@ -158,6 +158,22 @@ def parity_checks(
                     )
         log(f"  parity {dec_name} ({case}): done")
 
+    if "sam2_track_conditioner" in models:
+        # The video graphs on their example inputs drawn again (the photo's features for the frame,
+        # two objects whose memory plans differ: the conditioner's padding masked)
+        from seglabel_export.video import graph_examples
+
+        torch.manual_seed(seed)
+        for name, (example, _) in graph_examples(modules["sam2_track_conditioner"].model).items():
+            feeds = {k: v.numpy() for k, v in example.items()}
+            if "image_embed" in feeds and name != "sam2_track_decoder":
+                feeds["image_embed"] = features["photo"]["image_embed"]
+            if "memory_valid" in feeds:
+                feeds["memory_valid"][1, 2] = feeds["ptr_valid"][1, 1] = 0.0
+            ours, ref = _Ort(repo / models[name]["path"])(feeds), _torch_run(modules[name], feeds)
+            rows += _compare(name, "random", list(modules[name].output_names), ours, ref)
+        log("  parity sam2 video: done")
+
     if "clip_image_encoder" in models:
         clip = manifest["clip"]
         img_ort = _Ort(repo / models["clip_image_encoder"]["path"])

@@ -78,12 +78,9 @@ SAM2_TINY_OVERRIDES = [
     "++model.memory_encoder.fuser.layer.dim=32",
     "++model.memory_encoder.fuser.num_layers=1",
     "++model.num_maskmem=2",
+    # the memory encoder projects from the neck's width (sam2's configs leave it at 256)
+    "++model.memory_encoder.in_dim=32",
 ]
-
-# The tiny model's video path: its memory encoder projects from the tiny neck's width. Kept apart
-# from SAM2_TINY_OVERRIDES for now: it changes the order random weights are drawn in, and so every
-# tiny image model the tests were tuned on.
-SAM2_TINY_VIDEO_OVERRIDES = ["++model.memory_encoder.in_dim=32"]
 
 # What sam2's build_sam2_video_predictor adds to a config's model (its post-processing on; its
 # fill_hole_area=8 is the predictor's own, not the model's): the video path is proved against sam2's

@@ -21,6 +21,9 @@ def test_repository_layout_and_manifest(tiny_repo):
     assert set(models) == {
         "sam2_image_encoder",
         "sam2_mask_decoder",
+        "sam2_track_conditioner",
+        "sam2_track_decoder",
+        "sam2_memory_encoder",
         "clip_image_encoder",
         "clip_text_encoder",
     }
@@ -74,7 +77,10 @@ def test_parity_covers_every_output_and_prompt_shape(tiny_repo):
             if n > 1:  # a min_iou that keeps about half of the prompts
                 assert ("sam2_mask_decoder", f"{src} N={n} P={DECODER_PS[0]} min_iou") in cases
     outputs = {(r["model"], r["output"]) for r in rows}
-    assert len(outputs) == 3 + 6 + 1 + 1  # encoder 3, decoder 6, clip 1 + 1
+    # encoder 3, decoder 6, the video path's conditioner 1, track decoder 4, memory encoder 1, clip 1 + 1
+    assert len(outputs) == 3 + 6 + 1 + 4 + 1 + 1 + 1
+    video = json.loads((tiny_repo / "manifest.json").read_text())["sam2_video"]
+    assert video["tracking"]["num_maskmem"] == 2 and video["tracking"]["image_size"] == 256  # the tiny model's
 
 
 def test_verify_reruns_parity_on_fresh_inputs(tiny_repo, capsys):

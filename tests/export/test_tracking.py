@@ -10,20 +10,19 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-from seglabel_export.exporter import _export_graph
+from seglabel_export.video import export_video
+from seglabel_server.backends.onnx_folder import OnnxFolderBackend
 from seglabel_server.models.images import video_preprocess
-from seglabel_server.models.kinds.sam2 import ENCODER_OUTPUTS
 from seglabel_server.models.torch_modules.modules import Sam2ImageEncoder
 from seglabel_server.models.torch_modules.video import (
     Sam2MemoryConditioner,
     Sam2MemoryEncoder,
     Sam2TrackDecoder,
 )
-from seglabel_server.pipeline.tracker import Prompt, TrackSession, from_bf16, to_bf16
+from seglabel_server.pipeline.tracker import DirectTrackModels, Prompt, TrackSession, from_bf16, to_bf16
 
 from tests.export.video_models import LAST_FRAME, track_config, video_predictor
 
@@ -53,70 +52,24 @@ def write_frames(folder) -> list[np.ndarray]:
     return frames
 
 
-class TorchModels:
-    """The video path's torch modules, called directly (the served path goes through the scheduler)."""
+class ModulesBackend:
+    """The video path's torch modules run by model name, as a backend runs a repository's."""
 
     def __init__(self, model):
-        self.parts = (Sam2ImageEncoder(model).eval(), Sam2MemoryConditioner(model).eval(),
-                      Sam2TrackDecoder(model).eval(), Sam2MemoryEncoder(model).eval())  # fmt: skip
+        self.modules = {"sam2_image_encoder": Sam2ImageEncoder(model).eval(),
+                        "sam2_track_conditioner": Sam2MemoryConditioner(model).eval(),
+                        "sam2_track_decoder": Sam2TrackDecoder(model).eval(),
+                        "sam2_memory_encoder": Sam2MemoryEncoder(model).eval()}  # fmt: skip
 
-    @staticmethod
-    def _call(module, feeds):
+    def run(self, model, feeds):
+        module = self.modules[model]
         with torch.no_grad():
-            out = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
-        return out.numpy() if isinstance(out, torch.Tensor) else [o.numpy() for o in out]
+            out = module(**{k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in feeds.items()})
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(module.output_names, out)}
 
-    async def encode(self, pixels):
-        return dict(zip(ENCODER_OUTPUTS, self._call(self.parts[0], {"images": pixels})))
-
-    async def condition(self, feeds):
-        return self._call(self.parts[1], feeds)
-
-    async def decode(self, feeds):
-        return self._call(self.parts[2], feeds)
-
-    async def encode_memory(self, feeds):
-        return self._call(self.parts[3], feeds)
-
-
-class OnnxModels(TorchModels):
-    """The same four graphs exported (opset 17, objects / memory frames / pointers as dynamic
-    axes), run by ONNX Runtime."""
-
-    def __init__(self, model, folder):
-        tm = TorchModels(model)
-        s, side = model.image_size, model.image_size // model.backbone_stride
-        c, cm = model.hidden_dim, model.mem_dim
-        r = torch.randn
-        embed = {"image_embed": r(1, c, side, side), "rows": torch.zeros(2, dtype=torch.int64)}
-        examples = [
-            ({"images": r(1, 3, s, s)}, {"images": {0: "b"}}),
-            ({**embed, "memory": r(2, 3, cm, side, side), "memory_tpos": torch.tensor([[0, 1, 2], [0, 2, 3]]),
-              "memory_valid": torch.ones(2, 3), "ptrs": r(2, 2, c), "ptr_pos": r(2, 2), "ptr_valid": torch.ones(2, 2)},
-             {"image_embed": {0: "f"}, "rows": {0: "b"}, "memory": {0: "b", 1: "m"}, "memory_tpos": {0: "b", 1: "m"},
-              "memory_valid": {0: "b", 1: "m"}, "ptrs": {0: "b", 1: "n"}, "ptr_pos": {0: "b", 1: "n"}, "ptr_valid": {0: "b", 1: "n"}}),
-            ({"image_embed": r(2, c, side, side), "high_res_feats_0": r(1, c // 8, 4 * side, 4 * side),
-              "high_res_feats_1": r(1, c // 4, 2 * side, 2 * side), "rows": torch.zeros(2, dtype=torch.int64),
-              "point_coords": r(2, 2, 2), "point_labels": torch.ones(2, 2, dtype=torch.int32),
-              "mask_input": r(2, 1, 4 * side, 4 * side), "has_mask": torch.zeros(2)},
-             {"image_embed": {0: "b"}, "high_res_feats_0": {0: "f"}, "high_res_feats_1": {0: "f"}, "rows": {0: "b"},
-              "point_coords": {0: "b", 1: "p"}, "point_labels": {0: "b", 1: "p"}, "mask_input": {0: "b"}, "has_mask": {0: "b"}}),
-            ({**embed, "mask_logits": r(2, 1, s // 4, s // 4), "object_score": r(2, 1), "from_points": torch.zeros(2)},
-             {"image_embed": {0: "f"}, "rows": {0: "b"}, "mask_logits": {0: "b"}, "object_score": {0: "b"}, "from_points": {0: "b"}}),
-        ]  # fmt: skip
-        self.sessions = []
-        for i, (module, (example, axes)) in enumerate(zip(tm.parts, examples)):
-            _export_graph(module, example, axes, folder / f"part{i}.onnx", 17)
-            self.sessions.append(
-                ort.InferenceSession(str(folder / f"part{i}.onnx"), providers=["CPUExecutionProvider"])
-            )
-        self.parts = self.sessions
-
-    @staticmethod
-    def _call(sess, feeds):
-        names = {i.name for i in sess.get_inputs()}
-        out = sess.run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in names})
-        return out[0] if len(out) == 1 else out
+    def to_host(self, x):
+        return np.asarray(x)
 
 
 def sams_run(predictor, folder) -> tuple[dict, dict]:
@@ -178,7 +131,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_tracking_equals_sam2_video_predictor(setup, engine, tmp_path):
     predictor, folder, frames, (want_masks, want_scores) = setup
-    models = TorchModels(predictor) if engine == "torch" else OnnxModels(predictor, tmp_path)
+    backend = ModulesBackend(predictor) if engine == "torch" else OnnxFolderBackend(export_video(predictor, tmp_path))
+    models = DirectTrackModels(backend)
     got_masks, got_scores, sizes = our_run(models, track_config(predictor), frames)
     assert set(got_masks) == set(want_masks) == set(range(FRAMES))
     for obj, first in ((1, 0), (2, 0), (3, LATER)):

@@ -14,7 +14,7 @@ from seglabel_export.triton import model_config_module, validate
 def test_every_model_has_a_config_that_triton_parses_and_that_matches_its_graph(scene_repo):
     manifest = json.loads((scene_repo / "manifest.json").read_text())
     mc = model_config_module()
-    assert len(manifest["models"]) == 8
+    assert len(manifest["models"]) == 11  # SAM2 2 + its video path 3 + CLIP 2 + depth 1 + OCR 3
     for name in manifest["models"]:
         config = text_format.Parse((scene_repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
         assert config.name == name and config.platform == "onnxruntime_onnx"

@@ -9,7 +9,7 @@ from seglabel_server.models.torch_modules.checkpoints import build_sam2
 from seglabel_server.models.torch_modules.video import tracking_settings
 from seglabel_server.pipeline.tracker import TrackConfig
 
-TINY = [*sources.SAM2_TINY_OVERRIDES, *sources.SAM2_TINY_VIDEO_OVERRIDES]
+TINY = list(sources.SAM2_TINY_OVERRIDES)
 
 
 def randomise_zero_inits(m) -> None:

@@ -196,6 +196,9 @@ async def test_server_info_tells_the_truth(make_server):
     assert {m.name for m in info.models} == {
         "sam2_image_encoder",
         "sam2_mask_decoder",
+        "sam2_track_conditioner",
+        "sam2_track_decoder",
+        "sam2_memory_encoder",
         "clip_image_encoder",
         "clip_text_encoder",
     }

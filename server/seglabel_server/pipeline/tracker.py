@@ -16,33 +16,76 @@ and the memory encoder (the frame's masks into each object's memory). What runs 
   latest), the last ``num_maskmem`` frames' memory and the last ``max_obj_ptrs`` pointers. sam2's
   predictor keeps every frame's; here the state per object does not grow with the video.
 
-The model calls go through ``TrackModels`` (the scheduler's stages when served; a backend's
-sessions directly in tests and benchmarks), with feeds named as the exported graphs' inputs."""
+The model calls go through ``TrackModels``: the scheduler's stages when served
+(``ScheduledTrackModels``), a backend directly in tools, tests and benchmarks
+(``DirectTrackModels``); the kinds turn the items into each graph's inputs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from seglabel_server.errors import InvalidArgument, LimitExceeded
+from seglabel_server.models.kinds import sam2, video
+from seglabel_server.models.kinds.video import ConditionRequest, MemoryRequest, TrackDecodeRequest
 from seglabel_server.pipeline.tracking import HeadsConfig, MemoryConfig, memory_plan, select_heads
 
 UNBOUNDED = 1 << 30  # a stream's length when it is not known (sam2 reads the video's)
 
 
 class TrackModels(Protocol):
-    """The four graphs of the video path (inputs and outputs as ``torch_modules.video`` names
-    them), each called with one batch of named numpy feeds."""
+    """The video path's model calls: the frame's encoder outputs (opaque to the session) and the
+    three video kinds' items (``models/kinds/video.py``)."""
 
-    async def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]: ...
+    async def encode(self, pixels: np.ndarray) -> Any: ...
 
-    async def condition(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+    async def condition(self, req: ConditionRequest) -> np.ndarray: ...
 
-    async def decode(self, feeds: dict[str, np.ndarray]) -> Sequence[np.ndarray]: ...
+    async def decode(self, req: TrackDecodeRequest) -> Sequence[np.ndarray]: ...
 
-    async def encode_memory(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+    async def encode_memory(self, req: MemoryRequest) -> np.ndarray: ...
+
+
+class DirectTrackModels:
+    """The kinds executed on a backend directly, no scheduler: tools, tests, benchmarks."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    async def encode(self, pixels: np.ndarray):
+        return sam2.ENCODER.execute(self.backend, [pixels[0]])[0]
+
+    async def condition(self, req: ConditionRequest) -> np.ndarray:
+        return video.CONDITIONER.execute(self.backend, [req])[0]
+
+    async def decode(self, req: TrackDecodeRequest):
+        return video.TRACK_DECODER.execute(self.backend, [req])[0]
+
+    async def encode_memory(self, req: MemoryRequest) -> np.ndarray:
+        return video.MEMORY_ENCODER.execute(self.backend, [req])[0]
+
+
+class ScheduledTrackModels:
+    """The kinds as the scheduler's stages: frames and objects of concurrent sessions share batches."""
+
+    def __init__(self, scheduler, ctx):
+        self.scheduler, self.ctx = scheduler, ctx
+
+    async def encode(self, pixels: np.ndarray):
+        return await self.scheduler.run(sam2.ENCODER.name, pixels[0], self.ctx)
+
+    async def condition(self, req: ConditionRequest) -> np.ndarray:
+        return await self.scheduler.run(video.CONDITIONER.name, req, self.ctx)
+
+    async def decode(self, req: TrackDecodeRequest):
+        return await self.scheduler.run(video.TRACK_DECODER.name, req, self.ctx)
+
+    async def encode_memory(self, req: MemoryRequest) -> np.ndarray:
+        return await self.scheduler.run(video.MEMORY_ENCODER.name, req, self.ctx)
 
 
 @dataclass(frozen=True)
@@ -56,6 +99,7 @@ class TrackConfig:
     multimask_for_tracking: bool = True  # multimask_output_for_tracking
     multimask_points: tuple[int, int] = (0, 1)  # multimask_min_pt_num, multimask_max_pt_num
     max_cond_frames: int = 4  # prompted frames kept per object (sam2 keeps all)
+    max_objects: int = 32  # objects tracked at once in one session
 
     @classmethod
     def from_settings(cls, s: dict, **bounds) -> TrackConfig:
@@ -102,12 +146,31 @@ class Prompt:
     box: tuple[float, float, float, float] | None = None
 
     def model_points(self, width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(coords [P, 2] in the model's square input, labels [P]) as sam2 scales them; a prompt
+        off the frame or malformed is the caller's error."""
+        who = f"object {self.obj_id}"
+        if len(self.points) != len(self.labels):
+            raise InvalidArgument(f"{who}: {len(self.points)} points but {len(self.labels)} labels")
+        if not self.points and self.box is None:
+            raise InvalidArgument(f"{who}: a prompt needs points or a box")
+        if any(v not in (0, 1) for v in self.labels):
+            raise InvalidArgument(f"{who}: point labels are 1 (foreground) or 0 (background)")
         xy = ([(self.box[0], self.box[1]), (self.box[2], self.box[3])] if self.box else []) + list(
             self.points
         )
+        coords = np.asarray(xy, np.float64).reshape(-1, 2)
+        if (
+            not np.isfinite(coords).all()
+            or (coords < 0).any()
+            or (coords[:, 0] > width).any()
+            or (coords[:, 1] > height).any()
+        ):
+            raise InvalidArgument(f"{who}: prompt outside the {width}x{height} frame")
+        if self.box is not None and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+            raise InvalidArgument(f"{who}: a box is x0,y0,x1,y1 with x0 < x1 and y0 < y1")
         lab = ([2, 3] if self.box else []) + [int(v) for v in self.labels]
-        coords = np.asarray(xy, np.float32).reshape(-1, 2) / np.array([width, height], np.float32) * size
-        return coords.astype(np.float32), np.asarray(lab, np.int32)
+        scaled = coords / np.array([width, height]) * size
+        return scaled.astype(np.float32), np.asarray(lab, np.int32)
 
 
 @dataclass
@@ -141,6 +204,12 @@ class ObjectFrame:
     prompted: bool
 
 
+def _rows(ids: list[int], chosen, score) -> dict[int, tuple[np.ndarray, float, np.ndarray, float]]:
+    """``select_heads``'s choice per object: (low-res logits, IoU, pointer, object score)."""
+    low, iou, ptr = chosen
+    return {k: (low[i, 0], float(iou[i]), ptr[i], float(score[i, 0])) for i, k in enumerate(ids)}
+
+
 class TrackSession:
     """One video's or stream's tracking state. ``step`` takes the frames in increasing index
     (a live stream may skip indices); prompts given with a frame apply to it."""
@@ -164,107 +233,93 @@ class TrackSession:
         prepares them; ``size`` the frame's (height, width)); ``prompts`` start or restart objects
         on it. Answers in object order (the order they were first prompted)."""
         if frame <= self.last_frame:
-            raise ValueError(f"frame {frame} after frame {self.last_frame}: frames go forward")
-        feats = await self.models.encode(pixels)
+            raise InvalidArgument(f"frame {frame} after frame {self.last_frame}: frames go forward")
         by_obj = {p.obj_id: p for p in prompts}
+        if len(by_obj) != len(prompts):
+            raise InvalidArgument("one prompt per object and frame (points and a box go in one prompt)")
+        new = [k for k in by_obj if k not in self.objects]
+        if len(self.objects) + len(new) > self.cfg.max_objects:
+            raise LimitExceeded(f"at most {self.cfg.max_objects} objects per session")
+        h, w = size
+        clicks = [
+            (p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts
+        ]  # checked before any work
+        feats = await self.models.encode(pixels)
         for obj_id in by_obj:
             self.objects.setdefault(obj_id, ObjectTrack())
         tracked = [k for k, o in self.objects.items() if k not in by_obj and o.frames]
-        rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        rows: dict[int, tuple[np.ndarray, float, np.ndarray, float]] = {}
         if tracked:
             rows.update(await self._track(frame, feats, tracked))
-        rows.update(await self._first(feats, size, [by_obj[k] for k in by_obj]))
+        rows.update(await self._first(feats, clicks))
         order = [k for k in self.objects if k in rows]
         await self._remember(frame, feats, order, rows, set(by_obj))
         self.last_frame = frame
-        return [ObjectFrame(k, rows[k][0], rows[k][3], float(rows[k][1]), k in by_obj) for k in order]
+        return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], k in by_obj) for k in order]
 
-    def _decode_feeds(self, feats, embed, coords, labels) -> dict[str, np.ndarray]:
-        b = embed.shape[0]
-        low = self.cfg.image_size // 4
-        return {"image_embed": embed, "high_res_feats_0": feats["high_res_feats_0"],
-                "high_res_feats_1": feats["high_res_feats_1"], "rows": np.zeros(b, np.int64),
-                "point_coords": coords, "point_labels": labels,
-                "mask_input": np.zeros((b, 1, low, low), np.float32), "has_mask": np.zeros(b, np.float32)}  # fmt: skip
-
-    async def _first(self, feats, size, prompts: list[Prompt]) -> dict[int, tuple]:
-        """SAM on the frame alone for each prompted object, one decoder batch per number of points
-        (sam2's prompt encoder is not invariant to padding points)."""
+    async def _first(self, frame, clicks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, tuple]:
+        """SAM on the frame alone for each prompted object (id, coords, labels), one decoder item
+        per number of points (sam2's prompt encoder is not invariant to padding points)."""
         out: dict[int, tuple] = {}
-        groups: dict[int, list[tuple[Prompt, np.ndarray, np.ndarray]]] = {}
-        h, w = size
-        for p in prompts:
-            coords, labels = p.model_points(w, h, self.cfg.image_size)
-            if len(labels) == 0:
-                raise ValueError(f"object {p.obj_id}: a prompt needs points or a box")
-            groups.setdefault(len(labels), []).append((p, coords, labels))
+        groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for c in clicks:
+            groups.setdefault(len(c[2]), []).append(c)
         for n, group in groups.items():
-            embed = np.repeat(feats["image_embed"], len(group), axis=0)
-            masks, ious, ptrs, score = await self.models.decode(self._decode_feeds(
-                feats, embed, np.stack([g[1] for g in group]), np.stack([g[2] for g in group])))  # fmt: skip
-            low, iou, ptr = select_heads(np.asarray(masks), np.asarray(ious), np.asarray(ptrs), np.asarray(score),
-                                         use_multimask(self.cfg, True, n), self.cfg.heads)  # fmt: skip
-            for i, (p, _, _) in enumerate(group):
-                out[p.obj_id] = (low[i, 0], iou[i], ptr[i], float(np.asarray(score)[i, 0]))
+            req = TrackDecodeRequest(
+                frame, None, np.stack([g[1] for g in group]), np.stack([g[2] for g in group])
+            )
+            outs = await self.models.decode(req)
+            chosen = select_heads(*outs, use_multimask(self.cfg, True, n), self.cfg.heads)
+            out.update(_rows([g[0] for g in group], chosen, outs[3]))
         return out
 
-    async def _track(self, frame: int, feats, ids: list[int]) -> dict[int, tuple]:
-        """Every tracked object onto this frame: its memory read in (one conditioner batch, rows
-        padded), then the decoder with no clicks."""
-        cfg = self.cfg.memory
-        plans = []
-        for k in ids:
-            o = self.objects[k]
-            cond = [t for t in o.cond if t in o.frames]
-            plans.append(memory_plan(frame, cond, set(o.frames) - set(cond), self.num_frames, cfg))
-        b = len(ids)
-        m_len = max(len(mem) for mem, _ in plans)
-        n_len = max(1, max(len(p) for _, p in plans))
-        cm_shape, c = self._shapes
-        memory = np.zeros((b, m_len, *cm_shape), np.float32)
-        tpos, mvalid = np.zeros((b, m_len), np.int64), np.zeros((b, m_len), np.float32)
-        ptrs, ppos, pvalid = (
-            np.zeros((b, n_len, c), np.float32),
-            np.zeros((b, n_len), np.float32),
-            np.zeros((b, n_len), np.float32),
-        )
+    def _condition_request(self, frame, obj_id: int, at: int) -> ConditionRequest:
+        """One object's memory plan on frame ``at`` as the conditioner's inputs (batch 1)."""
+        cfg, o = self.cfg.memory, self.objects[obj_id]
+        cond = [t for t in o.cond if t in o.frames]
+        mem, pts = memory_plan(at, cond, set(o.frames) - set(cond), self.num_frames, cfg)
         t_max = min(self.num_frames, cfg.max_obj_ptrs) - 1
-        for i, (k, (mem, pts)) in enumerate(zip(ids, plans)):
-            frames = self.objects[k].frames
-            for j, (t, pos) in enumerate(mem):
-                memory[i, j], tpos[i, j], mvalid[i, j] = from_bf16(frames[t].feats), pos, 1.0
-            for j, (t, off) in enumerate(pts):
-                ptrs[i, j], ppos[i, j], pvalid[i, j] = frames[t].ptr, off / t_max, 1.0
-        embed = await self.models.condition({
-            "image_embed": feats["image_embed"], "rows": np.zeros(b, np.int64), "memory": memory,
-            "memory_tpos": tpos, "memory_valid": mvalid, "ptrs": ptrs, "ptr_pos": ppos, "ptr_valid": pvalid})  # fmt: skip
-        coords, labels = np.zeros((b, 1, 2), np.float32), -np.ones((b, 1), np.int32)
-        masks, ious, obj_ptrs, score = await self.models.decode(
-            self._decode_feeds(feats, np.asarray(embed), coords, labels)
+        n = max(1, len(pts))
+        ptrs, ppos, pvalid = (
+            np.zeros((1, n, self._shapes[1]), np.float32),
+            np.zeros((1, n), np.float32),
+            np.zeros((1, n), np.float32),
         )
-        low, iou, ptr = select_heads(np.asarray(masks), np.asarray(ious), np.asarray(obj_ptrs), np.asarray(score),
-                                     use_multimask(self.cfg, False, 0), self.cfg.heads)  # fmt: skip
-        return {k: (low[i, 0], iou[i], ptr[i], float(np.asarray(score)[i, 0])) for i, k in enumerate(ids)}
+        for j, (t, off) in enumerate(pts):
+            ptrs[0, j], ppos[0, j], pvalid[0, j] = o.frames[t].ptr, off / t_max, 1.0
+        return ConditionRequest(
+            frame, np.stack([from_bf16(o.frames[t].feats) for t, _ in mem])[None],
+            np.array([[p for _, p in mem]], np.int64), np.ones((1, len(mem)), np.float32), ptrs, ppos, pvalid,
+        )  # fmt: skip
 
-    async def _remember(self, frame: int, feats, order: list[int], rows, prompted: set[int]) -> None:
-        """The frame's masks into each object's memory (one memory-encoder batch), then what no
+    async def _track(self, at: int, frame, ids: list[int]) -> dict[int, tuple]:
+        """Every tracked object onto this frame: each one's memory read in (one conditioner item
+        per object: the scheduler batches them, with other sessions' too), then one decoder item
+        with no clicks."""
+        reqs = [self._condition_request(frame, k, at) for k in ids]
+        embeds = await asyncio.gather(*(self.models.condition(r) for r in reqs))
+        b = len(ids)
+        req = TrackDecodeRequest(frame, np.concatenate([np.asarray(e) for e in embeds]),
+                                 np.zeros((b, 1, 2), np.float32), -np.ones((b, 1), np.int32))  # fmt: skip
+        outs = await self.models.decode(req)
+        chosen = select_heads(*outs, use_multimask(self.cfg, False, 0), self.cfg.heads)
+        return _rows(ids, chosen, outs[3])
+
+    async def _remember(self, at: int, frame, order: list[int], rows, prompted: set[int]) -> None:
+        """The frame's masks into each object's memory (one memory-encoder item), then what no
         later frame can read dropped."""
-        b = len(order)
-        if b == 0:
+        if not order:
             return
-        memory = await self.models.encode_memory({
-            "image_embed": feats["image_embed"], "rows": np.zeros(b, np.int64),
-            "mask_logits": np.stack([rows[k][0] for k in order])[:, None],
-            "object_score": np.array([[rows[k][3]] for k in order], np.float32),
-            "from_points": np.array([k in prompted for k in order], np.float32)})  # fmt: skip
-        memory = np.asarray(memory)
+        memory = np.asarray(await self.models.encode_memory(MemoryRequest(
+            frame, np.stack([rows[k][0] for k in order])[:, None], np.array([[rows[k][3]] for k in order], np.float32),
+            np.array([k in prompted for k in order], np.float32))))  # fmt: skip
         self._shapes = (memory.shape[1:], np.asarray(rows[order[0]][2]).shape[0])
         for i, k in enumerate(order):
             o = self.objects[k]
-            o.frames[frame] = Entry(to_bf16(memory[i]), np.asarray(rows[k][2], np.float32), rows[k][3])
+            o.frames[at] = Entry(to_bf16(memory[i]), np.asarray(rows[k][2], np.float32), rows[k][3])
             if k in prompted:
-                o.cond.append(frame)
-            self._trim(o, frame)
+                o.cond.append(at)
+            self._trim(o, at)
 
     def _trim(self, o: ObjectTrack, frame: int) -> None:
         cfg = self.cfg.memory

@@ -1,5 +1,5 @@
-"""The registry of model kinds. The built-in kinds (SAM2 encoder and decoder, CLIP image and text
-towers, Depth Anything V2, rapidocr's detection / orientation / recognition) register on import; another kind is one :func:`register` call (see ``kinds/base.py``)."""
+"""The registry of model kinds. The built-in kinds (SAM2 encoder and decoder, SAM2's video path, CLIP
+image and text towers, Depth Anything V2, rapidocr's detection / orientation / recognition) register on import; another kind is one :func:`register` call (see ``kinds/base.py``)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def for_model(model: str) -> ModelKind:
 
 
 def _register_builtin() -> None:
-    from seglabel_server.models.kinds import clip, depth, ocr, sam2
+    from seglabel_server.models.kinds import clip, depth, ocr, sam2, video
 
-    for kind in (*sam2.KINDS, *clip.KINDS, *depth.KINDS, *ocr.KINDS):
+    for kind in (*sam2.KINDS, *video.KINDS, *clip.KINDS, *depth.KINDS, *ocr.KINDS):
         register(kind)
 
 

@@ -15,6 +15,11 @@ from seglabel_server.models.torch_modules.modules import (
     Sam2MaskDecoderMultiImage,
 )
 from seglabel_server.models.torch_modules.towers import ClipImageEncoder, ClipTextEncoder, DepthEstimator
+from seglabel_server.models.torch_modules.video import (
+    Sam2MemoryConditioner,
+    Sam2MemoryEncoder,
+    Sam2TrackDecoder,
+)
 
 
 def resolve_path(manifest: dict, path: str) -> str:
@@ -57,6 +62,18 @@ def sam2_mask_decoder_multi_image(manifest: dict, device: str, shared: dict) -> 
     ).eval()
 
 
+def sam2_track_conditioner(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return Sam2MemoryConditioner(_network("sam2", manifest, device, shared)).eval()
+
+
+def sam2_track_decoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return Sam2TrackDecoder(_network("sam2", manifest, device, shared)).eval()
+
+
+def sam2_memory_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
+    return Sam2MemoryEncoder(_network("sam2", manifest, device, shared)).eval()
+
+
 def clip_image_encoder(manifest: dict, device: str, shared: dict) -> nn.Module:
     return ClipImageEncoder(_network("clip", manifest, device, shared)).eval()
 
@@ -77,4 +94,6 @@ def build_modules(manifest: dict, device: str = "cpu") -> dict[str, nn.Module]:
         names += ["clip_image_encoder", "clip_text_encoder"]
     if manifest.get("depth"):
         names.append("depth_estimator")
+    if manifest.get("sam2_video"):
+        names += ["sam2_track_conditioner", "sam2_track_decoder", "sam2_memory_encoder"]
     return {name: globals()[name](manifest, device, shared) for name in names}
