@@ -235,6 +235,12 @@ class Calls:
                                            remove_label=remove_label)  # fmt: skip
         return self._unary(self.stub.RemoveExamples, request)
 
+    def track(self, requests: Iterable[pb.TrackRequest] | AsyncIterator[pb.TrackRequest],
+              timeout: float | None = None) -> Any:  # fmt: skip
+        """TrackResponses, one per frame answered, for ``requests`` (``seglabel_client.track``:
+        :func:`track_open` first, then :func:`track_frame` messages); the session ends with them."""
+        return self._stream(self.stub.Track, requests, timeout)
+
     def relabel(self, request_id: str, **kw) -> Any:
         """A kept answer's masks scored again (no SAM2, no CLIP image tower); ``kw``: the labelling
         options of :func:`relabel_request`."""

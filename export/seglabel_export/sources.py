@@ -156,6 +156,10 @@ def resolve_sam2(source: str, workdir: Path, config: str | None = None, seed: in
         torch.save({"model": model.state_dict()}, path)
         spec.checkpoint = str(path)
         return spec
+    if source.startswith("tiny:"):  # a checkpoint of the tests' tiny architecture (e.g. weights a test tuned)
+        path = source.split(":", 1)[1]
+        return Sam2Spec(source=source, architecture="sam2.1_hiera_tiny(shrunk for tests)", config=SAM2_CONFIGS["tiny"],
+                        overrides=list(SAM2_TINY_OVERRIDES), checkpoint=path, random_weights=True)  # fmt: skip
     size = config or sam2_size_from_name(source)
     if size not in SAM2_CONFIGS:
         raise CheckpointError(f"{source}: unknown SAM2.1 config {size!r}")

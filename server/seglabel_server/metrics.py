@@ -128,6 +128,15 @@ class Metrics:
         self.embedding_bytes = Gauge(
             "seglabel_embedding_cache_bytes", "Bytes of cached image embeddings", registry=r
         )
+        self.track_sessions = Gauge("seglabel_track_sessions", "Tracking sessions open", registry=r)
+        self.track_frames = Counter(
+            "seglabel_track_frames", "Frames answered by tracking sessions", registry=r
+        )
+        self.track_expired = Counter(
+            "seglabel_track_sessions_expired",
+            "Tracking sessions ended for waiting past --track-idle-s",
+            registry=r,
+        )
 
     def value(self, name: str, **labels) -> float:
         v = self.registry.get_sample_value(name, labels)

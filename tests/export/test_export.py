@@ -80,7 +80,9 @@ def test_parity_covers_every_output_and_prompt_shape(tiny_repo):
     # encoder 3, decoder 6, the video path's conditioner 1, track decoder 4, memory encoder 1, clip 1 + 1
     assert len(outputs) == 3 + 6 + 1 + 4 + 1 + 1 + 1
     video = json.loads((tiny_repo / "manifest.json").read_text())["sam2_video"]
-    assert video["tracking"]["num_maskmem"] == 2 and video["tracking"]["image_size"] == 256  # the tiny model's
+    assert (
+        video["tracking"]["num_maskmem"] == 2 and video["tracking"]["image_size"] == 256
+    )  # the tiny model's
 
 
 def test_verify_reruns_parity_on_fresh_inputs(tiny_repo, capsys):

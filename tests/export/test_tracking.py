@@ -64,7 +64,9 @@ class ModulesBackend:
     def run(self, model, feeds):
         module = self.modules[model]
         with torch.no_grad():
-            out = module(**{k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in feeds.items()})
+            out = module(
+                **{k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in feeds.items()}
+            )
         out = out if isinstance(out, tuple) else (out,)
         return {n: o.numpy() for n, o in zip(module.output_names, out)}
 
@@ -131,7 +133,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_tracking_equals_sam2_video_predictor(setup, engine, tmp_path):
     predictor, folder, frames, (want_masks, want_scores) = setup
-    backend = ModulesBackend(predictor) if engine == "torch" else OnnxFolderBackend(export_video(predictor, tmp_path))
+    backend = (
+        ModulesBackend(predictor)
+        if engine == "torch"
+        else OnnxFolderBackend(export_video(predictor, tmp_path))
+    )
     models = DirectTrackModels(backend)
     got_masks, got_scores, sizes = our_run(models, track_config(predictor), frames)
     assert set(got_masks) == set(want_masks) == set(range(FRAMES))

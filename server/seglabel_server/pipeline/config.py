@@ -38,3 +38,9 @@ class PipelineConfig:
         0.3, "OCR: keep a detected text box whose mean probability is at least this"
     )
     text_min_confidence: float = _opt(0.5, "OCR: keep a line recognised with at least this confidence")
+    max_track_sessions: int = _opt(4, "Track: sessions open at once (each holds its objects' memory)")
+    max_track_objects: int = _opt(32, "Track: objects tracked at once in one session")
+    track_idle_s: float = _opt(60.0, "Track: a session with no frame for this long is ended, its state freed")
+    track_cond_frames: int = _opt(
+        4, "Track: prompted frames kept per object (the first and the latest; sam2 keeps every one)"
+    )

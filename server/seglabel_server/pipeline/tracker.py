@@ -23,6 +23,7 @@ The model calls go through ``TrackModels``: the scheduler's stages when served
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,22 +71,31 @@ class DirectTrackModels:
 
 
 class ScheduledTrackModels:
-    """The kinds as the scheduler's stages: frames and objects of concurrent sessions share batches."""
+    """The kinds as the scheduler's stages: frames and objects of concurrent sessions share
+    batches. ``times``: ms spent waiting on each (encoder, memory, decoder), summed until cleared."""
 
     def __init__(self, scheduler, ctx):
         self.scheduler, self.ctx = scheduler, ctx
+        self.times: dict[str, float] = {}
+
+    async def _run(self, stage: str, payload, key: str):
+        t0 = time.perf_counter()
+        try:
+            return await self.scheduler.run(stage, payload, self.ctx)
+        finally:
+            self.times[key] = self.times.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
 
     async def encode(self, pixels: np.ndarray):
-        return await self.scheduler.run(sam2.ENCODER.name, pixels[0], self.ctx)
+        return await self._run(sam2.ENCODER.name, pixels[0], "encoder")
 
     async def condition(self, req: ConditionRequest) -> np.ndarray:
-        return await self.scheduler.run(video.CONDITIONER.name, req, self.ctx)
+        return await self._run(video.CONDITIONER.name, req, "memory")
 
     async def decode(self, req: TrackDecodeRequest):
-        return await self.scheduler.run(video.TRACK_DECODER.name, req, self.ctx)
+        return await self._run(video.TRACK_DECODER.name, req, "decoder")
 
     async def encode_memory(self, req: MemoryRequest) -> np.ndarray:
-        return await self.scheduler.run(video.MEMORY_ENCODER.name, req, self.ctx)
+        return await self._run(video.MEMORY_ENCODER.name, req, "memory")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The optional families a request can ask for, and the export option that adds each.
-FAMILIES = ("labels", "depth", "text")
+FAMILIES = ("labels", "depth", "text", "tracking")
 HINTS = {
     "labels": "export with --clip",
     "depth": "export with --depth (make models does)",
     "text": "pip install rapidocr_onnxruntime, then export (--ocr yes)",
+    "tracking": "export again with this version (make models)",
 }
 
 

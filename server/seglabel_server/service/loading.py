@@ -30,7 +30,7 @@ from seglabel_server.types import RequestContext, SegmentOptions, SegmentResult
 log = logging.getLogger(__name__)
 
 # the manifest family of each optional capability, and back
-_FAMILY = {"labels": "clip", "depth": "depth", "text": "ocr"}
+_FAMILY = {"labels": "clip", "depth": "depth", "text": "ocr", "tracking": "sam2_video"}
 _CAPABILITY = {family: what for what, family in _FAMILY.items()}
 
 
@@ -135,7 +135,7 @@ def build_pipeline(
                 tokenizer = ClipTokenizer(repo.tokenizer_path(), repo.clip["context_length"])
             except Exception as exc:
                 missing["labels"] = f"CLIP tokenizer failed to load: {exc}"
-    for what in ("depth", "text"):
+    for what in ("depth", "text", "tracking"):
         if what not in missing and not has(_FAMILY[what]):
             missing[what] = f"no {_FAMILY[what]} models in {repo.root} ({HINTS[what]})"
     ocr = None

@@ -39,6 +39,7 @@ from seglabel_server.service.params import (
     resolve_relabel,
     resolve_text,
 )
+from seglabel_server.service.tracking import Tracking
 from seglabel_server.service.vocabularies import Vocabularies
 from seglabel_server.storage import uploads
 from seglabel_server.storage.vocabularies import open_vocabularies
@@ -60,6 +61,7 @@ class SeglabelService:
         self.lifecycle = Lifecycle(cfg, self.metrics, self.admission, self.images)
         store = open_vocabularies(cfg.vocabulary_store or cfg.upload_store)
         self.vocabularies = Vocabularies(store, cfg, self.lifecycle, self.admission, self.images)
+        self.tracking = Tracking(cfg, self.lifecycle, self.admission, self.images, self.metrics)
 
     # -- life: the lifecycle's -------------------------------------------------------------------
     @property
@@ -242,10 +244,12 @@ class SeglabelService:
                 "answer_cache_bytes": (cfg.answer_cache_mb << 20)
                 if self.lifecycle.answers is not None
                 else 0,
+                **self.tracking.limits(),
             },
             "labels_unavailable_reason": caps.why_not("labels"),
             "depth_unavailable_reason": caps.why_not("depth"),
             "text_unavailable_reason": caps.why_not("text"),
+            "tracking_unavailable_reason": caps.why_not("tracking"),
             "served_by": self.served_by,
             "upload_store": self.images.files.describe(),
             # every option the server fills when a request leaves it unset (seglabel_api.options)

@@ -8,6 +8,8 @@ from seglabel_api import options
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_server.errors import InvalidArgument
+from seglabel_server.pipeline.tracker import Prompt
+from seglabel_server.service.tracking import TrackAnswer, TrackFrame, TrackOptions
 from seglabel_server.service.vocabularies import LabelIn
 from seglabel_server.types import (
     Accepted,
@@ -29,6 +31,7 @@ from seglabel_server.types import (
 from seglabel_server.vocabulary import Vocabulary
 
 _TIMING_FIELDS = {
+    "memory": "memory_ms",
     "queue": "queue_ms",
     "decode_image": "decode_image_ms",
     "encoder": "encoder_ms",
@@ -282,6 +285,7 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
         labels_unavailable_reason=info["labels_unavailable_reason"],
         depth_unavailable_reason=info["depth_unavailable_reason"],
         text_unavailable_reason=info["text_unavailable_reason"],
+        tracking_unavailable_reason=info["tracking_unavailable_reason"],
         served_by=info["served_by"],
         upload_store=info["upload_store"],
         defaults=pb.SegmentDefaults(**info["defaults"]),
@@ -292,3 +296,35 @@ def info_to_pb(info: dict) -> pb.ServerInfo:
             for q in info.get("queues", ())
         ],
     )
+
+
+_TRACK_MODES = {pb.TRACK_MODE_UNSPECIFIED: "file", pb.TRACK_MODE_FILE: "file", pb.TRACK_MODE_LIVE: "live"}
+
+
+def track_options_from_pb(req: pb.TrackRequest) -> TrackOptions:
+    if not req.HasField("open"):
+        raise InvalidArgument("the first TrackRequest opens the session: set open (and no frame)")
+    if req.open.mode not in _TRACK_MODES:
+        raise InvalidArgument(f"unknown track mode {req.open.mode}")
+    return TrackOptions(_TRACK_MODES[req.open.mode], max(0, req.open.num_frames))
+
+
+def track_frame_from_pb(req: pb.TrackRequest) -> TrackFrame:
+    if req.HasField("open"):
+        raise InvalidArgument("open goes in the first TrackRequest only")
+    prompts = []
+    for p in req.prompts:
+        box = (p.box.x0, p.box.y0, p.box.x1, p.box.y1) if p.HasField("box") else None
+        points = [(q.x, q.y) for q in p.points]
+        prompts.append(Prompt(p.object_id, points, [int(q.positive) for q in p.points], box))
+    return TrackFrame(req.frame_index, req.image, prompts, list(req.remove))
+
+
+def track_answer_to_pb(a: TrackAnswer) -> pb.TrackResponse:
+    return pb.TrackResponse(
+        frame_index=a.index, width=a.width, height=a.height, dropped_frames=a.dropped,
+        timings=timings_to_pb(a.timings), state_bytes=a.state_bytes,
+        objects=[pb.TrackedObject(object_id=o.obj_id, rle=pb.RLE(size=o.rle["size"], counts=o.rle["counts"]),
+                                  bbox=o.bbox, area=o.area, object_score=o.score, present=o.score > 0,
+                                  predicted_iou=o.iou, prompted=o.prompted) for o in a.objects],
+    )  # fmt: skip

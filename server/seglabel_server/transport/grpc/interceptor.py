@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from seglabel_server.errors import ErrorKind, LimitExceeded, Unauthenticated, error_kind
+from seglabel_server.errors import ErrorKind, InvalidArgument, LimitExceeded, Unauthenticated, error_kind
 from seglabel_server.metrics import Metrics
 from seglabel_server.transport.auth import CEILING, Tokens
 
@@ -73,6 +73,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(method, handler.stream_stream, bidi=True),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     async def _failed(self, method: str, exc: Exception, context) -> None:
@@ -109,12 +115,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _stream(self, method: str, behaviour):
+    def _stream(self, method: str, behaviour, bidi: bool = False):
         """Replies are written with a stall limit: a client that reads nothing for ``stall_s``
-        (its flow-control window full) has its stream ended, and the work stops with it."""
+        (its flow-control window full) has its stream ended, and the work stops with it. ``bidi``:
+        the request is a stream of messages, a malformed one fails the call where it is read."""
 
         async def call(request, context):
-            if request is _MALFORMED:
+            if bidi:
+                request = _checked(request, method)
+            elif request is _MALFORMED:
                 await self._malformed(method, context)
             t0 = time.perf_counter()
             try:
@@ -142,6 +151,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 _MALFORMED = object()
+
+
+async def _checked(requests, method: str):
+    async for r in requests:
+        if r is _MALFORMED:
+            raise InvalidArgument(f"malformed {method} request message")
+        yield r
 
 
 def _lenient(deserializer):
@@ -211,7 +227,7 @@ def _with_ceiling(handler, ceiling: int):
     generator function when no other interceptor wrapped it) runs with :data:`CEILING` set."""
     if ceiling == CEILING.get() or handler is None:
         return handler
-    for attr in ("unary_unary", "unary_stream"):
+    for attr in ("unary_unary", "unary_stream", "stream_stream"):
         inner = getattr(handler, attr)
         if inner is None:
             continue

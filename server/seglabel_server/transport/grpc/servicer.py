@@ -130,3 +130,20 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         async with contextlib.aclosing(events):
             async for ev in events:
                 yield convert.event_to_pb(ev)
+
+    async def Track(self, requests, context):
+        """A tracking session: the first message opens it, every later one is a frame; one reply
+        per frame answered. The session ends with the stream (its state freed)."""
+        ctx = _context_for(context)
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        options = convert.track_options_from_pb(first)
+
+        async def frames():
+            async for r in requests:
+                yield convert.track_frame_from_pb(r)
+
+        async with contextlib.aclosing(self.service.tracking.run(options, frames(), ctx)) as answers:
+            async for answer in answers:
+                yield convert.track_answer_to_pb(answer)

@@ -1,0 +1,216 @@
+"""Tracking sessions behind every transport (issue 34): one ``TrackSession`` per stream, its frames
+decoded, checked and answered in order through the scheduler (so frames and objects of concurrent
+sessions share batches), its state bounded and freed when the stream ends. Knows nothing of
+protobuf or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seglabel_server.amg import Upsampler, encode_rle, masks_to_boxes
+from seglabel_server.errors import DeadlineExceeded, InvalidArgument, LimitExceeded, NotFound, SeglabelError
+from seglabel_server.models.images import video_preprocess
+from seglabel_server.pipeline.tracker import Prompt, ScheduledTrackModels, TrackConfig, TrackSession
+from seglabel_server.scheduler.batching import DEFAULT
+from seglabel_server.types import RequestContext
+
+FILE, LIVE = "file", "live"
+WAITING = 2  # FILE: frames read ahead of the one being answered (flow control holds the rest)
+
+
+@dataclass
+class TrackOptions:
+    mode: str = FILE
+    num_frames: int = 0  # 0: unknown
+
+
+@dataclass
+class TrackFrame:
+    """One frame of the stream with the prompts and removals that come with it."""
+
+    index: int
+    image: bytes
+    prompts: list[Prompt] = field(default_factory=list)
+    remove: list[int] = field(default_factory=list)
+
+    @property
+    def droppable(self) -> bool:
+        return not self.prompts and not self.remove
+
+
+@dataclass
+class TrackedObject:
+    obj_id: int
+    rle: dict
+    bbox: list[float]  # [x, y, w, h]; empty when absent
+    area: int
+    score: float
+    iou: float
+    prompted: bool
+
+
+@dataclass
+class TrackAnswer:
+    index: int
+    width: int
+    height: int
+    objects: list[TrackedObject]
+    dropped: list[int]
+    timings: dict[str, float]
+    state_bytes: int
+
+
+class _Inbox:
+    """Frames read ahead of the one being answered: FILE holds up to ``WAITING`` (the reader
+    waits, and with it the transport's flow control); LIVE keeps only the newest droppable frame
+    (those it replaces are reported as dropped)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.items: collections.deque = collections.deque()
+        self.dropped: list[int] = []
+        self.changed = asyncio.Condition()
+
+    async def put(self, item) -> None:
+        async with self.changed:
+            if self.mode == FILE:
+                await self.changed.wait_for(lambda: len(self.items) < WAITING)
+            elif isinstance(item, TrackFrame) and item.droppable:
+                kept = collections.deque(
+                    x for x in self.items if not (isinstance(x, TrackFrame) and x.droppable)
+                )
+                self.dropped += [x.index for x in self.items if x not in kept]
+                self.items = kept
+            self.items.append(item)
+            self.changed.notify_all()
+
+    async def get(self):
+        async with self.changed:
+            await self.changed.wait_for(lambda: bool(self.items))
+            item = self.items.popleft()
+            self.changed.notify_all()
+            return item
+
+
+class Tracking:
+    """Opens, runs and bounds the server's tracking sessions."""
+
+    def __init__(self, cfg, lifecycle, admission, images, metrics):
+        self.cfg, self.lifecycle, self.admission, self.images, self.metrics = (
+            cfg,
+            lifecycle,
+            admission,
+            images,
+            metrics,
+        )
+        self.open = 0
+
+    def limits(self) -> dict:
+        p = self.cfg.pipeline
+        return {"max_track_sessions": p.max_track_sessions, "max_track_objects": p.max_track_objects,
+                "track_idle_s": p.track_idle_s}  # fmt: skip
+
+    async def run(self, options: TrackOptions, frames: AsyncIterator[TrackFrame],
+                  ctx: RequestContext) -> AsyncIterator[TrackAnswer]:  # fmt: skip
+        """The session's answers, one per frame answered; the session ends (its state freed) when
+        ``frames`` ends, on the first error (raised after the answers before it), or when the
+        consumer stops iterating."""
+        self.lifecycle.require_ready()
+        self.lifecycle.require("tracking", "tracking")
+        p = self.cfg.pipeline
+        if self.open >= p.max_track_sessions:
+            raise LimitExceeded(f"{p.max_track_sessions} tracking sessions are open (--max-track-sessions)")
+        if options.mode not in (FILE, LIVE):
+            raise InvalidArgument(f"track mode {options.mode!r}: file or live")
+        loaded = self.lifecycle.loaded
+        settings = loaded.repo.manifest["sam2_video"]["tracking"]
+        tcfg = TrackConfig.from_settings(
+            settings, max_cond_frames=p.track_cond_frames, max_objects=p.max_track_objects
+        )
+        models = ScheduledTrackModels(loaded.pipeline.scheduler, ctx)
+        session = TrackSession(models, tcfg, options.num_frames or None)
+        inbox = _Inbox(options.mode)
+        self.open += 1
+        self.metrics.track_sessions.set(self.open)
+        reader = asyncio.create_task(self._read(frames, inbox, p.track_idle_s))
+        try:
+            size = None
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                answer, size = await self._answer(session, item, size, inbox, ctx)
+                self.metrics.track_frames.inc()
+                yield answer
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            ctx.cancel()
+            session.objects.clear()
+            self.open -= 1
+            self.metrics.track_sessions.set(self.open)
+
+    async def _read(self, frames: AsyncIterator[TrackFrame], inbox: _Inbox, idle_s: float) -> None:
+        """The stream's frames into the inbox; its end (None) or its failure after them."""
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(anext(frames), idle_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    self.metrics.track_expired.inc()
+                    raise DeadlineExceeded(
+                        f"no frame for {idle_s:g} s: the tracking session is ended and its state freed"
+                    ) from None
+                await inbox.put(item)
+            await inbox.put(None)
+        except (SeglabelError, Exception) as exc:  # handed to the answering loop, which raises it
+            await inbox.put(exc)
+
+    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, ctx):
+        t0 = time.perf_counter()
+        for k in frame.remove:
+            if not session.remove(k):
+                raise NotFound(f"frame {frame.index}: no object {k} is tracked")
+        async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
+            opened = await self.images.open(None, frame.image, "TrackRequest")
+            w, h = opened.width, opened.height
+            if size is not None and (w, h) != size:
+                raise InvalidArgument(
+                    f"frame {frame.index} is {w}x{h}; this session's frames are {size[0]}x{size[1]}"
+                )
+            n = len(session.objects) + len(frame.prompts)
+            ticket.charge(w * h * (3 + n) + 4 * 3 * session.cfg.image_size**2)
+            image, decode_ms = await self.images.decode(opened)
+            sam = self.lifecycle.loaded.repo.sam2
+            pixels = await asyncio.to_thread(video_preprocess, image, session.cfg.image_size, sam["pixel_mean"], sam["pixel_std"])  # fmt: skip
+            session.models.times.clear()
+            answers = await session.step(frame.index, pixels[None], (h, w), frame.prompts)
+            t2 = time.perf_counter()
+            objects = await asyncio.to_thread(_objects, answers, (h, w))
+        dropped, inbox.dropped = inbox.dropped, []
+        t3 = time.perf_counter()
+        timings = {"decode_image": decode_ms, **session.models.times, "upsample": (t3 - t2) * 1e3,
+                   "queue": ctx.queue_ms, "total": (t3 - t0) * 1e3}  # fmt: skip
+        state = sum(session.state_bytes().values())
+        return TrackAnswer(frame.index, w, h, objects, dropped, timings, state), (w, h)
+
+
+def _objects(answers, hw: tuple[int, int]) -> list[TrackedObject]:
+    """Each object's mask at the frame's size (bilinear from the low-resolution logits, as sam2's
+    predictor resizes them), its RLE, box and area."""
+    out = []
+    up = Upsampler(answers[0].logits.shape[-1], hw) if answers else None
+    for a in answers:
+        mask = up(a.logits) if a.score > 0 else np.zeros(hw, bool)
+        area = int(mask.sum())
+        box = masks_to_boxes(mask[None])[0].tolist() if area else []
+        bbox = [box[0], box[1], box[2] - box[0] + 1, box[3] - box[1] + 1] if box else []
+        out.append(TrackedObject(a.obj_id, encode_rle(mask), bbox, area, a.score, a.iou, a.prompted))
+    return out

@@ -1,0 +1,185 @@
+"""The ``Track`` stream over real gRPC (issue 34), against sam2's own ``SAM2VideoPredictor`` on the
+same checkpoint: a repository exported from a tiny SAM2.1 checkpoint (random weights, the object
+score head scaled so that objects are present and absent), served on the embedded default, and
+sam2's predictor built on the same file; the same JPEG frames, two objects prompted on frame 0 (a
+box, a click) and a third clicked on a later frame. Then the stream's bad input: each a clear
+status, the server unharmed, no session left open."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from seglabel_client.client import AsyncSegmenterClient
+from seglabel_client.track import track_frame, track_open, track_prompt
+from seglabel_export import sources
+from seglabel_server.amg import decode_rle
+
+from tests.export.video_models import randomise_zero_inits
+from tests.integration.conftest import metric
+
+FRAMES, LATER, H, W = 12, 6, 72, 96
+PROMPTS = {0: [track_prompt(1, box=(8, 10, 34, 30)), track_prompt(2, [(62, 44, True)])],
+           LATER: [track_prompt(3, [(50, 20, True)])]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A tiny checkpoint with present and absent objects, its repository, and the video frames."""
+    from PIL import Image
+    from sam2.build_sam import build_sam2_video_predictor
+    from seglabel_export.exporter import export_repository
+
+    root = tmp_path_factory.mktemp("track")
+    torch.manual_seed(3)
+    p = build_sam2_video_predictor(sources.SAM2_CONFIGS["tiny"], None, device="cpu",
+                                   hydra_overrides_extra=list(sources.SAM2_TINY_OVERRIDES))  # fmt: skip
+    randomise_zero_inits(p)
+    last = p.sam_mask_decoder.pred_obj_score_head.layers[-1]
+    with torch.no_grad():
+        # seed 3: object 1 absent on its prompted frame (score -1.0), present after; every |score| >= 0.93
+        last.weight *= 40
+        last.bias -= 2.5
+    ckpt = root / "sam2_tiny_tuned.pt"
+    torch.save({"model": p.state_dict()}, ckpt)
+    repo = root / "models"
+    export_repository(repo, f"tiny:{ckpt}", None, log=lambda m: None)
+    frames = root / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 120, (H, W, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:H, :W]
+    for t in range(FRAMES):
+        f = base.copy()
+        f[10 + t // 3 : 30 + t // 3, 8 + t : 34 + t] = (220, 40, 40)
+        f[(yy - 44 - t // 2) ** 2 + (xx - 62) ** 2 < 81] = (40, 60, 230)
+        Image.fromarray(f).save(frames / f"{t:05d}.jpg", quality=95)
+    return ckpt, repo, frames
+
+
+def sams(ckpt, frames) -> tuple[dict, dict]:
+    """sam2's predictor on the checkpoint: {frame: {obj: mask}}, {(frame, obj): score}."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    pred = build_sam2_video_predictor(sources.SAM2_CONFIGS["tiny"], str(ckpt), device="cpu",
+                                      hydra_overrides_extra=list(sources.SAM2_TINY_OVERRIDES))  # fmt: skip
+    state = pred.init_state(video_path=str(frames))
+    masks: dict = {}
+
+    def add(t, prompts):
+        for q in prompts:
+            box = [q.box.x0, q.box.y0, q.box.x1, q.box.y1] if q.HasField("box") else None
+            pts = [[p.x, p.y] for p in q.points] or None
+            labels = [int(p.positive) for p in q.points] or None
+            pred.add_new_points_or_box(state, t, q.object_id, points=pts, labels=labels, box=box)
+
+    add(0, PROMPTS[0])
+    for t, ids, logits in pred.propagate_in_video(state, max_frame_num_to_track=LATER - 1):
+        masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
+    add(LATER, PROMPTS[LATER])
+    for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=LATER):
+        masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
+    scores = {}
+    for idx, out in state["output_dict_per_obj"].items():
+        for kind in out.values():
+            for t, o in kind.items():
+                scores[(t, state["obj_idx_to_id"][idx])] = float(o["object_score_logits"].reshape(-1)[0])
+    return masks, scores
+
+
+async def test_track_stream_equals_sam2_video_predictor(make_server, tuned):
+    ckpt, repo, frames = tuned
+    server = await make_server(repo=repo)
+    want_masks, want_scores = await asyncio.to_thread(sams, ckpt, frames)
+    requests = [track_open("file", FRAMES)] + [
+        track_frame(t, (frames / f"{t:05d}.jpg").read_bytes(), PROMPTS.get(t, ())) for t in range(FRAMES)
+    ]
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        info = await c.server_info()
+        replies = [r async for r in c.track(iter(requests))]
+    assert info.tracking_unavailable_reason == "" and info.limits.max_track_objects == 32
+    assert [r.frame_index for r in replies] == list(range(FRAMES))
+    ious, present = {1: [], 2: [], 3: []}, []
+    for r in replies:
+        assert (r.width, r.height) == (W, H) and r.timings.encoder_ms > 0 and r.timings.memory_ms >= 0
+        assert [o.object_id for o in r.objects] == ([1, 2] if r.frame_index < LATER else [1, 2, 3])
+        for o in r.objects:
+            mask = decode_rle({"size": list(o.rle.size), "counts": o.rle.counts})
+            want = want_masks[r.frame_index][o.object_id]
+            union = (mask | want).sum()
+            ious[o.object_id].append(1.0 if union == 0 else (mask & want).sum() / union)
+            present.append((o.present, want_scores[(r.frame_index, o.object_id)] > 0))
+            assert o.prompted == (o.object_id in [q.object_id for q in PROMPTS.get(r.frame_index, ())])
+            assert o.area == mask.sum() and (o.area == 0) == (len(o.bbox) == 0)
+    assert all(np.mean(v) >= 0.99 for v in ious.values()), {k: np.round(v, 3) for k, v in ious.items()}
+    assert all(a == b for a, b in present), present
+    assert {b for _, b in present} == {True, False}, "both decisions occur"
+    assert replies[-1].state_bytes > 0
+    assert (
+        metric(server, "seglabel_track_sessions") == 0
+        and metric(server, "seglabel_track_frames_total") == FRAMES
+    )
+
+
+async def _status(c, requests) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in c.track(iter(requests)):
+            pass
+    return err.value
+
+
+async def test_track_bad_input_is_a_clear_status(make_server, tuned, photo_bytes):
+    _, repo, frames = tuned
+    server = await make_server(repo=repo, pipeline=None)
+    f0 = (frames / "00000.jpg").read_bytes()
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        cases = {
+            "no open": ([track_frame(0, f0)], grpc.StatusCode.INVALID_ARGUMENT, "opens the session"),
+            "not an image": ([track_open(), track_frame(0, b"nope")], grpc.StatusCode.INVALID_ARGUMENT, "image"),
+            "size changes": ([track_open(), track_frame(0, f0, [track_prompt(1, [(5, 5, True)])]),
+                              track_frame(1, photo_bytes)], grpc.StatusCode.INVALID_ARGUMENT, "this session's frames"),
+            "backwards": ([track_open(), track_frame(3, f0), track_frame(2, f0)], grpc.StatusCode.INVALID_ARGUMENT,
+                          "frames go forward"),
+            "off the frame": ([track_open(), track_frame(0, f0, [track_prompt(1, [(500, 5, True)])])],
+                              grpc.StatusCode.INVALID_ARGUMENT, "outside the 96x72 frame"),
+            "unknown object removed": ([track_open(), track_frame(0, f0, remove=[7])], grpc.StatusCode.NOT_FOUND,
+                                       "no object 7"),
+            "too many objects": ([track_open(), track_frame(0, f0, [track_prompt(k, [(5, 5, True)]) for k in range(33)])],
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 32 objects"),
+        }  # fmt: skip
+        for name, (requests, code, text) in cases.items():
+            err = await _status(c, requests)
+            assert err.code() == code and text in err.details(), (name, err.code(), err.details())
+        # the server is unharmed and holds no session
+        replies = [r async for r in c.track(iter([track_open(), track_frame(0, f0, PROMPTS[0])]))]
+        assert len(replies) == 1 and len(replies[0].objects) == 2
+    assert metric(server, "seglabel_track_sessions") == 0
+
+
+async def test_track_session_idle_past_its_limit_is_ended_and_freed(make_server, tuned):
+    _, repo, frames = tuned
+    from seglabel_server.pipeline.config import PipelineConfig
+
+    server = await make_server(repo=repo, pipeline=PipelineConfig(track_idle_s=0.5))
+    f0 = (frames / "00000.jpg").read_bytes()
+
+    async def slow():
+        yield track_open()
+        yield track_frame(0, f0, PROMPTS[0])
+        await asyncio.sleep(3)
+        yield track_frame(1, f0)
+
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        got = []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for r in c.track(slow()):
+                got.append(r)
+    assert len(got) == 1 and err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no frame for 0.5 s" in err.value.details()
+    assert (
+        metric(server, "seglabel_track_sessions") == 0
+        and metric(server, "seglabel_track_sessions_expired_total") == 1
+    )
