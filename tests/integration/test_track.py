@@ -8,6 +8,7 @@ status, the server unharmed, no session left open."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import numpy as np
@@ -183,3 +184,108 @@ async def test_track_session_idle_past_its_limit_is_ended_and_freed(make_server,
         metric(server, "seglabel_track_sessions") == 0
         and metric(server, "seglabel_track_sessions_expired_total") == 1
     )
+
+
+def _mp4(path, n: int = FRAMES) -> None:
+    """The test's moving shapes as an H.264 MP4 (PyAV), as a user's video."""
+    import av
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 120, (H, W, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:H, :W]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for t in range(n):
+            f = base.copy()
+            f[10 + t // 3 : 30 + t // 3, 8 + t : 34 + t] = (220, 40, 40)
+            f[(yy - 44 - t // 2) ** 2 + (xx - 62) ** 2 < 81] = (40, 60, 230)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+async def test_seglabel_track_writes_files_their_readers_read_and_resumes(make_server, tuned, tmp_path):
+    import av
+    import motmetrics
+    from pycocotools import mask as mu
+    from seglabel_client.cli import main
+
+    _, repo, _ = tuned
+    server = await make_server(repo=repo)
+    video, out = tmp_path / "clip.mp4", tmp_path / "out"
+    _mp4(video)
+    argv = ["--server", f"127.0.0.1:{server.port}", "track", str(video), "--out", str(out), "--quiet",
+            "--box", "0:8,10,34,30", "--point", "0:62,44", "--point", f"{LATER}:50,20"]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 0
+    ytvis = json.loads((out / "tracks.ytvis.json").read_text())
+    assert ytvis["videos"][0]["length"] == FRAMES and (
+        ytvis["videos"][0]["width"],
+        ytvis["videos"][0]["height"],
+    ) == (W, H)
+    anns = {a["id"]: a for a in ytvis["annotations"]}
+    assert sorted(anns) == [1, 2, 3] and all(len(a["segmentations"]) == FRAMES for a in anns.values())
+    assert all(s is None for s in anns[3]["segmentations"][:LATER])  # object 3 starts on its frame
+    present = 0
+    for a in anns.values():
+        for seg, box, area in zip(a["segmentations"], a["bboxes"], a["areas"]):
+            if seg is not None:
+                m = mu.decode({"size": seg["size"], "counts": seg["counts"].encode()})
+                assert m.shape == (H, W) and m.sum() == area and list(mu.toBbox(mu.encode(m))) == box
+                present += 1
+    assert present > 0
+    mot = motmetrics.io.loadtxt(str(out / "tracks.mot.txt"), fmt="mot15-2D")
+    assert len(mot) == present and set(mot.index.get_level_values("Id")) <= {1, 2, 3}
+    acc = motmetrics.MOTAccumulator(auto_id=True)  # the tracks against themselves: perfect scores
+    for _, rows in mot.groupby(level="FrameId"):
+        ids, boxes = rows.index.get_level_values("Id").tolist(), rows[["X", "Y", "Width", "Height"]].values
+        # (motmetrics 1.4's iou_matrix calls np.asfarray, gone in numpy 2: the same distance here)
+        x0, y0 = boxes[:, None, :2], boxes[None, :, :2]
+        x1, y1 = x0 + boxes[:, None, 2:], y0 + boxes[None, :, 2:]
+        inter = np.clip(np.minimum(x1, y1) - np.maximum(x0, y0), 0, None).prod(-1)
+        area = boxes[:, 2] * boxes[:, 3]
+        dist = 1 - inter / (area[:, None] + area[None] - inter)
+        acc.update(ids, ids, np.where(dist > 0.5, np.nan, dist))
+    summary = motmetrics.metrics.create().compute(acc, metrics=["mota", "num_switches"])
+    assert summary["mota"].iloc[0] == 1.0 and summary["num_switches"].iloc[0] == 0
+    with av.open(str(out / "overlay.mp4")) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == FRAMES and decoded[0].shape == (H, W, 3)
+
+    # killed after 5 frames: the same command continues and gives the same files
+    files = {n: (out / n).read_bytes() for n in ("tracks.ytvis.json", "tracks.mot.txt")}
+    journal = out / "track.journal.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:6]))
+    for n in files:
+        (out / n).unlink()
+    assert await asyncio.to_thread(main, argv) == 0
+    assert {n: (out / n).read_bytes() for n in files} == files
+    assert len(journal.read_text().splitlines()) == 1 + FRAMES
+
+
+async def test_seglabel_track_detects_new_objects_and_refuses_a_bad_video(
+    make_server, tuned, tmp_path, capsys
+):
+    from seglabel_client.cli import main
+
+    _, repo, _ = tuned
+    server = await make_server(repo=repo)
+    video, out = tmp_path / "clip.mp4", tmp_path / "out"
+    _mp4(video, 9)
+    target = ["--server", f"127.0.0.1:{server.port}", "track"]
+    argv = [*target, str(video), "--out", str(out), "--quiet", "--detect-every", "4", "--format", "mot",
+            "--grid", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--max-masks", "3"]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 0
+    records = [json.loads(x) for x in (out / "track.journal.jsonl").read_text().splitlines()[1:]]
+    started = {r["frame"]: [p["id"] for p in r["prompts"]] for r in records if r["prompts"]}
+    assert started and set(started) <= {0, 4, 8} and 0 in started
+    ids = [i for v in started.values() for i in v]
+    assert len(ids) == len(set(ids))  # each detection a new object
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    assert (
+        await asyncio.to_thread(main, [*target, str(bad), "--out", str(tmp_path / "o2"), "--point", "0:5,5"])
+        == 2
+    )
+    assert "not a video" in capsys.readouterr().err

@@ -7,6 +7,7 @@ seglabel depth IMAGE [--out depth.png] [--raw depth.npy]
 seglabel text IMAGE [--json]
 seglabel label DIR --out OUT [--format coco,yolo-seg] [--mask-format polygon] [--labels a,b,c] [--restart]
 seglabel eval --gt gt.coco.json --pred OUT/annotations.coco.json
+seglabel track VIDEO --out OUT [--box F:x0,y0,x1,y1] [--point F:x,y] [--detect-every N] [--restart]
 seglabel vocab create|show|list|delete|add|remove ...   named vocabularies and their examples
 seglabel relabel REQUEST_ID [--vocabulary-name NAME | --labels a,b] [--label-mode multi]
 seglabel eval-labels DIR     zero-shot vs k-shot accuracy on an ImageFolder
@@ -20,10 +21,10 @@ import sys
 
 import grpc
 
-from seglabel_client.cli import datasets, labels, scene, segment
+from seglabel_client.cli import datasets, labels, scene, segment, video
 from seglabel_client.client import DEFAULT_TARGET
 
-COMMANDS = (segment, scene, datasets, labels)
+COMMANDS = (segment, scene, datasets, video, labels)
 
 
 def build_parser() -> argparse.ArgumentParser:
