@@ -289,3 +289,38 @@ async def test_seglabel_track_detects_new_objects_and_refuses_a_bad_video(
         == 2
     )
     assert "not a video" in capsys.readouterr().err
+
+
+async def test_live_mode_drops_stale_frames_and_a_cancel_frees_the_session(make_server, tuned):
+    _, repo, frames = tuned
+    server = await make_server(repo=repo)
+    f = [(frames / f"{t:05d}.jpg").read_bytes() for t in range(FRAMES)]
+    # a camera faster than the server: every frame sent at once; the first with prompts
+    requests = [track_open("live")] + [track_frame(t, f[t % FRAMES], PROMPTS[0] if t == 0 else ()) for t in range(24)]
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        replies = [r async for r in c.track(iter(requests))]
+        answered = [r.frame_index for r in replies]
+        dropped = [i for r in replies for i in r.dropped_frames]
+        assert answered[0] == 0 and answered[-1] == 23 and answered == sorted(answered)
+        assert dropped and sorted(answered + dropped) == list(range(24))
+        assert all(len(r.objects) == 2 for r in replies)
+
+        # a client that cancels mid-video: the session ends and its state is freed
+        async def slow():
+            yield track_open()
+            for t in range(FRAMES):
+                yield track_frame(t, f[t], PROMPTS.get(t, ()))
+                await asyncio.sleep(0.05)
+
+        call = c.stub.Track(slow())
+        got = 0
+        async for _ in call:
+            got += 1
+            if got == 2:
+                call.cancel()
+                break
+    for _ in range(100):
+        if metric(server, "seglabel_track_sessions") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert metric(server, "seglabel_track_sessions") == 0 and server.service.tracking.open == 0

@@ -81,3 +81,30 @@ def test_session_refuses_before_running_any_model():
     with pytest.raises(InvalidArgument, match="frames go forward"):
         asyncio.run(s.step(5, pix, (10, 10)))
     assert models.calls == 0 and not s.objects and not s.remove(1)
+
+
+def test_inbox_file_mode_holds_two_frames_and_live_mode_keeps_the_newest():
+    from seglabel_server.service.tracking import FILE, LIVE, TrackFrame, _Inbox
+
+    async def go():
+        box = _Inbox(FILE)
+        await box.put(TrackFrame(0, b""))
+        await box.put(TrackFrame(1, b""))
+        third = asyncio.create_task(box.put(TrackFrame(2, b"")))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # a third frame waits: the reader (and the transport) is held
+        assert (await box.get()).index == 0
+        await asyncio.wait_for(third, 1)
+        assert [(await box.get()).index for _ in range(2)] == [1, 2] and not box.dropped
+
+        live = _Inbox(LIVE)
+        prompted = TrackFrame(1, b"", prompts=[Prompt(1, points=[(1, 1)], labels=[1])])
+        for f in (TrackFrame(0, b""), prompted, TrackFrame(2, b""), TrackFrame(3, b""), TrackFrame(4, b"", remove=[1])):
+            await live.put(f)
+        await live.put(TrackFrame(5, b""))
+        got = [(await live.get()).index for _ in range(len(live.items))]
+        return got, live.dropped
+
+    got, dropped = asyncio.run(go())
+    # frames with prompts or removals are never dropped; a plain frame is replaced by a newer one
+    assert got == [1, 4, 5] and dropped == [0, 2, 3]
