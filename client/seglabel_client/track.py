@@ -17,9 +17,12 @@ from seglabel_client.client import ImageLike, _image_bytes
 MODES = {"file": pb.TRACK_MODE_FILE, "live": pb.TRACK_MODE_LIVE}
 
 
-def track_open(mode: str = "file", num_frames: int = 0) -> pb.TrackRequest:
-    """The first message: ``file`` (every frame answered) or ``live`` (stale frames dropped)."""
-    return pb.TrackRequest(open=pb.TrackOpen(mode=MODES[mode], num_frames=num_frames))
+def track_open(mode: str = "file", num_frames: int = 0, vocabulary: Sequence[str] = (), vocabulary_name: str = "",
+               label_every: int = 0) -> pb.TrackRequest:  # fmt: skip
+    """The first message: ``file`` (every frame answered) or ``live`` (stale frames dropped); with
+    ``vocabulary`` or ``vocabulary_name`` the tracks are labelled (every ``label_every``-th frame)."""
+    return pb.TrackRequest(open=pb.TrackOpen(mode=MODES[mode], num_frames=num_frames, vocabulary=list(vocabulary),
+                                             vocabulary_name=vocabulary_name, label_every=label_every))  # fmt: skip
 
 
 def track_prompt(object_id: int, points: Sequence[tuple[float, float, bool]] = (),

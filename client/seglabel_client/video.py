@@ -61,6 +61,8 @@ class TrackJob:
     category: str = "object"
     jpeg_quality: int = 95
     detect_options: Any = None  # SegmentOptions of the keyframes' grid Segment (None: the server's defaults)
+    labels: tuple[str, ...] = ()  # the tracks' labels: a list ...
+    vocabulary_name: str = ""  # ... or a stored vocabulary (neither: no labels; the category is ``category``)
 
 
 def frames_of(path: str | Path) -> Iterator[np.ndarray]:
@@ -101,7 +103,10 @@ def _file_id(path: Path) -> str:
 def _record(reply) -> dict:
     return {"frame": reply.frame_index, "width": reply.width, "height": reply.height,
             "objects": [{"id": o.object_id, "counts": o.rle.counts, "bbox": list(o.bbox), "area": o.area,
-                         "score": round(o.object_score, 5), "present": o.present} for o in reply.objects]}  # fmt: skip
+                         "score": round(o.object_score, 5), "present": o.present,
+                         "label": o.label.label if o.HasField("label") else None,
+                         "label_confidence": round(o.label.confidence, 5) if o.HasField("label") else None}
+                        for o in reply.objects]}  # fmt: skip
 
 
 def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, *, restart: bool = False,
@@ -112,7 +117,8 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
     next(frames_of(video), None)  # an unreadable file is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     head = {"video": str(video.resolve()), "sha256": _file_id(video),
-            "prompts": [asdict(p) for p in job.prompts], "detect_every": job.detect_every}  # fmt: skip
+            "prompts": [asdict(p) for p in job.prompts], "detect_every": job.detect_every,
+            "labels": list(job.labels), "vocabulary_name": job.vocabulary_name}  # fmt: skip
     head = json.loads(json.dumps(head))  # as the journal reads back (tuples become lists)
     journal = out / JOURNAL
     done: list[dict] = []
@@ -140,7 +146,7 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
                 failed.append(exc)
 
         def frame_requests():
-            yield track_open("file")
+            yield track_open("file", vocabulary=job.labels, vocabulary_name=job.vocabulary_name)
             last: dict = done[-1] if done else {}
             for t, rgb in enumerate(frames_of(video)):
                 if t < len(done):  # replayed: the prompts the journal says were sent

@@ -22,9 +22,12 @@ def _replace(path: Path, write) -> Path:
 
 
 def write_ytvis(path: Path, video: Path, records: list[dict], category: str) -> Path:
+    """One annotation per track; its category is the track's label on the last frame that had one
+    (``category`` for a track never labelled)."""
     n = len(records)
     w, h = (records[0]["width"], records[0]["height"]) if records else (0, 0)
     tracks: dict[int, dict] = {}
+    names: dict[int, str] = {}
     for t, rec in enumerate(records):
         for o in rec["objects"]:
             a = tracks.setdefault(
@@ -33,13 +36,17 @@ def write_ytvis(path: Path, video: Path, records: list[dict], category: str) -> 
             if o["present"] and o["area"]:
                 a["segmentations"][t] = {"size": [h, w], "counts": o["counts"]}
                 a["bboxes"][t], a["areas"][t] = o["bbox"], o["area"]
+            if o.get("label"):
+                names[o["id"]] = o["label"]
+    categories = sorted({names.get(k, category) for k in tracks}) or [category]
+    cat_id = {c: i + 1 for i, c in enumerate(categories)}
     data = {
         "info": {"description": f"seglabel track {video.name}", "note": "object ids are the track ids"},
         "videos": [{"id": 1, "name": video.name, "width": w, "height": h, "length": n,
                     "file_names": [f"{video.stem}/{t:05d}.jpg" for t in range(n)]}],
-        "categories": [{"id": 1, "name": category}],
-        "annotations": [{"id": k, "video_id": 1, "category_id": 1, "iscrowd": 0, "width": w, "height": h,
-                         "length": 1, **a} for k, a in sorted(tracks.items())],
+        "categories": [{"id": i, "name": c} for c, i in cat_id.items()],
+        "annotations": [{"id": k, "video_id": 1, "category_id": cat_id[names.get(k, category)], "iscrowd": 0,
+                         "width": w, "height": h, "length": 1, **a} for k, a in sorted(tracks.items())],
     }  # fmt: skip
     return _replace(path, lambda p: p.write_text(json.dumps(data)))
 

@@ -47,7 +47,7 @@ def tuned(tmp_path_factory):
     ckpt = root / "sam2_tiny_tuned.pt"
     torch.save({"model": p.state_dict()}, ckpt)
     repo = root / "models"
-    export_repository(repo, f"tiny:{ckpt}", None, log=lambda m: None)
+    export_repository(repo, f"tiny:{ckpt}", "tiny", log=lambda m: None)
     frames = root / "frames"
     frames.mkdir()
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ async def test_seglabel_track_writes_files_their_readers_read_and_resumes(make_s
     video, out = tmp_path / "clip.mp4", tmp_path / "out"
     _mp4(video)
     argv = ["--server", f"127.0.0.1:{server.port}", "track", str(video), "--out", str(out), "--quiet",
-            "--box", "0:8,10,34,30", "--point", "0:62,44", "--point", f"{LATER}:50,20"]  # fmt: skip
+            "--box", "0:8,10,34,30", "--point", "0:62,44", "--point", f"{LATER}:50,20", "--labels", "red box,blue disc"]  # fmt: skip
     assert await asyncio.to_thread(main, argv) == 0
     ytvis = json.loads((out / "tracks.ytvis.json").read_text())
     assert ytvis["videos"][0]["length"] == FRAMES and (
@@ -225,6 +225,9 @@ async def test_seglabel_track_writes_files_their_readers_read_and_resumes(make_s
         ytvis["videos"][0]["height"],
     ) == (W, H)
     anns = {a["id"]: a for a in ytvis["annotations"]}
+    names = {c["id"]: c["name"] for c in ytvis["categories"]}
+    assert set(names.values()) <= {"red box", "blue disc"}  # each track's category is its label
+    assert all(names[a["category_id"]] in ("red box", "blue disc") for a in ytvis["annotations"])
     assert sorted(anns) == [1, 2, 3] and all(len(a["segmentations"]) == FRAMES for a in anns.values())
     assert all(s is None for s in anns[3]["segmentations"][:LATER])  # object 3 starts on its frame
     present = 0
@@ -296,7 +299,9 @@ async def test_live_mode_drops_stale_frames_and_a_cancel_frees_the_session(make_
     server = await make_server(repo=repo)
     f = [(frames / f"{t:05d}.jpg").read_bytes() for t in range(FRAMES)]
     # a camera faster than the server: every frame sent at once; the first with prompts
-    requests = [track_open("live")] + [track_frame(t, f[t % FRAMES], PROMPTS[0] if t == 0 else ()) for t in range(24)]
+    requests = [track_open("live")] + [
+        track_frame(t, f[t % FRAMES], PROMPTS[0] if t == 0 else ()) for t in range(24)
+    ]
     async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
         replies = [r async for r in c.track(iter(requests))]
         answered = [r.frame_index for r in replies]
@@ -324,3 +329,39 @@ async def test_live_mode_drops_stale_frames_and_a_cancel_frees_the_session(make_
             break
         await asyncio.sleep(0.05)
     assert metric(server, "seglabel_track_sessions") == 0 and server.service.tracking.open == 0
+
+
+async def test_tracks_get_labels_that_settle_on_their_mean_embedding(make_server, tuned, tiny_repo_no_clip):
+    _, repo, frames = tuned
+    server = await make_server(repo=repo)
+    vocab = ["red box", "blue disc", "green square"]
+    opening = track_open("file")
+    opening.open.vocabulary.extend(vocab)
+    opening.open.label_every = 3
+    requests = [opening] + [
+        track_frame(t, (frames / f"{t:05d}.jpg").read_bytes(), PROMPTS.get(t, ())) for t in range(FRAMES)
+    ]
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        replies = [r async for r in c.track(iter(requests))]
+    seen: dict[int, str] = {}
+    labelled_once: set[int] = set()
+    for r in replies:
+        assert r.timings.clip_ms >= 0
+        for o in r.objects:
+            if o.area and (o.prompted or r.frame_index % 3 == 0):
+                labelled_once.add(o.object_id)
+            assert o.HasField("label") == (o.object_id in labelled_once), (r.frame_index, o.object_id)
+            if o.HasField("label"):
+                assert o.label.label in vocab and 0 <= o.label.confidence <= 1 and len(o.label.top_k) == 3
+                assert o.label_changed == (o.object_id in seen and seen[o.object_id] != o.label.label)
+                seen[o.object_id] = o.label.label
+    assert labelled_once == {1, 2, 3}
+
+    # labels asked of a server without CLIP: a clear status, before any frame is read
+    bare = await make_server(repo=tiny_repo_no_clip)
+    async with AsyncSegmenterClient(f"127.0.0.1:{bare.port}") as c:
+        err = await _status(c, [opening, requests[1]])
+    assert (
+        err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and "labelling tracks is not available" in err.details()
+    )

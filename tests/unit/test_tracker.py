@@ -99,7 +99,13 @@ def test_inbox_file_mode_holds_two_frames_and_live_mode_keeps_the_newest():
 
         live = _Inbox(LIVE)
         prompted = TrackFrame(1, b"", prompts=[Prompt(1, points=[(1, 1)], labels=[1])])
-        for f in (TrackFrame(0, b""), prompted, TrackFrame(2, b""), TrackFrame(3, b""), TrackFrame(4, b"", remove=[1])):
+        for f in (
+            TrackFrame(0, b""),
+            prompted,
+            TrackFrame(2, b""),
+            TrackFrame(3, b""),
+            TrackFrame(4, b"", remove=[1]),
+        ):
             await live.put(f)
         await live.put(TrackFrame(5, b""))
         got = [(await live.get()).index for _ in range(len(live.items))]

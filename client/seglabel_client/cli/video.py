@@ -16,7 +16,9 @@ def register(sub) -> None:
         "--point starts a new object on its frame (ids 1, 2, ... in flag order); --detect-every N starts one for "
         "every mask of a grid Segment of every N-th frame that overlaps no tracked object. Writes "
         "OUT/tracks.ytvis.json, OUT/tracks.mot.txt and OUT/overlay.mp4; the answers are journalled in "
-        "OUT/track.journal.jsonl: the same command continues an interrupted run (--restart starts over).",
+        "OUT/track.journal.jsonl: the same command continues an interrupted run (--restart starts over). "
+        "--labels a,b,c or --vocabulary-name NAME: each track labelled (CLIP on the mean of its crops), its "
+        "label the YouTube-VIS category.",
     )
     p.add_argument("video")
     p.add_argument("--out", required=True, help="output folder")
@@ -51,8 +53,10 @@ def track(args) -> int:
         ]
         if not prompts and not args.detect_every:
             raise ValueError("nothing to track: give --box, --point or --detect-every")
+        detect = flags.from_args(args, options.DATASET)
         job = TrackJob(prompts, args.detect_every, tuple(f.strip() for f in args.format.split(",") if f.strip()),
-                       args.category, detect_options=flags.from_args(args, options.DATASET))  # fmt: skip
+                       args.category, detect_options=detect, labels=tuple(detect.vocabulary or ()),
+                       vocabulary_name=detect.vocabulary_name or "")  # fmt: skip
         r = track_video(args.video, args.out, args.server, job, restart=args.restart,
                         progress=None if args.quiet else _progress, timeout=args.timeout,
                         tls_ca=args.tls_ca, token=args.token)  # fmt: skip

@@ -61,7 +61,9 @@ class SeglabelService:
         self.lifecycle = Lifecycle(cfg, self.metrics, self.admission, self.images)
         store = open_vocabularies(cfg.vocabulary_store or cfg.upload_store)
         self.vocabularies = Vocabularies(store, cfg, self.lifecycle, self.admission, self.images)
-        self.tracking = Tracking(cfg, self.lifecycle, self.admission, self.images, self.metrics)
+        self.tracking = Tracking(
+            cfg, self.lifecycle, self.admission, self.images, self.vocabularies, self.metrics
+        )
 
     # -- life: the lifecycle's -------------------------------------------------------------------
     @property

@@ -18,7 +18,8 @@ from seglabel_server.errors import DeadlineExceeded, InvalidArgument, LimitExcee
 from seglabel_server.models.images import video_preprocess
 from seglabel_server.pipeline.tracker import Prompt, ScheduledTrackModels, TrackConfig, TrackSession
 from seglabel_server.scheduler.batching import DEFAULT
-from seglabel_server.types import RequestContext
+from seglabel_server.service.params import resolve_relabel
+from seglabel_server.types import LabelResult, RequestContext, SegmentOptions
 
 FILE, LIVE = "file", "live"
 WAITING = 2  # FILE: frames read ahead of the one being answered (flow control holds the rest)
@@ -28,6 +29,10 @@ WAITING = 2  # FILE: frames read ahead of the one being answered (flow control h
 class TrackOptions:
     mode: str = FILE
     num_frames: int = 0  # 0: unknown
+    labelling: SegmentOptions | None = (
+        None  # the label fields (vocabulary or vocabulary_name); None: no labels
+    )
+    label_every: int = 5
 
 
 @dataclass
@@ -53,6 +58,37 @@ class TrackedObject:
     score: float
     iou: float
     prompted: bool
+    mask: np.ndarray | None = None  # [H, W] bool, for the labels (not sent)
+    label: LabelResult | None = None
+    label_changed: bool = False
+
+
+class TrackLabels:
+    """Each track's label from the mean of its crops' CLIP embeddings over the frames labelled so
+    far: one crop cannot flip it, many consistent ones can."""
+
+    def __init__(self, scorer, spec, every: int):
+        self.scorer, self.spec, self.every = scorer, spec, max(1, every)
+        self.sums: dict[int, np.ndarray] = {}
+        self.last: dict[int, str] = {}
+
+    async def label(self, pipeline, image: np.ndarray, index: int, objects: list[TrackedObject], ctx) -> None:
+        todo = [o for o in objects if o.area and (o.prompted or index % self.every == 0)]
+        if todo:
+            emb = await pipeline.embed_regions(image, [(o.mask, o.bbox) for o in todo], ctx)
+            for o, e in zip(todo, emb):
+                self.sums[o.obj_id] = self.sums.get(o.obj_id, 0.0) + e / max(np.linalg.norm(e), 1e-12)
+        for o in objects:
+            if o.obj_id in self.sums:
+                mean = self.sums[o.obj_id] / max(np.linalg.norm(self.sums[o.obj_id]), 1e-12)
+                o.label = self.scorer.classify(mean[None].astype(np.float32), o.obj_id, self.spec.top_k,
+                                               self.spec.min_confidence)[0]  # fmt: skip
+                o.label_changed = self.last.get(o.obj_id, o.label.label) != o.label.label
+                self.last[o.obj_id] = o.label.label
+
+    def forget(self, obj_id: int) -> None:
+        self.sums.pop(obj_id, None)
+        self.last.pop(obj_id, None)
 
 
 @dataclass
@@ -101,14 +137,9 @@ class _Inbox:
 class Tracking:
     """Opens, runs and bounds the server's tracking sessions."""
 
-    def __init__(self, cfg, lifecycle, admission, images, metrics):
-        self.cfg, self.lifecycle, self.admission, self.images, self.metrics = (
-            cfg,
-            lifecycle,
-            admission,
-            images,
-            metrics,
-        )
+    def __init__(self, cfg, lifecycle, admission, images, vocabularies, metrics):
+        self.cfg, self.lifecycle, self.admission, self.images = cfg, lifecycle, admission, images
+        self.vocabularies, self.metrics = vocabularies, metrics
         self.open = 0
 
     def limits(self) -> dict:
@@ -129,6 +160,11 @@ class Tracking:
         if options.mode not in (FILE, LIVE):
             raise InvalidArgument(f"track mode {options.mode!r}: file or live")
         loaded = self.lifecycle.loaded
+        labels = None
+        if options.labelling is not None:
+            self.lifecycle.require("labels", "labelling tracks")
+            spec = await self.vocabularies.spec(resolve_relabel(p, options.labelling), ctx)
+            labels = TrackLabels(await loaded.pipeline.labels.scorer(spec, ctx), spec, options.label_every)
         settings = loaded.repo.manifest["sam2_video"]["tracking"]
         tcfg = TrackConfig.from_settings(
             settings, max_cond_frames=p.track_cond_frames, max_objects=p.max_track_objects
@@ -144,7 +180,7 @@ class Tracking:
             while (item := await inbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                answer, size = await self._answer(session, item, size, inbox, ctx)
+                answer, size = await self._answer(session, item, size, inbox, labels, ctx)
                 self.metrics.track_frames.inc()
                 yield answer
         finally:
@@ -173,11 +209,13 @@ class Tracking:
         except (SeglabelError, Exception) as exc:  # handed to the answering loop, which raises it
             await inbox.put(exc)
 
-    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, ctx):
+    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, labels, ctx):
         t0 = time.perf_counter()
         for k in frame.remove:
             if not session.remove(k):
                 raise NotFound(f"frame {frame.index}: no object {k} is tracked")
+            if labels is not None:
+                labels.forget(k)
         async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
             opened = await self.images.open(None, frame.image, "TrackRequest")
             w, h = opened.width, opened.height
@@ -194,10 +232,13 @@ class Tracking:
             answers = await session.step(frame.index, pixels[None], (h, w), frame.prompts)
             t2 = time.perf_counter()
             objects = await asyncio.to_thread(_objects, answers, (h, w))
+            t3 = time.perf_counter()
+            if labels is not None:
+                await labels.label(self.lifecycle.loaded.pipeline, image, frame.index, objects, ctx)
         dropped, inbox.dropped = inbox.dropped, []
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
         timings = {"decode_image": decode_ms, **session.models.times, "upsample": (t3 - t2) * 1e3,
-                   "queue": ctx.queue_ms, "total": (t3 - t0) * 1e3}  # fmt: skip
+                   "clip": (t4 - t3) * 1e3, "queue": ctx.queue_ms, "total": (t4 - t0) * 1e3}  # fmt: skip
         state = sum(session.state_bytes().values())
         return TrackAnswer(frame.index, w, h, objects, dropped, timings, state), (w, h)
 
@@ -212,5 +253,5 @@ def _objects(answers, hw: tuple[int, int]) -> list[TrackedObject]:
         area = int(mask.sum())
         box = masks_to_boxes(mask[None])[0].tolist() if area else []
         bbox = [box[0], box[1], box[2] - box[0] + 1, box[3] - box[1] + 1] if box else []
-        out.append(TrackedObject(a.obj_id, encode_rle(mask), bbox, area, a.score, a.iou, a.prompted))
+        out.append(TrackedObject(a.obj_id, encode_rle(mask), bbox, area, a.score, a.iou, a.prompted, mask))
     return out

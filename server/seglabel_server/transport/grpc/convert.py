@@ -306,7 +306,11 @@ def track_options_from_pb(req: pb.TrackRequest) -> TrackOptions:
         raise InvalidArgument("the first TrackRequest opens the session: set open (and no frame)")
     if req.open.mode not in _TRACK_MODES:
         raise InvalidArgument(f"unknown track mode {req.open.mode}")
-    return TrackOptions(_TRACK_MODES[req.open.mode], max(0, req.open.num_frames))
+    o = req.open
+    labelling = None
+    if o.vocabulary or o.vocabulary_name:
+        labelling = SegmentOptions(vocabulary=tuple(o.vocabulary), vocabulary_name=o.vocabulary_name)
+    return TrackOptions(_TRACK_MODES[o.mode], max(0, o.num_frames), labelling, o.label_every or 5)
 
 
 def track_frame_from_pb(req: pb.TrackRequest) -> TrackFrame:
@@ -326,5 +330,6 @@ def track_answer_to_pb(a: TrackAnswer) -> pb.TrackResponse:
         timings=timings_to_pb(a.timings), state_bytes=a.state_bytes,
         objects=[pb.TrackedObject(object_id=o.obj_id, rle=pb.RLE(size=o.rle["size"], counts=o.rle["counts"]),
                                   bbox=o.bbox, area=o.area, object_score=o.score, present=o.score > 0,
-                                  predicted_iou=o.iou, prompted=o.prompted) for o in a.objects],
+                                  predicted_iou=o.iou, prompted=o.prompted, label_changed=o.label_changed,
+                                  label=label_to_pb(o.label) if o.label is not None else None) for o in a.objects],
     )  # fmt: skip
