@@ -328,7 +328,7 @@ async def test_live_mode_drops_stale_frames_and_a_cancel_frees_the_session(make_
         if metric(server, "seglabel_track_sessions") == 0:
             break
         await asyncio.sleep(0.05)
-    assert metric(server, "seglabel_track_sessions") == 0 and server.service.tracking.open == 0
+    assert metric(server, "seglabel_track_sessions") == 0 and server.service.tracking.sessions == 0
 
 
 async def test_tracks_get_labels_that_settle_on_their_mean_embedding(make_server, tuned, tiny_repo_no_clip):
@@ -365,3 +365,57 @@ async def test_tracks_get_labels_that_settle_on_their_mean_embedding(make_server
         err.code() == grpc.StatusCode.FAILED_PRECONDITION
         and "labelling tracks is not available" in err.details()
     )
+
+
+async def test_an_http_tracking_session_answers_frame_by_frame(make_server, tuned, photo_bytes):
+    """The web page's road: a session opened with POST /track, one multipart call per frame, the
+    answer as the TrackResponse's JSON; a bad frame's status; DELETE ends it."""
+    import requests
+
+    from tests.system import free_port
+
+    _, repo, frames = tuned
+    port = free_port()
+    server = await make_server(repo=repo, http_port=port)
+    base = f"http://127.0.0.1:{port}"
+
+    def session() -> list:
+        sid = requests.post(
+            f"{base}/track", json={"vocabulary": ["red box", "blue disc"], "label_every": 2}
+        ).json()["session"]
+        answers = []
+        for t in range(4):
+            req = {
+                "frame_index": t,
+                "prompts": [{"object_id": 1, "box": {"x0": 8, "y0": 10, "x1": 34, "y1": 30}}]
+                if t == 0
+                else [],
+            }
+            r = requests.post(f"{base}/track/{sid}/frames", files={"image": (frames / f"{t:05d}.jpg").read_bytes()},
+                              data={"request": json.dumps(req)})  # fmt: skip
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+        bad = requests.post(
+            f"{base}/track/{sid}/frames", files={"image": photo_bytes}, data={"request": '{"frame_index": 9}'}
+        )
+        gone = requests.post(f"{base}/track/{sid}/frames", files={"image": b"x"}, data={"request": "{}"})
+        sid2 = requests.post(f"{base}/track", json={}).json()["session"]
+        deleted = requests.delete(f"{base}/track/{sid2}")
+        after = requests.post(f"{base}/track/{sid2}/frames", files={"image": b"x"}, data={"request": "{}"})
+        return answers, bad, gone, deleted, after
+
+    answers, bad, gone, deleted, after = await asyncio.to_thread(session)
+    assert [a["frame_index"] for a in answers] == [0, 1, 2, 3]
+    for a in answers:
+        (o,) = a["objects"]
+        assert o["object_id"] == 1 and o["rle"]["size"] == [H, W] and a["width"] == W
+        assert o["label"] is None or o["label"]["label"] in ("red box", "blue disc")
+    assert answers[-1]["objects"][0]["label"] is not None  # (absent on frame 0, labelled on frame 2)
+    assert bad.status_code == 400 and "this session's frames are 96x72" in bad.json()["error"]["message"]
+    assert gone.status_code == 404  # the session ended with its error
+    assert deleted.status_code == 200 and after.status_code == 404
+    for _ in range(100):
+        if metric(server, "seglabel_track_sessions") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert metric(server, "seglabel_track_sessions") == 0

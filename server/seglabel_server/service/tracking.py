@@ -140,22 +140,22 @@ class Tracking:
     def __init__(self, cfg, lifecycle, admission, images, vocabularies, metrics):
         self.cfg, self.lifecycle, self.admission, self.images = cfg, lifecycle, admission, images
         self.vocabularies, self.metrics = vocabularies, metrics
-        self.open = 0
+        self.sessions = 0  # open now
 
     def limits(self) -> dict:
         p = self.cfg.pipeline
         return {"max_track_sessions": p.max_track_sessions, "max_track_objects": p.max_track_objects,
                 "track_idle_s": p.track_idle_s}  # fmt: skip
 
-    async def run(self, options: TrackOptions, frames: AsyncIterator[TrackFrame],
-                  ctx: RequestContext) -> AsyncIterator[TrackAnswer]:  # fmt: skip
-        """The session's answers, one per frame answered; the session ends (its state freed) when
-        ``frames`` ends, on the first error (raised after the answers before it), or when the
-        consumer stops iterating."""
+    async def open(self, options: TrackOptions, ctx: RequestContext):
+        """A session's checks (served, within the limits, its options and labels resolved) before
+        any frame: returns ``answers(frames)``, the session's async iterator of answers, one per
+        frame answered; the session ends (its state freed) when ``frames`` ends, on the first error
+        (raised after the answers before it), or when the consumer stops iterating."""
         self.lifecycle.require_ready()
         self.lifecycle.require("tracking", "tracking")
         p = self.cfg.pipeline
-        if self.open >= p.max_track_sessions:
+        if self.sessions >= p.max_track_sessions:
             raise LimitExceeded(f"{p.max_track_sessions} tracking sessions are open (--max-track-sessions)")
         if options.mode not in (FILE, LIVE):
             raise InvalidArgument(f"track mode {options.mode!r}: file or live")
@@ -169,12 +169,16 @@ class Tracking:
         tcfg = TrackConfig.from_settings(
             settings, max_cond_frames=p.track_cond_frames, max_objects=p.max_track_objects
         )
-        models = ScheduledTrackModels(loaded.pipeline.scheduler, ctx)
-        session = TrackSession(models, tcfg, options.num_frames or None)
+        session = TrackSession(
+            ScheduledTrackModels(loaded.pipeline.scheduler, ctx), tcfg, options.num_frames or None
+        )
+        return lambda frames: self._run(session, options, labels, frames, ctx)
+
+    async def _run(self, session: TrackSession, options: TrackOptions, labels, frames, ctx):
         inbox = _Inbox(options.mode)
-        self.open += 1
-        self.metrics.track_sessions.set(self.open)
-        reader = asyncio.create_task(self._read(frames, inbox, p.track_idle_s))
+        self.sessions += 1
+        self.metrics.track_sessions.set(self.sessions)
+        reader = asyncio.create_task(self._read(frames, inbox, self.cfg.pipeline.track_idle_s))
         try:
             size = None
             while (item := await inbox.get()) is not None:
@@ -188,8 +192,8 @@ class Tracking:
             await asyncio.gather(reader, return_exceptions=True)
             ctx.cancel()
             session.objects.clear()
-            self.open -= 1
-            self.metrics.track_sessions.set(self.open)
+            self.sessions -= 1
+            self.metrics.track_sessions.set(self.sessions)
 
     async def _read(self, frames: AsyncIterator[TrackFrame], inbox: _Inbox, idle_s: float) -> None:
         """The stream's frames into the inbox; its end (None) or its failure after them."""

@@ -144,6 +144,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             async for r in requests:
                 yield convert.track_frame_from_pb(r)
 
-        async with contextlib.aclosing(self.service.tracking.run(options, frames(), ctx)) as answers:
-            async for answer in answers:
+        answers = await self.service.tracking.open(options, ctx)
+        async with contextlib.aclosing(answers(frames())) as it:
+            async for answer in it:
                 yield convert.track_answer_to_pb(answer)

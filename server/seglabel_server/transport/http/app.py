@@ -42,7 +42,7 @@ from seglabel_server.errors import InvalidArgument, SeglabelError, Unauthenticat
 from seglabel_server.transport.auth import Tokens
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
-from seglabel_server.transport.http import labelstudio, schema
+from seglabel_server.transport.http import labelstudio, schema, tracking
 from seglabel_server.transport.http.datasets import DatasetJobs
 from seglabel_server.transport.http.gateway import Gateway
 from seglabel_server.transport.http.middleware import (
@@ -258,6 +258,8 @@ def create_app(
 
     ls_routes, app.state.label_studio = labelstudio.router(service, label_studio or labelstudio.Settings())
     app.include_router(ls_routes)
+
+    app.state.tracking = tracking.add_routes(app, service, request_context)
 
     jobs = DatasetJobs(service)
     app.state.datasets = jobs

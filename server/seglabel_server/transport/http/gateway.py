@@ -6,10 +6,11 @@ the request's context last (cancellation, deadline), whether or not it uses it."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from seglabel_server.metrics import Metrics
+from seglabel_server.service.tracking import TrackAnswer, TrackFrame, TrackOptions
 from seglabel_server.service.vocabularies import LabelIn
 from seglabel_server.types import (
     DepthResult,
@@ -73,6 +74,11 @@ class Gateway(Protocol):
     async def remove_examples(self, name: str, label: str, ids: list[str], remove_label: bool,
                               ctx: RequestContext | None = None) -> Described: ...  # fmt: skip
 
+    async def track(self, options: TrackOptions, frames: AsyncIterator[TrackFrame],
+                    ctx: RequestContext | None = None) -> AsyncIterator[TrackAnswer]:  # fmt: skip
+        """A tracking session's answers for ``frames`` (checked and opened when awaited)."""
+        ...
+
 
 class LocalGateway:
     """The in-process service (the server's own loop, or a Ray replica's): calls it directly."""
@@ -127,10 +133,16 @@ class LocalGateway:
     async def remove_examples(self, name, label, ids, remove_label, ctx=None):
         return await self.service.vocabularies.remove_examples(name, label, ids, remove_label)
 
+    async def track(self, options, frames, ctx=None):
+        answers = await self.service.tracking.open(options, ctx or RequestContext())
+        return answers(frames)
+
 
 # The calls a Ray replica answers for the ingress's RemoteGateway (passed as these functions, not names).
 GATEWAY_CALLS = frozenset(
     getattr(LocalGateway, name)
     for name in vars(Gateway)
-    if not name.startswith("_") and callable(getattr(Gateway, name)) and name != "segment_events"
+    if not name.startswith("_")
+    and callable(getattr(Gateway, name))
+    and name not in ("segment_events", "track")
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Callable
 
+from seglabel_server.errors import CapabilityUnavailable
 from seglabel_server.metrics import Metrics
 from seglabel_server.transport.http.gateway import LocalGateway
 from seglabel_server.transport.ray.calls import call_replica, on, stream_replica, unpack
@@ -77,6 +78,12 @@ class RemoteGateway:
 
     async def remove_examples(self, name, label, ids, remove_label, ctx=None):
         return await self._call(LocalGateway.remove_examples, name, label, ids, remove_label, ctx=ctx)
+
+    async def track(self, options, frames, ctx=None):
+        raise CapabilityUnavailable(
+            "tracking is not served through Ray Serve yet: a session's state lives on one replica, and "
+            "this ingress does not keep a session on one; use a server's own gRPC Track or HTTP /track"
+        )
 
     async def segment_events(self, params, file_id, data, ctx=None) -> AsyncGenerator[object, None]:
         events = stream_replica(
