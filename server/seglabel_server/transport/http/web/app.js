@@ -715,6 +715,7 @@
     }
   });
   window.seglabel = state;  // for the console (and the browser test)
+  window.seglabelPage = { api, headers, decodeRle, colour, vocabulary };  // what video.js shares
   window.seglabelCorrect = (key) => startCorrection(state.objects.find((o) => o.key === key));
   setStatus("drop or choose an image", "idle");
   loadInfo();
