@@ -27,7 +27,9 @@ from seglabel_export.video import export_video
 from seglabel_server.backends.onnx_folder import OnnxFolderBackend
 from seglabel_server.models.images import video_preprocess
 from seglabel_server.models.torch_modules.video import tracking_settings
-from seglabel_server.pipeline.tracker import DirectTrackModels, Prompt, TrackConfig, TrackSession
+from seglabel_server.pipeline.track_models import DirectTrackModels
+from seglabel_server.pipeline.tracker import Prompt, TrackSession
+from seglabel_server.pipeline.tracking import TrackConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FULL = 7  # frames after which the memory bank is full (sam2's num_maskmem): "steady" rates from there

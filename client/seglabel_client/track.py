@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from seglabel_api import options as request_options
+from seglabel_api.options import SegmentOptions
 from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 
 from seglabel_client.client import ImageLike, _image_bytes
@@ -18,11 +20,15 @@ MODES = {"file": pb.TRACK_MODE_FILE, "live": pb.TRACK_MODE_LIVE}
 
 
 def track_open(mode: str = "file", num_frames: int = 0, vocabulary: Sequence[str] = (), vocabulary_name: str = "",
-               label_every: int = 0) -> pb.TrackRequest:  # fmt: skip
+               label_every: int = 0, detect_options: SegmentOptions | None = None) -> pb.TrackRequest:  # fmt: skip
     """The first message: ``file`` (every frame answered) or ``live`` (stale frames dropped); with
-    ``vocabulary`` or ``vocabulary_name`` the tracks are labelled (every ``label_every``-th frame)."""
-    return pb.TrackRequest(open=pb.TrackOpen(mode=MODES[mode], num_frames=num_frames, vocabulary=list(vocabulary),
-                                             vocabulary_name=vocabulary_name, label_every=label_every))  # fmt: skip
+    ``vocabulary`` or ``vocabulary_name`` the tracks are labelled (every ``label_every``-th frame);
+    ``detect_options``: the grid's options on frames sent with ``detect``."""
+    o = pb.TrackOpen(mode=MODES[mode], num_frames=num_frames, vocabulary=list(vocabulary),
+                     vocabulary_name=vocabulary_name, label_every=label_every)  # fmt: skip
+    if detect_options is not None:
+        o.detect_options.CopyFrom(request_options.to_pb(detect_options, pb.SegmentRequest()))
+    return pb.TrackRequest(open=o)
 
 
 def track_prompt(object_id: int, points: Sequence[tuple[float, float, bool]] = (),
@@ -34,8 +40,9 @@ def track_prompt(object_id: int, points: Sequence[tuple[float, float, bool]] = (
     return p
 
 
-def track_frame(index: int, image: ImageLike, prompts: Iterable[pb.TrackPrompt] = (),
-                remove: Iterable[int] = ()) -> pb.TrackRequest:  # fmt: skip
-    return pb.TrackRequest(
-        frame_index=index, image=_image_bytes(image), prompts=list(prompts), remove=list(remove)
-    )
+def track_frame(index: int, image: ImageLike, prompts: Iterable[pb.TrackPrompt] = (), remove: Iterable[int] = (),
+                detect: bool = False) -> pb.TrackRequest:  # fmt: skip
+    """A frame with the prompts that start objects on it, the objects to stop, and ``detect``: the
+    grid on it starts objects for the masks no track covers."""
+    return pb.TrackRequest(frame_index=index, image=_image_bytes(image), prompts=list(prompts), remove=list(remove),
+                           detect=detect)  # fmt: skip

@@ -6,15 +6,14 @@ per frame), and the outputs are written from the journal: YouTube-VIS-style JSON
 per track), MOT-challenge boxes and an overlay MP4 with ids. Resumable: the same command continues
 after a kill and gives the same files: the session's memory is rebuilt by sending the journalled
 frames again (their answers checked against the journal, not written twice), then the run goes
-on. ``--detect-every N``: a grid Segment of every N-th frame starts tracks for the masks that
-overlap no tracked object."""
+on. ``--detect-every N``: the server's grid on every N-th frame starts tracks for the masks that
+no tracked object covers (``TrackRequest.detect``)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -103,7 +102,7 @@ def _file_id(path: Path) -> str:
 def _record(reply) -> dict:
     return {"frame": reply.frame_index, "width": reply.width, "height": reply.height,
             "objects": [{"id": o.object_id, "counts": o.rle.counts, "bbox": list(o.bbox), "area": o.area,
-                         "score": round(o.object_score, 5), "present": o.present,
+                         "score": round(o.object_score, 5), "present": o.present, "detected": o.detected,
                          "label": o.label.label if o.HasField("label") else None,
                          "label_confidence": round(o.label.confidence, 5) if o.HasField("label") else None}
                         for o in reply.objects]}  # fmt: skip
@@ -132,11 +131,7 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
     t0 = time.monotonic()
     with SegmenterClient(target, timeout=timeout, tls_ca=tls_ca, token=token) as c, open(journal, "a") as log:
         info = c.server_info()
-        replies: queue.Queue = queue.Queue()  # answers, for the detector's overlap test
-        first_id = 1 + max((o["id"] for r in done for o in r["objects"]), default=len(job.prompts))
-        ids = iter(range(first_id, 1 << 30))
         sent: dict[int, list[dict]] = {}  # prompts sent with each frame, journalled with its answer
-
         failed: list[BaseException] = []  # raised in the request thread: re-raised here, after the stream
 
         def requests():
@@ -146,8 +141,8 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
                 failed.append(exc)
 
         def frame_requests():
-            yield track_open("file", vocabulary=job.labels, vocabulary_name=job.vocabulary_name)
-            last: dict = done[-1] if done else {}
+            yield track_open("file", vocabulary=job.labels, vocabulary_name=job.vocabulary_name,
+                             detect_options=job.detect_options if job.detect_every else None)  # fmt: skip
             for t, rgb in enumerate(frames_of(video)):
                 if t < len(done):  # replayed: the prompts the journal says were sent
                     prompts = [track_prompt(p["id"], [tuple(p["point"])] if p["point"] else (), p["box"])
@@ -155,14 +150,11 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
                 else:
                     prompts = [track_prompt(i + 1, [p.point] if p.point else (), p.box)
                                for i, p in enumerate(job.prompts) if p.frame == t]  # fmt: skip
-                    if job.detect_every and t % job.detect_every == 0:
-                        while t and last.get("frame", -1) < t - 1:
-                            last = replies.get()  # the previous frame's answer
-                        prompts += _detect(c, rgb, last, ids, job.detect_options)
                 sent[t] = [{"id": p.object_id, "point": [p.points[0].x, p.points[0].y, p.points[0].positive]
                             if p.points else None, "box": [p.box.x0, p.box.y0, p.box.x1, p.box.y1]
                             if p.HasField("box") else None} for p in prompts]  # fmt: skip
-                yield track_frame(t, _jpeg(rgb, job.jpeg_quality), prompts)
+                detect = bool(job.detect_every) and t % job.detect_every == 0
+                yield track_frame(t, _jpeg(rgb, job.jpeg_quality), prompts, detect=detect)
 
         n = 0
         for reply in c.track(requests()):
@@ -174,8 +166,6 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 n += 1
-            if job.detect_every:
-                replies.put(rec)
             if progress is not None:
                 progress(rec["frame"] + 1, time.monotonic() - t0)
         if failed:
@@ -186,27 +176,6 @@ def track_video(video: str | Path, out: str | Path, target: str, job: TrackJob, 
     return {"frames": len(records), "resumed_from_journal": len(done), "tracked_now": n,
             "objects": sorted({o["id"] for r in records for o in r["objects"]}), "outputs": outputs,
             "frames_per_s": n / seconds if seconds > 0 else 0.0, "random_weights": info.random_weights}  # fmt: skip
-
-
-def _detect(c: SegmenterClient, rgb: np.ndarray, last: dict, ids, options=None) -> list:
-    """New objects on a keyframe: the grid's masks (by box) that overlap no tracked object's box
-    on the previous frame by more than half of their own area."""
-    resp = c.segment(_jpeg(rgb, 95), options=options, skip_labels=True, overlay=False)
-    boxes = [o["bbox"] for o in last.get("objects", ()) if o["present"] and o["bbox"]]
-    new = []
-    for m in resp.masks:
-        x, y, w, h = m.bbox
-        covered = max((_overlap((x, y, w, h), b) for b in boxes), default=0.0)
-        if covered <= 0.5 * w * h:
-            new.append(track_prompt(next(ids), box=(x, y, x + w, y + h)))
-            boxes.append([x, y, w, h])
-    return new
-
-
-def _overlap(a, b) -> float:
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return max(0.0, w) * max(0.0, h)
 
 
 def write_outputs(video: Path, out: Path, records: list[dict], job: TrackJob, fps_hint=None) -> dict:

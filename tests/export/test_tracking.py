@@ -22,7 +22,9 @@ from seglabel_server.models.torch_modules.video import (
     Sam2MemoryEncoder,
     Sam2TrackDecoder,
 )
-from seglabel_server.pipeline.tracker import DirectTrackModels, Prompt, TrackSession, from_bf16, to_bf16
+from seglabel_server.pipeline.track_models import DirectTrackModels
+from seglabel_server.pipeline.tracker import Prompt, TrackSession
+from seglabel_server.pipeline.tracking import from_bf16, to_bf16
 
 from tests.export.video_models import LAST_FRAME, track_config, video_predictor
 

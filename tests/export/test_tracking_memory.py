@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from seglabel_export.video import export_video
 from seglabel_server.backends.onnx_folder import OnnxFolderBackend
-from seglabel_server.pipeline.tracker import DirectTrackModels, Prompt, TrackSession
+from seglabel_server.pipeline.track_models import DirectTrackModels
+from seglabel_server.pipeline.tracker import Prompt, TrackSession
 
 from tests.export.video_models import track_config, video_predictor
 

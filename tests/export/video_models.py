@@ -7,7 +7,7 @@ import torch
 from seglabel_export import sources
 from seglabel_server.models.torch_modules.checkpoints import build_sam2
 from seglabel_server.models.torch_modules.video import tracking_settings
-from seglabel_server.pipeline.tracker import TrackConfig
+from seglabel_server.pipeline.tracking import TrackConfig
 
 TINY = list(sources.SAM2_TINY_OVERRIDES)
 

@@ -281,7 +281,8 @@ async def test_seglabel_track_detects_new_objects_and_refuses_a_bad_video(
             "--grid", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--max-masks", "3"]  # fmt: skip
     assert await asyncio.to_thread(main, argv) == 0
     records = [json.loads(x) for x in (out / "track.journal.jsonl").read_text().splitlines()[1:]]
-    started = {r["frame"]: [p["id"] for p in r["prompts"]] for r in records if r["prompts"]}
+    started = {r["frame"]: [o["id"] for o in r["objects"] if o["detected"]] for r in records}
+    started = {t: ids for t, ids in started.items() if ids}
     assert started and set(started) <= {0, 4, 8} and 0 in started
     ids = [i for v in started.values() for i in v]
     assert len(ids) == len(set(ids))  # each detection a new object
@@ -419,3 +420,27 @@ async def test_an_http_tracking_session_answers_frame_by_frame(make_server, tune
             break
         await asyncio.sleep(0.05)
     assert metric(server, "seglabel_track_sessions") == 0
+
+
+async def test_detect_starts_objects_for_masks_no_track_covers(make_server, tuned):
+    from seglabel_api.options import SegmentOptions
+
+    _, repo, frames = tuned
+    server = await make_server(repo=repo)
+    grid = SegmentOptions(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, max_masks=4)
+    f = [(frames / f"{t:05d}.jpg").read_bytes() for t in range(4)]
+    requests = [track_open("file", detect_options=grid), track_frame(0, f[0], detect=True), track_frame(1, f[1]),
+                track_frame(2, f[2], detect=True), track_frame(3, f[3])]  # fmt: skip
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        replies = [r async for r in c.track(iter(requests))]
+    first = [o for o in replies[0].objects]
+    assert first and all(o.detected and o.prompted for o in first)
+    assert [o.object_id for o in first] == list(
+        range(10000, 10000 + len(first))
+    )  # ids from first_detected_id
+    assert [o.object_id for o in replies[1].objects] == [o.object_id for o in first]  # then tracked
+    assert not any(o.detected for o in replies[1].objects)
+    later = [o for o in replies[2].objects if o.detected]
+    ids = [o.object_id for o in replies[2].objects]
+    assert len(ids) == len(set(ids)) and all(o.object_id >= 10000 + len(first) for o in later)
+    assert len(replies[3].objects) == len(replies[2].objects)

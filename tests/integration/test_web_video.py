@@ -70,7 +70,9 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
     await page.goto(f"http://127.0.0.1:{port}/")
     await page.fill("#vocabulary", "red box, blue disc")
     await page.set_input_files("#video-file", str(video))
-    await page.wait_for_function("document.getElementById('video-status').textContent.includes('click an object')")
+    await page.wait_for_function(
+        "document.getElementById('video-status').textContent.includes('click an object')"
+    )
 
     # a click on the first frame starts track 1 there and shows it at once
     await page.locator("#video-overlay").scroll_into_view_if_needed()
@@ -82,7 +84,9 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
 
     # Track: the file stepped through at 5 frames/s of its 1.2 s; every step answered in order
     await page.click("#video-track")
-    await page.wait_for_function("document.getElementById('video-status').textContent.startsWith('done')", timeout=60000)
+    await page.wait_for_function(
+        "document.getElementById('video-status').textContent.startsWith('done')", timeout=60000
+    )
     state = await page.evaluate("window.seglabelVideo")
     assert state["answers"] >= 6 and state["last"]["frame_index"] == state["answers"] - 1
     assert all(o["object_id"] == 1 for o in state["last"]["objects"])
@@ -93,7 +97,9 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
 
     # the camera: live, its newest frame whenever the previous answer is back; a click adds a track
     await page.click("#video-camera")
-    await page.wait_for_function("window.seglabelVideo.camera && window.seglabelVideo.answers >= 3", timeout=60000)
+    await page.wait_for_function(
+        "window.seglabelVideo.camera && window.seglabelVideo.answers >= 3", timeout=60000
+    )
     await page.locator("#video-overlay").scroll_into_view_if_needed()
     box = await page.locator("#video-overlay").bounding_box()
     await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

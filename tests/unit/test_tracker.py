@@ -9,14 +9,8 @@ import asyncio
 import numpy as np
 import pytest
 from seglabel_server.errors import InvalidArgument, LimitExceeded
-from seglabel_server.pipeline.tracker import (
-    Prompt,
-    TrackConfig,
-    TrackSession,
-    from_bf16,
-    to_bf16,
-    use_multimask,
-)
+from seglabel_server.pipeline.tracker import Prompt, TrackSession
+from seglabel_server.pipeline.tracking import TrackConfig, from_bf16, to_bf16, use_multimask
 
 
 def test_box_goes_first_and_coordinates_scale_to_the_model_square():

@@ -23,126 +23,24 @@ The model calls go through ``TrackModels``: the scheduler's stages when served
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from seglabel_server.errors import InvalidArgument, LimitExceeded
-from seglabel_server.models.kinds import sam2, video
 from seglabel_server.models.kinds.video import ConditionRequest, MemoryRequest, TrackDecodeRequest
-from seglabel_server.pipeline.tracking import HeadsConfig, MemoryConfig, memory_plan, select_heads
+from seglabel_server.pipeline.track_models import TrackModels
+from seglabel_server.pipeline.tracking import (
+    TrackConfig,
+    from_bf16,
+    memory_plan,
+    select_heads,
+    to_bf16,
+    use_multimask,
+)
 
 UNBOUNDED = 1 << 30  # a stream's length when it is not known (sam2 reads the video's)
-
-
-class TrackModels(Protocol):
-    """The video path's model calls: the frame's encoder outputs (opaque to the session) and the
-    three video kinds' items (``models/kinds/video.py``)."""
-
-    async def encode(self, pixels: np.ndarray) -> Any: ...
-
-    async def condition(self, req: ConditionRequest) -> np.ndarray: ...
-
-    async def decode(self, req: TrackDecodeRequest) -> Sequence[np.ndarray]: ...
-
-    async def encode_memory(self, req: MemoryRequest) -> np.ndarray: ...
-
-
-class DirectTrackModels:
-    """The kinds executed on a backend directly, no scheduler: tools, tests, benchmarks."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    async def encode(self, pixels: np.ndarray):
-        return sam2.ENCODER.execute(self.backend, [pixels[0]])[0]
-
-    async def condition(self, req: ConditionRequest) -> np.ndarray:
-        return video.CONDITIONER.execute(self.backend, [req])[0]
-
-    async def decode(self, req: TrackDecodeRequest):
-        return video.TRACK_DECODER.execute(self.backend, [req])[0]
-
-    async def encode_memory(self, req: MemoryRequest) -> np.ndarray:
-        return video.MEMORY_ENCODER.execute(self.backend, [req])[0]
-
-
-class ScheduledTrackModels:
-    """The kinds as the scheduler's stages: frames and objects of concurrent sessions share
-    batches. ``times``: ms spent waiting on each (encoder, memory, decoder), summed until cleared."""
-
-    def __init__(self, scheduler, ctx):
-        self.scheduler, self.ctx = scheduler, ctx
-        self.times: dict[str, float] = {}
-
-    async def _run(self, stage: str, payload, key: str):
-        t0 = time.perf_counter()
-        try:
-            return await self.scheduler.run(stage, payload, self.ctx)
-        finally:
-            self.times[key] = self.times.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
-
-    async def encode(self, pixels: np.ndarray):
-        return await self._run(sam2.ENCODER.name, pixels[0], "encoder")
-
-    async def condition(self, req: ConditionRequest) -> np.ndarray:
-        return await self._run(video.CONDITIONER.name, req, "memory")
-
-    async def decode(self, req: TrackDecodeRequest):
-        return await self._run(video.TRACK_DECODER.name, req, "decoder")
-
-    async def encode_memory(self, req: MemoryRequest) -> np.ndarray:
-        return await self._run(video.MEMORY_ENCODER.name, req, "memory")
-
-
-@dataclass(frozen=True)
-class TrackConfig:
-    """The model's tracking settings (sam2's names in comments) and the session's bounds."""
-
-    image_size: int
-    heads: HeadsConfig = HeadsConfig()
-    memory: MemoryConfig = MemoryConfig()
-    multimask_in_sam: bool = True  # multimask_output_in_sam
-    multimask_for_tracking: bool = True  # multimask_output_for_tracking
-    multimask_points: tuple[int, int] = (0, 1)  # multimask_min_pt_num, multimask_max_pt_num
-    max_cond_frames: int = 4  # prompted frames kept per object (sam2 keeps all)
-    max_objects: int = 32  # objects tracked at once in one session
-
-    @classmethod
-    def from_settings(cls, s: dict, **bounds) -> TrackConfig:
-        """From the model's settings as the manifest records them (``tracking_settings``)."""
-        heads = HeadsConfig(multimask_token_for_ptr=s["use_multimask_token_for_obj_ptr"],
-                            dynamic_fallback=s["dynamic_multimask_via_stability"],
-                            stability_delta=s["dynamic_multimask_stability_delta"],
-                            stability_thresh=s["dynamic_multimask_stability_thresh"], pred_obj_scores=s["pred_obj_scores"])  # fmt: skip
-        memory = MemoryConfig(num_maskmem=s["num_maskmem"], max_cond_frames=s["max_cond_frames_in_attn"],
-                              stride=s["memory_temporal_stride_for_eval"], max_obj_ptrs=s["max_obj_ptrs_in_encoder"],
-                              ptrs_only_past=s["only_obj_ptrs_in_the_past_for_eval"],
-                              signed_ptr_offsets=s["use_signed_tpos_enc_to_obj_ptrs"])  # fmt: skip
-        return cls(image_size=s["image_size"], heads=heads, memory=memory, multimask_in_sam=s["multimask_output_in_sam"],
-                   multimask_for_tracking=s["multimask_output_for_tracking"],
-                   multimask_points=(s["multimask_min_pt_num"], s["multimask_max_pt_num"]), **bounds)  # fmt: skip
-
-
-def use_multimask(cfg: TrackConfig, first: bool, points: int) -> bool:
-    """sam2's ``_use_multimask``: several masks for a first frame's single click (and, in SAM2.1,
-    for tracked frames, which have no clicks)."""
-    lo, hi = cfg.multimask_points
-    return cfg.multimask_in_sam and (first or cfg.multimask_for_tracking) and lo <= points <= hi
-
-
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch rounds."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
-    return (rounded >> 16).astype(np.uint16)
-
-
-def from_bf16(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 @dataclass
@@ -230,6 +128,7 @@ class TrackSession:
         self.objects: dict[int, ObjectTrack] = {}
         self.last_frame = -1
         self._shapes: tuple[tuple[int, ...], int] = ((), 0)  # a memory entry's [Cm, H, W], a pointer's C
+        self._last: tuple | None = None  # the last frame's encoder outputs and (height, width)
 
     def remove(self, obj_id: int) -> bool:
         return self.objects.pop(obj_id, None) is not None
@@ -264,8 +163,27 @@ class TrackSession:
         rows.update(await self._first(feats, clicks))
         order = [k for k in self.objects if k in rows]
         await self._remember(frame, feats, order, rows, set(by_obj))
-        self.last_frame = frame
+        self.last_frame, self._last = frame, (feats, size)
         return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], k in by_obj) for k in order]
+
+    async def add(self, prompts: Sequence[Prompt]) -> list[ObjectFrame]:
+        """New objects started on the frame just answered (its features are kept): a detector's
+        finds, a click on a paused frame. Their answers on that frame."""
+        if self._last is None:
+            raise InvalidArgument("no frame answered yet to add objects on")
+        feats, (h, w) = self._last
+        ids = [p.obj_id for p in prompts]
+        if len(set(ids)) != len(ids) or any(k in self.objects for k in ids):
+            raise InvalidArgument(f"objects added on frame {self.last_frame} need new ids, once each")
+        if len(self.objects) + len(ids) > self.cfg.max_objects:
+            raise LimitExceeded(f"at most {self.cfg.max_objects} objects per session")
+        rows = await self._first(
+            feats, [(p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts]
+        )
+        for k in ids:
+            self.objects[k] = ObjectTrack()
+        await self._remember(self.last_frame, feats, ids, rows, set(ids))
+        return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], True) for k in ids]
 
     async def _first(self, frame, clicks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, tuple]:
         """SAM on the frame alone for each prompted object (id, coords, labels), one decoder item

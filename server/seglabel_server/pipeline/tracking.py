@@ -1,7 +1,8 @@
-"""The video path's host side (issue 34, first part): choosing among the mask decoder's output
-tokens as sam2's ``_forward_sam_heads`` does. A small pure function over arrays, so that one
-exported decoder graph (``Sam2TrackDecoder``: every token's mask, IoU and object pointer) serves
-first clicks (multimask) and tracked frames (one mask, with sam2's fallback when it is unstable)."""
+"""The video path's host side as small pure functions and settings (issue 34): choosing among the
+mask decoder's output tokens as sam2's ``_forward_sam_heads`` does (so that one exported decoder
+graph, every token's mask, IoU and object pointer, serves first clicks and tracked frames), what a
+tracked frame attends to (``memory_plan``), sam2's multimask rule, the settings of a tracking
+session, and the bfloat16 storage of memory features."""
 
 from __future__ import annotations
 
@@ -107,3 +108,50 @@ def memory_plan(frame: int, cond: list[int], tracked: set[int], num_frames: int,
         if t in tracked or t in unselected:
             pointers.append((t, t_diff))
     return memory, pointers
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """The model's tracking settings (sam2's names in comments) and the session's bounds."""
+
+    image_size: int
+    heads: HeadsConfig = HeadsConfig()
+    memory: MemoryConfig = MemoryConfig()
+    multimask_in_sam: bool = True  # multimask_output_in_sam
+    multimask_for_tracking: bool = True  # multimask_output_for_tracking
+    multimask_points: tuple[int, int] = (0, 1)  # multimask_min_pt_num, multimask_max_pt_num
+    max_cond_frames: int = 4  # prompted frames kept per object (sam2 keeps all)
+    max_objects: int = 32  # objects tracked at once in one session
+
+    @classmethod
+    def from_settings(cls, s: dict, **bounds) -> TrackConfig:
+        """From the model's settings as the manifest records them (``tracking_settings``)."""
+        heads = HeadsConfig(multimask_token_for_ptr=s["use_multimask_token_for_obj_ptr"],
+                            dynamic_fallback=s["dynamic_multimask_via_stability"],
+                            stability_delta=s["dynamic_multimask_stability_delta"],
+                            stability_thresh=s["dynamic_multimask_stability_thresh"], pred_obj_scores=s["pred_obj_scores"])  # fmt: skip
+        memory = MemoryConfig(num_maskmem=s["num_maskmem"], max_cond_frames=s["max_cond_frames_in_attn"],
+                              stride=s["memory_temporal_stride_for_eval"], max_obj_ptrs=s["max_obj_ptrs_in_encoder"],
+                              ptrs_only_past=s["only_obj_ptrs_in_the_past_for_eval"],
+                              signed_ptr_offsets=s["use_signed_tpos_enc_to_obj_ptrs"])  # fmt: skip
+        return cls(image_size=s["image_size"], heads=heads, memory=memory, multimask_in_sam=s["multimask_output_in_sam"],
+                   multimask_for_tracking=s["multimask_output_for_tracking"],
+                   multimask_points=(s["multimask_min_pt_num"], s["multimask_max_pt_num"]), **bounds)  # fmt: skip
+
+
+def use_multimask(cfg: TrackConfig, first: bool, points: int) -> bool:
+    """sam2's ``_use_multimask``: several masks for a first frame's single click (and, in SAM2.1,
+    for tracked frames, which have no clicks)."""
+    lo, hi = cfg.multimask_points
+    return cfg.multimask_in_sam and (first or cfg.multimask_for_tracking) and lo <= points <= hi
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch rounds."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bf16(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)

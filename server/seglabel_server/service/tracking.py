@@ -9,16 +9,18 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from seglabel_server.amg import Upsampler, encode_rle, masks_to_boxes
+from seglabel_server.amg import Upsampler, decode_rle, encode_rle, masks_to_boxes
 from seglabel_server.errors import DeadlineExceeded, InvalidArgument, LimitExceeded, NotFound, SeglabelError
 from seglabel_server.models.images import video_preprocess
-from seglabel_server.pipeline.tracker import Prompt, ScheduledTrackModels, TrackConfig, TrackSession
+from seglabel_server.pipeline.track_models import ScheduledTrackModels
+from seglabel_server.pipeline.tracker import Prompt, TrackSession
+from seglabel_server.pipeline.tracking import TrackConfig
 from seglabel_server.scheduler.batching import DEFAULT
-from seglabel_server.service.params import resolve_relabel
+from seglabel_server.service.params import plan_segment, resolve_relabel
 from seglabel_server.types import LabelResult, RequestContext, SegmentOptions
 
 FILE, LIVE = "file", "live"
@@ -29,10 +31,10 @@ WAITING = 2  # FILE: frames read ahead of the one being answered (flow control h
 class TrackOptions:
     mode: str = FILE
     num_frames: int = 0  # 0: unknown
-    labelling: SegmentOptions | None = (
-        None  # the label fields (vocabulary or vocabulary_name); None: no labels
-    )
+    labelling: SegmentOptions | None = None  # the label fields (vocabulary or vocabulary_name); None: none
     label_every: int = 5
+    detect: SegmentOptions | None = None  # the grid's options on frames that ask to detect (None: defaults)
+    first_detected_id: int = 10000  # detection's ids count from here (the client's stay its own)
 
 
 @dataclass
@@ -43,10 +45,11 @@ class TrackFrame:
     image: bytes
     prompts: list[Prompt] = field(default_factory=list)
     remove: list[int] = field(default_factory=list)
+    detect: bool = False  # the grid on this frame starts objects for masks no track covers
 
     @property
     def droppable(self) -> bool:
-        return not self.prompts and not self.remove
+        return not self.prompts and not self.remove and not self.detect
 
 
 @dataclass
@@ -61,6 +64,7 @@ class TrackedObject:
     mask: np.ndarray | None = None  # [H, W] bool, for the labels (not sent)
     label: LabelResult | None = None
     label_changed: bool = False
+    detected: bool = False  # started on this frame by the grid (detect)
 
 
 class TrackLabels:
@@ -184,7 +188,7 @@ class Tracking:
             while (item := await inbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                answer, size = await self._answer(session, item, size, inbox, labels, ctx)
+                answer, size = await self._answer(session, item, size, inbox, labels, options, ctx)
                 self.metrics.track_frames.inc()
                 yield answer
         finally:
@@ -213,7 +217,38 @@ class Tracking:
         except (SeglabelError, Exception) as exc:  # handed to the answering loop, which raises it
             await inbox.put(exc)
 
-    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, labels, ctx):
+    async def _detect(self, session: TrackSession, image: np.ndarray, objects: list[TrackedObject],
+                      options: TrackOptions, ctx) -> list[TrackedObject]:  # fmt: skip
+        """The grid on the frame just tracked: each mask that tracks (and masks found before it)
+        cover less than half of starts an object, its box as the prompt, with a new id."""
+        params = replace(
+            options.detect or SegmentOptions(), prompt_type="grid", skip_labels=True, return_overlay=False
+        )
+        job = plan_segment(self.cfg.pipeline, params, self.lifecycle.capabilities)
+        result = await self.lifecycle.loaded.pipeline.run(job, image, ctx)
+        covered = np.zeros(image.shape[:2], bool)
+        for o in objects:
+            if o.mask is not None:
+                covered |= o.mask
+        prompts, next_id = [], options.first_detected_id
+        for m in result.masks:
+            mask = decode_rle(m.rle)
+            if (mask & covered).sum() * 2 > mask.sum():
+                continue
+            x, y, w, h = m.bbox
+            prompts.append(Prompt(next_id, box=(x, y, x + w, y + h)))
+            covered |= mask
+            next_id += 1
+        options.first_detected_id = next_id  # the session's next detection counts on from here
+        found = (
+            await asyncio.to_thread(_objects, await session.add(prompts), image.shape[:2]) if prompts else []
+        )
+        for o in found:
+            o.detected = True
+        return found
+
+    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, labels,
+                      options: TrackOptions, ctx):  # fmt: skip
         t0 = time.perf_counter()
         for k in frame.remove:
             if not session.remove(k):
@@ -236,6 +271,8 @@ class Tracking:
             answers = await session.step(frame.index, pixels[None], (h, w), frame.prompts)
             t2 = time.perf_counter()
             objects = await asyncio.to_thread(_objects, answers, (h, w))
+            if frame.detect:
+                objects += await self._detect(session, image, objects, options, ctx)
             t3 = time.perf_counter()
             if labels is not None:
                 await labels.label(self.lifecycle.loaded.pipeline, image, frame.index, objects, ctx)

@@ -310,7 +310,11 @@ def track_options_from_pb(req: pb.TrackRequest) -> TrackOptions:
     labelling = None
     if o.vocabulary or o.vocabulary_name:
         labelling = SegmentOptions(vocabulary=tuple(o.vocabulary), vocabulary_name=o.vocabulary_name)
-    return TrackOptions(_TRACK_MODES[o.mode], max(0, o.num_frames), labelling, o.label_every or 5)
+    detect = params_from_pb(o.detect_options) if o.HasField("detect_options") else None
+    first = o.first_detected_id if o.first_detected_id > 0 else 10000
+    return TrackOptions(
+        _TRACK_MODES[o.mode], max(0, o.num_frames), labelling, o.label_every or 5, detect, first
+    )
 
 
 def track_frame_from_pb(req: pb.TrackRequest) -> TrackFrame:
@@ -321,7 +325,7 @@ def track_frame_from_pb(req: pb.TrackRequest) -> TrackFrame:
         box = (p.box.x0, p.box.y0, p.box.x1, p.box.y1) if p.HasField("box") else None
         points = [(q.x, q.y) for q in p.points]
         prompts.append(Prompt(p.object_id, points, [int(q.positive) for q in p.points], box))
-    return TrackFrame(req.frame_index, req.image, prompts, list(req.remove))
+    return TrackFrame(req.frame_index, req.image, prompts, list(req.remove), req.detect)
 
 
 def track_answer_to_pb(a: TrackAnswer) -> pb.TrackResponse:
@@ -330,6 +334,6 @@ def track_answer_to_pb(a: TrackAnswer) -> pb.TrackResponse:
         timings=timings_to_pb(a.timings), state_bytes=a.state_bytes,
         objects=[pb.TrackedObject(object_id=o.obj_id, rle=pb.RLE(size=o.rle["size"], counts=o.rle["counts"]),
                                   bbox=o.bbox, area=o.area, object_score=o.score, present=o.score > 0,
-                                  predicted_iou=o.iou, prompted=o.prompted, label_changed=o.label_changed,
+                                  predicted_iou=o.iou, prompted=o.prompted, label_changed=o.label_changed, detected=o.detected,
                                   label=label_to_pb(o.label) if o.label is not None else None) for o in a.objects],
     )  # fmt: skip
