@@ -3,6 +3,7 @@ reason, unless SEGLABEL_REQUIRE names the component (CI sets it) and then a miss
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -34,6 +35,26 @@ def chromium() -> tuple[str | None, str | None]:
         if path:
             return path, None
     return None, "no chromium executable on PATH (or SEGLABEL_CHROMIUM)"
+
+
+@contextlib.asynccontextmanager
+async def headless_chromium(*args: str):
+    """The distribution's Chromium, headless, driven by Playwright (the test skips where either is
+    missing); ``args``: more command-line switches."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError as exc:
+        need("browser", f"playwright is not installed ({exc})")
+    path, problem = chromium()
+    need("browser", problem)
+    async with async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=path, headless=True, args=["--disable-dev-shm-usage", *args]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
 
 
 def output_dir(name: str):

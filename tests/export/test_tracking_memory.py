@@ -16,7 +16,7 @@ from seglabel_server.backends.onnx_folder import OnnxFolderBackend
 from seglabel_server.pipeline.track_models import DirectTrackModels
 from seglabel_server.pipeline.tracker import Prompt, TrackSession
 
-from tests.export.video_models import track_config, video_predictor
+from tests.export.video_models import SMALLER, track_config, video_predictor
 
 FRAMES = 10_000
 
@@ -54,7 +54,7 @@ def events(t: int) -> tuple[list[Prompt], list[int]]:
 
 @pytest.mark.slow
 def test_ten_thousand_frames_hold_rss_flat(tmp_path):
-    predictor = video_predictor()
+    predictor = video_predictor(extra=SMALLER)
     models = FourFrames(export_video(predictor, tmp_path))
     cfg = track_config(predictor)
     session = TrackSession(models, cfg)  # a live stream: its length unknown

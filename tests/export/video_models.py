@@ -33,7 +33,9 @@ def tiny_video_model(seed: int, *extra: str):
     return m
 
 
-def video_predictor(seed: int = 0, score_gain: float = 40.0, score_shift: float = 0.4):
+def video_predictor(
+    seed: int = 0, score_gain: float = 40.0, score_shift: float = 0.4, extra: tuple[str, ...] = ()
+):
     """sam2's own ``SAM2VideoPredictor`` on the tiny architecture with sam2's 7 memory frames (its
     builder's settings, random weights). Random weights put every object's score near -0.2 (absent)
     on every frame; the object-score head's last layer scaled by ``score_gain`` and its bias moved
@@ -44,7 +46,7 @@ def video_predictor(seed: int = 0, score_gain: float = 40.0, score_shift: float 
 
     torch.manual_seed(seed)
     # sam2's 7 memory frames (the tiny image overrides keep 2)
-    overrides = [*TINY, "++model.num_maskmem=7"]
+    overrides = [*TINY, "++model.num_maskmem=7", *extra]
     p = build_sam2_video_predictor(
         sources.SAM2_CONFIGS["tiny"], None, device="cpu", hydra_overrides_extra=overrides
     )
@@ -64,3 +66,9 @@ def track_config(model, **bounds) -> TrackConfig:
 def LAST_FRAME(model) -> int:  # noqa: N802
     """The frame after which an object's state stops growing (its windows full)."""
     return max(model.num_maskmem * model.memory_temporal_stride_for_eval, model.max_obj_ptrs_in_encoder) + 1
+
+
+# The tiny model at 128 px (its memory attention's feature maps 8x8): the long-stream test's, four
+# times cheaper a frame; what it measures (the session's state) does not depend on the size.
+SMALLER = ("++model.image_size=128", "++model.memory_attention.layer.self_attention.feat_sizes=[8,8]",
+           "++model.memory_attention.layer.cross_attention.feat_sizes=[8,8]")  # fmt: skip

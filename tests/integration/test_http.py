@@ -149,7 +149,7 @@ async def test_stream_carries_the_grpc_events_and_openapi_lists_every_route(gate
         "/label-studio/", "/label-studio/health", "/label-studio/metrics", "/label-studio/status",
         "/label-studio/setup", "/label-studio/predict", "/label-studio/webhook", "/label-studio/train",
         "/datasets/{job_id}/dataset.zip", "/vocabularies", "/vocabularies/{name}", "/vocabularies/{name}/examples",
-        "/vocabularies/{name}/examples/remove", "/relabel",
+        "/vocabularies/{name}/examples/remove", "/relabel", "/track", "/track/{sid}/frames", "/track/{sid}",
     }  # fmt: skip
 
 

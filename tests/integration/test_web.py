@@ -12,7 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from seglabel_client import sample_image_bytes
 
-from tests.system import chromium, free_port, need, output_dir
+from tests.system import free_port, headless_chromium, output_dir
 
 pytestmark = pytest.mark.slow  # a browser
 
@@ -21,16 +21,8 @@ PHOTO = "astronaut.jpg"  # 512 x 512
 
 @pytest.fixture
 async def browser():
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError as exc:
-        need("browser", f"playwright is not installed ({exc})")
-    path, problem = chromium()
-    need("browser", problem)
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=path, headless=True, args=["--disable-dev-shm-usage"])
+    async with headless_chromium() as b:
         yield b
-        await b.close()
 
 
 async def coloured_pixels(page) -> int:

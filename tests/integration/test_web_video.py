@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import metric
 from tests.integration.test_track import FRAMES, H, W, tuned  # noqa: F401  (the fixture)
-from tests.system import chromium, free_port, need, output_dir
+from tests.system import free_port, headless_chromium, output_dir
 
 pytestmark = pytest.mark.slow  # a browser
 
@@ -35,18 +35,13 @@ def webm(path, n: int = FRAMES) -> None:
 
 @pytest.fixture
 async def browser():
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError as exc:
-        need("browser", f"playwright is not installed ({exc})")
-    path, problem = chromium()
-    need("browser", problem)
-    args = ["--disable-dev-shm-usage", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=path, headless=True, args=args)
+    fake = (
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+    )
+    async with headless_chromium(*fake) as b:
         yield b
-        await b.close()
 
 
 async def coloured(page) -> int:

@@ -49,6 +49,7 @@ from seglabel_server.transport.http.middleware import (
     BodyLimit,
     HttpMetrics,
     error_response,
+    multipart_image,
     request_context,
     until_disconnected,
 )
@@ -155,12 +156,8 @@ def create_app(
 
     @app.post("/upload")
     async def upload(request: Request):
-        form = await request.form()
-        image = form.get("image")
-        if image is None or not hasattr(image, "read"):
-            raise InvalidArgument("multipart field 'image' (a file) is required")
-        data = await image.read()
-        filename = str(form.get("filename") or getattr(image, "filename", "") or "")
+        form, data, name = await multipart_image(request)
+        filename = str(form.get("filename") or name)
         file_id, w, h = await service.upload(data, filename)
         return {"file_id": file_id, "width": w, "height": h, "filename": filename}
 
@@ -275,12 +272,8 @@ def create_app(
 
     @app.post("/datasets/{job_id}/images")
     async def dataset_add(job_id: str, request: Request):
-        form = await request.form()
-        image = form.get("image")
-        if image is None or not hasattr(image, "read"):
-            raise InvalidArgument("multipart field 'image' (a file) is required")
-        name = str(form.get("name") or getattr(image, "filename", "") or "")
-        return await jobs.add(job_id, name, await image.read())
+        form, data, filename = await multipart_image(request)
+        return await jobs.add(job_id, str(form.get("name") or filename), data)
 
     @app.get("/datasets/{job_id}")
     async def dataset_status(job_id: str):

@@ -9,7 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
-from seglabel_server.errors import Cancelled, ErrorKind, LimitExceeded, SeglabelError, error_kind
+from seglabel_server.errors import (
+    Cancelled,
+    ErrorKind,
+    InvalidArgument,
+    LimitExceeded,
+    SeglabelError,
+    error_kind,
+)
 from seglabel_server.types import RequestContext
 
 HTTP_STATUS = {
@@ -76,6 +83,15 @@ class BodyLimit:
             return await receive()  # after the body: wait for the client to disconnect
 
         await self.app(scope, replay, send)
+
+
+async def multipart_image(request: Request, what: str = "a file"):
+    """(the multipart form, its ``image`` file's bytes, that file's name); InvalidArgument without it."""
+    form = await request.form()
+    image = form.get("image")
+    if image is None or not hasattr(image, "read"):
+        raise InvalidArgument(f"multipart field 'image' ({what}) is required")
+    return form, await image.read(), str(getattr(image, "filename", "") or "")
 
 
 def request_context(request: Request) -> RequestContext:

@@ -26,6 +26,7 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_server.errors import InvalidArgument, NotFound
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
+from seglabel_server.transport.http.middleware import multipart_image
 from seglabel_server.types import RequestContext
 
 _END = object()
@@ -137,15 +138,12 @@ def add_routes(app, gateway, request_context) -> TrackSessions:
 
     @app.post("/track/{sid}/frames")
     async def track_frame(sid: str, request: Request):
-        form = await request.form()
-        image = form.get("image")
-        if image is None or not hasattr(image, "read"):
-            raise InvalidArgument("multipart field 'image' (the frame) is required")
+        form, image, _ = await multipart_image(request, "the frame")
         try:
             fields = json.loads(str(form.get("request") or "{}"))
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"field 'request' is not JSON ({exc.msg})") from None
-        return await sessions.frame(sid, await image.read(), fields)
+        return await sessions.frame(sid, image, fields)
 
     @app.delete("/track/{sid}")
     async def track_close(sid: str):
