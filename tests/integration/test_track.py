@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 
 import grpc
 import numpy as np
@@ -27,14 +28,33 @@ PROMPTS = {0: [track_prompt(1, box=(8, 10, 34, 30)), track_prompt(2, [(62, 44, T
            LATER: [track_prompt(3, [(50, 20, True)])]}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tuned(tmp_path_factory):
-    """A tiny checkpoint with present and absent objects, its repository, and the video frames."""
+    """A tiny checkpoint with present and absent objects, its repository, and the video frames:
+    made once per run (xdist's workers share the folder, as the tiny repository's)."""
+    import os
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    root = root / "shared-track"
+    ckpt, repo, frames = root / "sam2_tiny_tuned.pt", root / "models", root / "frames"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            _make_tuned(ckpt, repo, frames)
+            (root / "done").touch()
+    return ckpt, repo, frames
+
+
+def _make_tuned(ckpt, repo, frames) -> None:
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
     from seglabel_export.exporter import export_repository
 
-    root = tmp_path_factory.mktemp("track")
     torch.manual_seed(3)
     p = build_sam2_video_predictor(sources.SAM2_CONFIGS["tiny"], None, device="cpu",
                                    hydra_overrides_extra=list(sources.SAM2_TINY_OVERRIDES))  # fmt: skip
@@ -44,11 +64,8 @@ def tuned(tmp_path_factory):
         # seed 3: object 1 absent on its prompted frame (score -1.0), present after; every |score| >= 0.93
         last.weight *= 40
         last.bias -= 2.5
-    ckpt = root / "sam2_tiny_tuned.pt"
     torch.save({"model": p.state_dict()}, ckpt)
-    repo = root / "models"
     export_repository(repo, f"tiny:{ckpt}", "tiny", log=lambda m: None)
-    frames = root / "frames"
     frames.mkdir()
     rng = np.random.default_rng(0)
     base = rng.integers(60, 120, (H, W, 3), dtype=np.uint8)
@@ -58,7 +75,6 @@ def tuned(tmp_path_factory):
         f[10 + t // 3 : 30 + t // 3, 8 + t : 34 + t] = (220, 40, 40)
         f[(yy - 44 - t // 2) ** 2 + (xx - 62) ** 2 < 81] = (40, 60, 230)
         Image.fromarray(f).save(frames / f"{t:05d}.jpg", quality=95)
-    return ckpt, repo, frames
 
 
 def sams(ckpt, frames) -> tuple[dict, dict]:
