@@ -146,13 +146,7 @@ class TrackSession:
         by_obj = {p.obj_id: p for p in prompts}
         if len(by_obj) != len(prompts):
             raise InvalidArgument("one prompt per object and frame (points and a box go in one prompt)")
-        new = [k for k in by_obj if k not in self.objects]
-        if len(self.objects) + len(new) > self.cfg.max_objects:
-            raise LimitExceeded(f"at most {self.cfg.max_objects} objects per session")
-        h, w = size
-        clicks = [
-            (p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts
-        ]  # checked before any work
+        clicks = self._clicks(prompts, size, sum(k not in self.objects for k in by_obj))  # before any work
         feats = await self.models.encode(pixels)
         for obj_id in by_obj:
             self.objects.setdefault(obj_id, ObjectTrack())
@@ -171,19 +165,23 @@ class TrackSession:
         finds, a click on a paused frame. Their answers on that frame."""
         if self._last is None:
             raise InvalidArgument("no frame answered yet to add objects on")
-        feats, (h, w) = self._last
+        feats, size = self._last
         ids = [p.obj_id for p in prompts]
         if len(set(ids)) != len(ids) or any(k in self.objects for k in ids):
             raise InvalidArgument(f"objects added on frame {self.last_frame} need new ids, once each")
-        if len(self.objects) + len(ids) > self.cfg.max_objects:
-            raise LimitExceeded(f"at most {self.cfg.max_objects} objects per session")
-        rows = await self._first(
-            feats, [(p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts]
-        )
+        rows = await self._first(feats, self._clicks(prompts, size, len(ids)))
         for k in ids:
             self.objects[k] = ObjectTrack()
         await self._remember(self.last_frame, feats, ids, rows, set(ids))
         return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], True) for k in ids]
+
+    def _clicks(self, prompts: Sequence[Prompt], size: tuple[int, int], new: int) -> list[tuple]:
+        """The prompts checked (room for ``new`` more objects, each prompt inside the frame) and
+        scaled to the model's input: (object id, coords, labels) each."""
+        if len(self.objects) + new > self.cfg.max_objects:
+            raise LimitExceeded(f"at most {self.cfg.max_objects} objects per session")
+        h, w = size
+        return [(p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts]
 
     async def _first(self, frame, clicks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, tuple]:
         """SAM on the frame alone for each prompted object (id, coords, labels), one decoder item

@@ -74,25 +74,25 @@ class TrackLabels:
     def __init__(self, scorer, spec, every: int):
         self.scorer, self.spec, self.every = scorer, spec, max(1, every)
         self.sums: dict[int, np.ndarray] = {}
-        self.last: dict[int, str] = {}
+        self.labels: dict[int, LabelResult] = {}  # each track's label, scored when its sum changes
 
     async def label(self, pipeline, image: np.ndarray, index: int, objects: list[TrackedObject], ctx) -> None:
         todo = [o for o in objects if o.area and (o.prompted or index % self.every == 0)]
         if todo:
             emb = await pipeline.embed_regions(image, [(o.mask, o.bbox) for o in todo], ctx)
             for o, e in zip(todo, emb):
-                self.sums[o.obj_id] = self.sums.get(o.obj_id, 0.0) + e / max(np.linalg.norm(e), 1e-12)
+                k = o.obj_id
+                self.sums[k] = self.sums.get(k, 0.0) + e / max(np.linalg.norm(e), 1e-12)
+                mean = (self.sums[k] / max(np.linalg.norm(self.sums[k]), 1e-12))[None].astype(np.float32)
+                label = self.scorer.classify(mean, k, self.spec.top_k, self.spec.min_confidence)[0]
+                o.label_changed = k in self.labels and self.labels[k].label != label.label
+                self.labels[k] = label
         for o in objects:
-            if o.obj_id in self.sums:
-                mean = self.sums[o.obj_id] / max(np.linalg.norm(self.sums[o.obj_id]), 1e-12)
-                o.label = self.scorer.classify(mean[None].astype(np.float32), o.obj_id, self.spec.top_k,
-                                               self.spec.min_confidence)[0]  # fmt: skip
-                o.label_changed = self.last.get(o.obj_id, o.label.label) != o.label.label
-                self.last[o.obj_id] = o.label.label
+            o.label = self.labels.get(o.obj_id)
 
     def forget(self, obj_id: int) -> None:
         self.sums.pop(obj_id, None)
-        self.last.pop(obj_id, None)
+        self.labels.pop(obj_id, None)
 
 
 @dataclass
@@ -122,11 +122,9 @@ class _Inbox:
             if self.mode == FILE:
                 await self.changed.wait_for(lambda: len(self.items) < WAITING)
             elif isinstance(item, TrackFrame) and item.droppable:
-                kept = collections.deque(
-                    x for x in self.items if not (isinstance(x, TrackFrame) and x.droppable)
-                )
-                self.dropped += [x.index for x in self.items if x not in kept]
-                self.items = kept
+                stale = [isinstance(x, TrackFrame) and x.droppable for x in self.items]
+                self.dropped += [x.index for x, old in zip(self.items, stale) if old]
+                self.items = collections.deque(x for x, old in zip(self.items, stale) if not old)
             self.items.append(item)
             self.changed.notify_all()
 

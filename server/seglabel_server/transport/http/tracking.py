@@ -5,7 +5,7 @@ when it waits past ``track_idle_s`` for a frame, or on its first error (which th
 A browser's live camera drops frames on its side: it sends the newest frame once the previous
 answer is back.
 
-    POST   /track                   JSON {mode, num_frames, vocabulary, vocabulary_name, label_every}
+    POST   /track                   JSON: TrackOpen's fields (mode, num_frames, vocabulary, ...)
                                     -> {"session": id, "idle_s": ...}
     POST   /track/{id}/frames       multipart ``image`` (the frame, encoded) and ``request`` (JSON:
                                     TrackRequest's frame fields: frame_index, prompts, remove)
@@ -33,11 +33,17 @@ _END = object()
 
 
 class _Session:
-    def __init__(self, answers):
+    """One Track stream fed from HTTP calls: ``frames_in`` is the stream's input, ``start`` pumps
+    its answers to the calls waiting for them."""
+
+    def __init__(self):
         self.frames: asyncio.Queue = asyncio.Queue(maxsize=1)
         self.answers: asyncio.Queue = asyncio.Queue()
         self.lock = asyncio.Lock()
         self.ended: str = ""
+        self.task: asyncio.Task  # set by start
+
+    def start(self, answers) -> None:
         self.task = asyncio.create_task(self._pump(answers))
 
     async def frames_in(self):
@@ -71,22 +77,12 @@ class TrackSessions:
     async def open(self, body: dict, ctx: RequestContext) -> str:
         for sid in [k for k, s in self.sessions.items() if s.task.done()]:
             del self.sessions[sid]  # ended (expired, failed) without being deleted
-        mode = str(body.get("mode", "file")).lower()
-        first = pb.TrackRequest(open=pb.TrackOpen(
-            mode={"file": pb.TRACK_MODE_FILE, "live": pb.TRACK_MODE_LIVE}.get(mode, -1) if mode else 0,
-            num_frames=int(body.get("num_frames") or 0), vocabulary=list(body.get("vocabulary") or ()),
-            vocabulary_name=str(body.get("vocabulary_name") or ""), label_every=int(body.get("label_every") or 0)))  # fmt: skip
-        options = convert.track_options_from_pb(first)
+        options = convert.track_options_from_pb(pb.TrackRequest(open=wire.parse(body, pb.TrackOpen())))
         options.mode = "file"  # one answer per call: a browser skips frames itself
+        session = _Session()
+        session.start(await self.gateway.track(options, session.frames_in(), ctx))
         sid = uuid.uuid4().hex
-        holder: list[_Session] = []
-
-        async def frames():
-            async for f in holder[0].frames_in():
-                yield f
-
-        self.sessions[sid] = session = _Session(await self.gateway.track(options, frames(), ctx))
-        holder.append(session)
+        self.sessions[sid] = session
         return sid
 
     async def frame(self, sid: str, image: bytes, request: dict) -> dict:
