@@ -17,7 +17,7 @@ DEMO_GRID ?= 12
 PB_OUT := client/seglabel_api/pb
 PROTO := proto/seglabel/v1/seglabel.proto
 
-.PHONY: system-deps label-studio label-studio-start venv proto models checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-scene bench-clicks bench-ray bench-memory bench-learn bench-track bench-gpu gpu-wheels soak clean
+.PHONY: system-deps label-studio label-studio-start venv proto models models-smooth checkpoints demo serve redis ray-serve test test-fast lint bench bench-pipeline bench-answer bench-serial bench-scene bench-clicks bench-ray bench-memory bench-learn bench-track bench-gpu gpu-wheels soak clean
 
 # Installs everything (serve path + export extra + dev tools) into $(VENV). Re-runs only when
 # pyproject.toml changes. sam2 is a source package: build it against the installed torch.
@@ -135,8 +135,25 @@ lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check server export client tests scripts
 	$(VENV)/bin/mypy
 
-bench-pipeline: models
-	$(PY) scripts/bench_pipeline.py --models $(MODELS)
+# The benchmark input with realistic masks (issue 35): the same full-size architectures, random
+# weights transformed so that masks have trained-like run counts (seglabel_export.sources.smooth_masks).
+MODELS_SMOOTH ?= models-smooth
+$(MODELS_SMOOTH)/manifest.json: export/seglabel_export/sources.py export/seglabel_export/exporter.py export/seglabel_export/families.py server/seglabel_server/models/torch_modules/modules.py | $(VENV)/.installed
+	$(VENV)/bin/seglabel-export export $(MODELS_SMOOTH) --sam2 random-smooth:$(SAM2_SIZE) --clip random:$(CLIP_MODEL) --ocr no --decoder-n 1,7
+models-smooth: $(MODELS_SMOOTH)/manifest.json
+
+bench-pipeline: models models-smooth
+	$(PY) scripts/bench_pipeline.py --models $(MODELS) --smooth-models $(MODELS_SMOOTH)
+
+# The answer path's host cost per stage (filter, upsample + RLE, crops, protobuf), both inputs, the
+# ONNX Runtime host path and the torch device path (CPU torch here).
+bench-answer: models models-smooth
+	$(PY) scripts/bench_answer.py --inputs random=$(MODELS),smooth=$(MODELS_SMOOTH)
+
+# A serial step across requests? The server with zero-cost models over gRPC, c=1 against c=32, with
+# its threads' sampled stacks.
+bench-serial: models-smooth
+	$(PY) scripts/bench_serial.py --models $(MODELS_SMOOTH) --profile
 
 # Depth and OCR latency, and what with_depth,with_text adds to a grid-16 Segment.
 bench-scene: models

@@ -11,7 +11,11 @@ never upscaled) and with every prompt upscaled (IoU filter off, max_masks keepin
 Printed: times (ratios best/best and median/median), stages, fidelity against sam2's AMG (mask counts,
 paired mean IoU), peak RSS.
 
-    python scripts/bench_pipeline.py --models models [--grid 16] [--masks 50]
+With --smooth-models (a repository exported from ``random-smooth:<size>``), ours also runs on that
+input, whose masks have trained-like run counts, and both rows are printed (runs per mask, RLE bytes
+per answer, time, the upsample and crop stages).
+
+    python scripts/bench_pipeline.py --models models [--smooth-models models-smooth] [--grid 16] [--masks 50]
 """
 
 from __future__ import annotations
@@ -251,6 +255,29 @@ def report_fidelity(args, ref: dict, mine: dict) -> None:
     )
 
 
+def answer_shape(rles: list[dict]) -> tuple[float, int]:
+    """(median runs per mask, bytes of RLE text in the answer) of an answer's masks."""
+    from seglabel_server import amg
+
+    runs = []
+    for rle in rles:
+        flat = amg.decode_rle(rle).T.reshape(-1)
+        runs.append(int(np.count_nonzero(flat[1:] != flat[:-1])) + 1)
+    return (float(np.median(runs)) if runs else 0.0), sum(len(r["counts"]) for r in rles)
+
+
+def report_inputs(rows: list[tuple[str, dict]]) -> None:
+    """Ours on each benchmark input: how ragged its masks are and what the answer path costs."""
+    print()
+    print(f"{'input':<34} {'runs/mask':>9} {'RLE kB':>8} {'seconds':>8} {'upsample ms':>11} {'crops ms':>8}")
+    for name, mine in rows:
+        best = min(mine["runs"], key=lambda r: r["seconds"])
+        runs, text = answer_shape(mine["runs_rles"])
+        tm = best["timings_ms"]
+        print(f"{name:<34} {runs:>9.0f} {text / 1e3:>8.1f} {best['seconds']:>8.2f} "
+              f"{tm.get('upsample', 0):>11.0f} {tm.get('crops', 0):>8.0f}")  # fmt: skip
+
+
 def report_memory(mine: dict) -> None:
     print(
         f"our peak RSS: {mine['peak_rss_mb']:.0f} MB (child process, no torch); reference process peak RSS: "
@@ -273,6 +300,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ref-repeat", type=int, default=2, help="reference runs (~75 s each here)")
     ap.add_argument("--leak-requests", type=int, default=50)
+    ap.add_argument(
+        "--smooth-models",
+        default="",
+        help="a repository exported with --sam2 random-smooth:<size> (masks with trained-like run "
+        "counts): ours runs on it too, and both inputs are reported",
+    )
     ap.add_argument("--iou", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -291,6 +324,12 @@ def main() -> int:
     report_times(refs, mine)
     report_fidelity(args, min(refs, key=lambda r: r["seconds"]), mine)
     report_memory(mine)
+    inputs = [("random weights (ragged masks)", mine)]
+    if args.smooth_models:
+        smooth = argparse.Namespace(**{**vars(args), "models": args.smooth_models, "leak_requests": 0})
+        s_iou, _ = choose_iou_threshold(smooth)
+        inputs.append(("random-smooth (trained-like masks)", run_ours(smooth, s_iou)))
+    report_inputs(inputs)
     return 0
 
 

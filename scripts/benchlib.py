@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -77,3 +79,56 @@ def server_process(flags: list[str], log_path: str | None = None):
             proc.kill()
         if log_path:
             log.close()
+
+
+class StackSampler:
+    """Where every Python thread of this process spends its time: each thread's stack sampled every
+    ``interval`` seconds (a thread inside a torch op or a C library shows the line that called it).
+    torch's profiler records CPU operators only on the thread that started it, and the pipeline runs
+    on pool and worker threads; this sees them all."""
+
+    def __init__(self, interval: float = 0.002, depth: int = 6):
+        self.interval, self.depth = interval, depth
+        self.counts: dict[tuple, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        names = {}
+        while not self._stop.wait(self.interval):
+            names.update({t.ident: t.name for t in threading.enumerate()})
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                stack, f = [], frame
+                while f is not None and len(stack) < self.depth:
+                    if f.f_code.co_name not in ("_call_impl", "_wrapped_call_impl"):  # nn.Module plumbing
+                        stack.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+                    f = f.f_back
+                key = (names.get(ident, str(ident)).split("_")[0], tuple(stack))
+                self.counts[key] = self.counts.get(key, 0) + 1
+            self.samples += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, top: int = 40) -> str:
+        """The most sampled stacks (innermost frame first), with their share of the samples; idle
+        waits (a thread parked in a queue, a selector or a lock) are left out."""
+        idle = ("wait", "select", "_worker", "get", "poll", "run_forever", "_run_once", "sleep")
+        rows = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        out = [f"{self.samples} samples every {self.interval * 1000:.0f} ms"]
+        for (thread, stack), n in rows:
+            if not stack or stack[0].split()[-1] in idle:
+                continue
+            out.append(f"{100 * n / max(self.samples, 1):5.1f}%  [{thread}]  " + "  <  ".join(stack))
+            if len(out) > top:
+                break
+        return "\n".join(out)

@@ -14,7 +14,11 @@ OVER gRPC with seglabel-bench's own functions against a ``seglabel-server`` star
   breakdown; hiera-large at grid 32 alongside.
 
 A 1024x1024 photo, ~--masks masks per image fixed by configuration (random weights: stability and NMS
-off, a predicted-IoU threshold chosen from the data). Results go to OUT as they come.
+off, a predicted-IoU threshold chosen from the data). Two benchmark inputs (--inputs), each with its
+own rows: ``random`` (the random weights as built: masks as ragged as noise, ~58,000 runs each) and
+``smooth`` (``random-smooth:``, ``seglabel_export.sources.smooth_masks``: the same architecture, masks
+with trained-like run counts); each prints its answers' runs per mask and bytes per answer. Results go
+to OUT as they come.
 
     python scripts/gpu_bench.py --out $OUT                                     # on a CUDA machine
     python scripts/gpu_bench.py --device cpu --sam2 tiny --clip tiny --large tiny --large-grid 4 \\
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import choose_iou, photo
+from benchlib import StackSampler, choose_iou, photo
 from PIL import Image
 from seglabel_client.bench import free_port, run_level, summarize
 from seglabel_client.client import SegmenterClient
@@ -136,7 +140,7 @@ def params_for(grid: int, iou: float, masks: int) -> SegmentOptions:
 
 
 # ------------------------------------------------------------------------------------------- parity
-def graph_parity(report: Report, repo: ModelRepository, backends: dict, image: np.ndarray) -> None:
+def graph_parity(report: Report, repo: ModelRepository, backends: dict, image: np.ndarray, tag: str) -> None:
     """Each engine's model outputs against torch fp32 on the CPU."""
     cpu = create_backend("torch", repo, "cpu", "fp32", mask_path="host")
     s = repo.sam2["image_size"]
@@ -168,7 +172,7 @@ def graph_parity(report: Report, repo: ModelRepository, backends: dict, image: n
             f"parity {name:<22} vs torch CPU fp32: "
             + ", ".join(f"{k} {v:.2e}" for k, v in rows[name].items())
         )
-    report.put("graph_parity", rows)
+    report.put(f"graph_parity_{tag}", rows)
 
 
 def run_pipeline(backend, repo, params, image):
@@ -214,7 +218,31 @@ def answers_parity(report: Report, name: str, ref, ours) -> dict:
     return row
 
 
-def parity(report: Report, repo, engines: list[str], dev: str, fp32, image: np.ndarray, params) -> None:
+def answer_shape(report: Report, backend, repo, params, image, name: str, answers=None) -> None:
+    """How ragged the answer's masks are (runs per mask) and its size on the wire: the RLE and
+    protobuf work of every engine. ``answers``: the fp32 CPU host path's, or run here on ``backend``
+    (skipped when neither is given: parity prints it)."""
+    if answers is None:
+        if backend is None:
+            return
+        answers = run_pipeline(backend, repo, params, image)
+    from seglabel_server.transport.grpc import convert
+
+    rle = [amg.decode_rle(m.rle).T.reshape(-1) for m in answers.masks]
+    runs = [int(np.count_nonzero(m[1:] != m[:-1])) + 1 for m in rle]
+    text = sum(len(m.rle["counts"]) for m in answers.masks)
+    wire = len(convert.result_to_pb(answers).SerializeToString())
+    report.say(
+        f"input {name}: answers of {len(runs)} masks, runs per mask median {np.median(runs) if runs else 0:.0f}, "
+        f"{sum(runs)} runs and {text / 1e6:.2f} MB of RLE text in all, {wire / 1e6:.2f} MB per answer on the wire"
+    )
+    report.put(f"answers_{name}", {"runs_median": float(np.median(runs)) if runs else 0.0, "runs": sum(runs),
+                                   "rle_bytes": text, "answer_bytes": wire})  # fmt: skip
+
+
+def parity(
+    report: Report, repo, engines: list[str], dev: str, fp32, image: np.ndarray, params, tag: str
+) -> None:
     """Every engine's graphs against torch fp32 on the CPU, then its answers against the CPU host path."""
     precisions = [p for p in ("bf16", "fp16") if f"torch-{p}" in engines or f"torch-{p}-compiled" in engines]
     backends = {"torch fp32": fp32}
@@ -225,93 +253,26 @@ def parity(report: Report, repo, engines: list[str], dev: str, fp32, image: np.n
     for engine in [e for e in engines if e.endswith("-aot") and (e in CPU_ENGINES) == (dev == "cpu")]:
         precision = aot_packages(report, repo.root, engine, dev)
         backends[engine] = create_backend("torch", repo, dev, precision, compile_mode="aot")
-    graph_parity(report, repo, backends, image)
+    graph_parity(report, repo, backends, image, tag)
     ref_answers = run_pipeline(
         create_backend("torch", repo, "cpu", "fp32", mask_path="host"), repo, params, image
     )
-    # How ragged the masks are (random weights: many runs), which sets the RLE work of every engine.
-    rle = [amg.decode_rle(m.rle).T.reshape(-1) for m in ref_answers.masks]
-    runs = [int(np.count_nonzero(m[1:] != m[:-1])) + 1 for m in rle]
-    text = sum(len(m.rle["counts"]) for m in ref_answers.masks)
-    report.say(
-        f"answers of the fp32 CPU host path: {len(runs)} masks, runs per mask median "
-        f"{np.median(runs) if runs else 0:.0f}, {sum(runs)} runs and {text / 1e6:.2f} MB of RLE text in all"
-    )
-    report.put(
-        "reference_rle",
-        {"runs_median": float(np.median(runs)) if runs else 0.0, "runs": sum(runs), "bytes": text},
-    )
+    answer_shape(report, None, repo, params, image, tag, ref_answers)
     rows = {}
     for name, be in backends.items():
         try:
             rows[name] = answers_parity(report, name, ref_answers, run_pipeline(be, repo, params, image))
         except Exception:
             report.say(f"answers {name}: FAILED\n" + traceback.format_exc())
-    report.put("answers_parity", rows)
+    report.put(f"answers_parity_{tag}", rows)
 
 
 # ------------------------------------------------------------------------------------------ profile
-class StackSampler:
-    """Where every Python thread of this process spends its time: each thread's stack sampled every
-    ``interval`` seconds (a thread inside a torch op or a C library shows the line that called it).
-    torch's profiler records CPU operators only on the thread that started it, and the pipeline runs
-    on pool and worker threads; this sees them all."""
-
-    def __init__(self, interval: float = 0.002, depth: int = 6):
-        import threading
-
-        self.interval, self.depth = interval, depth
-        self.counts: dict[tuple, int] = {}
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
-
-    def _run(self) -> None:
-        import threading
-
-        me = threading.get_ident()
-        names = {}
-        while not self._stop.wait(self.interval):
-            names.update({t.ident: t.name for t in threading.enumerate()})
-            for ident, frame in sys._current_frames().items():
-                if ident == me:
-                    continue
-                stack, f = [], frame
-                while f is not None and len(stack) < self.depth:
-                    if f.f_code.co_name not in ("_call_impl", "_wrapped_call_impl"):  # nn.Module plumbing
-                        stack.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
-                    f = f.f_back
-                key = (names.get(ident, str(ident)).split("_")[0], tuple(stack))
-                self.counts[key] = self.counts.get(key, 0) + 1
-            self.samples += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def report(self, top: int = 40) -> str:
-        """The most sampled stacks (innermost frame first), with their share of the samples; idle
-        waits (a thread parked in a queue, a selector or a lock) are left out."""
-        idle = ("wait", "select", "_worker", "get", "poll", "run_forever", "_run_once", "sleep")
-        rows = sorted(self.counts.items(), key=lambda kv: -kv[1])
-        out = [f"{self.samples} samples every {self.interval * 1000:.0f} ms"]
-        for (thread, stack), n in rows:
-            if not stack or stack[0].split()[-1] in idle:
-                continue
-            out.append(f"{100 * n / max(self.samples, 1):5.1f}%  [{thread}]  " + "  <  ".join(stack))
-            if len(out) > top:
-                break
-        return "\n".join(out)
-
-
-def profile_engine(report: Report, repo, engine: str, dev: str, image: np.ndarray, params, out: Path) -> None:
+def profile_engine(report: Report, repo, engine: str, dev: str, image: np.ndarray, params, out: Path,
+                   tag: str = "") -> None:  # fmt: skip
     """One engine in this process: 3 requests one after another, then 8 at once, under torch's
     profiler (the device's kernels, all threads) and a sampler of every thread's Python stack.
-    Writes ``profile-<engine>.txt`` (the sampled stacks, the kernels by device time) and a gzipped
+    Writes ``profile-<engine><tag>.txt`` (the sampled stacks, the kernels by device time) and a gzipped
     Chrome trace of the kernels."""
     import gzip
 
@@ -352,13 +313,13 @@ def profile_engine(report: Report, repo, engine: str, dev: str, image: np.ndarra
         "Python stacks, 8 at once:\n" + many.report(),
         prof.key_averages().table(sort_by=key, row_limit=30),
     ]
-    (out / f"profile-{engine}.txt").write_text("\n\n".join(text) + "\n")
-    trace = out / f"trace-{engine}.json"
+    (out / f"profile-{engine}{tag}.txt").write_text("\n\n".join(text) + "\n")
+    trace = out / f"trace-{engine}{tag}.json"
     prof.export_chrome_trace(str(trace))
     with open(trace, "rb") as f, gzip.open(str(trace) + ".gz", "wb") as g:
         g.write(f.read())
     trace.unlink()
-    report.say(head + f" (profile-{engine}.txt, trace-{engine}.json.gz)")
+    report.say(head + f" (profile-{engine}{tag}.txt, trace-{engine}{tag}.json.gz)")
 
 
 # ---------------------------------------------------------------------------------------- reference
@@ -532,7 +493,7 @@ class Bench:
 
     def serve_and_measure(self, model: str, rdir: Path, engine: str, ref_for: dict, conc: list[int]) -> None:
         """A live server of ``engine``: cold start, then every grid of ``ref_for`` at ``conc``."""
-        log = Path(self.args.out) / f"server-{model}-{engine}.log"
+        log = Path(self.args.out) / f"server-{model.replace('/', '-')}-{engine}.log"
         try:
             if engine.endswith("-aot"):
                 aot_packages(self.report, rdir, engine, self.dev)
@@ -565,39 +526,54 @@ class Bench:
         return (self.dev == "cpu") == (engine in CPU_ENGINES)
 
 
-def tiny_rows(bench: Bench, engines: list[str], grids: list[int], conc: list[int]) -> None:
-    """hiera-tiny: profile, parity, the reference and every engine at every grid."""
+def smooth_source(source: str) -> str | None:
+    """The ``--sam2`` source of the realistic-masks input (``random-smooth:``) for a random one."""
+    if source == "tiny":
+        return "tiny-smooth"
+    return source.replace("random:", "random-smooth:", 1) if source.startswith("random:") else None
+
+
+def tiny_rows(bench: Bench, engines: list[str], grids: list[int], conc: list[int], name: str) -> None:
+    """hiera-tiny on input ``name`` (random: ragged masks; smooth: trained-like run counts): profile,
+    parity, the reference and every engine at every grid."""
     args, report, dev, image = bench.args, bench.report, bench.dev, bench.image
+    source = args.sam2 if name == "random" else smooth_source(args.sam2)
+    if source is None:
+        report.say(f"input {name}: only for random weights (--sam2 {args.sam2} is a checkpoint), skipped")
+        return
     t0 = time.perf_counter()
     onnx = any(e.startswith("ort-") for e in engines)
-    manifest = export_repository(TINY_DIR, args.sam2, args.clip, write_onnx=onnx, log=lambda m: None)
+    tiny_dir = Path(f"{TINY_DIR}-{name}")
+    manifest = export_repository(tiny_dir, source, args.clip, write_onnx=onnx, log=lambda m: None)
     repo = ModelRepository(Path(manifest["_root"]), manifest)
+    model = f"hiera-tiny/{name}"
     report.say(
-        f"models built in {time.perf_counter() - t0:.1f}s ({manifest['sam2']['spec']['architecture']}, "
-        f"{manifest['clip']['spec']['architecture']})"
+        f"input {name}: models built in {time.perf_counter() - t0:.1f}s "
+        f"({manifest['sam2']['spec']['architecture']}, {manifest['clip']['spec']['architecture']})"
     )
     fp32 = create_backend("torch", repo, dev, "fp32")
     ious = {grid: choose_iou(fp32, repo, image, grid, args.masks)[0] for grid in grids}
     params = params_for(grids[0], ious[grids[0]], args.masks)
     for engine in [e for e in args.profile.split(",") if e]:
         try:
-            profile_engine(report, repo, engine, dev, image, params, Path(args.out))
+            profile_engine(report, repo, engine, dev, image, params, Path(args.out), f"-{name}")
         except Exception:
             report.say(f"profile {engine}: FAILED\n" + traceback.format_exc())
     if not args.no_parity:
         try:
-            parity(report, repo, engines, dev, fp32, image, params)
+            parity(report, repo, engines, dev, fp32, image, params, name)
         except Exception:  # the speed rows still run; the traceback says what broke
             report.say("parity FAILED:\n" + traceback.format_exc())
+    answer_shape(report, fp32 if args.no_parity else None, repo, params, image, name)
     del fp32
     if dev.startswith("cuda"):
         torch.cuda.empty_cache()
-    ref_for = bench.reference_rows("hiera-tiny", repo, grids, ious)
+    ref_for = bench.reference_rows(model, repo, grids, ious)
     for engine in engines:
         if not bench.runs_here(engine):
             report.say(f"{engine}: {'needs CUDA' if dev == 'cpu' else 'a CPU engine'}, skipped on {dev}")
             continue
-        bench.serve_and_measure("hiera-tiny", TINY_DIR, engine, ref_for, conc)
+        bench.serve_and_measure(model, tiny_dir, engine, ref_for, conc)
 
 
 def large_rows(bench: Bench, engines: list[str], conc: list[int]) -> None:
@@ -672,6 +648,12 @@ def parse_args():
     )
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument(
+        "--inputs",
+        default="random,smooth",
+        help="benchmark inputs: random (random weights: masks as ragged as noise), smooth (random-smooth: "
+        "the same architecture, masks with trained-like run counts)",
+    )
+    ap.add_argument(
         "--no-parity", action="store_true", help="skip the parity checks (a later call of a split run)"
     )
     ap.add_argument(
@@ -693,8 +675,8 @@ def main() -> int:
     grids = [int(g) for g in args.grids.split(",") if g]
     conc = [int(c) for c in args.concurrency.split(",")]
     bench = Bench(args, report, photo(args.size, args.size))
-    if grids:
-        tiny_rows(bench, engines, grids, conc)
+    for name in [i for i in args.inputs.split(",") if i] if grids else []:
+        tiny_rows(bench, engines, grids, conc, name)
     if args.large:
         large_rows(bench, engines, conc)
     summary(report, bench.results)

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument(
         "--sam2",
         required=True,
-        help="official checkpoint file (sam2.1_hiera_*.pt), random:<tiny|small|base_plus|large> or tiny",
+        help="official checkpoint file (sam2.1_hiera_*.pt), random:<tiny|small|base_plus|large>, "
+        "random-smooth:<size> (random weights whose masks have trained-like run counts, for benchmarks), "
+        "tiny or tiny-smooth",
     )
     ex.add_argument(
         "--sam2-config",

@@ -118,57 +118,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int 
     return order[keep]
 
 
-def _interp_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear resize with align_corners=False (torch.nn.functional.interpolate) as two taps per
-    output index: out[i] = (1 - f[i]) * in[i0[i]] + f[i] * in[i1[i]]."""
-    scale = in_size / out_size
-    src = np.clip((np.arange(out_size) + 0.5) * scale - 0.5, 0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-class Upsampler:
-    """Bilinear upsampling of low-res logits to one image size, thresholded, computed only over the
-    rows/columns that can be inside the mask (bilinear weights are >= 0, so a pixel whose two-by-two
-    source neighbourhood is all <= threshold stays out). Two-tap gathers, no BLAS: it runs in the
-    pipeline's worker threads side by side without oversubscribing the cores."""
-
-    def __init__(self, low_res: int, orig_hw: tuple[int, int], threshold: float = 0.0):
-        self.h, self.w = orig_hw
-        self.low = low_res
-        self.threshold = threshold
-        self.y0, self.y1, fy = _interp_taps(self.h, low_res)
-        self.x0, self.x1, fx = _interp_taps(self.w, low_res)
-        self.fy = fy[:, None]
-        self.fx = fx[None, :]
-
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """[L,L] logits -> [H,W] bool mask."""
-        out = np.zeros((self.h, self.w), bool)
-        pos = logits > self.threshold
-        if not pos.any():
-            return out
-        rows, cols = np.nonzero(pos.any(axis=1))[0], np.nonzero(pos.any(axis=0))[0]
-        # Output rows / columns with a positive source tap.
-        ys = np.nonzero(
-            (self.y0 >= rows[0]) & (self.y0 <= rows[-1]) | (self.y1 >= rows[0]) & (self.y1 <= rows[-1])
-        )[0]
-        xs = np.nonzero(
-            (self.x0 >= cols[0]) & (self.x0 <= cols[-1]) | (self.x1 >= cols[0]) & (self.x1 <= cols[-1])
-        )[0]
-        if len(ys) == 0 or len(xs) == 0:  # shrinking: no output pixel samples the positive cells
-            return out
-        a, b = ys[0], ys[-1] + 1
-        c, d = xs[0], xs[-1] + 1
-        fy = self.fy[a:b]
-        t = logits[self.y0[a:b]] * (1 - fy) + logits[self.y1[a:b]] * fy  # [rows, L]
-        fx = self.fx[:, c:d]
-        block = t[:, self.x0[c:d]] * (1 - fx) + t[:, self.x1[c:d]] * fx
-        out[a:b, c:d] = block > self.threshold
-        return out
-
-
 def encode_rle(mask: np.ndarray) -> dict:
     """[H,W] bool -> COCO compressed RLE {"size": [h, w], "counts": str}."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))

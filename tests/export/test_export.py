@@ -240,3 +240,40 @@ def test_trt_says_plainly_when_tensorrt_or_gpu_is_missing(tiny_repo, capsys):
     assert cli.main(["trt", str(tiny_repo)]) == 2
     err = capsys.readouterr().err
     assert "tensorrt" in err.lower() or "gpu" in err.lower()
+
+
+def _runs_per_mask(model, photo) -> list[int]:
+    """Column-major runs of sam2's own predictor's masks for a 4 x 4 grid of clicks (3 each)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    s = model.image_size
+    predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    with torch.no_grad():
+        predictor.set_image(photo)
+        h, w = photo.shape[:2]
+        pts = (np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) + 0.5) / 4 * (w, h)
+        masks, _, _ = predictor.predict(point_coords=pts[:, None], point_labels=np.ones((16, 1)))
+    flat = (masks.reshape(-1, h, w) > 0).transpose(0, 2, 1).reshape(48, -1)
+    return [int(np.count_nonzero(f[1:] != f[:-1])) + 1 for f in flat]
+
+
+def test_smooth_masks_gives_trained_like_run_counts(tmp_path, photo):
+    """The benchmark input (``random-smooth:<size>``): the same architecture and checkpoint format,
+    weight values changed so that masks follow the photo's colour regions instead of noise: many
+    times fewer runs per mask than the random weights it starts from, and not all empty or full."""
+    spec = sources.resolve_sam2("tiny", tmp_path)
+    torch.manual_seed(0)
+    random_model = sources.build_sam2(spec)
+    torch.manual_seed(0)
+    smooth_model = sources.smooth_masks(sources.build_sam2(spec))
+    ragged, smooth = _runs_per_mask(random_model, photo), _runs_per_mask(smooth_model, photo)
+    assert np.median(smooth) * 5 < np.median(ragged), (np.median(smooth), np.median(ragged))
+    assert np.median(smooth) > 2  # masks with edges, not blank frames
+    # The source writes the transformed weights in the official format and says so.
+    full = sources.resolve_sam2("random-smooth:tiny", tmp_path / "full")
+    assert full.random_weights and "smooth_masks" in full.architecture
+    assert full.config == sources.SAM2_CONFIGS["tiny"] and not full.overrides
+    sd = torch.load(full.checkpoint, weights_only=True)["model"]
+    assert not sd["image_encoder.trunk.pos_embed_window"].any()
+    assert not sd["image_encoder.trunk.blocks.0.mlp.layers.1.weight"].any()

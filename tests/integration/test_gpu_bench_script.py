@@ -31,6 +31,10 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     rows = data["results"]
     served = [r for r in rows if r["engine"] in ("torch-fp32", "ort-cpu")]
     assert {r["engine"] for r in served} == {"torch-fp32", "ort-cpu"}
+    # both benchmark inputs: random weights, and random-smooth (masks with trained-like run counts)
+    assert {r["model"] for r in served} == {"hiera-tiny/random", "hiera-tiny/smooth", "hiera-large"}
+    assert data["answers_smooth"]["runs_median"] * 3 < data["answers_random"]["runs_median"]
+    assert 0 < data["answers_smooth"]["answer_bytes"] < data["answers_random"]["answer_bytes"]
     assert all(r["errors"] == 0 and r["requests"] == 4 and r["masks"] == 8 for r in served)
     assert all(r["stages_p50_ms"]["decoder"] > 0 and r["cold_start_s"] > 0 for r in served)
     assert any(r["engine"].startswith("reference") for r in rows)
@@ -38,14 +42,16 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
     large = [r for r in rows if r["model"] == "hiera-large"]
     assert any(r["engine"].startswith("reference") for r in large)
     assert [r["concurrency"] for r in large if r["engine"] == "torch-fp32"] == [1, 2]
-    assert data["answers_parity"]["torch fp32"]["miou"] == 1.0
+    assert data["answers_parity_random"]["torch fp32"]["miou"] == 1.0
+    assert data["answers_parity_smooth"]["torch fp32"]["miou"] == 1.0
     # the in-process profile: every thread's sampled stacks, and the trace
-    prof = (out / "profile-torch-fp32.txt").read_text()
+    prof = (out / "profile-torch-fp32-random.txt").read_text()
     assert (
         "8 at once" in prof
         and "Python stacks" in prof
         and "clip_crop" in prof
-        and (out / "trace-torch-fp32.json.gz").stat().st_size > 0
+        and (out / "trace-torch-fp32-smooth.json.gz").stat().st_size > 0
     )
     table = (out / "gpu_bench.txt").read_text()
     assert "RANDOM weights" in table and "Targets (H100" in table
+    assert "input smooth: answers of" in table and "runs per mask median" in table

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sam2.utils import amg as sam_amg
-from seglabel_server import amg
+from seglabel_server import amg, rle
 from torchvision.ops import batched_nms
 
 
@@ -54,10 +54,10 @@ def test_upsampler_matches_torch_interpolate(hw):
             0, 0
         ]
         ref = (ref > 0).numpy()
-        ours = amg.Upsampler(low, hw)(logits)
+        ours = rle.Upsampler(low, hw)(logits)
         # float rounding may flip pixels whose interpolated logit is ~0
         assert (ours != ref).mean() < 1e-4
-    assert not amg.Upsampler(low, hw)(np.full((low, low), -1.0, np.float32)).any()
+    assert not rle.Upsampler(low, hw)(np.full((low, low), -1.0, np.float32)).any()
 
 
 def test_rle_round_trip():
@@ -86,4 +86,98 @@ def test_upsampler_shrinking_when_no_output_pixel_samples_the_mask():
     # 64 -> 8 rows/columns: low-res cell 1 is never a tap of any output pixel
     logits = np.full((64, 64), -1.0, np.float32)
     logits[1, 1] = 5.0
-    assert not amg.Upsampler(64, (8, 8))(logits).any()
+    assert not rle.Upsampler(64, (8, 8))(logits).any()
+
+
+def _logit_cases(rng, low: int):
+    """Low-res logits of every kind the answer path meets: noise (random weights), smooth fields
+    (trained-like masks), all in, all out but one cell, exact zeros on the threshold, a disk."""
+    noise = rng.standard_normal((low, low)).astype(np.float32)
+    smooth = (np.cumsum(np.cumsum(noise, 0), 1) / low).astype(np.float32)
+    yy, xx = np.mgrid[:low, :low]
+    disk = (low / 3 - np.hypot(yy - low / 2, xx - low / 3)).astype(np.float32)
+    one = np.full((low, low), -1.0, np.float32)
+    one[rng.integers(0, low), rng.integers(0, low)] = 2.0
+    return [noise, smooth, np.abs(noise) + 0.1, one, np.maximum(noise, 0), disk, -disk]
+
+
+@pytest.mark.parametrize(
+    "hw", [(1024, 1024), (768, 1024), (1000, 750), (97, 131), (300, 255), (5, 1), (2, 513)]
+)
+def test_encode_equals_upsampling_then_pycocotools(hw):
+    """Upsampler.encode (runs found from the cells whose taps disagree) is byte for byte the RLE of
+    the upsampled mask, with its area and box, at sizes up and down and for noise-like masks (which
+    take the dense route)."""
+    rng = np.random.default_rng(3)
+    for low in (64, 7):
+        up = rle.Upsampler(low, hw)
+        for logits in _logit_cases(rng, low):
+            mask = up(logits)
+            got = up.encode(logits)
+            if not mask.any():
+                assert got is None
+                continue
+            assert got.counts == amg.encode_rle(mask)["counts"]
+            assert got.area == int(mask.sum())
+            assert got.box == tuple(int(v) for v in amg.masks_to_boxes(mask[None])[0])
+            full = got.mask if isinstance(got.mask, np.ndarray) else got.mask.full()
+            np.testing.assert_array_equal(full, mask)
+            if not isinstance(got.mask, np.ndarray):
+                for x0, y0, x1, y1 in (
+                    (0, 0, 1, 1),
+                    (1, 0, hw[1], hw[0] - 1),
+                    (hw[1] // 2, hw[0] // 3, hw[1], hw[0]),
+                ):
+                    if x1 > x0 and y1 > y0:
+                        np.testing.assert_array_equal(got.mask.region(x0, y0, x1, y1), mask[y0:y1, x0:x1])
+
+
+def test_encode_of_a_smooth_mask_computes_only_its_boundary():
+    """The cost follows the boundary: a disk's upsampled pixels are never all computed."""
+    up = rle.Upsampler(256, (1024, 1024))
+    yy, xx = np.mgrid[:256, :256]
+    disk = (60 - np.hypot(yy - 128, xx - 100)).astype(np.float32)
+    computed = []
+    cells = up._cell_values
+    up._cell_values = lambda logits, m, r, c, y, x: (
+        computed.append(y.shape[1] * x.size) or cells(logits, m, r, c, y, x)
+    )
+    got = up.encode(disk)
+    assert got.counts == amg.encode_rle(up(disk))["counts"] and got.area == int(up(disk).sum())
+    assert isinstance(got.mask, rle.RunMask)
+    # pixels computed in cells: about the boundary's (and each column's first and last pixel)
+    assert 0 < sum(computed) < 0.02 * 1024 * 1024, sum(computed)
+
+
+def test_coco_string_matches_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(4)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) < rng.random()
+        if t % 4 == 0:
+            m = np.zeros((h, w), bool)
+            m[rng.integers(0, h) :, rng.integers(0, w) :] = True
+        f = m.T.reshape(-1)
+        bounds = np.nonzero(f[1:] != f[:-1])[0] + 1
+        counts = np.diff(np.concatenate([[0], [0] if f[0] else [], bounds, [f.size]]))
+        ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+        assert rle.coco_string(counts) == ref
+    big = np.array([0, 9_000_000, 5, 123_456_789, 1], np.int64)  # counts of more than 5 chunks
+    ref = mask_utils.frPyObjects({"size": [int(big.sum()), 1], "counts": big.tolist()}, int(big.sum()), 1)
+    assert rle.coco_string(big) == ref["counts"].decode()
+
+
+def test_encode_many_equals_encode_one_by_one():
+    """A chunk of masks at once (noise-like ones upsampled whole among them) gives each mask's own."""
+    rng = np.random.default_rng(5)
+    for hw in ((1024, 768), (50, 300)):
+        up = rle.Upsampler(64, hw)
+        batch = np.stack(_logit_cases(rng, 64) + [np.full((64, 64), -1.0, np.float32)])
+        many = up.encode_many(batch)
+        for logits, got in zip(batch, many):
+            one = up.encode(logits)
+            assert (got is None) == (one is None)
+            if got is not None:
+                assert (got.counts, got.area, got.box) == (one.counts, one.area, one.box)

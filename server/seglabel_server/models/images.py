@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -68,10 +69,16 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
 
 
 def _square(image: np.ndarray, size: int, mean, std, resample) -> np.ndarray:
-    resized = Image.fromarray(image).resize((size, size), resample)
-    x = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    resized = image if image.shape[:2] == (size, size) else np.asarray(
+        Image.fromarray(image).resize((size, size), resample)
+    )  # fmt: skip
+    # (v / 255 - mean) / std per channel, in float32 as written, looked up for the 256 levels
+    levels = np.arange(256, dtype=np.float32)[:, None] * np.float32(1.0 / 255.0)
+    table = (levels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [256, 3]
+    out = np.empty((3, size, size), np.float32)
+    for c in range(3):
+        np.take(table[:, c], resized[..., c], out=out[c])
+    return out
 
 
 def sam_preprocess(image: np.ndarray, size: int, mean, std) -> np.ndarray:
@@ -105,38 +112,89 @@ def crop_region(box_xywh, w: int, h: int, size: int, context: float) -> tuple[in
     return x0, y0, x1, y1, max(1, round(ch * scale)), max(1, round(cw * scale))
 
 
+class CropSource:
+    """One image prepared for many CLIP crops: a Pillow image of it and its 2 x 2 box reductions,
+    made once (each when a crop first needs it). A crop resizes from the smallest reduction that
+    is still at least twice its size (what Pillow's ``reducing_gap=2`` does inside one resize, there
+    once per crop over the crop's full-resolution region). Safe to share between threads."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self.levels = [Image.fromarray(image)]
+        self._lock = threading.Lock()
+
+    def _level(self, n: int) -> Image.Image:
+        with self._lock:
+            while len(self.levels) <= n:
+                self.levels.append(self.levels[-1].reduce(2))
+            return self.levels[n]
+
+    def resized(self, x0: int, y0: int, x1: int, y1: int, tw: int, th: int) -> Image.Image:
+        """The region [x0, x1) x [y0, y1) resized to ``tw`` x ``th`` (bicubic)."""
+        f = min((x1 - x0) / tw, (y1 - y0) / th) / 2.0
+        n = int(np.floor(np.log2(f))) if f >= 2.0 else 0
+        s = float(1 << n)
+        box = (x0 / s, y0 / s, x1 / s, y1 / s)
+        return self._level(n).resize((tw, th), Image.BICUBIC, box=box, reducing_gap=2.0)
+
+
+def mask_region(mask, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """[y1-y0, x1-x0] bool of a full-image mask: an array, or a mask held another way with a
+    ``region`` method (``rle.RunMask``: made from its runs, never at full size)."""
+    if isinstance(mask, np.ndarray):
+        return mask[y0:y1, x0:x1]
+    return mask.region(x0, y0, x1, y1)
+
+
+def mask_keep(mask, x0: int, y0: int, x1: int, y1: int, tw: int, th: int) -> np.ndarray:
+    """[th, tw] float32 in [0, 255]: the mask's region resized (bilinear, ``reducing_gap`` 2). A mask
+    held as runs (``rle.RunMask``) is made column by column and resized transposed: no transposing
+    copy of the full-resolution region (Pillow's two passes then run in the other order: at most
+    one level apart)."""
+    if isinstance(mask, np.ndarray):
+        keep = Image.fromarray(mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
+        return np.asarray(keep.resize((tw, th), Image.BILINEAR, reducing_gap=2.0), np.float32)
+    cols = Image.fromarray(mask.columns(x0, y0, x1, y1, np.uint8(255)))
+    return np.asarray(cols.resize((th, tw), Image.BILINEAR, reducing_gap=2.0), np.float32).T
+
+
 def clip_crop(
-    image: np.ndarray,
-    mask: np.ndarray | None,
+    image: np.ndarray | CropSource,
+    mask,
     box_xywh,
     size: int,
     mean,
     std,
     context: float = 0.15,
     background_keep: float = 0.2,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One CLIP input for a mask: its box grown by ``context`` on each side, padded to a square with
     CLIP's mean grey, resized to ``size`` (bicubic), pixels outside the mask faded to that grey
     (``background_keep`` of the original stays, so context is not lost), normalised.
-    ``mask`` is a full-image bool array (or None for a plain box crop). The region and its mask are
-    resized first and blended at ``size`` x ``size``: the cost does not grow with the mask's size."""
-    h, w = image.shape[:2]
+    ``image``: RGB uint8, or a :class:`CropSource` of it (many crops of one image). ``mask``: a
+    full-image bool array (or :func:`mask_region`'s other kind), None for a plain box crop. The
+    region and its mask are resized first and blended at ``size`` x ``size``: the cost does not grow
+    with the mask's size. Written into ``out`` ([3,size,size] float32) when given."""
+    source = image if isinstance(image, CropSource) else CropSource(image)
+    h, w = source.image.shape[:2]
     x0, y0, x1, y1, th, tw = crop_region(box_xywh, w, h, size, context)
     # reducing_gap 2: a box reduction by an integer factor first when shrinking more than 2x (what
     # PIL's docs call indistinguishable from fair resampling in most cases; ~0.3/255 mean difference
     # on the bundled photo, half the time of the 1024 -> 224 bicubic).
-    region = Image.fromarray(image[y0:y1, x0:x1]).resize((tw, th), Image.BICUBIC, reducing_gap=2.0)
-    region = np.asarray(region, np.float32)
+    region = np.asarray(source.resized(x0, y0, x1, y1, tw, th), np.float32)
     grey = np.asarray(mean, np.float32) * 255.0
+    # ((grey + weight * (region - grey)) / 255 - mean) / std, with grey / 255 == mean: one pass
+    scale = 1.0 / (255.0 * np.asarray(std, np.float32))
     if mask is not None:
-        keep = Image.fromarray(mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
-        keep = keep.resize((tw, th), Image.BILINEAR, reducing_gap=2.0)
-        keep = np.asarray(keep, np.float32)[..., None] * (1.0 / 255.0)
-        region = grey + (keep + background_keep * (1.0 - keep)) * (region - grey)
-    canvas = np.empty((size, size, 3), np.float32)
-    canvas[:] = grey
+        keep = mask_keep(mask, x0, y0, x1, y1, tw, th)
+        weight = (background_keep + (1.0 - background_keep) / 255.0 * keep)[..., None] * scale
+    else:
+        weight = scale
+    if out is None:
+        out = np.zeros((3, size, size), np.float32)
+    else:
+        out[:] = 0.0  # CLIP's mean grey, normalised
     oy, ox = (size - th) // 2, (size - tw) // 2  # centred
-    canvas[oy : oy + th, ox : ox + tw] = region
-    x = canvas * (1.0 / 255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    out[:, oy : oy + th, ox : ox + tw] = ((region - grey) * weight).transpose(2, 0, 1)
+    return out

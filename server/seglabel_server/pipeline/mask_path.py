@@ -39,10 +39,10 @@ class CropSpec:
         """The crops of the repository's CLIP section ``clip``, with ``cfg``'s (PipelineConfig) context."""
         return cls(clip["image_size"], clip["mean"], clip["std"], cfg.crop_context, cfg.crop_background_keep)
 
-    def cut(self, image: np.ndarray, mask: np.ndarray | None, box_xywh) -> np.ndarray:
-        """One region's CLIP input, [3,S,S]."""
+    def cut(self, image, mask, box_xywh, out: np.ndarray | None = None) -> np.ndarray:
+        """One region's CLIP input, [3,S,S] (written into ``out`` when given)."""
         return images.clip_crop(image, mask, box_xywh, self.size, self.mean, self.std, self.context,
-                                self.background_keep)  # fmt: skip
+                                self.background_keep, out)  # fmt: skip
 
 
 class MaskPath(Protocol):
@@ -101,29 +101,44 @@ class HostMaskPath:
         return [r for r, _ in pairs], [m for _, m in pairs]
 
     def cut(
-        self, image: np.ndarray, chunk: list[MaskResult], full: list, ctx: RequestContext | None = None
-    ) -> np.ndarray:
-        """The crops of ``chunk`` on this thread; stops between masks once ``ctx`` is done."""
-        out = []
-        for m, m_full in zip(chunk, full):
+        self, image: np.ndarray | images.CropSource, chunk: list[MaskResult], full: list,
+        ctx: RequestContext | None = None, out: np.ndarray | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """The crops of ``chunk`` on this thread (``full``: their full masks, arrays or
+        ``rle.RunMask``), written into ``out`` [len(chunk),3,S,S] when given; stops between masks
+        once ``ctx`` is done."""
+        s = self.crop.size
+        out = np.empty((len(chunk), 3, s, s), np.float32) if out is None else out
+        for i, (m, m_full) in enumerate(zip(chunk, full)):
             if ctx is not None:
                 ctx.check()
-            out.append(self.crop.cut(image, m_full, m.bbox))
-        return np.stack(out)
+            self.crop.cut(image, m_full, m.bbox, out[i])
+        return out
 
     async def crops(
         self, req: RequestState, chunk: list[MaskResult], full: list, ctx: RequestContext
     ) -> np.ndarray:
-        parts = await self.pool.parallel(
-            lambda r: self.cut(req.image, chunk[r.start : r.stop], full[r.start : r.stop], ctx), len(chunk)
+        if req.crop_source is None:  # the image's reductions, shared by the request's crops
+            req.crop_source = images.CropSource(req.image)
+        source, s = req.crop_source, self.crop.size
+        out = np.empty((len(chunk), 3, s, s), np.float32)  # each thread writes its masks' rows
+        await self.pool.parallel(
+            lambda r: self.cut(
+                source, chunk[r.start : r.stop], full[r.start : r.stop], ctx, out[r.start : r.stop]
+            ),
+            len(chunk),
         )
-        return np.concatenate(parts)
+        return out
 
     def host_masks(self, full: list) -> list[np.ndarray]:
-        return full
+        # masks held as runs (rle.RunMask) are not made whole here: the joins and the overlay,
+        # when asked for, decode the answers' RLE
+        return full if all(isinstance(m, np.ndarray) for m in full) else []
 
     async def overlay_masks(self, answer: list[MaskResult], kept: list[np.ndarray]) -> list[np.ndarray]:
-        return kept
+        if len(kept) == len(answer):
+            return kept
+        return await self.pool.run(lambda: [amg.decode_rle(m.rle) for m in answer])
 
 
 class DeviceMaskPath:

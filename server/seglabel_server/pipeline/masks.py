@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seglabel_server import amg
+from seglabel_server import amg, rle
 from seglabel_server.amg import MaskData
 from seglabel_server.models.kinds.sam2 import DecoderOutput
 from seglabel_server.types import MaskResult, SegmentOptions
@@ -239,13 +239,13 @@ class MaskFinisher:
     def __init__(self, sam: dict, upsample_on_backend=None):
         self.sam = sam
         self.upsample_on_backend = upsample_on_backend
-        self._upsamplers: dict[tuple, amg.Upsampler] = {}
+        self._upsamplers: dict[tuple, rle.Upsampler] = {}
 
-    def upsampler(self, hw) -> amg.Upsampler:
+    def upsampler(self, hw) -> rle.Upsampler:
         key = (self.sam["low_res_size"], hw)
         up = self._upsamplers.get(key)
         if up is None:
-            up = self._upsamplers[key] = amg.Upsampler(
+            up = self._upsamplers[key] = rle.Upsampler(
                 self.sam["low_res_size"], hw, self.sam["mask_threshold"]
             )
             while len(self._upsamplers) > 8:
@@ -260,20 +260,32 @@ class MaskFinisher:
 
     def describe(self, cand: MaskData, idx: range, full_masks: np.ndarray | None, hw, ctx=None) -> list:
         """(MaskResult without index, full-res mask) for survivors ``idx``; empty masks dropped.
-        Stops (Cancelled / DeadlineExceeded) between masks once ``ctx`` is done."""
+        Without ``full_masks`` (the backend's upsampled masks) the masks' runs come from their
+        low-res logits (:meth:`rle.Upsampler.encode`), and a full-res mask
+        is an ``rle.RunMask`` where no pixel array was made (a bool array where the mask is ragged
+        enough to make one). Stops (Cancelled / DeadlineExceeded) between masks once ``ctx`` is done."""
         up = self.upsampler(hw) if full_masks is None else None
         out = []
+        h, w = hw
         for i in idx:
             if ctx is not None:
                 ctx.check()
-            m = up(cand["logits"][i]) if full_masks is None else full_masks[i]
-            area = int(m.sum())
-            if area == 0:
-                continue
-            x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
+            if full_masks is None:
+                found = up.encode(cand["logits"][i])
+                if found is None:
+                    continue
+                area, (x0, y0, x1, y1), m = found.area, found.box, found.mask
+                rle = {"size": [h, w], "counts": found.counts}
+            else:
+                m = full_masks[i]
+                area = int(m.sum())
+                if area == 0:
+                    continue
+                x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
+                rle = amg.encode_rle(m)
             result = MaskResult(
                 index=-1,
-                rle=amg.encode_rle(m),
+                rle=rle,
                 bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)),
                 area=area,
                 predicted_iou=float(cand["iou"][i]),

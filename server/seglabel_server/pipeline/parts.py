@@ -63,6 +63,7 @@ class RequestState:
     emit: Emit | None
     clock: Stopwatch = field(default_factory=Stopwatch)
     image_dev: Any = None  # the image in the backend's memory (device path), uploaded once
+    crop_source: Any = None  # models.images.CropSource of the image (host path's crops), made once
     embeddings: list = field(default_factory=list)  # crop embeddings per chunk, when answers are kept
 
     @property

@@ -286,7 +286,12 @@ class Pipeline:
         exact box + area (the mask path's :meth:`~mask_path.MaskPath.finish`); stops once ``ctx`` is
         done. Indices are left to the caller. Returns (MaskResults, their full masks)."""
         idx = range(len(cand)) if idx is None else idx
-        sub = MaskData(**{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")})
+        # (off the event loop: slicing the logits gathers the chunk's rows into one array)
+        sub = await self.pool.run(
+            lambda: MaskData(
+                **{k: cand[k][idx.start : idx.stop] for k in ("logits", "iou", "stability", "point")}
+            )
+        )
         return await self.mask_path.finish(sub, hw, ctx)
 
     async def _label_chunk(

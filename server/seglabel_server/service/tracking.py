@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from seglabel_server.amg import Upsampler, decode_rle, encode_rle, masks_to_boxes
+from seglabel_server.amg import decode_rle, encode_rle, masks_to_boxes
 from seglabel_server.errors import DeadlineExceeded, InvalidArgument, LimitExceeded, NotFound, SeglabelError
 from seglabel_server.models.images import video_preprocess
 from seglabel_server.pipeline.track_models import ScheduledTrackModels
 from seglabel_server.pipeline.tracker import Prompt, TrackSession
 from seglabel_server.pipeline.tracking import TrackConfig
+from seglabel_server.rle import Upsampler
 from seglabel_server.scheduler.batching import DEFAULT
 from seglabel_server.service.params import plan_segment, resolve_relabel
 from seglabel_server.types import LabelResult, RequestContext, SegmentOptions
