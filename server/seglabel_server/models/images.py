@@ -138,14 +138,6 @@ class CropSource:
         return self._level(n).resize((tw, th), Image.BICUBIC, box=box, reducing_gap=2.0)
 
 
-def mask_region(mask, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """[y1-y0, x1-x0] bool of a full-image mask: an array, or a mask held another way with a
-    ``region`` method (``rle.RunMask``: made from its runs, never at full size)."""
-    if isinstance(mask, np.ndarray):
-        return mask[y0:y1, x0:x1]
-    return mask.region(x0, y0, x1, y1)
-
-
 def mask_keep(mask, x0: int, y0: int, x1: int, y1: int, tw: int, th: int) -> np.ndarray:
     """[th, tw] float32 in [0, 255]: the mask's region resized (bilinear, ``reducing_gap`` 2). A mask
     held as runs (``rle.RunMask``) is made column by column and resized transposed: no transposing
@@ -173,7 +165,7 @@ def clip_crop(
     CLIP's mean grey, resized to ``size`` (bicubic), pixels outside the mask faded to that grey
     (``background_keep`` of the original stays, so context is not lost), normalised.
     ``image``: RGB uint8, or a :class:`CropSource` of it (many crops of one image). ``mask``: a
-    full-image bool array (or :func:`mask_region`'s other kind), None for a plain box crop. The
+    full-image bool array (or an ``rle.RunMask``: see :func:`mask_keep`), None for a plain box crop. The
     region and its mask are resized first and blended at ``size`` x ``size``: the cost does not grow
     with the mask's size. Written into ``out`` ([3,size,size] float32) when given."""
     source = image if isinstance(image, CropSource) else CropSource(image)
