@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import statistics
 import sys
 import threading
 import time
 
 import numpy as np
-from benchlib import choose_iou, photo
-from PIL import Image
+from benchlib import choose_iou, jpeg, photo
 from seglabel_server import amg
 from seglabel_server.backends import create_backend
 from seglabel_server.models import images
@@ -103,9 +101,7 @@ class Case:
         self.loaded = build_pipeline(backend, repo, cfg)
         self.pipe = self.loaded.pipeline
         self.image = image
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="JPEG", quality=90)
-        self.jpeg = buf.getvalue()
+        self.jpeg = jpeg(image)
         iou, _ = choose_iou(backend, repo, image, grid, masks)
         self.params = SegmentOptions(points_per_side=grid, pred_iou_thresh=iou, stability_score_thresh=0.0,
                                      box_nms_thresh=1.0, max_masks=masks, return_overlay=False)  # fmt: skip

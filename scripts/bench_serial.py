@@ -19,13 +19,12 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import photo
+from benchlib import jpeg, photo, server_process
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,31 +91,21 @@ def main() -> int:
         return serve(args)
 
     from seglabel_client.bench import free_port, run_level, summarize
-    from seglabel_client.client import SegmenterClient
     from seglabel_server.types import SegmentOptions
 
     work = Path(tempfile.mkdtemp(prefix="bench-serial-"))
     port = free_port()
     ready = work / "ready.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(port), "--ready", str(ready),
-           "--models", args.models, "--grid", str(args.grid), "--masks", str(args.masks),
-           "--size", str(args.size), "--profile-top", str(args.profile_top)]  # fmt: skip
+    flags = ["--serve", "--port", str(port), "--ready", str(ready), "--models", args.models, "--grid", str(args.grid),
+             "--masks", str(args.masks), "--size", str(args.size), "--profile-top", str(args.profile_top)]  # fmt: skip
     if args.profile:
-        cmd += ["--profile-out", str(work / "profile")]
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with SegmenterClient(f"127.0.0.1:{port}") as c:
-            c.wait_ready(timeout=900)
+        flags += ["--profile-out", str(work / "profile")]
+    with server_process(
+        flags, str(work / "server.log"), [sys.executable, str(Path(__file__).resolve())]
+    ) as proc:
         iou = json.loads(ready.read_text())["iou"]
         image = photo(args.size, args.size)
-        from io import BytesIO
-
-        from PIL import Image
-
-        buf = BytesIO()
-        Image.fromarray(image).save(buf, format="JPEG", quality=90)
-        data = buf.getvalue()
+        data = jpeg(image)
         opts = SegmentOptions(points_per_side=args.grid, pred_iou_thresh=iou, stability_score_thresh=0.0,
                               box_nms_thresh=1.0, max_masks=args.masks, return_overlay=False,
                               skip_labels=args.labels == "off")  # fmt: skip
@@ -155,13 +144,6 @@ def main() -> int:
             print(
                 f"throughput c={rows[-1].concurrency} / c={rows[0].concurrency}: {ratio:.2f}x (goal >= 1.6x)"
             )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     return 0
 
 

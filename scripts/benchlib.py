@@ -5,6 +5,7 @@ port is ``seglabel_client.bench.free_port``)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import sys
 import threading
@@ -24,6 +25,13 @@ def photo(width: int, height: int, name: str = "astronaut.jpg") -> np.ndarray:
     """A bundled photo resized (bicubic) to ``width`` x ``height``, RGB uint8."""
     img = images.decode_image(sample_image_bytes(name))
     return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """RGB uint8 as JPEG bytes (what a client sends)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def choose_iou(backend, repo, image: np.ndarray, grid: int, masks: int, chunk: int = 64) -> tuple[float, int]:
@@ -59,14 +67,13 @@ def metric(port: int, name: str) -> float:
 
 
 @contextlib.contextmanager
-def server_process(flags: list[str], log_path: str | None = None):
-    """``seglabel-server`` with ``flags`` (``--port`` among them) as a child process, yielded once it
-    is SERVING; terminated on exit (killed if it has not stopped within 60 s). Its output goes to
-    ``log_path``, or nowhere."""
+def server_process(flags: list[str], log_path: str | None = None, command: list[str] | None = None):
+    """``seglabel-server`` (or ``command``: another program serving gRPC) with ``flags`` (``--port``
+    among them) as a child process, yielded once it is SERVING; terminated on exit (killed if it has
+    not stopped within 60 s). Its output goes to ``log_path``, or nowhere."""
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seglabel_server", *flags], stdout=log, stderr=subprocess.STDOUT
-    )
+    command = command or [sys.executable, "-m", "seglabel_server"]
+    proc = subprocess.Popen([*command, *flags], stdout=log, stderr=subprocess.STDOUT)
     try:
         with SegmenterClient(f"127.0.0.1:{flags[flags.index('--port') + 1]}") as c:
             c.wait_ready(timeout=900)

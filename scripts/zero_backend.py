@@ -17,7 +17,6 @@ import collections
 
 import numpy as np
 from seglabel_server import amg
-from seglabel_server.backends import create_backend
 from seglabel_server.backends.base import Backend, BackendInfo
 from seglabel_server.models import images
 from seglabel_server.models.kinds import sam2
@@ -111,12 +110,3 @@ class ZeroCostBackend(Backend):
         while len(self._cache) > self._size:
             self._cache.popitem(last=False)
         return out
-
-
-def build(repo: ModelRepository, image: np.ndarray, grid: int) -> ZeroCostBackend:
-    """Record ``repo``'s models on ONNX Runtime (the embedded default) on ``image``."""
-    real = create_backend("onnxruntime", repo)
-    try:
-        return ZeroCostBackend(repo, real, image, grid)
-    finally:
-        real.close()

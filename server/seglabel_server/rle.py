@@ -43,11 +43,7 @@ class Upsampler:
         self.col_groups, col_start = np.unique(self.x0, return_index=True)
         self.row_bounds = np.append(row_start, self.h)
         self.col_bounds = np.append(col_start, self.w)
-        self.low = low_res
         self.complete = len(self.row_groups) == low_res and len(self.col_groups) == low_res
-        self.last_row = np.full(self.w, self.h - 1)
-        self.first_row = np.zeros(self.w, np.int64)
-        self.columns = np.arange(self.w)
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """[L,L] logits -> [H,W] bool mask."""
@@ -74,26 +70,19 @@ class Upsampler:
         out[a:b, c:d] = block > self.threshold
         return out
 
-    def values(self, logits: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """The upsampled mask at output pixels (``y``, ``x``): the same float32 operations in the same
-        order as :meth:`__call__`, so the same bits."""
+    def values(self, logits: np.ndarray, m, y, x) -> np.ndarray:
+        """[K,L,L] logits' upsampled masks at output pixels (``y``, ``x``) of masks ``m`` (index
+        arrays broadcast together): the same float32 operations in the same order as
+        :meth:`__call__`, so the same bits."""
         fy, fx = self._fy[y], self._fx[x]
         a, b, c, d = self.y0[y], self.y1[y], self.x0[x], self.x1[x]
-        t0 = logits[a, c] * (1 - fy) + logits[b, c] * fy
-        t1 = logits[a, d] * (1 - fy) + logits[b, d] * fy
+        t0 = logits[m, a, c] * (1 - fy) + logits[m, b, c] * fy
+        t1 = logits[m, a, d] * (1 - fy) + logits[m, b, d] * fy
         return t0 * (1 - fx) + t1 * fx > self.threshold
 
-    # Above this share of cells to compute, :meth:`runs` upsamples every pixel instead (measured on
-    # 256 -> 1024: noise logits, all cells, 64 ms by cells against 10 ms dense).
+    # Above this share of cells to compute, :meth:`encode_many` upsamples the mask whole instead
+    # (measured on 256 -> 1024 noise logits, every cell to compute: slower by cells than whole).
     DENSE_SHARE = 0.3
-
-    def _dense(self, logits: np.ndarray) -> Encoded | None:
-        m = self(logits)
-        area = int(m.sum())
-        if area == 0:
-            return None
-        x0, y0, x1, y1 = masks_to_boxes(m[None])[0]
-        return Encoded(encode_rle(m)["counts"], area, (int(x0), int(y0), int(x1), int(y1)), m)
 
     def _cells(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inside, outside) [K, row groups, column groups] of [K,L,L] positives: every output pixel
@@ -160,17 +149,8 @@ class Upsampler:
         """Changes at each column's first pixel against the previous column's last (COCO runs
         continue across columns; the first column's against "out"), for [K,L,L] logits."""
         k, h, w = len(logits), self.h, self.w
-        m = np.arange(k)[:, None]
-        cols = self.columns[None, :]
-
-        def row(y: int) -> np.ndarray:
-            fy, a, b = self._fy[y], self.y0[y], self.y1[y]
-            c, d, fx = self.x0[cols], self.x1[cols], self._fx[cols]
-            t0 = logits[m, a, c] * (1 - fy) + logits[m, b, c] * fy
-            t1 = logits[m, a, d] * (1 - fy) + logits[m, b, d] * fy
-            return t0 * (1 - fx) + t1 * fx > self.threshold  # [K, W], as values()
-
-        first, last = row(0), row(h - 1)
+        m, cols = np.arange(k)[:, None], np.arange(w)[None, :]
+        first, last = self.values(logits, m, 0, cols), self.values(logits, m, h - 1, cols)  # [K, W]
         prev = np.concatenate([np.zeros((k, 1), bool), last[:, :-1]], axis=1)
         mi, x = np.nonzero(first != prev)
         return mi * (h * w) + x * h
@@ -205,7 +185,7 @@ class Upsampler:
         some = pos.any(axis=(1, 2))
         dense = some & (busy > self.DENSE_SHARE * look[0].size)
         for i in np.nonzero(dense)[0]:
-            out[i] = self._dense(logits[i])
+            out[i] = encode_mask(self(logits[i]))
         mine = some & ~dense
         if not mine.any():
             return out
@@ -216,7 +196,7 @@ class Upsampler:
             [
                 *self._inner_changes(logits, *np.nonzero(mixed)),
                 self._first_row_changes(logits, *np.nonzero(look)),
-                self._starts_of(logits, mine),
+                self._column_starts(logits),  # (those of the other masks are never read)
             ]
         )
         changes.sort()
@@ -233,13 +213,6 @@ class Upsampler:
                    int(np.where(one_column, off % h, h - 1).max()))  # fmt: skip
             out[i] = Encoded(coco_string(counts), int(counts[1::2].sum()), box, RunMask(bounds, h, self.w))
         return out
-
-    def _starts_of(self, logits: np.ndarray, mine: np.ndarray) -> np.ndarray:
-        """:meth:`_column_starts` of the masks ``mine`` selects, at their places among all."""
-        idx = np.nonzero(mine)[0]
-        local = self._column_starts(logits[idx])
-        hw = self.h * self.w
-        return idx[local // hw] * hw + local % hw
 
 
 @dataclass
@@ -279,6 +252,16 @@ class RunMask:
 
     def full(self) -> np.ndarray:
         return np.ascontiguousarray(self.region(0, 0, self.w, self.h))
+
+
+def encode_mask(mask: np.ndarray) -> Encoded | None:
+    """A full-resolution [H,W] bool mask as the answer carries it (pycocotools' RLE, its area and
+    box), None when it is empty."""
+    area = int(mask.sum())
+    if area == 0:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[None])[0])
+    return Encoded(encode_rle(mask)["counts"], area, (x0, y0, x1, y1), mask)
 
 
 def coco_string(counts: np.ndarray) -> str:

@@ -266,31 +266,21 @@ class MaskFinisher:
         enough to make one). Stops (Cancelled / DeadlineExceeded) between masks once ``ctx`` is done."""
         up = self.upsampler(hw) if full_masks is None else None
         out = []
-        h, w = hw
         for i in idx:
             if ctx is not None:
                 ctx.check()
-            if full_masks is None:
-                found = up.encode(cand["logits"][i])
-                if found is None:
-                    continue
-                area, (x0, y0, x1, y1), m = found.area, found.box, found.mask
-                rle = {"size": [h, w], "counts": found.counts}
-            else:
-                m = full_masks[i]
-                area = int(m.sum())
-                if area == 0:
-                    continue
-                x0, y0, x1, y1 = amg.masks_to_boxes(m[None])[0]
-                rle = amg.encode_rle(m)
+            found = up.encode(cand["logits"][i]) if full_masks is None else rle.encode_mask(full_masks[i])
+            if found is None:
+                continue
+            x0, y0, x1, y1 = found.box
             result = MaskResult(
                 index=-1,
-                rle=rle,
+                rle={"size": list(hw), "counts": found.counts},
                 bbox=(float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)),
-                area=area,
+                area=found.area,
                 predicted_iou=float(cand["iou"][i]),
                 stability_score=float(cand["stability"][i]),
                 point=cand["point"][i],
             )
-            out.append((result, m))
+            out.append((result, found.mask))
         return out
