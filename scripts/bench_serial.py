@@ -71,6 +71,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (the kernel's 15-character ``comm``; threads of one name summed)
+    of a process so far: the threads no Python sampler sees (gRPC's, the decoders') included."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models")
@@ -118,7 +132,7 @@ def main() -> int:
             if args.profile:  # drop what the warm-up and the previous level sampled
                 os.kill(proc.pid, signal.SIGUSR1)
                 time.sleep(0.2)
-            cpu0, me0 = cpu_seconds(proc.pid), time.process_time()
+            cpu0, me0, threads0 = cpu_seconds(proc.pid), time.process_time(), thread_cpu(proc.pid)
             samples, errors, wall = asyncio.run(run_level(f"127.0.0.1:{port}", [data], conc, n, 2, opts))
             server_cores = (cpu_seconds(proc.pid) - cpu0) / wall
             client_cores = (time.process_time() - me0) / wall
@@ -130,6 +144,11 @@ def main() -> int:
                   f"server queue p50 {r.server_queue_p50_ms:.1f} ms; stages p50 (ms): {stages}", flush=True)  # fmt: skip
             print(f"       cores busy: server {server_cores:.2f}, client {client_cores:.2f} (of {os.cpu_count()}); "
                   f"server CPU per image {server_cores / max(r.throughput_rps, 1e-9) * 1000:.0f} ms", flush=True)  # fmt: skip
+            used = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
+            images = r.throughput_rps * wall
+            print("       server CPU per image by thread (ms): " + ", ".join(
+                f"{k} {1000 * v / max(images, 1):.0f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0
+            ), flush=True)  # fmt: skip
             if args.profile:
                 os.kill(proc.pid, signal.SIGUSR1)
                 out = work / f"profile.{2 * i + 1}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seglabel_server import kernels
 from seglabel_server.amg import encode_rle, masks_to_boxes
 
 
@@ -38,12 +39,14 @@ class Upsampler:
         self.fx = fx[None, :]
         self._fy, self._fx = fy, fx
         # Output rows / columns come in groups sharing their two source taps (y0 is non-decreasing):
-        # the groups present, and the first output index of each (and one past the last).
-        self.row_groups, row_start = np.unique(self.y0, return_index=True)
-        self.col_groups, col_start = np.unique(self.x0, return_index=True)
-        self.row_bounds = np.append(row_start, self.h)
-        self.col_bounds = np.append(col_start, self.w)
-        self.complete = len(self.row_groups) == low_res and len(self.col_groups) == low_res
+        # the first output index of each group (and one past the last), and the group's taps.
+        _, row_start = np.unique(self.y0, return_index=True)
+        _, col_start = np.unique(self.x0, return_index=True)
+        self.row_bounds = np.append(row_start, self.h).astype(np.int64)
+        self.col_bounds = np.append(col_start, self.w).astype(np.int64)
+        self._row_taps = np.stack([self.y0[row_start], self.y1[row_start]], 1).astype(np.int64)
+        self._col_taps = np.stack([self.x0[col_start], self.x1[col_start]], 1).astype(np.int64)
+        self._thr = np.float32(threshold)  # compared in float32, as numpy compares float32 arrays
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """[L,L] logits -> [H,W] bool mask."""
@@ -70,149 +73,31 @@ class Upsampler:
         out[a:b, c:d] = block > self.threshold
         return out
 
-    def values(self, logits: np.ndarray, m, y, x) -> np.ndarray:
-        """[K,L,L] logits' upsampled masks at output pixels (``y``, ``x``) of masks ``m`` (index
-        arrays broadcast together): the same float32 operations in the same order as
-        :meth:`__call__`, so the same bits."""
-        fy, fx = self._fy[y], self._fx[x]
-        a, b, c, d = self.y0[y], self.y1[y], self.x0[x], self.x1[x]
-        t0 = logits[m, a, c] * (1 - fy) + logits[m, b, c] * fy
-        t1 = logits[m, a, d] * (1 - fy) + logits[m, b, d] * fy
-        return t0 * (1 - fx) + t1 * fx > self.threshold
-
-    # Above this share of cells to compute, :meth:`encode_many` upsamples the mask whole instead
-    # (measured on 256 -> 1024 noise logits, every cell to compute: slower by cells than whole).
-    DENSE_SHARE = 0.3
-
-    def _cells(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(inside, outside) [K, row groups, column groups] of [K,L,L] positives: every output pixel
-        of the cell has all four taps above the threshold / none."""
-        both_in, both_out = np.empty_like(pos), np.empty_like(pos)
-        out = ~pos
-        both_in[..., :-1], both_in[..., -1] = pos[..., :-1] & pos[..., 1:], pos[..., -1]  # column taps
-        both_out[..., :-1], both_out[..., -1] = out[..., :-1] & out[..., 1:], out[..., -1]
-        inside, outside = np.empty_like(pos), np.empty_like(pos)
-        inside[:, :-1], inside[:, -1] = both_in[:, :-1] & both_in[:, 1:], both_in[:, -1]  # row taps
-        outside[:, :-1], outside[:, -1] = both_out[:, :-1] & both_out[:, 1:], both_out[:, -1]
-        if not self.complete:  # shrinking: groups that no output row / column samples are left out
-            rows, cols = self.row_groups[:, None], self.col_groups[None, :]
-            return inside[:, rows, cols], outside[:, rows, cols]
-        return inside, outside
-
-    def _cell_values(self, logits, m, r, c, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Output pixels [n, rows, cols] of n cells whose pixels share their taps (of mask ``m``: row
-        taps ``r``, r + 1, column taps ``c``, c + 1; [n] each) at rows ``y`` [n, rows] and columns
-        ``x`` [n, cols]: :meth:`values`' arithmetic, each cell's four taps gathered once."""
-        last = self.low - 1
-        r1, c1 = np.minimum(r + 1, last), np.minimum(c + 1, last)
-        fy, fx = self._fy[y][:, :, None], self._fx[x][:, None, :]
-        t0 = logits[m, r, c][:, None, None] * (1 - fy) + logits[m, r1, c][:, None, None] * fy
-        t1 = logits[m, r, c1][:, None, None] * (1 - fy) + logits[m, r1, c1][:, None, None] * fy
-        return t0 * (1 - fx) + t1 * fx > self.threshold
-
-    def _columns(self, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Output columns of column groups ``j``: [n, cols] (padded to the widest, repeating the last
-        column) and their validity."""
-        cb, nc = self.col_bounds, np.diff(self.col_bounds)
-        cols = np.arange(nc[j].max())
-        return np.minimum(cb[j][:, None] + cols, self.w - 1), cols < nc[j][:, None]
-
-    def _inner_changes(self, logits: np.ndarray, m, k, j) -> list[np.ndarray]:
-        """Changes between consecutive rows inside mixed cells (mask ``m``, cell ``k``, ``j``), by
-        cell height: positions in the masks' column-major pixels laid end to end."""
-        nr = np.diff(self.row_bounds)[k]
-        out = []
-        for rows in np.unique(nr[nr > 1]):
-            sel = nr == rows
-            ms, ks, js = m[sel], k[sel], j[sel]
-            y = self.row_bounds[ks][:, None] + np.arange(rows)
-            x, ok = self._columns(js)
-            v = self._cell_values(logits, ms, self.row_groups[ks], self.col_groups[js], y, x)
-            n, i, c = np.nonzero((v[:, 1:] != v[:, :-1]) & ok[:, None, :])
-            out.append(ms[n] * (self.h * self.w) + x[n, c] * self.h + y[n, i + 1])
-        return out
-
-    def _first_row_changes(self, logits: np.ndarray, m, k, j) -> np.ndarray:
-        """Changes between cells (``k`` >= 1, ``j``)'s first row and the row above it (the last of
-        the cell above, with that cell's taps)."""
-        if not len(k):
-            return np.zeros(0, np.int64)
-        y = self.row_bounds[k][:, None]
-        x, ok = self._columns(j)
-        c = self.col_groups[j]
-        here = self._cell_values(logits, m, self.row_groups[k], c, y, x)[:, 0]
-        above = self._cell_values(logits, m, self.row_groups[k - 1], c, y - 1, x)[:, 0]
-        n, i = np.nonzero((here != above) & ok)
-        return m[n] * (self.h * self.w) + x[n, i] * self.h + y[n, 0]
-
-    def _column_starts(self, logits: np.ndarray) -> np.ndarray:
-        """Changes at each column's first pixel against the previous column's last (COCO runs
-        continue across columns; the first column's against "out"), for [K,L,L] logits."""
-        k, h, w = len(logits), self.h, self.w
-        m, cols = np.arange(k)[:, None], np.arange(w)[None, :]
-        first, last = self.values(logits, m, 0, cols), self.values(logits, m, h - 1, cols)  # [K, W]
-        prev = np.concatenate([np.zeros((k, 1), bool), last[:, :-1]], axis=1)
-        mi, x = np.nonzero(first != prev)
-        return mi * (h * w) + x * h
-
     def encode(self, logits: np.ndarray) -> Encoded | None:
-        """[L,L] logits -> :meth:`encode_many` of one mask."""
-        return self.encode_many(logits[None])[0]
+        """[L,L] logits -> the upsampled mask's COCO compressed RLE string, area, inclusive box and
+        the mask as its runs (:class:`Encoded`), None where it is empty: byte for byte what encoding
+        :meth:`__call__`'s mask gives, at a cost that follows the mask's boundary instead of its
+        pixels (``kernels.encode_runs``: an output pixel's value is a convex combination of its 2 x 2
+        source taps, so only the cells whose taps disagree are computed pixel by pixel). Measured on
+        50 masks of 256 -> 1024 (the smooth benchmark input): see docs/gpu.md, issue 35."""
+        changes, _ = self.runs(logits)
+        if not len(changes):  # empty, or shrinking: no output pixel samples the positive cells
+            return None
+        area, x0, y0, x1, y1, text = kernels.describe_runs(changes, self.h, self.h * self.w)
+        return Encoded(text.tobytes().decode("ascii"), int(area), (int(x0), int(y0), int(x1), int(y1)),
+                       RunMask(changes, self.h, self.w))  # fmt: skip
+
+    def runs(self, logits: np.ndarray) -> tuple[np.ndarray, int]:
+        """[L,L] logits -> (where the upsampled mask's COCO runs start, column-major; how many pixels
+        were computed one by one)."""
+        return kernels.encode_runs(
+            np.ascontiguousarray(logits, np.float32), self._thr, self.row_bounds, self._row_taps,
+            self._fy, self.col_bounds, self._col_taps, self._fx,
+        )  # fmt: skip
 
     def encode_many(self, logits: np.ndarray) -> list[Encoded | None]:
-        """[K,L,L] logits -> each upsampled mask's COCO compressed RLE string, area, inclusive box
-        and the mask (:class:`Encoded`), None where it is empty: byte for byte what encoding
-        :meth:`__call__`'s mask gives, at a cost that follows the masks' boundaries instead of their
-        pixels (the mask is then a :class:`RunMask`). (Per mask or for a few at once: measured on
-        50 masks of 256 -> 1024, 1.9 ms a mask one by one, 2.7 ms a mask all 50 in one call.)
-
-        An output pixel's value is a convex combination of its 2 x 2 source taps, so where all four
-        are above the threshold it is in, where none is it is out. Output pixels sharing their taps
-        form cells (about 4 x 4 at 256 -> 1024); only cells whose taps disagree (mixed), or whose
-        state differs from the cell above, can hold a change along a column, and only those pixels
-        (the rows of mixed cells, the first row of the others and the row above it) are computed.
-        A column's first pixel is compared with the previous column's last. A noise-like mask (over
-        ``DENSE_SHARE`` of its cells to compute) is upsampled whole instead."""
-        logits = np.asarray(logits)
-        k_all, h, hw = len(logits), self.h, self.h * self.w
-        out: list[Encoded | None] = [None] * k_all
-        pos = logits > self.threshold
-        inside, outside = self._cells(pos)
-        mixed = ~(inside | outside)
-        look = mixed.copy()  # cells that can hold a change: mixed, or not in the state of the cell above
-        look[:, 1:] |= (inside[:, 1:] != inside[:, :-1]) | (outside[:, 1:] != outside[:, :-1])
-        busy = np.count_nonzero(look, axis=(1, 2))
-        some = pos.any(axis=(1, 2))
-        dense = some & (busy > self.DENSE_SHARE * look[0].size)
-        for i in np.nonzero(dense)[0]:
-            out[i] = encode_mask(self(logits[i]))
-        mine = some & ~dense
-        if not mine.any():
-            return out
-        mixed[~mine] = False
-        look[~mine] = False
-        look[:, 0] = False  # the first rows' changes are the column starts
-        changes = np.concatenate(
-            [
-                *self._inner_changes(logits, *np.nonzero(mixed)),
-                self._first_row_changes(logits, *np.nonzero(look)),
-                self._column_starts(logits),  # (those of the other masks are never read)
-            ]
-        )
-        changes.sort()
-        cuts = np.searchsorted(changes, np.arange(k_all + 1) * hw)
-        for i in np.nonzero(mine)[0]:
-            bounds = changes[cuts[i] : cuts[i + 1]] - i * hw
-            if not len(bounds):  # shrinking: no output pixel samples the positive cells
-                continue
-            counts = np.diff(np.concatenate([[0], bounds, [hw]]))
-            on, off = bounds[0::2], np.append(bounds[1::2], hw)[: len(bounds[0::2])] - 1
-            xs, xe = on // h, off // h
-            one_column = xs == xe
-            box = (int(xs.min()), int(np.where(one_column, on % h, 0).min()), int(xe.max()),
-                   int(np.where(one_column, off % h, h - 1).max()))  # fmt: skip
-            out[i] = Encoded(coco_string(counts), int(counts[1::2].sum()), box, RunMask(bounds, h, self.w))
-        return out
+        """[K,L,L] logits -> :meth:`encode` of each."""
+        return [self.encode(one) for one in logits]
 
 
 @dataclass
@@ -233,6 +118,15 @@ class RunMask:
     def __init__(self, bounds: np.ndarray, h: int, w: int):
         self.bounds, self.h, self.w = bounds, h, w
         self.shape = (h, w)
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> RunMask:
+        """A full [H,W] bool mask's runs."""
+        flat = mask.T.reshape(-1)  # column-major
+        bounds = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        if flat.size and flat[0]:
+            bounds = np.concatenate([[0], bounds])
+        return cls(bounds.astype(np.int64), *mask.shape)
 
     def columns(self, x0: int, y0: int, x1: int, y1: int, on=True) -> np.ndarray:
         """The region column by column: [x1-x0, y1-y0], ``on`` where the mask is (bool, or the
@@ -266,17 +160,5 @@ def encode_mask(mask: np.ndarray) -> Encoded | None:
 
 def coco_string(counts: np.ndarray) -> str:
     """COCO's compressed string of run lengths ``counts`` (column-major, zeros first), byte for byte
-    pycocotools' ``rleToString``: each count from the third on stored as its difference to the one
-    two before, cut into 5-bit chunks, least significant first, 0x20 marking "more", plus 48."""
-    c = np.asarray(counts, np.int64)
-    x = c.copy()
-    if len(c) > 3:
-        x[3:] -= c[1:-2]
-    mag = np.where(x >= 0, x, -x - 1)
-    n = np.ones(len(x), np.int64)
-    for limit in (16, 512, 16384, 524288, 16777216, 536870912, 1 << 34, 1 << 39):
-        n += mag >= limit
-    k = np.arange(int(n.max()) if len(n) else 0)
-    chunks = (x[:, None] >> (5 * k[None, :])) & 0x1F
-    chunks |= (k[None, :] < (n[:, None] - 1)) << 5
-    return (chunks[k[None, :] < n[:, None]] + 48).astype(np.uint8).tobytes().decode("ascii")
+    pycocotools' ``rleToString`` (``kernels.coco_text``)."""
+    return kernels.coco_text(np.asarray(counts, np.int64)).tobytes().decode("ascii")

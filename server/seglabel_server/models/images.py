@@ -12,7 +12,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from seglabel_server import kernels
 from seglabel_server.errors import InvalidImage, LimitExceeded, SeglabelError
+from seglabel_server.rle import RunMask
 
 # Decoded by Pillow's own code only: no format that hands the bytes to an external program (EPS and
 # PS run Ghostscript) or is a document (PDF). Pillow tries no other plugin (Image.open's formats=).
@@ -139,15 +141,12 @@ class CropSource:
 
 
 def mask_keep(mask, x0: int, y0: int, x1: int, y1: int, tw: int, th: int) -> np.ndarray:
-    """[th, tw] float32 in [0, 255]: the mask's region resized (bilinear, ``reducing_gap`` 2). A mask
-    held as runs (``rle.RunMask``) is made column by column and resized transposed: no transposing
-    copy of the full-resolution region (Pillow's two passes then run in the other order: at most
-    one level apart)."""
-    if isinstance(mask, np.ndarray):
-        keep = Image.fromarray(mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
-        return np.asarray(keep.resize((tw, th), Image.BILINEAR, reducing_gap=2.0), np.float32)
-    cols = Image.fromarray(mask.columns(x0, y0, x1, y1, np.uint8(255)))
-    return np.asarray(cols.resize((th, tw), Image.BILINEAR, reducing_gap=2.0), np.float32).T
+    """[th, tw] float64 in [0, 1]: the mask's share of each pixel of its region [x0,x1) x [y0,y1)
+    resized to ``tw`` x ``th`` (``kernels.keep_share``: area coverage where the region shrinks, the
+    mask's linear interpolation where it grows), from the mask's runs. ``mask``: an ``rle.RunMask``
+    or a full-image bool array (its runs found first)."""
+    runs = mask if isinstance(mask, RunMask) else RunMask.of(np.asarray(mask, bool))
+    return kernels.keep_share(runs.bounds, runs.h, x0, y0, x1, y1, th, tw)
 
 
 def clip_crop(
@@ -164,29 +163,21 @@ def clip_crop(
     """One CLIP input for a mask: its box grown by ``context`` on each side, padded to a square with
     CLIP's mean grey, resized to ``size`` (bicubic), pixels outside the mask faded to that grey
     (``background_keep`` of the original stays, so context is not lost), normalised.
-    ``image``: RGB uint8, or a :class:`CropSource` of it (many crops of one image). ``mask``: a
-    full-image bool array (or an ``rle.RunMask``: see :func:`mask_keep`), None for a plain box crop. The
-    region and its mask are resized first and blended at ``size`` x ``size``: the cost does not grow
-    with the mask's size. Written into ``out`` ([3,size,size] float32) when given."""
+    ``image``: RGB uint8, or a :class:`CropSource` of it (many crops of one image). ``mask``: an
+    ``rle.RunMask`` or a full-image bool array (:func:`mask_keep`), None for a plain box crop. The
+    region is resized first and blended at ``size`` x ``size`` with the mask's share of each pixel
+    (``kernels.crop_blend``, one compiled pass): the cost does not grow with the mask's size.
+    Written into ``out`` ([3,size,size] float32) when given."""
     source = image if isinstance(image, CropSource) else CropSource(image)
     h, w = source.image.shape[:2]
     x0, y0, x1, y1, th, tw = crop_region(box_xywh, w, h, size, context)
     # reducing_gap 2: a box reduction by an integer factor first when shrinking more than 2x (what
     # PIL's docs call indistinguishable from fair resampling in most cases; ~0.3/255 mean difference
     # on the bundled photo, half the time of the 1024 -> 224 bicubic).
-    region = np.asarray(source.resized(x0, y0, x1, y1, tw, th), np.float32)
-    grey = np.asarray(mean, np.float32) * 255.0
-    # ((grey + weight * (region - grey)) / 255 - mean) / std, with grey / 255 == mean: one pass
-    scale = 1.0 / (255.0 * np.asarray(std, np.float32))
-    if mask is not None:
-        keep = mask_keep(mask, x0, y0, x1, y1, tw, th)
-        weight = (background_keep + (1.0 - background_keep) / 255.0 * keep)[..., None] * scale
-    else:
-        weight = scale
+    region = np.asarray(source.resized(x0, y0, x1, y1, tw, th))
+    keep = None if mask is None else mask_keep(mask, x0, y0, x1, y1, tw, th)
+    grey = np.asarray(mean, np.float32) * np.float32(255.0)
+    scale = np.float32(1.0) / (np.float32(255.0) * np.asarray(std, np.float32))  # grey / 255 == mean
     if out is None:
-        out = np.zeros((3, size, size), np.float32)
-    else:
-        out[:] = 0.0  # CLIP's mean grey, normalised
-    oy, ox = (size - th) // 2, (size - tw) // 2  # centred
-    out[:, oy : oy + th, ox : ox + tw] = ((region - grey) * weight).transpose(2, 0, 1)
-    return out
+        out = np.empty((3, size, size), np.float32)
+    return kernels.crop_blend(region, keep, grey, scale, float(background_keep), out)
