@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def serve(args) -> int:
             state["sampler"] = StackSampler().__enter__()
 
         signal.signal(signal.SIGUSR1, dump)
+    # SIGUSR2: the Python threads' names by native id, for the CPU per thread
+    signal.signal(signal.SIGUSR2, lambda *_: Path(args.ready + ".threads").write_text(
+        json.dumps({t.native_id: t.name for t in threading.enumerate()})
+    ))  # fmt: skip
     flags = ["--models", args.models, "--port", str(args.port), "--max-inflight", "128",
              "--embedding-cache-mb", "0", "--log-level", "warning"]  # fmt: skip
     return server.main(flags)
@@ -71,17 +76,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name (the kernel's 15-character ``comm``; threads of one name summed)
-    of a process so far: the threads no Python sampler sees (gRPC's, the decoders') included."""
-    out: dict[str, float] = {}
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of a process (native id): its kernel name (``comm``) and CPU seconds so far, the
+    threads no Python sampler sees (gRPC's) included."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def cpu_by_thread(before: dict, after: dict, names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds between two :func:`thread_cpu` readings, summed per thread name: the Python
+    name (numbered pool threads as one) where ``names`` (native id -> Python name) has it."""
+    out: dict[str, float] = {}
+    for tid, (comm, cpu) in after.items():
+        name = names.get(tid, comm)
+        name = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+        out[name] = out.get(name, 0.0) + cpu - before.get(tid, (comm, 0.0))[1]
     return out
 
 
@@ -144,7 +160,20 @@ def main() -> int:
                   f"server queue p50 {r.server_queue_p50_ms:.1f} ms; stages p50 (ms): {stages}", flush=True)  # fmt: skip
             print(f"       cores busy: server {server_cores:.2f}, client {client_cores:.2f} (of {os.cpu_count()}); "
                   f"server CPU per image {server_cores / max(r.throughput_rps, 1e-9) * 1000:.0f} ms", flush=True)  # fmt: skip
-            used = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
+            threads1 = thread_cpu(proc.pid)
+            names_file = Path(str(ready) + ".threads")
+            names_file.unlink(missing_ok=True)
+            os.kill(proc.pid, signal.SIGUSR2)
+            for _ in range(50):
+                if names_file.exists() and names_file.stat().st_size:
+                    break
+                time.sleep(0.1)
+            names = (
+                {int(k): v for k, v in json.loads(names_file.read_text()).items()}
+                if names_file.exists()
+                else {}
+            )
+            used = cpu_by_thread(threads0, threads1, names)
             images = r.throughput_rps * wall
             print("       server CPU per image by thread (ms): " + ", ".join(
                 f"{k} {1000 * v / max(images, 1):.0f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0

@@ -16,6 +16,9 @@ mkdir -p "$OUT" "$SITE"
 if ls .whl/*.whl >/dev/null 2>&1 && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
 fi
+if [ -f .whl/llvmlite.tar.xz ] && [ ! -d "$SITE/llvmlite" ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  xz -dc -T0 .whl/llvmlite.tar.xz | tar xf - -C "$SITE" && echo "llvmlite unpacked into $SITE"
+fi
 parts=(.whl/parts/onnxruntime-gpu.tar.xz.part-*)
 if [ -f .whl/onnxruntime-gpu.parts ] && [ ! -e "$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so" ]; then
   { read -r want; read -r sha; } < .whl/onnxruntime-gpu.parts
@@ -31,6 +34,6 @@ if [ ! -f client/seglabel_api/pb/seglabel/v1/seglabel_pb2.py ]; then
   if [ -d .whl/pb ]; then cp -r .whl/pb client/seglabel_api/pb; else python3 scripts/gen_proto.py; fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
-python3 -c 'import torch, grpc, google.protobuf as pb, onnxruntime as o; print("python", __import__("sys").version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, "| grpcio", grpc.__version__, "| protobuf", pb.__version__, "| onnxruntime", o.__version__, o.get_available_providers())' | tee "$OUT/versions.txt" || true
+python3 -c 'import torch, grpc, google.protobuf as pb, onnxruntime as o, numba; print("python", __import__("sys").version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, "| grpcio", grpc.__version__, "| protobuf", pb.__version__, "| numba", numba.__version__, "| onnxruntime", o.__version__, o.get_available_providers())' | tee "$OUT/versions.txt" || true
 [ -n "${GPU_BENCH_SETUP_ONLY:-}" ] && exit 0
 python3 scripts/gpu_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_bench.log"

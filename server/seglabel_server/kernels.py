@@ -244,3 +244,15 @@ def crop_blend(region, keep, grey, scale, background_keep, out):
                 w = 1.0 if keep is None else background_keep + fade * keep[i, j]
                 out[c, oy + i, ox + j] = (region[i, j, c] - g) * w * k
     return out
+
+
+@njit(nogil=True, cache=True)
+def normalise(image, table, out):
+    """``out`` [3,H,W] float32 = ``table`` [256,3][image[y, x, c], c] for an [H,W,3] uint8 image: a
+    model's per-channel normalisation of 8-bit levels as one lookup pass, channels first."""
+    h, w = image.shape[0], image.shape[1]
+    for y in range(h):
+        for x in range(w):
+            for c in range(3):
+                out[c, y, x] = table[image[y, x, c], c]
+    return out

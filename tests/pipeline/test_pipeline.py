@@ -158,7 +158,8 @@ def test_overlay_is_a_png_of_the_image_size(ort_backend, tiny_repo, photo):
 
 
 def test_serving_path_never_imports_torch(tiny_repo):
-    """Server, ONNX Runtime backend, a full request and the client, in a fresh interpreter."""
+    """Server, ONNX Runtime backend, a full request and the client, in a fresh interpreter; numpy's
+    BLAS held to the server's --blas-threads (1: its idle threads spin and take cores)."""
     code = textwrap.dedent(f"""
         import asyncio, sys
         from seglabel_server.service.config import ServerConfig
@@ -174,6 +175,10 @@ def test_serving_path_never_imports_torch(tiny_repo):
                                     stability_score_thresh=0, box_nms_thresh=1, max_masks=3)
                 assert r.mask_count == 3 and len(r.labels) == 3, r
             await server.stop(0)
+            from threadpoolctl import threadpool_info
+            blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+            print("BLAS", blas)
+            assert blas and set(blas) == {{1}}, blas
             heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "sam2", "open_clip", "tensorrt"))
             print("HEAVY", heavy)
             assert not heavy, heavy

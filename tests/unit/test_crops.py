@@ -104,3 +104,24 @@ def test_keep_is_the_masks_share_of_each_pixel(region):
     assert np.abs(got - pil).mean() < 0.02, np.abs(got - pil).mean()
     assert 0.0 <= got.min() and got.max() <= 1.0
     assert ((got == 0) | (got == 1)).mean() > 0.5  # most pixels wholly in or out: a smooth mask
+
+
+def test_decode_turns_by_exif_and_gives_rgb():
+    """A photo's EXIF orientation applied (6: turned 90 degrees clockwise for display), and every
+    accepted mode made RGB uint8 [H,W,3]."""
+    import io
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:5, :10] = (255, 0, 0)  # a red block at the top left, as stored
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, exif=exif)
+    turned = images.decode_image(buf.getvalue())
+    assert turned.shape == (30, 20, 3) and turned.dtype == np.uint8
+    assert turned[:10, -5:, 0].mean() > 200 and turned[:10, -5:, 1].mean() < 60  # now at the top right
+    for mode in ("L", "RGBA", "P", "I;16"):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode if mode != "I;16" else "L").convert(mode).save(buf, "PNG")
+        out = images.decode_image(buf.getvalue())
+        assert out.shape == (20, 30, 3) and out.dtype == np.uint8, mode

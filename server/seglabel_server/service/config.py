@@ -71,6 +71,8 @@ class ServerConfig:
         "worker; auto: encoder|rest for torch on CUDA (each worker its own CUDA stream, so the next batch's "
         "encoder overlaps this one's decoder and CLIP), else one")  # fmt: skip
     cpu_threads: int = _opt(0, "threads for filters, upsampling, RLE and crops (0: one per core)")
+    blas_threads: int = _opt(1, "threads numpy's BLAS may use (the label scores' small products; idle BLAS "
+                             "threads spin and take cores from the models and the CPU pool; 0: its default)")  # fmt: skip
     load_clip: bool = _opt(True, "load CLIP (--no-clip: segmentation only)", flag="clip")
     batching: bool = _opt(True, "merge work of different requests into one batch")
     max_queue_delay_ms: float = _opt(-1.0, "longest wait for a batch to fill (-1: the kind's default)")

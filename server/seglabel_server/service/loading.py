@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import threadpoolctl
 
 from seglabel_server.backends import Backend, open_backend
 from seglabel_server.errors import ModelError
@@ -63,6 +64,18 @@ def clip_model_id(clip: dict) -> str:
     return f"{spec.get('architecture', 'clip')}@{str(clip.get('sha256', ''))[:16]}"
 
 
+def limit_blas(threads: int) -> None:
+    """numpy's BLAS at ``threads`` threads in this process (0: left as it is). The server's products
+    (label scores) are small, and OpenBLAS's idle threads spin for a while after each one: with the
+    zero-cost models (make bench-serial, docs/gpu.md) they took 82 ms of CPU per grid-16 answer on
+    this project's 2-core machine."""
+    if threads > 0:
+        threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+        # and a BLAS loaded later in the process (numba's first compile loads scipy's) reads these
+        for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
 def load(cfg: ServerConfig, metrics: Metrics | None = None) -> Loaded:
     """The repository ``cfg.models`` on ``cfg``'s backend. The required models must load; an optional
     family that is absent or fails to load is left out, and :class:`Capabilities` says why."""
@@ -108,7 +121,9 @@ def build_pipeline(
     missing: dict[str, str] | None = None,
 ) -> Loaded:
     """Scheduler + pipeline over a loaded backend: one scheduler stage per model the backend loaded.
-    ``missing``: families the caller already knows are not served, with the reason."""
+    ``missing``: families the caller already knows are not served, with the reason. Sets the
+    process's BLAS threads (:func:`limit_blas`)."""
+    limit_blas(cfg.blas_threads)
     missing = dict(missing or {})
     loaded = set(backend.loaded())
 
