@@ -158,70 +158,87 @@ def _footprints(n: int, scale: float, length: int):
 
 
 @njit(nogil=True, cache=True)
-def _add_span(acc, a: float, b: float, lo, hi, weight: float):
-    """acc[i] += weight * |[a, b) n [lo[i], hi[i])| for every output pixel i (acc is a difference
-    array, one longer than lo, for the pixels whose footprint lies inside [a, b): they take the
-    whole footprint's length, added at the end by a running sum over acc's second row)."""
-    # lo and hi ascend: first pixel ending after a, last starting before b
-    i = np.searchsorted(hi, a, side="right")
-    end = np.searchsorted(lo, b, side="left")
-    while i < end and lo[i] < a:  # partial at the start
-        acc[0, i] += weight * (min(b, hi[i]) - a)
-        i += 1
-    stop = end
-    while stop > i and hi[stop - 1] > b:  # partial at the end
-        stop -= 1
-        acc[0, stop] += weight * (b - max(a, lo[stop]))
-    if i < stop:  # whole footprints
-        acc[1, i] += weight
-        acc[1, stop] -= weight
-
-
-@njit(nogil=True, cache=True)
 def keep_share(bounds, h, x0, y0, x1, y1, th, tw):
     """[th,tw] float64 in [0, 1]: a mask's share of each output pixel's footprint when its region
     [x0,x1) x [y0,y1) is resized to ``tw`` x ``th`` (:func:`_footprints`: the pixel's span where the
     region shrinks, a source pixel's width where it grows), from the mask's runs (``bounds``: where
-    runs start in the [H,W] mask, column-major; ``h`` = H). Per source column, its runs' overlaps
-    with the rows' footprints, weighted by the column's overlap with the output columns': nothing the
-    size of the mask or its region is made, and a column without a change costs a few operations."""
+    runs start in the [H,W] mask, column-major; ``h`` = H). Per source column, each of its runs'
+    overlaps with the rows' footprints, weighted by the column's overlap with the output columns':
+    nothing the size of the mask or its region is made, a column without a change costs a few
+    operations, a run inside one row's footprint (most of a ragged mask's) one add. (One function:
+    a call per run, with its array arguments' reference counts, cost 6x the work.)"""
     ch, cw = y1 - y0, x1 - x0
     sy, sx = ch / th, cw / tw
-    rlo, rhi = _footprints(th, sy, ch)
+    shrinking = sy >= 1.0  # footprints then tile the axis: a position's row is arithmetic
+    inv = 1.0 / sy
+    lo, hi = _footprints(th, sy, ch)
     clo, chi = _footprints(tw, sx, cw)
-    acc = np.zeros((tw, 2, th + 1))  # per output column: partial rows, whole-footprint differences
+    # per output column: [0] partial rows' overlaps, [1] differences of whole-footprint weights
+    acc = np.zeros((tw, 2, th + 1))
+    js, ws = np.empty(tw, np.int64), np.empty(tw)
     j0 = 0
     for x in range(cw):
         while j0 < tw and chi[j0] <= x:  # the first output column whose footprint meets [x, x + 1)
             j0 += 1
         if j0 >= tw:
             break
+        nj = 0
+        j = j0
+        while j < tw and clo[j] < x + 1:
+            wgt = min(x + 1.0, chi[j]) - max(float(x), clo[j])
+            if wgt > 0:
+                js[nj], ws[nj] = j, wgt
+                nj += 1
+            j += 1
         start, stop = (x0 + x) * h + y0, (x0 + x) * h + y1
-        i = np.searchsorted(bounds, start, side="right")
-        inside = i % 2 == 1  # inside after an odd number of run starts
+        k = np.searchsorted(bounds, start, side="right")
+        inside = k % 2 == 1  # inside after an odd number of run starts
         at = start
         while True:
-            nxt = bounds[i] if i < len(bounds) and bounds[i] < stop else stop
+            nxt = bounds[k] if k < len(bounds) and bounds[k] < stop else stop
             if inside and nxt > at:
-                a, b = float(at - start), float(nxt - start)
-                j = j0
-                while j < tw and clo[j] < x + 1:
-                    wgt = min(x + 1.0, chi[j]) - max(float(x), clo[j])
-                    if wgt > 0:
-                        _add_span(acc[j], a, b, rlo, rhi, wgt)
-                    j += 1
+                a, b = float(at - start), float(nxt - start)  # the run [a, b) in region rows
+                if shrinking:
+                    first = min(int(a * inv), th - 1)
+                    while first > 0 and lo[first] > a:
+                        first -= 1
+                    while first + 1 < th and hi[first] <= a:
+                        first += 1
+                    last = max(first, min(int(b * inv), th - 1))
+                    while last > first and lo[last] >= b:
+                        last -= 1
+                    while last + 1 < th and lo[last + 1] < b:
+                        last += 1
+                else:  # growing: footprints overlap
+                    first = np.searchsorted(hi, a, side="right")
+                    last = np.searchsorted(lo, b, side="left") - 1
+                # rows first..last meet the run; those inside it take their whole footprint
+                r = first
+                while r <= last and (lo[r] < a or hi[r] > b):  # partial at the start
+                    for q in range(nj):
+                        acc[js[q], 0, r] += ws[q] * (min(b, hi[r]) - max(a, lo[r]))
+                    r += 1
+                end = last
+                while end >= r and hi[end] > b:  # partial at the end
+                    for q in range(nj):
+                        acc[js[q], 0, end] += ws[q] * (b - max(a, lo[end]))
+                    end -= 1
+                if r <= end:
+                    for q in range(nj):
+                        acc[js[q], 1, r] += ws[q]
+                        acc[js[q], 1, end + 1] -= ws[q]
             if nxt >= stop:
                 break
             at = nxt
             inside = not inside
-            i += 1
+            k += 1
     keep = np.empty((th, tw))
     for j in range(tw):
         whole = 0.0
         wx = chi[j] - clo[j]
         for i in range(th):
             whole += acc[j, 1, i]
-            length = rhi[i] - rlo[i]
+            length = hi[i] - lo[i]
             keep[i, j] = min(1.0, (acc[j, 0, i] + whole * length) / (length * wx))
     return keep
 
