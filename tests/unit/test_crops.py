@@ -101,7 +101,7 @@ def test_keep_is_the_masks_share_of_each_pixel(region):
     np.testing.assert_array_equal(images.mask_keep(mask, x0, y0, x1, y1, tw, th), got)
     pil = Image.fromarray(mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
     pil = np.asarray(pil.resize((tw, th), Image.BILINEAR, reducing_gap=2.0), np.float64) / 255
-    assert np.abs(got - pil).mean() < 0.02, np.abs(got - pil).mean()
+    assert np.abs(got - pil).mean() < 0.005, np.abs(got - pil).mean()  # measured 0.0023 at most
     assert 0.0 <= got.min() and got.max() <= 1.0
     assert ((got == 0) | (got == 1)).mean() > 0.5  # most pixels wholly in or out: a smooth mask
 
