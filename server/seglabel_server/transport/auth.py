@@ -66,7 +66,7 @@ class Tokens:
             except Unauthenticated as exc:
                 last = exc
         if found is None:
-            raise last
+            raise last if last is not None else Unauthenticated("no token is configured")
         return found
 
 

@@ -233,16 +233,16 @@ def _with_ceiling(handler, ceiling: int):
             continue
         if inspect.isasyncgenfunction(inner):
 
-            async def behaviour(request, context, inner=inner):
+            async def streamed(request, context, inner=inner):
                 CEILING.set(ceiling)
                 async for reply in inner(request, context):
                     yield reply
 
-        else:
+            return handler._replace(**{attr: streamed})
 
-            async def behaviour(request, context, inner=inner):
-                CEILING.set(ceiling)
-                return await inner(request, context)
+        async def behaviour(request, context, inner=inner):
+            CEILING.set(ceiling)
+            return await inner(request, context)
 
         return handler._replace(**{attr: behaviour})
     return handler
