@@ -176,8 +176,8 @@ async def test_a_client_that_goes_away_cancels_its_unary_request(make_server, sc
     server = await make_server(repo=scene_repo, http_port=port, cpu_threads=2)
     base, metrics = f"http://127.0.0.1:{port}", server.service.metrics
     buf = io.BytesIO()
-    Image.fromarray(photo).resize((1500, 1500)).save(buf, format="JPEG", quality=90)
-    heavy = {"image": base64.b64encode(buf.getvalue()).decode(), "points_per_side": 12, "max_masks": 400,
+    Image.fromarray(photo).resize((2000, 2000)).save(buf, format="JPEG", quality=90)  # seconds of work
+    heavy = {"image": base64.b64encode(buf.getvalue()).decode(), "points_per_side": 32, "max_masks": 1000,
              "skip_labels": True, "return_overlay": False, **LOOSE}  # fmt: skip
 
     def give_up():
