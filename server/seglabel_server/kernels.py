@@ -8,8 +8,11 @@ by side). Two kernels, each one pass over what a mask costs instead of many nump
   mask's runs: the mask's share of each output pixel's footprint, made from the runs without a pixel
   array of the mask (``models.images.clip_crop`` gives the contract).
 
-Compiled on first use and cached beside this file (or in numba's user cache where that is read-only):
-a first call in a fresh checkout takes a few seconds, the server's warm-up pays it."""
+Compiled in each process on first use (about 4 s for them all here; the server's warm-up pays it),
+never cached on disk: processes that compile the same kernel at once (Ray replicas, dataset actors)
+race on numba's cache files, and one that loads a half-written file can fail or crash (numba issues
+#10128, #10434). With the disk cache on, a Ray replica of this project's tests once died with no
+Python traceback; that cause was not proved."""
 
 from __future__ import annotations
 
@@ -19,14 +22,14 @@ from numba import njit
 _ONE = np.float32(1.0)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _grow(buf: np.ndarray, need: int) -> np.ndarray:
     out = np.empty(max(need, 2 * len(buf)), buf.dtype)
     out[: len(buf)] = buf
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def encode_runs(logits, thr, row_bounds, row_taps, fy, col_bounds, col_taps, fx):
     """[L,L] float32 ``logits`` -> (changes, counted pixels): the column-major positions in the
     upsampled [H,W] mask (H = row_bounds[-1]) where a COCO run starts, ascending, and how many output
@@ -93,7 +96,7 @@ def encode_runs(logits, thr, row_bounds, row_taps, fy, col_bounds, col_taps, fx)
     return changes[:n].copy(), computed
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def describe_runs(changes, h, hw):
     """Run starts (``changes``, ascending, over an [H,W] column-major mask of ``hw`` pixels) -> (area,
     x0, y0, x1, y1 (the inclusive box), :func:`coco_text` of its run lengths)."""
@@ -119,7 +122,7 @@ def describe_runs(changes, h, hw):
     return area, x0, y0, x1, y1, coco_text(counts)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def coco_text(counts):
     """COCO's compressed string of run lengths ``counts`` (column-major, zeros first) as ASCII bytes:
     byte for byte pycocotools' ``rleToString`` (each count from the third on stored as its difference
@@ -142,7 +145,7 @@ def coco_text(counts):
     return text[:p].copy()
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _footprints(n: int, scale: float, length: int):
     """Each of ``n`` output pixels' footprint [lo, hi) on a source axis of ``length`` pixels resized by
     ``scale`` source pixels per output pixel: the output pixel's own span where shrinking, one source
@@ -157,7 +160,7 @@ def _footprints(n: int, scale: float, length: int):
     return lo, hi
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def keep_share(bounds, h, x0, y0, x1, y1, th, tw):
     """[th,tw] float64 in [0, 1]: a mask's share of each output pixel's footprint when its region
     [x0,x1) x [y0,y1) is resized to ``tw`` x ``th`` (:func:`_footprints`: the pixel's span where the
@@ -243,7 +246,7 @@ def keep_share(bounds, h, x0, y0, x1, y1, th, tw):
     return keep
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def crop_blend(region, keep, grey, scale, background_keep, out):
     """A CLIP crop written into ``out`` [3,S,S] float32: ``region`` [th,tw,3] uint8 (the photo's
     region resized) centred on CLIP's mean grey (0 once normalised), each pixel
@@ -263,7 +266,7 @@ def crop_blend(region, keep, grey, scale, background_keep, out):
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def normalise(image, table, out):
     """``out`` [3,H,W] float32 = ``table`` [256,3][image[y, x, c], c] for an [H,W,3] uint8 image: a
     model's per-channel normalisation of 8-bit levels as one lookup pass, channels first."""
