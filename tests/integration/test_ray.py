@@ -339,15 +339,18 @@ def test_vocabularies_and_relabel_on_both_replicas(ray_serve, ray_http, photo_by
                 break
         c.add_examples("ray-vocab", "part-7731", [example(request_id=first.request_id, mask_index=0)])
         seen, labels = set(), []
-        for _ in range(20):
+        # (a replica killed by the tests before this one may still be starting again, its kernels
+        # compiling at warm-up: ask until both have answered, for up to 90 s)
+        give_up = time.monotonic() + 90
+        while len(seen) < 2 and time.monotonic() < give_up:
             resp, call = c.stub.Relabel.with_call(
                 relabel_request(first.request_id, vocabulary_name="ray-vocab"),
                 metadata=c.metadata,
             )
             seen.add(dict(call.trailing_metadata())["seglabel-replica"])
             labels.append([(lab.label, lab.confidence) for lab in resp.labels])
-            if len(seen) == 2:
-                break
+            if len(seen) < 2 and len(labels) % 10 == 0:
+                time.sleep(1.0)
         assert len(seen) == 2 and all(x == labels[0] for x in labels) and labels[0][0][0] == "part-7731"
     listed = requests.get(f"{ray_http}/vocabularies").json()
     assert "ray-vocab" in [v["name"] for v in listed["vocabularies"]]
