@@ -46,3 +46,11 @@ def track_frame(index: int, image: ImageLike, prompts: Iterable[pb.TrackPrompt] 
     grid on it starts objects for the masks no track covers."""
     return pb.TrackRequest(frame_index=index, image=_image_bytes(image), prompts=list(prompts), remove=list(remove),
                            detect=detect)  # fmt: skip
+
+
+def track_clicks(index: int, prompts: Iterable[pb.TrackPrompt] = (), remove: Iterable[int] = (),
+                 detect: bool = False) -> pb.TrackRequest:  # fmt: skip
+    """Prompts on the frame last answered (``index``), no image: a paused video's clicks. Each
+    prompt carries all its object's clicks on that frame so far; a tracked object is corrected
+    there, a new id starts one. The reply is that frame again, every object on it."""
+    return pb.TrackRequest(frame_index=index, prompts=list(prompts), remove=list(remove), detect=detect)

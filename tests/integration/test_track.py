@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from seglabel_client.client import AsyncSegmenterClient
-from seglabel_client.track import track_frame, track_open, track_prompt
+from seglabel_client.track import track_clicks, track_frame, track_open, track_prompt
 from seglabel_export import sources
 from seglabel_server.amg import decode_rle
 
@@ -77,12 +77,15 @@ def _make_tuned(ckpt, repo, frames) -> None:
         Image.fromarray(f).save(frames / f"{t:05d}.jpg", quality=95)
 
 
-def sams(ckpt, frames) -> tuple[dict, dict]:
-    """sam2's predictor on the checkpoint: {frame: {obj: mask}}, {(frame, obj): score}."""
+def sams(ckpt, frames, clicks: dict | None = None) -> tuple[dict, dict]:
+    """sam2's predictor on the checkpoint: {frame: {obj: mask}}, {(frame, obj): score}. With
+    ``clicks`` ({frame: prompts}, a frame before LATER): propagated to that frame, clicked there
+    (corrections kept as prompted frames: ``add_all_frames_to_correct_as_cond``), and on."""
     from sam2.build_sam import build_sam2_video_predictor
 
+    extra = ["++model.add_all_frames_to_correct_as_cond=true"] if clicks else []
     pred = build_sam2_video_predictor(sources.SAM2_CONFIGS["tiny"], str(ckpt), device="cpu",
-                                      hydra_overrides_extra=list(sources.SAM2_TINY_OVERRIDES))  # fmt: skip
+                                      hydra_overrides_extra=[*sources.SAM2_TINY_OVERRIDES, *extra])  # fmt: skip
     state = pred.init_state(video_path=str(frames))
     masks: dict = {}
 
@@ -94,7 +97,14 @@ def sams(ckpt, frames) -> tuple[dict, dict]:
             pred.add_new_points_or_box(state, t, q.object_id, points=pts, labels=labels, box=box)
 
     add(0, PROMPTS[0])
-    for t, ids, logits in pred.propagate_in_video(state, max_frame_num_to_track=LATER - 1):
+    stops = sorted(clicks or {})
+    start = 0
+    for stop in stops:
+        for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=stop - start):
+            masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
+        add(stop, clicks[stop])
+        start = stop
+    for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=LATER - 1 - start):
         masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
     add(LATER, PROMPTS[LATER])
     for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=LATER):
@@ -141,6 +151,42 @@ async def test_track_stream_equals_sam2_video_predictor(make_server, tuned):
     )
 
 
+CLICKED = 3  # a paused frame: object 2 (tracked there) corrected, object 4 started
+
+
+async def test_track_clicks_on_an_answered_frame_equal_sam2(make_server, tuned):
+    """Clicks on the frame last answered (a message without an image): the reply is that frame
+    again with every object, the clicked ones changed; the tracks after it are sam2's predictor's
+    with the same clicks (propagated to the frame, clicked, propagated on)."""
+    ckpt, repo, frames = tuned
+    server = await make_server(repo=repo)
+    clicks = [track_prompt(2, [(62, 45, True), (70, 40, False)]), track_prompt(4, [(20, 55, True)])]
+    want_masks, want_scores = await asyncio.to_thread(sams, ckpt, frames, {CLICKED: clicks})
+    requests = [track_open("file", FRAMES)]
+    for t in range(FRAMES):
+        requests.append(track_frame(t, (frames / f"{t:05d}.jpg").read_bytes(), PROMPTS.get(t, ())))
+        if t == CLICKED:
+            requests.append(track_clicks(t, clicks))
+    async with AsyncSegmenterClient(f"127.0.0.1:{server.port}") as c:
+        replies = [r async for r in c.track(iter(requests))]
+    assert [r.frame_index for r in replies] == sorted([*range(FRAMES), CLICKED])
+    before, after = replies[CLICKED], replies[CLICKED + 1]
+    assert [o.object_id for o in after.objects] == [1, 2, 4] and after.timings.decoder_ms > 0
+    assert [o.prompted for o in after.objects] == [False, True, True]
+    assert after.objects[0] == before.objects[0]  # untouched
+    assert after.objects[1].rle != before.objects[1].rle  # the correction changed the mask
+    ious: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    for r in replies[: CLICKED] + replies[CLICKED + 1 :]:
+        for o in r.objects:
+            mask = decode_rle({"size": list(o.rle.size), "counts": o.rle.counts})
+            want = want_masks[r.frame_index][o.object_id]
+            union = (mask | want).sum()
+            ious[o.object_id].append(1.0 if union == 0 else (mask & want).sum() / union)
+            assert o.present == (want_scores[(r.frame_index, o.object_id)] > 0), (r.frame_index, o.object_id)
+    assert all(np.mean(v) >= 0.99 for v in ious.values()), {k: np.round(v, 3) for k, v in ious.items()}
+    assert len(ious[4]) == FRAMES - CLICKED and metric(server, "seglabel_track_sessions") == 0
+
+
 async def _status(c, requests) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in c.track(iter(requests)):
@@ -162,6 +208,13 @@ async def test_track_bad_input_is_a_clear_status(make_server, tuned, photo_bytes
                           "frames go forward"),
             "off the frame": ([track_open(), track_frame(0, f0, [track_prompt(1, [(500, 5, True)])])],
                               grpc.StatusCode.INVALID_ARGUMENT, "outside the 96x72 frame"),
+            "clicks before any frame": ([track_open(), track_clicks(0, [track_prompt(1, [(5, 5, True)])])],
+                                        grpc.StatusCode.INVALID_ARGUMENT, "no frame was answered yet"),
+            "clicks on another frame": ([track_open(), track_frame(0, f0, PROMPTS[0]),
+                                         track_clicks(1, [track_prompt(1, [(5, 5, True)])])],
+                                        grpc.StatusCode.INVALID_ARGUMENT, "prompts the frame last answered (0)"),
+            "nothing to do": ([track_open(), track_frame(0, f0, PROMPTS[0]), track_clicks(0)],
+                              grpc.StatusCode.INVALID_ARGUMENT, "nothing to do"),
             "unknown object removed": ([track_open(), track_frame(0, f0, remove=[7])], grpc.StatusCode.NOT_FOUND,
                                        "no object 7"),
             "too many objects": ([track_open(), track_frame(0, f0, [track_prompt(k, [(5, 5, True)]) for k in range(33)])],

@@ -1,6 +1,7 @@
 """The page's video tab in a real browser (issue 34): the distribution's headless Chromium, driven
 by Playwright against a live server on the tracking test's repository. A WebM file is chosen,
-an object clicked on its first frame, the video tracked step by step; then the camera (Chromium's
+an object clicked on its first frame and refined with a second click, a second object started
+there, the video tracked step by step, a track corrected by a click on the last frame; then the camera (Chromium's
 fake device) sends its newest frames in live mode and a click starts a track on it. A screenshot
 is left in test-output/web/."""
 
@@ -77,6 +78,28 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
     first = await page.evaluate("window.seglabelVideo.last")
     assert [o["object_id"] for o in first["objects"]] == [1] and first["objects"][0]["prompted"]
 
+    async def click(x, y, shift=False):
+        box = await page.locator("#video-overlay").bounding_box()
+        if shift:
+            await page.keyboard.down("Shift")
+        await page.mouse.click(box["x"] + box["width"] * x / W, box["y"] + box["height"] * y / H)
+        if shift:
+            await page.keyboard.up("Shift")
+
+    # paused on frame 0: a second click refines track 1 there (no image sent again, no new frame);
+    # New object, then a click starts track 2 on the same frame
+    await click(30, 25)
+    await page.wait_for_function("window.seglabelVideo.corrections === 1")
+    state = await page.evaluate("window.seglabelVideo")
+    assert state["answers"] == 1 and state["last"]["frame_index"] == 0 and len(state["clicks"]["1"]) == 2
+    assert [o["object_id"] for o in state["last"]["objects"]] == [1] and state["last"]["objects"][0]["prompted"]
+    assert state["last"]["objects"][0]["rle"] != first["objects"][0]["rle"]
+    await page.click("#video-new")
+    await click(62, 44)
+    await page.wait_for_function("window.seglabelVideo.corrections === 2")
+    state = await page.evaluate("window.seglabelVideo")
+    assert [o["object_id"] for o in state["last"]["objects"]] == [1, 2] and state["last"]["frame_index"] == 0
+
     # Track: the file stepped through at 5 frames/s of its 1.2 s; every step answered in order
     await page.click("#video-track")
     await page.wait_for_function(
@@ -84,11 +107,27 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
     )
     state = await page.evaluate("window.seglabelVideo")
     assert state["answers"] >= 6 and state["last"]["frame_index"] == state["answers"] - 1
-    assert all(o["object_id"] == 1 for o in state["last"]["objects"])
-    present = state["last"]["objects"][0]["present"]
-    assert (await coloured(page) > 0) == present  # the mask is drawn where the track is on the frame
-    assert await page.locator("#tracks tbody tr").count() == 1
+    assert [o["object_id"] for o in state["last"]["objects"]] == [1, 2]
+    present = any(o["present"] and o["area"] for o in state["last"]["objects"])
+    assert (await coloured(page) > 0) == present  # the masks are drawn where the tracks are on the frame
+    assert await page.locator("#tracks tbody tr").count() == 2
     await page.screenshot(path=str(output_dir("web") / "video.png"))
+
+    # paused on the last frame: a shift+click inside a track's mask corrects that track there
+    target = await page.evaluate(
+        """() => { for (const o of window.seglabelVideo.last.objects) {
+                     if (!o.present || !o.area) continue;
+                     const p = window.seglabelPage.decodeRle(o.rle).pixels;
+                     const q = p[Math.floor(p.length / 2)], w = window.seglabelVideo.last.width;
+                     return [o.object_id, q % w + 0.5, Math.floor(q / w) + 0.5]; }
+                   return null; }"""
+    )
+    assert target is not None, "a track on the last frame to correct"
+    await click(target[1], target[2], shift=True)
+    await page.wait_for_function("window.seglabelVideo.corrections === 3")
+    after = await page.evaluate("window.seglabelVideo.last")
+    assert after["frame_index"] == state["last"]["frame_index"]
+    assert [o["prompted"] for o in after["objects"]] == [o["object_id"] == target[0] for o in after["objects"]]
 
     # the camera: live, its newest frame whenever the previous answer is back; a click adds a track
     await page.click("#video-camera")

@@ -16,6 +16,15 @@ and the memory encoder (the frame's masks into each object's memory). What runs 
   latest), the last ``num_maskmem`` frames' memory and the last ``max_obj_ptrs`` pointers. sam2's
   predictor keeps every frame's; here the state per object does not grow with the video.
 
+Clicks on the frame just answered (``prompt``: a paused video) are sam2's clicks before it
+propagates again: a new object starts there; an object prompted on this frame is refined (SAM on
+the frame alone with all its clicks, its current mask as the dense prompt); an object tracked onto
+this frame is corrected (its memory-conditioned features with the clicks and its current mask), and
+the frame becomes one of its prompted frames (sam2's ``add_all_frames_to_correct_as_cond``: the
+correction is kept as long as the first prompt, not forgotten after ``num_maskmem`` frames). The
+frame's memory is written once the clicks are done, before the next frame, as sam2's
+``propagate_in_video_preflight`` writes it.
+
 The model calls go through ``TrackModels``: the scheduler's stages when served
 (``ScheduledTrackModels``), a backend directly in tools, tests and benchmarks
 (``DirectTrackModels``); the kinds turn the items into each graph's inputs."""
@@ -33,6 +42,7 @@ from seglabel_server.models.kinds.video import ConditionRequest, MemoryRequest, 
 from seglabel_server.pipeline.track_models import TrackModels
 from seglabel_server.pipeline.tracking import (
     TrackConfig,
+    by_points,
     from_bf16,
     memory_plan,
     select_heads,
@@ -129,8 +139,19 @@ class TrackSession:
         self.last_frame = -1
         self._shapes: tuple[tuple[int, ...], int] = ((), 0)  # a memory entry's [Cm, H, W], a pointer's C
         self._last: tuple | None = None  # the last frame's encoder outputs and (height, width)
+        # The last frame's answers while clicks may still change them: each object's row (low-res
+        # logits, IoU, pointer, score), the objects prompted on it, the conditioned features of
+        # tracked objects being corrected, and the objects whose memory of it is still to write.
+        self._rows: dict[int, tuple[np.ndarray, float, np.ndarray, float]] = {}
+        self._started: set[int] = set()
+        self._embeds: dict[int, np.ndarray] = {}
+        self._pending: set[int] = set()
 
     def remove(self, obj_id: int) -> bool:
+        for held in (self._rows, self._embeds):
+            held.pop(obj_id, None)
+        self._pending.discard(obj_id)
+        self._started.discard(obj_id)
         return self.objects.pop(obj_id, None) is not None
 
     def state_bytes(self) -> dict[int, int]:
@@ -147,6 +168,7 @@ class TrackSession:
         if len(by_obj) != len(prompts):
             raise InvalidArgument("one prompt per object and frame (points and a box go in one prompt)")
         clicks = self._clicks(prompts, size, sum(k not in self.objects for k in by_obj))  # before any work
+        await self._commit()
         feats = await self.models.encode(pixels)
         for obj_id in by_obj:
             self.objects.setdefault(obj_id, ObjectTrack())
@@ -156,24 +178,82 @@ class TrackSession:
             rows.update(await self._track(frame, feats, tracked))
         rows.update(await self._first(feats, clicks))
         order = [k for k in self.objects if k in rows]
-        await self._remember(frame, feats, order, rows, set(by_obj))
         self.last_frame, self._last = frame, (feats, size)
+        self._rows, self._started, self._embeds = rows, set(by_obj), {}
+        self._pending = set(order)
+        await self._commit()
         return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], k in by_obj) for k in order]
 
-    async def add(self, prompts: Sequence[Prompt]) -> list[ObjectFrame]:
-        """New objects started on the frame just answered (its features are kept): a detector's
-        finds, a click on a paused frame. Their answers on that frame."""
+    async def prompt(self, prompts: Sequence[Prompt]) -> list[ObjectFrame]:
+        """Prompts on the frame just answered (its features are kept): a detector's finds, clicks
+        on a paused video. A new id starts an object there; an object prompted on this frame is
+        refined, one tracked onto it corrected (the module's docstring). A prompt carries all the
+        object's clicks on this frame (the client keeps them, as sam2's predictor takes them).
+        Answers the prompted objects on that frame; ``answers()`` has every object's."""
         if self._last is None:
-            raise InvalidArgument("no frame answered yet to add objects on")
+            raise InvalidArgument("no frame answered yet to prompt on")
         feats, size = self._last
         ids = [p.obj_id for p in prompts]
-        if len(set(ids)) != len(ids) or any(k in self.objects for k in ids):
-            raise InvalidArgument(f"objects added on frame {self.last_frame} need new ids, once each")
-        rows = await self._first(feats, self._clicks(prompts, size, len(ids)))
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("one prompt per object and frame (points and a box go in one prompt)")
+        clicks = self._clicks(prompts, size, sum(k not in self.objects for k in ids))
+        new = [c for c in clicks if c[0] not in self.objects]
+        again = [c for c in clicks if c[0] in self._started and c[0] in self._rows]
+        tracked = [c for c in clicks if c[0] in self.objects and c[0] not in self._started]
+        rows = await self._first(feats, new) if new else {}
+        if again:
+            rows.update(await self._first(feats, again, [self._mask(c[0]) for c in again]))
+        if tracked:
+            rows.update(await self._correct(feats, tracked))
         for k in ids:
-            self.objects[k] = ObjectTrack()
-        await self._remember(self.last_frame, feats, ids, rows, set(ids))
-        return [ObjectFrame(k, rows[k][0], rows[k][3], rows[k][1], True) for k in ids]
+            self.objects.setdefault(k, ObjectTrack())
+        self._rows.update(rows)
+        self._started |= {c[0] for c in new + again}
+        self._pending |= set(ids)
+        return [ObjectFrame(k, *self._answer(k), True) for k in ids]
+
+    def answers(self) -> list[ObjectFrame]:
+        """Every object's answer on the frame just answered, clicks made on it since included
+        (``prompted``: prompted on it)."""
+        return [ObjectFrame(k, *self._answer(k), k in self._started) for k in self.objects if k in self._rows]
+
+    def _answer(self, k: int) -> tuple[np.ndarray, float, float]:
+        low, iou, _, score = self._rows[k]
+        return low, score, iou
+
+    def _mask(self, k: int) -> np.ndarray:
+        """An object's current low-res logits on the last frame as the decoder's dense prompt,
+        clamped as sam2 clamps ``prev_sam_mask_logits``."""
+        return np.clip(self._rows[k][0], -32.0, 32.0)[None]
+
+    async def _correct(self, feats, clicks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, tuple]:
+        """Tracked objects corrected on the last frame: their memory-conditioned features (as
+        tracking made them: the plan reads the memory written before this frame's clicks, so they
+        are kept for the next click on it), the clicks and the current mask as prompts."""
+        todo = [c[0] for c in clicks if c[0] not in self._embeds]
+        reqs = [self._condition_request(feats, k, self.last_frame) for k in todo]
+        for k, e in zip(todo, await asyncio.gather(*(self.models.condition(r) for r in reqs))):
+            self._embeds[k] = np.asarray(e)
+        out: dict[int, tuple] = {}
+        for n, group in by_points(clicks).items():
+            req = TrackDecodeRequest(
+                feats, np.concatenate([self._embeds[g[0]] for g in group]), np.stack([g[1] for g in group]),
+                np.stack([g[2] for g in group]), np.stack([self._mask(g[0]) for g in group]),
+            )  # fmt: skip
+            outs = await self.models.decode(req)
+            chosen = select_heads(*outs, use_multimask(self.cfg, False, n), self.cfg.heads)
+            out.update(_rows([g[0] for g in group], chosen, outs[3]))
+        return out
+
+    async def _commit(self) -> None:
+        """The last frame's memory of the objects answered or prompted on it since, written once
+        (as sam2's ``propagate_in_video_preflight``): a prompted object's mask binarised, and the
+        frame one of its prompted frames."""
+        if not self._pending or self._last is None:
+            return
+        order = [k for k in self.objects if k in self._pending and k in self._rows]
+        self._pending = set()
+        await self._remember(self.last_frame, self._last[0], order, self._rows, self._started | set(self._embeds))
 
     def _clicks(self, prompts: Sequence[Prompt], size: tuple[int, int], new: int) -> list[tuple]:
         """The prompts checked (room for ``new`` more objects, each prompt inside the frame) and
@@ -183,16 +263,17 @@ class TrackSession:
         h, w = size
         return [(p.obj_id, *p.model_points(w, h, self.cfg.image_size)) for p in prompts]
 
-    async def _first(self, frame, clicks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, tuple]:
+    async def _first(self, frame, clicks: list[tuple[int, np.ndarray, np.ndarray]],
+                     masks: Sequence[np.ndarray] = ()) -> dict[int, tuple]:  # fmt: skip
         """SAM on the frame alone for each prompted object (id, coords, labels), one decoder item
-        per number of points (sam2's prompt encoder is not invariant to padding points)."""
+        per number of points (sam2's prompt encoder is not invariant to padding points); with
+        ``masks`` (one per click, refining an object prompted here) each its dense prompt."""
         out: dict[int, tuple] = {}
-        groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-        for c in clicks:
-            groups.setdefault(len(c[2]), []).append(c)
-        for n, group in groups.items():
+        mask_of = {c[0]: m for c, m in zip(clicks, masks)}
+        for n, group in by_points(clicks).items():
+            dense = np.stack([mask_of[g[0]] for g in group]) if mask_of else None
             req = TrackDecodeRequest(
-                frame, None, np.stack([g[1] for g in group]), np.stack([g[2] for g in group])
+                frame, None, np.stack([g[1] for g in group]), np.stack([g[2] for g in group]), dense
             )
             outs = await self.models.decode(req)
             chosen = select_heads(*outs, use_multimask(self.cfg, True, n), self.cfg.heads)
@@ -243,7 +324,7 @@ class TrackSession:
         for i, k in enumerate(order):
             o = self.objects[k]
             o.frames[at] = Entry(to_bf16(memory[i]), np.asarray(rows[k][2], np.float32), rows[k][3])
-            if k in prompted:
+            if k in prompted and at not in o.cond:
                 o.cond.append(at)
             self._trim(o, at)
 

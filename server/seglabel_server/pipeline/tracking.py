@@ -146,6 +146,15 @@ def use_multimask(cfg: TrackConfig, first: bool, points: int) -> bool:
     return cfg.multimask_in_sam and (first or cfg.multimask_for_tracking) and lo <= points <= hi
 
 
+def by_points(clicks: list[tuple]) -> dict[int, list[tuple]]:
+    """Prompts (object id, coords, labels) grouped by their number of points: one decoder item
+    each (sam2's prompt encoder is not invariant to padding points)."""
+    groups: dict[int, list[tuple]] = {}
+    for c in clicks:
+        groups.setdefault(len(c[2]), []).append(c)
+    return groups
+
+
 def to_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch rounds."""
     bits = np.ascontiguousarray(x, np.float32).view(np.uint32)

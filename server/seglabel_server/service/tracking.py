@@ -77,8 +77,10 @@ class TrackLabels:
         self.sums: dict[int, np.ndarray] = {}
         self.labels: dict[int, LabelResult] = {}  # each track's label, scored when its sum changes
 
-    async def label(self, pipeline, image: np.ndarray, index: int, objects: list[TrackedObject], ctx) -> None:
-        todo = [o for o in objects if o.area and (o.prompted or index % self.every == 0)]
+    async def label(self, pipeline, image: np.ndarray, index: int, objects: list[TrackedObject], ctx,
+                    every: bool = True) -> None:  # fmt: skip
+        """Label the objects prompted on this frame, and (``every``) all on every N-th frame."""
+        todo = [o for o in objects if o.area and (o.prompted or (every and index % self.every == 0))]
         if todo:
             emb = await pipeline.embed_regions(image, [(o.mask, o.bbox) for o in todo], ctx)
             for o, e in zip(todo, emb):
@@ -183,11 +185,14 @@ class Tracking:
         self.metrics.track_sessions.set(self.sessions)
         reader = asyncio.create_task(self._read(frames, inbox, self.cfg.pipeline.track_idle_s))
         try:
-            size = None
+            last: tuple[int, np.ndarray] | None = None  # the frame last answered: its index and pixels
             while (item := await inbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                answer, size = await self._answer(session, item, size, inbox, labels, options, ctx)
+                if item.image:
+                    answer, last = await self._answer(session, item, last, inbox, labels, options, ctx)
+                else:
+                    answer = await self._again(session, item, last, inbox, labels, options, ctx)
                 self.metrics.track_frames.inc()
                 yield answer
         finally:
@@ -240,23 +245,66 @@ class Tracking:
             next_id += 1
         options.first_detected_id = next_id  # the session's next detection counts on from here
         found = (
-            await asyncio.to_thread(_objects, await session.add(prompts), image.shape[:2]) if prompts else []
+            await asyncio.to_thread(_objects, await session.prompt(prompts), image.shape[:2]) if prompts else []
         )
         for o in found:
             o.detected = True
         return found
 
-    async def _answer(self, session: TrackSession, frame: TrackFrame, size, inbox: _Inbox, labels,
-                      options: TrackOptions, ctx):  # fmt: skip
-        t0 = time.perf_counter()
+    @staticmethod
+    def _remove(session: TrackSession, frame: TrackFrame, labels) -> None:
         for k in frame.remove:
             if not session.remove(k):
                 raise NotFound(f"frame {frame.index}: no object {k} is tracked")
             if labels is not None:
                 labels.forget(k)
+
+    async def _again(self, session: TrackSession, frame: TrackFrame, last, inbox: _Inbox, labels,
+                     options: TrackOptions, ctx) -> TrackAnswer:  # fmt: skip
+        """A message without an image: prompts (and removals, detection) on the frame last answered,
+        a paused video's clicks. Answers that frame again: every object, the prompted ones as the
+        clicks changed them."""
+        t0 = time.perf_counter()
+        if last is None:
+            raise InvalidArgument(f"frame {frame.index} has no image, and no frame was answered yet to prompt on")
+        index, image = last
+        if frame.index != index:
+            raise InvalidArgument(
+                f"frame {frame.index} has no image: a message without one prompts the frame last answered ({index})"
+            )
+        if not (frame.prompts or frame.remove or frame.detect):
+            raise InvalidArgument(f"frame {frame.index} has no image and nothing to do on the frame last answered")
+        self._remove(session, frame, labels)
+        h, w = image.shape[:2]
+        async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
+            ticket.charge(w * h * (1 + len(session.objects) + len(frame.prompts)))
+            session.models.times.clear()
+            if frame.prompts:
+                await session.prompt(frame.prompts)
+            t2 = time.perf_counter()
+            objects = await asyncio.to_thread(_objects, session.answers(), (h, w))
+            asked = {p.obj_id for p in frame.prompts}
+            for o in objects:
+                o.prompted = o.obj_id in asked
+            if frame.detect:
+                objects += await self._detect(session, image, objects, options, ctx)
+            t3 = time.perf_counter()
+            if labels is not None:
+                await labels.label(self.lifecycle.loaded.pipeline, image, index, objects, ctx, every=False)
+        dropped, inbox.dropped = inbox.dropped, []
+        t4 = time.perf_counter()
+        timings = {**session.models.times, "upsample": (t3 - t2) * 1e3, "clip": (t4 - t3) * 1e3,
+                   "queue": ctx.queue_ms, "total": (t4 - t0) * 1e3}  # fmt: skip
+        return TrackAnswer(index, w, h, objects, dropped, timings, sum(session.state_bytes().values()))
+
+    async def _answer(self, session: TrackSession, frame: TrackFrame, last, inbox: _Inbox, labels,
+                      options: TrackOptions, ctx):  # fmt: skip
+        t0 = time.perf_counter()
+        self._remove(session, frame, labels)
         async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
             opened = await self.images.open(None, frame.image, "TrackRequest")
             w, h = opened.width, opened.height
+            size = None if last is None else (last[1].shape[1], last[1].shape[0])
             if size is not None and (w, h) != size:
                 raise InvalidArgument(
                     f"frame {frame.index} is {w}x{h}; this session's frames are {size[0]}x{size[1]}"
@@ -280,7 +328,7 @@ class Tracking:
         timings = {"decode_image": decode_ms, **session.models.times, "upsample": (t3 - t2) * 1e3,
                    "clip": (t4 - t3) * 1e3, "queue": ctx.queue_ms, "total": (t4 - t0) * 1e3}  # fmt: skip
         state = sum(session.state_bytes().values())
-        return TrackAnswer(frame.index, w, h, objects, dropped, timings, state), (w, h)
+        return TrackAnswer(frame.index, w, h, objects, dropped, timings, state), (frame.index, image)
 
 
 def _objects(answers, hw: tuple[int, int]) -> list[TrackedObject]:

@@ -36,12 +36,14 @@ class ConditionRequest:
 @dataclass
 class TrackDecodeRequest:
     """Objects of one frame with the same number of points: ``embed`` their conditioned features
-    [b, C, H, W], or None for the frame's own (a first frame: SAM on it alone)."""
+    [b, C, H, W], or None for the frame's own (a first frame: SAM on it alone); ``masks`` their
+    current low-res logits as the dense prompt (clicks that correct a mask), or None."""
 
     frame: ImageFeatures
     embed: Any | None
     coords: np.ndarray  # [b, P, 2]
     labels: np.ndarray  # [b, P] int32
+    masks: np.ndarray | None = None  # [b, 1, 4H, 4W]
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -104,16 +106,16 @@ class TrackDecoderKind(ModelKind):
             p.embed if p.embed is not None else concat([p.frame.arrays["image_embed"]] * len(p))
             for p in payloads
         ]
-        b = sum(len(p) for p in payloads)
         low = 4 * payloads[0].frame.arrays["image_embed"].shape[-1]
+        none = lambda p: np.zeros((len(p), 1, low, low), np.float32)  # noqa: E731
         return {
             **feeds,
             "image_embed": concat(embeds),
             "point_coords": np.concatenate([p.coords for p in payloads]).astype(np.float32),
             "point_labels": np.concatenate([p.labels for p in payloads]).astype(np.int32),
-            "mask_input": np.zeros((b, 1, low, low), np.float32),
-            "has_mask": np.zeros(b, np.float32),
-        }
+            "mask_input": np.concatenate([none(p) if p.masks is None else p.masks for p in payloads]).astype(np.float32),
+            "has_mask": np.concatenate([np.full(len(p), float(p.masks is not None), np.float32) for p in payloads]),
+        }  # fmt: skip
 
     def split(self, outputs: Feeds, payloads, to_host) -> list[tuple[np.ndarray, ...]]:
         parts = [self.rows(outputs[n], payloads, to_host) for n in self.outputs]

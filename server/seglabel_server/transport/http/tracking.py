@@ -8,7 +8,9 @@ answer is back.
     POST   /track                   JSON: TrackOpen's fields (mode, num_frames, vocabulary, ...)
                                     -> {"session": id, "idle_s": ...}
     POST   /track/{id}/frames       multipart ``image`` (the frame, encoded) and ``request`` (JSON:
-                                    TrackRequest's frame fields: frame_index, prompts, remove)
+                                    TrackRequest's frame fields: frame_index, prompts, remove,
+                                    detect); without ``image``: prompts on the frame last
+                                    answered (a paused video's clicks, TrackRequest's rules)
                                     -> the TrackResponse as JSON
     DELETE /track/{id}
 """
@@ -26,7 +28,6 @@ from seglabel_api.pb.seglabel.v1 import seglabel_pb2 as pb
 from seglabel_server.errors import InvalidArgument, NotFound
 from seglabel_server.transport.grpc import convert
 from seglabel_server.transport.http import json as wire
-from seglabel_server.transport.http.middleware import multipart_image
 from seglabel_server.types import RequestContext
 
 _END = object()
@@ -134,7 +135,11 @@ def add_routes(app, gateway, request_context) -> TrackSessions:
 
     @app.post("/track/{sid}/frames")
     async def track_frame(sid: str, request: Request):
-        form, image, _ = await multipart_image(request, "the frame")
+        form = await request.form()
+        part = form.get("image")
+        if part is not None and not hasattr(part, "read"):
+            raise InvalidArgument("multipart field 'image' is the frame, a file")
+        image = await part.read() if part is not None else b""  # none: clicks on the frame last answered
         try:
             fields = json.loads(str(form.get("request") or "{}"))
         except json.JSONDecodeError as exc:

@@ -2,7 +2,11 @@
 // frame is drawn into a canvas, sent as JPEG with the clicks made on it, and every track's mask is
 // drawn from the answer's COCO RLE. A file is stepped through at the chosen frames/s (seeked, so
 // every step is answered); the camera sends its newest frame each time the previous answer is back
-// (stale frames are never sent). Plain browser JavaScript, the page's helpers (app.js).
+// (stale frames are never sent). Paused on an answered frame, clicks go to that frame (no image is
+// sent again): a click off every track starts one, more clicks refine the selected track (shift:
+// a negative click), a click on another track's mask selects it; the server corrects a tracked
+// object there with SAM2's memory, and tracking goes on from the corrected masks. Plain browser
+// JavaScript, the page's helpers (app.js).
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -12,6 +16,9 @@
     sid: null, index: 0, pending: [], nextId: 1, running: false, camera: null,
     last: null,      // the last answer (TrackResponse JSON)
     answers: 0,      // frames answered in this session
+    clicks: {},      // object id -> its clicks on the frame last answered (sent whole each time)
+    selected: null,  // the object the next click on that frame refines (null: a click starts one)
+    corrections: 0,  // click answers on answered frames
   };
   window.seglabelVideo = v;  // for the console (and the browser test)
 
@@ -52,10 +59,36 @@
     v.last = await r.json();
     v.index += 1;
     v.answers += 1;
+    v.clicks = {};
+    v.selected = null;
     draw(v.last);
     const n = v.last.objects.filter((o) => o.present).length;
     status(`frame ${v.last.frame_index}: ${n} of ${v.last.objects.length} tracks on it, ` +
            `${Math.round(performance.now() - t0)} ms`, "done");
+  }
+
+  // Clicks on the frame last answered: the objects' whole click lists, no image; the answer is that
+  // frame again with every track.
+  async function sendClicks(prompts) {
+    const form = new FormData();
+    form.append("request", JSON.stringify({ frame_index: v.last.frame_index, prompts }));
+    const t0 = performance.now();
+    const r = await page.api(`/track/${v.sid}/frames`, { method: "POST", headers: page.headers(false), body: form });
+    v.last = await r.json();
+    v.corrections += 1;
+    draw(v.last);
+    status(`frame ${v.last.frame_index}: track ${v.selected} ${v.clicks[v.selected].length} click(s), ` +
+           `${Math.round(performance.now() - t0)} ms. Click to refine it (shift: remove a part), ` +
+           "another track to select it, New object to start one, Track to go on", "done");
+  }
+
+  function trackAt(x, y) {
+    if (!v.last) return null;
+    const p = Math.floor(y) * v.last.width + Math.floor(x);
+    for (const o of v.last.objects) {
+      if (o.present && o.area && page.decodeRle(o.rle).pixels.includes(p)) return o.object_id;
+    }
+    return null;
   }
 
   function draw(answer) {
@@ -166,14 +199,40 @@
     const rect = overlay.getBoundingClientRect();
     const x = (e.clientX - rect.left) * video.videoWidth / rect.width;
     const y = (e.clientY - rect.top) * video.videoHeight / rect.height;
-    v.pending.push({ object_id: v.nextId++, points: [{ x, y, positive: !e.shiftKey }] });
-    if (v.camera) return;  // the camera loop sends it with its next frame
+    const point = { x, y, positive: !e.shiftKey };
+    if (v.camera || !v.last || !v.sid) {
+      // the camera, or no frame answered yet: a new track with the next frame
+      const id = v.nextId++;
+      v.pending.push({ object_id: id, points: [point] });
+      if (v.camera) return;  // the camera loop sends it with its next frame
+      try {
+        if (!v.sid) await openSession("file");
+        await sendFrame();  // this frame, with the click: the new track shows at once
+        v.selected = id;
+        v.clicks[id] = [point];
+      } catch (err) {
+        status(String(err.message || err), "error");
+      }
+      return;
+    }
+    // paused on an answered frame: the click goes to that frame
+    const under = trackAt(x, y);
+    let id;
+    if (e.shiftKey) id = v.selected ?? under;
+    else if (under !== null && under !== v.selected) id = under;
+    else id = v.selected ?? v.nextId++;
+    if (id === null) return status("shift+click removes a part of the selected track: select one first", "idle");
+    v.selected = id;
+    v.clicks[id] = (v.clicks[id] || []).concat([point]);
     try {
-      if (!v.sid) await openSession("file");
-      await sendFrame();  // this frame again, with the click: the new track shows at once
+      await sendClicks([{ object_id: id, points: v.clicks[id] }]);
     } catch (err) {
       status(String(err.message || err), "error");
     }
+  });
+  $("video-new").addEventListener("click", () => {
+    v.selected = null;
+    status("the next click starts a new track", "idle");
   });
   $("video-track").addEventListener("click", trackFile);
   $("video-pause").addEventListener("click", () => { v.running = false; status("paused: click to add a track", "idle"); });
