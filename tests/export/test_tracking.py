@@ -76,6 +76,17 @@ class ModulesBackend:
         return np.asarray(x)
 
 
+def sams_scores(state) -> dict[tuple[int, int], float]:
+    """{(frame, obj): object score logit} of every output sam2's predictor kept."""
+    scores = {}
+    for idx, out in state["output_dict_per_obj"].items():
+        obj = state["obj_idx_to_id"][idx]
+        for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            for t, o in out[kind].items():
+                scores[(t, obj)] = float(o["object_score_logits"].reshape(-1)[0])
+    return scores
+
+
 def sams_run(predictor, folder) -> tuple[dict, dict]:
     """sam2's predictor as its README drives it: prompts on frame 0, propagate up to the later
     frame, the third object clicked there, propagate on. Returns {frame: {obj: mask logits at video
@@ -91,13 +102,7 @@ def sams_run(predictor, folder) -> tuple[dict, dict]:
         predictor.add_new_points_or_box(state, LATER, p.obj_id, points=list(p.points), labels=list(p.labels))
     for t, ids, logits in predictor.propagate_in_video(state, start_frame_idx=LATER):
         masks[t] = {i: logits[j, 0].numpy() for j, i in enumerate(ids)}
-    scores = {}
-    for idx, out in state["output_dict_per_obj"].items():
-        obj = state["obj_idx_to_id"][idx]
-        for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
-            for t, o in out[kind].items():
-                scores[(t, obj)] = float(o["object_score_logits"].reshape(-1)[0])
-    return masks, scores
+    return masks, sams_scores(state)
 
 
 def our_run(models, cfg, frames) -> tuple[dict, dict, list]:
@@ -201,13 +206,7 @@ def sams_corrected_run(predictor, folder) -> tuple[dict, dict]:
     for prompts in CLICKS[LATER]:
         add(LATER, prompts)
     propagate(LATER, FRAMES - 1)
-    scores = {}
-    for idx, out in state["output_dict_per_obj"].items():
-        obj = state["obj_idx_to_id"][idx]
-        for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
-            for t, o in out[kind].items():
-                scores[(t, obj)] = float(o["object_score_logits"].reshape(-1)[0])
-    return masks, scores
+    return masks, sams_scores(state)
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
@@ -221,7 +220,11 @@ def test_clicks_on_answered_frames_equal_sam2(tmp_path, engine):
     frames = write_frames(folder)
     predictor = video_predictor(score_shift=1.5, extra=CORRECTED)
     want_masks, want_scores = sams_corrected_run(predictor, folder)
-    backend = ModulesBackend(predictor) if engine == "torch" else OnnxFolderBackend(export_video(predictor, tmp_path / "onnx"))
+    backend = (
+        ModulesBackend(predictor)
+        if engine == "torch"
+        else OnnxFolderBackend(export_video(predictor, tmp_path / "onnx"))
+    )
     cfg = track_config(predictor)
     session = TrackSession(DirectTrackModels(backend), cfg, num_frames=FRAMES)
     got: dict[int, dict[int, np.ndarray]] = {}

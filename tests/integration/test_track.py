@@ -100,11 +100,15 @@ def sams(ckpt, frames, clicks: dict | None = None) -> tuple[dict, dict]:
     stops = sorted(clicks or {})
     start = 0
     for stop in stops:
-        for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=stop - start):
+        for t, ids, logits in pred.propagate_in_video(
+            state, start_frame_idx=start, max_frame_num_to_track=stop - start
+        ):
             masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
         add(stop, clicks[stop])
         start = stop
-    for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=LATER - 1 - start):
+    for t, ids, logits in pred.propagate_in_video(
+        state, start_frame_idx=start, max_frame_num_to_track=LATER - 1 - start
+    ):
         masks[t] = {i: logits[j, 0].numpy() > 0 for j, i in enumerate(ids)}
     add(LATER, PROMPTS[LATER])
     for t, ids, logits in pred.propagate_in_video(state, start_frame_idx=LATER):
@@ -176,7 +180,7 @@ async def test_track_clicks_on_an_answered_frame_equal_sam2(make_server, tuned):
     assert after.objects[0] == before.objects[0]  # untouched
     assert after.objects[1].rle != before.objects[1].rle  # the correction changed the mask
     ious: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
-    for r in replies[: CLICKED] + replies[CLICKED + 1 :]:
+    for r in replies[:CLICKED] + replies[CLICKED + 1 :]:
         for o in r.objects:
             mask = decode_rle({"size": list(o.rle.size), "counts": o.rle.counts})
             want = want_masks[r.frame_index][o.object_id]

@@ -92,7 +92,9 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
     await page.wait_for_function("window.seglabelVideo.corrections === 1")
     state = await page.evaluate("window.seglabelVideo")
     assert state["answers"] == 1 and state["last"]["frame_index"] == 0 and len(state["clicks"]["1"]) == 2
-    assert [o["object_id"] for o in state["last"]["objects"]] == [1] and state["last"]["objects"][0]["prompted"]
+    assert [o["object_id"] for o in state["last"]["objects"]] == [1] and state["last"]["objects"][0][
+        "prompted"
+    ]
     assert state["last"]["objects"][0]["rle"] != first["objects"][0]["rle"]
     await page.click("#video-new")
     await click(62, 44)
@@ -127,7 +129,9 @@ async def test_the_video_tab_tracks_a_file_and_the_camera(make_server, browser, 
     await page.wait_for_function("window.seglabelVideo.corrections === 3")
     after = await page.evaluate("window.seglabelVideo.last")
     assert after["frame_index"] == state["last"]["frame_index"]
-    assert [o["prompted"] for o in after["objects"]] == [o["object_id"] == target[0] for o in after["objects"]]
+    assert [o["prompted"] for o in after["objects"]] == [
+        o["object_id"] == target[0] for o in after["objects"]
+    ]
 
     # the camera: live, its newest frame whenever the previous answer is back; a click adds a track
     await page.click("#video-camera")

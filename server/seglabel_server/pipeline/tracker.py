@@ -253,7 +253,9 @@ class TrackSession:
             return
         order = [k for k in self.objects if k in self._pending and k in self._rows]
         self._pending = set()
-        await self._remember(self.last_frame, self._last[0], order, self._rows, self._started | set(self._embeds))
+        await self._remember(
+            self.last_frame, self._last[0], order, self._rows, self._started | set(self._embeds)
+        )
 
     def _clicks(self, prompts: Sequence[Prompt], size: tuple[int, int], new: int) -> list[tuple]:
         """The prompts checked (room for ``new`` more objects, each prompt inside the frame) and

@@ -245,7 +245,9 @@ class Tracking:
             next_id += 1
         options.first_detected_id = next_id  # the session's next detection counts on from here
         found = (
-            await asyncio.to_thread(_objects, await session.prompt(prompts), image.shape[:2]) if prompts else []
+            await asyncio.to_thread(_objects, await session.prompt(prompts), image.shape[:2])
+            if prompts
+            else []
         )
         for o in found:
             o.detected = True
@@ -266,14 +268,16 @@ class Tracking:
         clicks changed them."""
         t0 = time.perf_counter()
         if last is None:
-            raise InvalidArgument(f"frame {frame.index} has no image, and no frame was answered yet to prompt on")
+            raise InvalidArgument(
+                f"frame {frame.index} has no image, and no frame was answered yet to prompt on"
+            )
         index, image = last
         if frame.index != index:
             raise InvalidArgument(
                 f"frame {frame.index} has no image: a message without one prompts the frame last answered ({index})"
             )
         if not (frame.prompts or frame.remove or frame.detect):
-            raise InvalidArgument(f"frame {frame.index} has no image and nothing to do on the frame last answered")
+            raise InvalidArgument(f"frame {frame.index} has no image and nothing to do on the frame last answered")  # fmt: skip
         self._remove(session, frame, labels)
         h, w = image.shape[:2]
         async with self.admission.admit(DEFAULT, ctx=ctx) as ticket:
