@@ -198,7 +198,7 @@ class TrackSession:
             raise InvalidArgument("one prompt per object and frame (points and a box go in one prompt)")
         clicks = self._clicks(prompts, size, sum(k not in self.objects for k in ids))
         new = [c for c in clicks if c[0] not in self.objects]
-        again = [c for c in clicks if c[0] in self._started and c[0] in self._rows]
+        again = [c for c in clicks if c[0] in self._started]
         tracked = [c for c in clicks if c[0] in self.objects and c[0] not in self._started]
         rows = await self._first(feats, new) if new else {}
         if again:

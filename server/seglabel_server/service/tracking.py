@@ -285,19 +285,27 @@ class Tracking:
             session.models.times.clear()
             if frame.prompts:
                 await session.prompt(frame.prompts)
-            t2 = time.perf_counter()
-            objects = await asyncio.to_thread(_objects, session.answers(), (h, w))
             asked = {p.obj_id for p in frame.prompts}
-            for o in objects:
-                o.prompted = o.obj_id in asked
-            if frame.detect:
-                objects += await self._detect(session, image, objects, options, ctx)
-            t3 = time.perf_counter()
-            if labels is not None:
-                await labels.label(self.lifecycle.loaded.pipeline, image, index, objects, ctx, every=False)
+            answers = [replace(a, prompted=a.obj_id in asked) for a in session.answers()]
+            return await self._reply(session, index, image, answers, frame, inbox, labels, options, ctx,
+                                     {}, t0, every=False)  # fmt: skip
+
+    async def _reply(self, session: TrackSession, index: int, image: np.ndarray, answers, frame: TrackFrame,
+                     inbox: _Inbox, labels, options: TrackOptions, ctx, timings: dict, t0: float,
+                     every: bool = True) -> TrackAnswer:  # fmt: skip
+        """A frame's answer: its objects' masks at its size, what ``detect`` starts, the labels
+        (``every``: also the N-th frame's, not only the prompted objects'), the timings."""
+        h, w = image.shape[:2]
+        t2 = time.perf_counter()
+        objects = await asyncio.to_thread(_objects, answers, (h, w))
+        if frame.detect:
+            objects += await self._detect(session, image, objects, options, ctx)
+        t3 = time.perf_counter()
+        if labels is not None:
+            await labels.label(self.lifecycle.loaded.pipeline, image, index, objects, ctx, every=every)
         dropped, inbox.dropped = inbox.dropped, []
         t4 = time.perf_counter()
-        timings = {**session.models.times, "upsample": (t3 - t2) * 1e3, "clip": (t4 - t3) * 1e3,
+        timings = {**timings, **session.models.times, "upsample": (t3 - t2) * 1e3, "clip": (t4 - t3) * 1e3,
                    "queue": ctx.queue_ms, "total": (t4 - t0) * 1e3}  # fmt: skip
         return TrackAnswer(index, w, h, objects, dropped, timings, sum(session.state_bytes().values()))
 
@@ -320,19 +328,9 @@ class Tracking:
             pixels = await asyncio.to_thread(video_preprocess, image, session.cfg.image_size, sam["pixel_mean"], sam["pixel_std"])  # fmt: skip
             session.models.times.clear()
             answers = await session.step(frame.index, pixels[None], (h, w), frame.prompts)
-            t2 = time.perf_counter()
-            objects = await asyncio.to_thread(_objects, answers, (h, w))
-            if frame.detect:
-                objects += await self._detect(session, image, objects, options, ctx)
-            t3 = time.perf_counter()
-            if labels is not None:
-                await labels.label(self.lifecycle.loaded.pipeline, image, frame.index, objects, ctx)
-        dropped, inbox.dropped = inbox.dropped, []
-        t4 = time.perf_counter()
-        timings = {"decode_image": decode_ms, **session.models.times, "upsample": (t3 - t2) * 1e3,
-                   "clip": (t4 - t3) * 1e3, "queue": ctx.queue_ms, "total": (t4 - t0) * 1e3}  # fmt: skip
-        state = sum(session.state_bytes().values())
-        return TrackAnswer(frame.index, w, h, objects, dropped, timings, state), (frame.index, image)
+            answer = await self._reply(session, frame.index, image, answers, frame, inbox, labels, options, ctx,
+                                       {"decode_image": decode_ms}, t0)  # fmt: skip
+        return answer, (frame.index, image)
 
 
 def _objects(answers, hw: tuple[int, int]) -> list[TrackedObject]:
